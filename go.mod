@@ -1,0 +1,3 @@
+module github.com/usnetd/usnetd
+
+go 1.26
