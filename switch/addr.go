@@ -149,4 +149,3 @@ type errBadMAC string
 func (e errBadMAC) Error() string {
 	return "invalid MAC address " + strconv.Quote(string(e)) + " (want aa:bb:cc:dd:ee:ff)"
 }
-
