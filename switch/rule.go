@@ -1,0 +1,196 @@
+package l4
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// PortID names a switch port (a NIC, the kernel path, an endpoint) within
+// one switch domain. It is assigned by the pipeline; 0 is "no port".
+type PortID uint32
+
+// PortKind is what a port stands for.
+type PortKind uint8
+
+const (
+	PortNIC      PortKind = iota + 1 // a queue of the claimed NIC
+	PortKernel                       // the kernel's network stack
+	PortEndpoint                     // a userspace network stack
+)
+
+func (k PortKind) String() string {
+	switch k {
+	case PortNIC:
+		return "nic"
+	case PortKernel:
+		return "kernel"
+	case PortEndpoint:
+		return "endpoint"
+	}
+	return "port?"
+}
+
+// Owner is who holds a rule: a port and what kind of port it is.
+type Owner struct {
+	Port PortID
+	Kind PortKind
+}
+
+// RuleKind tells how a rule came to be.
+type RuleKind uint8
+
+const (
+	// Registered rules were asked for: AddMatch, DEBUG_PORTS, STATIC_PIPES.
+	Registered RuleKind = iota + 1
+	// Learned rules are the reverse tuple of a frame that a port sent.
+	Learned
+)
+
+func (k RuleKind) String() string {
+	switch k {
+	case Registered:
+		return "registered"
+	case Learned:
+		return "learned"
+	}
+	return "kind?"
+}
+
+// Key flags say which optional fields of a Key are set.
+const (
+	KeyLocalPort  uint8 = 1 << iota // LocalPort is set
+	KeyRemote                       // Remote is set
+	KeyRemotePort                   // RemotePort is set (needs KeyRemote)
+)
+
+// Key is what a rule matches: a local address, a protocol, and optionally a
+// local port, a remote address and a remote port. Unset fields are zero and
+// their flag is clear, so a Key is comparable and usable as a map key.
+type Key struct {
+	Local      Addr
+	Remote     Addr
+	LocalPort  uint16
+	RemotePort uint16
+	Proto      uint8
+	Flags      uint8
+}
+
+// Rule maps a Key to its owner.
+type Rule struct {
+	Key
+	Owner Owner
+	Kind  RuleKind
+	// Sticky rules never expire (DEBUG_PORTS, STATIC_PIPES).
+	Sticky bool
+}
+
+// ListenKey returns the key of a listening rule: local address, protocol and
+// local port (no port for protocols without ports).
+func ListenKey(local Addr, proto uint8, port uint16) Key {
+	k := Key{Local: local, Proto: proto}
+	if HasPorts(proto) {
+		k.LocalPort, k.Flags = port, KeyLocalPort
+	}
+	return k
+}
+
+// FlowKey returns the exact key of a flow seen from our side: local address
+// and port, remote address and port.
+func FlowKey(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) Key {
+	k := Key{Local: local, Remote: remote, Proto: proto, Flags: KeyRemote}
+	if HasPorts(proto) {
+		k.LocalPort, k.RemotePort = lport, rport
+		k.Flags |= KeyLocalPort | KeyRemotePort
+	}
+	return k
+}
+
+// Errors of Key.Validate.
+var (
+	ErrNoLocal        = errors.New("rule has no local address")
+	ErrPortRequired   = errors.New("a local port is required for this protocol")
+	ErrPortNotAllowed = errors.New("this protocol has no ports")
+	ErrRemotePort     = errors.New("a remote port needs a remote address")
+	ErrFamilyMismatch = errors.New("local and remote address are of different IP families")
+)
+
+// Validate reports whether k is a rule the table can match: a local
+// address; for protocols with ports a local port, and a remote port only
+// with a remote address; for protocols without ports no ports at all.
+func (k Key) Validate() error {
+	if k.Local.IsZero() {
+		return ErrNoLocal
+	}
+	if k.Flags&KeyRemote != 0 && k.Remote.Is4() != k.Local.Is4() {
+		return ErrFamilyMismatch
+	}
+	if k.Flags&KeyRemotePort != 0 && k.Flags&KeyRemote == 0 {
+		return ErrRemotePort
+	}
+	if HasPorts(k.Proto) {
+		if k.Flags&KeyLocalPort == 0 {
+			return ErrPortRequired
+		}
+	} else if k.Flags&(KeyLocalPort|KeyRemotePort) != 0 {
+		return ErrPortNotAllowed
+	}
+	if k.Flags&KeyRemote == 0 && !k.Remote.IsZero() || k.Flags&KeyLocalPort == 0 && k.LocalPort != 0 ||
+		k.Flags&KeyRemotePort == 0 && k.RemotePort != 0 {
+		return errors.New("rule key has a value without its flag")
+	}
+	return nil
+}
+
+// Listening reports whether k has no remote side.
+func (k Key) Listening() bool { return k.Flags&KeyRemote == 0 }
+
+// String formats k as "tcp 198.18.0.1:80 <- 198.18.1.2:41000", with "*"
+// for unset fields.
+func (k Key) String() string {
+	s := ProtoName(k.Proto) + " " + hostPort(k.Local, k.Flags&KeyLocalPort != 0, k.LocalPort)
+	if k.Flags&KeyRemote != 0 {
+		s += " <- " + hostPort(k.Remote, k.Flags&KeyRemotePort != 0, k.RemotePort)
+	}
+	return s
+}
+
+func hostPort(a Addr, hasPort bool, port uint16) string {
+	h := a.String()
+	if !a.Is4() {
+		h = "[" + h + "]"
+	}
+	if !hasPort {
+		return h
+	}
+	return h + ":" + strconv.Itoa(int(port))
+}
+
+// ProtoName names an IP protocol ("tcp", "udp", "icmp", ... or its number).
+func ProtoName(p uint8) string {
+	switch p {
+	case ProtoICMP:
+		return "icmp"
+	case ProtoTCP:
+		return "tcp"
+	case ProtoUDP:
+		return "udp"
+	case ProtoDCCP:
+		return "dccp"
+	case ProtoICMPv6:
+		return "icmpv6"
+	case ProtoSCTP:
+		return "sctp"
+	case ProtoUDPLite:
+		return "udplite"
+	}
+	return "proto-" + strconv.Itoa(int(p))
+}
+
+func (r Rule) String() string {
+	st := ""
+	if r.Sticky {
+		st = " sticky"
+	}
+	return fmt.Sprintf("%v -> %v/%d (%v%s)", r.Key, r.Owner.Kind, r.Owner.Port, r.Kind, st)
+}

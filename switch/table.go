@@ -1,0 +1,278 @@
+package l4
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// NumShards is the number of shards of a Table.
+const NumShards = 256
+
+// Table is the rule table of one switch domain: every rule, registered or
+// learned, that says which port owns which traffic.
+//
+// Concurrency: any number of goroutines may call Lookup at full rate while
+// others change the table. A shard is an immutable snapshot (a map and the
+// number of rules of each shape) behind an atomic pointer, RCU-style: a
+// reader does one atomic load and map reads, takes no lock and writes no
+// shared memory, so readers on different cores never slow each other down.
+// Writers serialise per shard on a mutex, copy the shard's map, change the
+// copy and publish it. The shard is chosen by (local address, protocol,
+// local port), so the three lookup steps of a frame read one shard, and a
+// write copies only 1/NumShards of the table.
+//
+// Writes are meant to be rare (attach, AddMatch, a new outgoing
+// connection): a write costs a copy of one shard's map. BENCHMARKS.md has
+// the numbers.
+type Table struct {
+	shards [NumShards]shard
+	gen    atomic.Uint64 // bumped by every change
+	_      [56]byte
+}
+
+type shard struct {
+	snap atomic.Pointer[snapshot]
+	mu   sync.Mutex
+	_    [48]byte // a shard per cache line: writers of one shard do not disturb readers of its neighbours
+}
+
+type entry struct {
+	owner  Owner
+	kind   RuleKind
+	sticky bool
+}
+
+type snapshot struct {
+	m      map[Key]entry
+	shapes [8]int32 // rules per Key.Flags value: a lookup step with no rules of its shape is skipped
+}
+
+var emptySnapshot = &snapshot{m: map[Key]entry{}}
+
+// NewTable returns an empty table.
+func NewTable() *Table {
+	t := &Table{}
+	for i := range t.shards {
+		t.shards[i].snap.Store(emptySnapshot)
+	}
+	return t
+}
+
+// shardOf picks the shard of a key from its local address, protocol and
+// local port: the fields every lookup step shares.
+func shardOf(local *Addr, proto uint8, lport uint16) int {
+	hi, lo := local.halves()
+	h := hi ^ lo*0x9e3779b97f4a7c15 ^ uint64(proto)<<16 ^ uint64(lport)
+	h ^= h >> 29
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 32
+	return int(h & (NumShards - 1))
+}
+
+func (t *Table) shardFor(k *Key) *shard {
+	return &t.shards[shardOf(&k.Local, k.Proto, k.LocalPort)]
+}
+
+// Lookup finds the rule that owns a packet arriving at local (address and
+// port) from remote, in three steps: the exact 5-tuple, then (local address,
+// protocol, local port, remote address), then the listening rule (local
+// address, protocol, local port). For protocols without ports the ports are
+// ignored and the steps are (local, protocol, remote) then (local,
+// protocol). It takes no lock and does not allocate.
+func (t *Table) Lookup(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Rule, bool) {
+	ported := HasPorts(proto)
+	if !ported {
+		lport, rport = 0, 0
+	}
+	s := t.shards[shardOf(&local, proto, lport)].snap.Load()
+	k := Key{Local: local, Remote: remote, LocalPort: lport, RemotePort: rport, Proto: proto}
+	if ported {
+		k.Flags = KeyLocalPort | KeyRemote | KeyRemotePort
+		if s.shapes[k.Flags] > 0 {
+			if e, ok := s.m[k]; ok {
+				return e.rule(k), true
+			}
+		}
+		k.RemotePort, k.Flags = 0, KeyLocalPort|KeyRemote
+	} else {
+		k.Flags = KeyRemote
+	}
+	if s.shapes[k.Flags] > 0 {
+		if e, ok := s.m[k]; ok {
+			return e.rule(k), true
+		}
+	}
+	k.Remote, k.Flags = Addr{}, k.Flags&^KeyRemote
+	if s.shapes[k.Flags] > 0 {
+		if e, ok := s.m[k]; ok {
+			return e.rule(k), true
+		}
+	}
+	return Rule{}, false
+}
+
+// Get returns the rule with exactly the key k.
+func (t *Table) Get(k Key) (Rule, bool) {
+	e, ok := t.shardFor(&k).snap.Load().m[k]
+	return e.rule(k), ok
+}
+
+func (e entry) rule(k Key) Rule {
+	return Rule{Key: k, Owner: e.owner, Kind: e.kind, Sticky: e.sticky}
+}
+
+// ErrExists is returned (wrapped in a *ExistsError) by Insert when a rule
+// with the same key is held already.
+var ErrExists = errors.New("rule exists")
+
+// ExistsError says who holds the key that Insert was asked to take.
+type ExistsError struct{ Held Rule }
+
+func (e *ExistsError) Error() string { return fmt.Sprintf("rule exists: %v", e.Held) }
+func (e *ExistsError) Unwrap() error { return ErrExists }
+
+// Insert adds r. It never replaces a rule: when the key is held already,
+// by anyone, it returns an *ExistsError that errors.Is ErrExists.
+func (t *Table) Insert(r Rule) error {
+	if err := r.Key.Validate(); err != nil {
+		return fmt.Errorf("rule %v: %w", r.Key, err)
+	}
+	sh := t.shardFor(&r.Key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	old := sh.snap.Load()
+	if e, ok := old.m[r.Key]; ok {
+		return &ExistsError{Held: e.rule(r.Key)}
+	}
+	n := &snapshot{m: maps.Clone(old.m), shapes: old.shapes}
+	n.m[r.Key] = entry{owner: r.Owner, kind: r.Kind, sticky: r.Sticky}
+	n.shapes[r.Key.Flags]++
+	sh.snap.Store(n)
+	t.gen.Add(1)
+	return nil
+}
+
+// Remove deletes the rule with key k if owner holds it, and reports whether
+// it did.
+func (t *Table) Remove(k Key, owner PortID) bool {
+	return t.removeIn(t.shardFor(&k), func(rk Key, e entry) bool {
+		return rk == k && e.owner.Port == owner
+	}, true) > 0
+}
+
+// RemoveOwner deletes every rule that port holds and returns how many.
+func (t *Table) RemoveOwner(port PortID) int {
+	return t.RemoveIf(func(r Rule) bool { return r.Owner.Port == port })
+}
+
+// RemoveIf deletes every rule for which drop returns true and returns how
+// many. drop is called with shard locks held: it must not call back into t.
+func (t *Table) RemoveIf(drop func(Rule) bool) int {
+	n := 0
+	for i := range t.shards {
+		n += t.removeIn(&t.shards[i], func(k Key, e entry) bool { return drop(e.rule(k)) }, false)
+	}
+	return n
+}
+
+func (t *Table) removeIn(sh *shard, drop func(Key, entry) bool, one bool) int {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	old := sh.snap.Load()
+	var n *snapshot
+	removed := 0
+	for k, e := range old.m {
+		if !drop(k, e) {
+			continue
+		}
+		if n == nil {
+			n = &snapshot{m: maps.Clone(old.m), shapes: old.shapes}
+		}
+		delete(n.m, k)
+		n.shapes[k.Flags]--
+		removed++
+		if one {
+			break
+		}
+	}
+	if n != nil {
+		sh.snap.Store(n)
+		t.gen.Add(1)
+	}
+	return removed
+}
+
+// Rules returns every rule, sorted by owner, then by key. It sees each
+// shard at one instant, not the whole table.
+func (t *Table) Rules() []Rule {
+	var rs []Rule
+	for i := range t.shards {
+		for k, e := range t.shards[i].snap.Load().m {
+			rs = append(rs, e.rule(k))
+		}
+	}
+	slices.SortFunc(rs, compareRules)
+	return rs
+}
+
+func compareRules(a, b Rule) int {
+	if a.Owner.Port != b.Owner.Port {
+		return cmpInt(a.Owner.Port, b.Owner.Port)
+	}
+	if c := slices.Compare(a.Local[:], b.Local[:]); c != 0 {
+		return c
+	}
+	if a.Proto != b.Proto {
+		return cmpInt(a.Proto, b.Proto)
+	}
+	if a.LocalPort != b.LocalPort {
+		return cmpInt(a.LocalPort, b.LocalPort)
+	}
+	if a.Flags != b.Flags {
+		return cmpInt(a.Flags, b.Flags)
+	}
+	if c := slices.Compare(a.Remote[:], b.Remote[:]); c != 0 {
+		return c
+	}
+	return cmpInt(a.RemotePort, b.RemotePort)
+}
+
+func cmpInt[T ~uint8 | ~uint16 | ~uint32](a, b T) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Len returns the number of rules.
+func (t *Table) Len() int {
+	n := 0
+	for i := range t.shards {
+		n += len(t.shards[i].snap.Load().m)
+	}
+	return n
+}
+
+// Count returns the number of rules per kind (registered, learned).
+func (t *Table) Count() (registered, learned int) {
+	for i := range t.shards {
+		for _, e := range t.shards[i].snap.Load().m {
+			if e.kind == Learned {
+				learned++
+			} else {
+				registered++
+			}
+		}
+	}
+	return
+}
+
+// Gen returns a number that changes whenever a rule is added or removed.
+func (t *Table) Gen() uint64 { return t.gen.Load() }
