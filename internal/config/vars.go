@@ -381,6 +381,8 @@ func parseCPUs(st *state, v string) *Error {
 func parseSocketPath(st *state, v string) *Error {
 	const maxPath = 107 // sizeof(sun_path) - 1: a path needs its NUL, '@' stands for the leading NUL of an abstract name
 	switch {
+	case v == "": // not reached: empty means the default; kept so that v[0] is safe
+		return &Error{Value: v, Reason: "empty path"}
 	case len(v) > maxPath:
 		return &Error{Value: v, Reason: fmt.Sprintf("longer than %d bytes", maxPath)}
 	case v == "@":
