@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/usnetd/usnetd/internal/config"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+}
+
+const usageLine = "usage: usnetd [-h|--help] [CONFFILE]"
+
+// run is usnetd with its arguments (without the program name), environment
+// and output streams; it returns the exit status: 0, or 2 for a usage or
+// configuration error, reported as one line on stderr.
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	var confFile string
+	var operands []string
+flags:
+	for i, a := range args {
+		switch {
+		case a == "--":
+			operands = append(operands, args[i+1:]...)
+			break flags
+		case a == "-h" || a == "--help" || a == "-help":
+			config.Usage(stdout)
+			return 0
+		case strings.HasPrefix(a, "-") && a != "-":
+			fmt.Fprintf(stderr, "usnetd: unknown flag %q (%s)\n", a, usageLine)
+			return 2
+		default:
+			operands = append(operands, a)
+		}
+	}
+	switch len(operands) {
+	case 0:
+	case 1:
+		confFile = operands[0]
+	default:
+		fmt.Fprintf(stderr, "usnetd: at most one CONFFILE, got %d arguments (%s)\n", len(operands), usageLine)
+		return 2
+	}
+
+	loader := &config.Loader{IsTerminal: func() bool { return config.IsTerminal(stderr) }}
+	cfg, err := loader.Load(environ, confFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "usnetd: %v\n", err)
+		return 2
+	}
+	log := config.NewLogger(cfg, stderr)
+	metrics := cfg.MetricsAddr
+	if metrics == "" {
+		metrics = "off"
+	}
+	workers := fmt.Sprint(cfg.Workers)
+	if cfg.Workers == 0 {
+		workers = "one per NIC queue"
+	}
+	log.Info().
+		Strs("interfaces", cfg.Interfaces).
+		Str("backend", string(cfg.Backend)).
+		Str("workers", workers).
+		Str("socket", cfg.SocketPath).
+		Str("metrics", metrics).
+		Msg("configuration loaded")
+	log.Info().Msg("the data plane is not wired yet; exiting")
+	return 0
+}
