@@ -3,6 +3,7 @@ package l4
 import (
 	"encoding/binary"
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -407,4 +408,65 @@ func BenchmarkPool(b *testing.B) {
 			c.Get().Release()
 		}
 	})
+}
+
+// TestBufPoolSharedStackABA hammers the shared store's push and pop with
+// the pattern that breaks an untagged Treiber stack: pop A, pop B, push A
+// back while another goroutine is between its load of A and its CAS. Each
+// popped chain is marked owned; a chain handed to two goroutines at once
+// (or a lost one) fails the test.
+func TestBufPoolSharedStackABA(t *testing.T) {
+	const workers = 8
+	iters := 50_000
+	if testing.Short() {
+		iters = 5_000
+	}
+	p := poolTestNew(t, 16, 64)
+	// Make every buffer a chain of its own, so there are 16 small chains.
+	c := p.NewCache()
+	var all [16]*Buf
+	c.GetBatch(all[:])
+	for _, b := range all {
+		b.Release()
+	}
+	var owned [16]atomic.Int32
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range iters {
+				a := p.popChain()
+				b := p.popChain()
+				for _, x := range []*Buf{a, b} {
+					if x != nil && !owned[x.idx].CompareAndSwap(0, 1) {
+						t.Errorf("chain %d popped twice", x.idx)
+					}
+				}
+				if i%7 == 0 {
+					runtime.Gosched()
+				}
+				for _, x := range []*Buf{a, b} {
+					if x != nil {
+						owned[x.idx].Store(0)
+						p.pushChain(x, x, 1)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := p.Stats().SharedFree; got != 16 {
+		t.Fatalf("SharedFree = %d, want 16", got)
+	}
+	n := 0
+	for b := p.popChain(); b != nil; b = p.popChain() {
+		n++
+		if n > 16 {
+			t.Fatal("the stack has a cycle")
+		}
+	}
+	if n != 16 {
+		t.Fatalf("%d chains on the stack, want 16", n)
+	}
 }
