@@ -241,7 +241,7 @@ type BufPoolStats struct {
 	Bufs       int    // number of buffers
 	BufSize    int    // capacity of each buffer
 	SharedFree int    // free buffers in the shared store (not counting caches)
-	Exhausted  uint64 // times a cache found the shared store empty (a Get returned nil)
+	Exhausted  uint64 // times a cache found itself and the shared store empty (Get nil, GetBatch short)
 	DoubleFree uint64 // releases or retains of a free buffer: a bug, must stay 0
 }
 
