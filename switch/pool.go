@@ -482,3 +482,13 @@ func (c *BufCache) Flush() {
 
 // Len returns the number of free buffers held by the cache.
 func (c *BufCache) Len() int { return c.n }
+
+// Buf returns buffer i of the pool (the inverse of Buf.Index), or nil when i
+// is out of range. The pipeline uses it to turn the handles of held
+// fragments back into buffers.
+func (p *BufPool) Buf(i int) *Buf {
+	if i < 0 || i >= len(p.bufs) {
+		return nil
+	}
+	return &p.bufs[i]
+}

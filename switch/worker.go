@@ -1,0 +1,263 @@
+package l4
+
+import (
+	"errors"
+	"runtime"
+	"sync/atomic"
+	"time"
+)
+
+// rxCounters are written by one RX worker only, once per batch.
+type rxCounters struct {
+	packets atomic.Uint64
+	bytes   atomic.Uint64
+	errors  atomic.Uint64 // Recv errors other than ErrPortClosed
+	_       [40]byte
+}
+
+// txCounters are written by one TX goroutine only.
+type txCounters struct {
+	packets atomic.Uint64
+	bytes   atomic.Uint64
+	errors  atomic.Uint64
+	_       [40]byte
+}
+
+// rxWorker reads one receive queue of one port and routes its frames.
+type rxWorker struct {
+	p     *Pipeline
+	ps    *portState
+	queue int
+
+	// seq is odd while the worker is inside a batch: RemovePort waits for
+	// it to move on (Pipeline.quiesce).
+	seq   atomic.Uint64
+	rx    rxCounters
+	drops [NumDropReasons]atomic.Uint64
+
+	// Owned by the worker goroutine.
+	out     map[*portState]*Ring
+	outIn   []*inRing // the same rings, to mark dead at exit
+	topo    *topology
+	pending []pending
+	frame   Frame
+	held    []uint64
+	local   [NumDropReasons]uint64 // drops of the current batch
+}
+
+// pending is a batch of frames for one destination.
+type pending struct {
+	dst  *portState
+	bufs []*Buf
+}
+
+func (p *Pipeline) newWorker(ps *portState, q int) *rxWorker {
+	return &rxWorker{p: p, ps: ps, queue: q, out: map[*portState]*Ring{}}
+}
+
+func (w *rxWorker) run() {
+	defer w.p.wg.Done()
+	defer w.ps.rxWG.Done()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if f := w.p.cfg.OnThreadStart; f != nil {
+		f("rx", w.ps.owner, w.queue)
+	}
+	cache := w.p.pool.NewCache()
+	bs := w.p.cfg.BatchSize
+	bufs := make([]*Buf, bs)
+	have := 0
+	defer func() {
+		cache.ReleaseBatch(bufs[:have])
+		for _, in := range w.outIn {
+			in.dead.Store(true)
+		}
+		// The consumers drop the dead rings once they drained them.
+		cache.Flush()
+	}()
+	for {
+		if have < bs {
+			have += cache.GetBatch(bufs[have:])
+			if have == 0 {
+				// The pool is exhausted: frames wait in the device (or its
+				// queue drops them) until TX goroutines free buffers.
+				w.drops[DropNoBuffer].Add(1)
+				time.Sleep(100 * time.Microsecond)
+				continue
+			}
+		}
+		n, err := w.ps.port.Recv(w.queue, bufs[:have])
+		if err != nil {
+			if errors.Is(err, ErrPortClosed) {
+				return
+			}
+			// A receive error is the device's: count it and go on.
+			w.rx.errors.Add(1)
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if n <= 0 {
+			continue
+		}
+		n = min(n, have)
+		w.seq.Add(1)
+		w.process(bufs[:n], cache)
+		w.seq.Add(1)
+		copy(bufs, bufs[n:have])
+		clear(bufs[have-n : have])
+		have -= n
+	}
+}
+
+// process routes one batch of received frames.
+func (w *rxWorker) process(frames []*Buf, cache *BufCache) {
+	p := w.p
+	if t := p.topo.Load(); t != w.topo {
+		w.topo = t
+		w.prune()
+	}
+	in := w.ps.owner
+	var bytes uint64
+	for _, b := range frames {
+		bytes += uint64(b.Len())
+		var v Verdict
+		if p.cfg.Classify != nil {
+			v = p.cfg.Classify(in, b)
+		} else {
+			f := &w.frame
+			if r := Parse(b.Bytes(), f); r != DropNone {
+				v = drop(r)
+			} else {
+				v = p.sw.Decide(in, f, uint64(b.Index()))
+				if v.Release {
+					w.held = p.sw.TakeHeld(f, w.held[:0])
+				}
+			}
+		}
+		w.route(b, v, cache)
+		if v.Release {
+			for _, h := range w.held {
+				if hb := p.pool.Buf(int(h)); hb != nil {
+					w.route(hb, v, cache)
+				}
+			}
+			w.held = w.held[:0]
+		}
+	}
+	w.rx.packets.Add(uint64(len(frames)))
+	w.rx.bytes.Add(bytes)
+	w.flush(cache)
+}
+
+// route adds b to the batch of the verdict's destination(s).
+func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
+	switch v.Action {
+	case ActForward:
+		if dst := w.topo.ports[v.To.Port]; dst != nil {
+			w.add(dst, b)
+			return
+		}
+		w.local[DropPortGone]++
+	case ActUplink:
+		if dst := w.topo.nic; dst != nil && dst != w.ps {
+			w.add(dst, b)
+			return
+		}
+		w.local[DropPortGone]++
+	case ActFlood:
+		n := int32(0)
+		for _, dst := range w.topo.list {
+			if w.floodTo(dst) {
+				n++
+			}
+		}
+		if n == 0 {
+			w.local[DropNoMatch]++
+			break
+		}
+		b.Retain(n - 1)
+		for _, dst := range w.topo.list {
+			if w.floodTo(dst) {
+				w.add(dst, b)
+			}
+		}
+		return
+	case ActHold:
+		return // the switch keeps it until its first fragment comes
+	case ActDrop:
+		w.local[v.Reason]++
+	}
+	cache.Release(b)
+}
+
+// floodTo says whether a flooded frame from this worker's port goes to dst:
+// every other port; from the NIC, every port but NICs.
+func (w *rxWorker) floodTo(dst *portState) bool {
+	return dst != w.ps && !(w.ps.owner.Kind == PortNIC && dst.owner.Kind == PortNIC)
+}
+
+func (w *rxWorker) add(dst *portState, b *Buf) {
+	for i := range w.pending {
+		if w.pending[i].dst == dst {
+			w.pending[i].bufs = append(w.pending[i].bufs, b)
+			return
+		}
+	}
+	w.pending = append(w.pending, pending{dst: dst, bufs: append(w.spare(), b)})
+}
+
+// spare returns an empty slice for a new pending batch, reusing old ones.
+func (w *rxWorker) spare() []*Buf {
+	n := len(w.pending)
+	if n < cap(w.pending) {
+		if old := w.pending[:n+1][n].bufs; old != nil {
+			return old[:0]
+		}
+	}
+	return make([]*Buf, 0, w.p.cfg.BatchSize)
+}
+
+// flush pushes every pending batch into its ring and counts the drops.
+func (w *rxWorker) flush(cache *BufCache) {
+	for i := range w.pending {
+		pd := &w.pending[i]
+		r := w.p.ring(w, pd.dst)
+		k := 0
+		if r != nil {
+			k = r.PushBatch(pd.bufs)
+			pd.dst.waker.Wake()
+			w.local[DropRingFull] += uint64(len(pd.bufs) - k)
+		} else {
+			w.local[DropPortGone] += uint64(len(pd.bufs))
+		}
+		cache.ReleaseBatch(pd.bufs[k:])
+		clear(pd.bufs)
+		pd.bufs = pd.bufs[:0]
+		pd.dst = nil
+	}
+	w.pending = w.pending[:0]
+	for r, n := range w.local {
+		if n != 0 {
+			w.drops[r].Add(n)
+			w.local[r] = 0
+		}
+	}
+}
+
+// prune forgets the rings to ports that left the topology; their TX side
+// drained and dropped them.
+func (w *rxWorker) prune() {
+	for dst := range w.out {
+		if w.topo.ports[dst.owner.Port] != dst {
+			delete(w.out, dst)
+		}
+	}
+	live := w.outIn[:0]
+	for _, in := range w.outIn {
+		if _, ok := w.out[in.to]; ok {
+			live = append(live, in)
+		}
+	}
+	clear(w.outIn[len(live):])
+	w.outIn = live
+}
