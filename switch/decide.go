@@ -137,12 +137,12 @@ func (s *Switch) match(in Owner, f *Frame) Verdict {
 		// path-MTU discovery and unreachables reach the stack that sent
 		// the packet. The quoted packet went from us (Inner.Src) to the remote.
 		q := &f.Inner
-		if r, ok := s.Table.Lookup(q.Src, q.SrcPort, q.Dst, q.DstPort, q.Proto); ok && valid(r.Owner, in) {
-			return Verdict{Action: ActForward, To: r.Owner}
+		if o, ok := s.Table.LookupOwner(q.Src, q.SrcPort, q.Dst, q.DstPort, q.Proto); ok && valid(o, in) {
+			return Verdict{Action: ActForward, To: o}
 		}
 	}
-	if r, ok := s.Table.Lookup(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto); ok && valid(r.Owner, in) {
-		return Verdict{Action: ActForward, To: r.Owner}
+	if o, ok := s.Table.LookupOwner(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto); ok && valid(o, in) {
+		return Verdict{Action: ActForward, To: o}
 	}
 	if f.DHCP == DHCPAnswer {
 		if o := unpackOwner(s.dhcp.Load()); o.Port != 0 && o.Port != in.Port {
@@ -177,12 +177,12 @@ func (s *Switch) learn(in Owner, f *Frame) DropReason {
 	}
 	// A reply from one of the sender's registered listening rules needs no
 	// rule of its own: the listening rule already brings the next packet.
-	if r, ok := s.Table.Get(ListenKey(f.Src, f.Proto, f.SrcPort)); ok && r.Owner.Port == in.Port && r.Kind == Registered {
+	if e, ok := s.Table.get(ListenKey(f.Src, f.Proto, f.SrcPort)); ok && e.owner.Port == in.Port && e.kind == Registered {
 		return DropNone
 	}
-	r, ok := s.Table.Lookup(f.Src, f.SrcPort, f.Dst, f.DstPort, f.Proto)
+	o, ok := s.Table.LookupOwner(f.Src, f.SrcPort, f.Dst, f.DstPort, f.Proto)
 	if ok {
-		if r.Owner.Port == in.Port || r.Owner.Kind == PortNIC {
+		if o.Port == in.Port || o.Kind == PortNIC {
 			return DropNone // known already
 		}
 		return DropSpoof

@@ -3,7 +3,6 @@ package l4
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -46,13 +45,6 @@ type entry struct {
 	sticky bool
 }
 
-type snapshot struct {
-	m      map[Key]entry
-	shapes [8]int32 // rules per Key.Flags value: a lookup step with no rules of its shape is skipped
-}
-
-var emptySnapshot = &snapshot{m: map[Key]entry{}}
-
 // NewTable returns an empty table.
 func NewTable() *Table {
 	t := &Table{}
@@ -84,6 +76,20 @@ func (t *Table) shardFor(k *Key) *shard {
 // ignored and the steps are (local, protocol, remote) then (local,
 // protocol). It takes no lock and does not allocate.
 func (t *Table) Lookup(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Rule, bool) {
+	k, e, ok := t.lookup(local, lport, remote, rport, proto)
+	if !ok {
+		return Rule{}, false
+	}
+	return e.rule(k), true
+}
+
+// LookupOwner is Lookup for the data path: it returns only the owner.
+func (t *Table) LookupOwner(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Owner, bool) {
+	_, e, ok := t.lookup(local, lport, remote, rport, proto)
+	return e.owner, ok
+}
+
+func (t *Table) lookup(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Key, entry, bool) {
 	ported := HasPorts(proto)
 	if !ported {
 		lport, rport = 0, 0
@@ -92,34 +98,28 @@ func (t *Table) Lookup(local Addr, lport uint16, remote Addr, rport uint16, prot
 	k := Key{Local: local, Remote: remote, LocalPort: lport, RemotePort: rport, Proto: proto}
 	if ported {
 		k.Flags = KeyLocalPort | KeyRemote | KeyRemotePort
-		if s.shapes[k.Flags] > 0 {
-			if e, ok := s.m[k]; ok {
-				return e.rule(k), true
-			}
+		if e, ok := s.get(&k); ok {
+			return k, e, true
 		}
 		k.RemotePort, k.Flags = 0, KeyLocalPort|KeyRemote
 	} else {
 		k.Flags = KeyRemote
 	}
-	if s.shapes[k.Flags] > 0 {
-		if e, ok := s.m[k]; ok {
-			return e.rule(k), true
-		}
+	if e, ok := s.get(&k); ok {
+		return k, e, true
 	}
 	k.Remote, k.Flags = Addr{}, k.Flags&^KeyRemote
-	if s.shapes[k.Flags] > 0 {
-		if e, ok := s.m[k]; ok {
-			return e.rule(k), true
-		}
-	}
-	return Rule{}, false
+	e, ok := s.get(&k)
+	return k, e, ok
 }
 
 // Get returns the rule with exactly the key k.
 func (t *Table) Get(k Key) (Rule, bool) {
-	e, ok := t.shardFor(&k).snap.Load().m[k]
+	e, ok := t.get(k)
 	return e.rule(k), ok
 }
+
+func (t *Table) get(k Key) (entry, bool) { return t.shardFor(&k).snap.Load().get(&k) }
 
 func (e entry) rule(k Key) Rule {
 	return Rule{Key: k, Owner: e.owner, Kind: e.kind, Sticky: e.sticky}
@@ -145,13 +145,10 @@ func (t *Table) Insert(r Rule) error {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	old := sh.snap.Load()
-	if e, ok := old.m[r.Key]; ok {
+	if e, ok := old.get(&r.Key); ok {
 		return &ExistsError{Held: e.rule(r.Key)}
 	}
-	n := &snapshot{m: maps.Clone(old.m), shapes: old.shapes}
-	n.m[r.Key] = entry{owner: r.Owner, kind: r.Kind, sticky: r.Sticky}
-	n.shapes[r.Key.Flags]++
-	sh.snap.Store(n)
+	sh.snap.Store(old.with(r.Key, entry{owner: r.Owner, kind: r.Kind, sticky: r.Sticky}))
 	t.gen.Add(1)
 	return nil
 }
@@ -182,24 +179,15 @@ func (t *Table) RemoveIf(drop func(Rule) bool) int {
 func (t *Table) removeIn(sh *shard, drop func(Key, entry) bool, one bool) int {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	old := sh.snap.Load()
-	var n *snapshot
-	removed := 0
-	for k, e := range old.m {
-		if !drop(k, e) {
-			continue
+	done := false
+	n, removed := sh.snap.Load().without(func(k *Key, e entry) bool {
+		if done || !drop(*k, e) {
+			return false
 		}
-		if n == nil {
-			n = &snapshot{m: maps.Clone(old.m), shapes: old.shapes}
-		}
-		delete(n.m, k)
-		n.shapes[k.Flags]--
-		removed++
-		if one {
-			break
-		}
-	}
-	if n != nil {
+		done = one
+		return true
+	})
+	if removed > 0 {
 		sh.snap.Store(n)
 		t.gen.Add(1)
 	}
@@ -211,9 +199,7 @@ func (t *Table) removeIn(sh *shard, drop func(Key, entry) bool, one bool) int {
 func (t *Table) Rules() []Rule {
 	var rs []Rule
 	for i := range t.shards {
-		for k, e := range t.shards[i].snap.Load().m {
-			rs = append(rs, e.rule(k))
-		}
+		t.shards[i].snap.Load().each(func(k *Key, e entry) { rs = append(rs, e.rule(*k)) })
 	}
 	slices.SortFunc(rs, compareRules)
 	return rs
@@ -255,7 +241,7 @@ func cmpInt[T ~uint8 | ~uint16 | ~uint32](a, b T) int {
 func (t *Table) Len() int {
 	n := 0
 	for i := range t.shards {
-		n += len(t.shards[i].snap.Load().m)
+		n += t.shards[i].snap.Load().n
 	}
 	return n
 }
@@ -263,14 +249,15 @@ func (t *Table) Len() int {
 // Count returns the number of rules per kind (registered, learned).
 func (t *Table) Count() (registered, learned int) {
 	for i := range t.shards {
-		for _, e := range t.shards[i].snap.Load().m {
+		s := t.shards[i].snap.Load()
+		s.each(func(_ *Key, e entry) {
 			if e.kind == Learned {
 				learned++
-			} else {
-				registered++
 			}
-		}
+		})
+		registered += s.n
 	}
+	registered -= learned
 	return
 }
 
