@@ -54,7 +54,8 @@ fn main() {
             Err(_) => println!("ERR broken string"),
             Ok(s) => match serde_json::from_str::<ClientMessage>(s) {
                 Ok(m) => println!("OK {}", hex(serde_json::to_string(&m).unwrap().as_bytes())),
-                Err(e) => println!("ERR {}", e),
+                // One line per input: the message may quote input with line breaks.
+                Err(e) => println!("ERR {}", e.to_string().escape_debug()),
             },
         }
     }
