@@ -42,6 +42,10 @@ package control
 //     ErrOutOfRange. No process or thread id lies beyond that (the kernel's
 //     PID_MAX_LIMIT is 2^22), and the server never trusts the number anyway:
 //     credentials come from the kernel (SO_PEERCRED).
+//   - The interface name must be one Linux could have (the kernel's
+//     dev_valid_name: 1..15 bytes, not "." or "..", no '/', ':', NUL or
+//     white space); serde took any string and the original then found no
+//     such NIC and sent no answer. Such a name is ErrInterfaceName.
 //   - The address strings are parsed here (net/netip). The original kept
 //     them as strings and parsed them when acting on the message: an invalid
 //     dst_addr meant no answer at all (the client hung), an invalid src_addr
@@ -150,7 +154,7 @@ type Request interface {
 // a socketpair(AF_UNIX, SOCK_DGRAM), one Ethernet frame per datagram, or
 // RawER. Wire form: {"RequestUDS":["eth0",1234]}.
 type RequestUDS struct {
-	Interface string // the NIC, 1..15 bytes (see validInterfaceName)
+	Interface string // the NIC: a valid Linux interface name (1..15 bytes, no '/', ':', NUL, white space)
 	PID       int32  // the client's process or thread id, 0..2^31-1 (u64 in the original)
 }
 
