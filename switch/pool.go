@@ -1,6 +1,7 @@
 package l4
 
 import (
+	"encoding/binary"
 	"errors"
 	"strconv"
 	"sync/atomic"
@@ -276,12 +277,13 @@ func NewBufPool(count, size int) (*BufPool, error) {
 		b.pool = p
 	}
 	// Seed the shared store with chains of BufCacheBatch buffers.
+	var chain [BufCacheBatch]*Buf
 	for i := 0; i < count; i += BufCacheBatch {
 		j := min(i+BufCacheBatch, count)
-		for k := i; k < j-1; k++ {
-			p.bufs[k].next = uint32(k + 2)
+		for k := i; k < j; k++ {
+			chain[k-i] = &p.bufs[k]
 		}
-		p.bufs[j-1].next = 0
+		p.linkChain(chain[:j-i])
 		p.pushChain(&p.bufs[i], &p.bufs[j-1], uint32(j-i))
 	}
 	return p, nil
@@ -306,11 +308,37 @@ func (p *BufPool) Backing() []byte { return p.backing }
 // Stride returns the distance in bytes between the starts of two buffers.
 func (p *BufPool) Stride() int { return p.stride }
 
-// pushChain pushes the chain first..last (already linked through next,
-// n buffers) onto the shared store. The buffers must be free and owned by
-// the caller.
+// A chain's members are listed in the data area of its first buffer (a
+// free buffer's data is unused), as little-endian uint32 indices, when the
+// buffers are large enough (bufListMin); otherwise they are linked through
+// next. The list lets refill take a chain without walking it: the walk was
+// a string of dependent cache misses on headers last written by another
+// core, the largest cost in the pipeline's profile.
+const bufListMin = 4 * BufCacheBatch
+
+// linkChain makes bufs (at most BufCacheBatch, all free and owned by the
+// caller) one chain headed by bufs[0].
+func (p *BufPool) linkChain(bufs []*Buf) {
+	if p.size >= bufListMin {
+		d := bufs[0].data
+		for i, b := range bufs[1:] {
+			binary.LittleEndian.PutUint32(d[4*i:], b.idx)
+		}
+		return
+	}
+	for i := 0; i < len(bufs)-1; i++ {
+		bufs[i].next = bufs[i+1].idx + 1
+	}
+	bufs[len(bufs)-1].next = 0
+}
+
+// pushChain pushes the chain headed by first (linked by linkChain; last is
+// its last buffer, n its length) onto the shared store. The buffers must be
+// free and owned by the caller.
 func (p *BufPool) pushChain(first, last *Buf, n uint32) {
-	last.next = 0
+	if p.size < bufListMin {
+		last.next = 0
+	}
 	first.chainLen = n
 	for {
 		old := p.head.Load()
@@ -406,13 +434,20 @@ func (c *BufCache) refill() bool {
 		if b == nil {
 			break
 		}
-		for {
+		c.bufs[c.n] = b
+		c.n++
+		if c.pool.size >= bufListMin {
+			d := b.data
+			for i := range int(b.chainLen) - 1 {
+				c.bufs[c.n] = &c.pool.bufs[binary.LittleEndian.Uint32(d[4*i:])]
+				c.n++
+			}
+			continue
+		}
+		for b.next != 0 {
+			b = &c.pool.bufs[b.next-1]
 			c.bufs[c.n] = b
 			c.n++
-			if b.next == 0 {
-				break
-			}
-			b = &c.pool.bufs[b.next-1]
 		}
 	}
 	if c.n == 0 {
@@ -462,9 +497,7 @@ func (c *BufCache) flushBottom(k int) {
 		return
 	}
 	k = min(k, c.n)
-	for i := 0; i < k-1; i++ {
-		c.bufs[i].next = c.bufs[i+1].idx + 1
-	}
+	c.pool.linkChain(c.bufs[:k])
 	c.pool.pushChain(c.bufs[0], c.bufs[k-1], uint32(k))
 	copy(c.bufs[:], c.bufs[k:c.n])
 	for i := c.n - k; i < c.n; i++ {
