@@ -7,7 +7,7 @@ import (
 )
 
 // snapshot is one shard of a Table at one instant: an immutable
-// open-addressing hash table (linear probing, at most half full) with a
+// open-addressing hash table (linear probing, at most three quarters full) with a
 // cheap hash of the fixed-size Key. It replaced a Go map here because the
 // lookup is the hot path: BENCHMARKS.md has the before and after.
 //
@@ -18,12 +18,21 @@ type snapshot struct {
 	mask   uint64
 	n      int
 	shapes [8]int32 // rules per Key.Flags value: a lookup step with no rules of its shape is skipped
+	// remotePorts has bit (local port % 1024) set for every rule with a
+	// remote side: a frame to a local port whose bit is clear can only
+	// match a listening rule, and skips the exact and remote-IP probes.
+	// A shard holds few local ports (it is chosen by local address,
+	// protocol and port), so the bits stay sparse.
+	remotePorts [16]uint64
+}
+
+func (s *snapshot) mayHaveRemote(lport uint16) bool {
+	return s.remotePorts[(lport>>6)&15]&(1<<(lport&63)) != 0
 }
 
 type slot struct {
-	k    Key
-	used bool
-	e    entry
+	k Key
+	e entry // e.used marks a taken slot
 }
 
 var emptySnapshot = &snapshot{slots: make([]slot, 8), mask: 7}
@@ -41,9 +50,11 @@ func hashKey(k *Key) uint64 {
 	r0 := binary.LittleEndian.Uint64(k.Remote[0:8])
 	r1 := binary.LittleEndian.Uint64(k.Remote[8:16])
 	x := uint64(k.LocalPort) | uint64(k.RemotePort)<<16 | uint64(k.Proto)<<32 | uint64(k.Flags)<<40
-	h := mix(l1^k1, r1^k2)
-	h = mix(h^l0^x, r0^k3)
-	return mix(h, x^k4)
+	h := mix(l1^k1, r1^x^k2)
+	if l0|r0 != 0 { // IPv6: the upper halves count too (they are 0 for IPv4)
+		h = mix(h^l0^k3, r0^k4)
+	}
+	return h
 }
 
 func mix(a, b uint64) uint64 {
@@ -66,7 +77,7 @@ func (s *snapshot) get(k *Key) (entry, bool) {
 	}
 	for i := hashKey(k) & s.mask; ; i = (i + 1) & s.mask {
 		sl := &s.slots[i]
-		if !sl.used {
+		if !sl.e.used {
 			return entry{}, false
 		}
 		if keyEq(&sl.k, k) {
@@ -78,12 +89,12 @@ func (s *snapshot) get(k *Key) (entry, bool) {
 // with returns a copy of s with k set to e (k must be absent).
 func (s *snapshot) with(k Key, e entry) *snapshot {
 	size := len(s.slots)
-	for (s.n+1)*2 > size {
+	for (s.n+1)*4 > size*3 { // at most three quarters full
 		size *= 2
 	}
 	var n *snapshot
 	if size == len(s.slots) {
-		n = &snapshot{slots: slices.Clone(s.slots), mask: s.mask, n: s.n, shapes: s.shapes}
+		n = &snapshot{slots: slices.Clone(s.slots), mask: s.mask, n: s.n, shapes: s.shapes, remotePorts: s.remotePorts}
 	} else {
 		n = s.rebuilt(size)
 	}
@@ -96,7 +107,7 @@ func (s *snapshot) with(k Key, e entry) *snapshot {
 func (s *snapshot) without(drop func(*Key, entry) bool) (*snapshot, int) {
 	var gone []int
 	for i := range s.slots {
-		if s.slots[i].used && drop(&s.slots[i].k, s.slots[i].e) {
+		if s.slots[i].e.used && drop(&s.slots[i].k, s.slots[i].e) {
 			gone = append(gone, i)
 		}
 	}
@@ -109,7 +120,7 @@ func (s *snapshot) without(drop func(*Key, entry) bool) (*snapshot, int) {
 	}
 	n := &snapshot{slots: make([]slot, size), mask: uint64(size - 1)}
 	for i := range s.slots {
-		if s.slots[i].used && (len(gone) == 0 || gone[0] != i) {
+		if s.slots[i].e.used && (len(gone) == 0 || gone[0] != i) {
 			n.put(s.slots[i].k, s.slots[i].e)
 		} else if len(gone) > 0 && gone[0] == i {
 			gone = gone[1:]
@@ -122,7 +133,7 @@ func (s *snapshot) without(drop func(*Key, entry) bool) (*snapshot, int) {
 func (s *snapshot) rebuilt(size int) *snapshot {
 	n := &snapshot{slots: make([]slot, size), mask: uint64(size - 1)}
 	for i := range s.slots {
-		if s.slots[i].used {
+		if s.slots[i].e.used {
 			n.put(s.slots[i].k, s.slots[i].e)
 		}
 	}
@@ -131,18 +142,22 @@ func (s *snapshot) rebuilt(size int) *snapshot {
 
 func (s *snapshot) put(k Key, e entry) {
 	i := hashKey(&k) & s.mask
-	for s.slots[i].used {
+	for s.slots[i].e.used {
 		i = (i + 1) & s.mask
 	}
-	s.slots[i] = slot{k: k, used: true, e: e}
+	e.used = true
+	s.slots[i] = slot{k: k, e: e}
 	s.n++
 	s.shapes[k.Flags]++
+	if k.Flags&KeyRemote != 0 {
+		s.remotePorts[(k.LocalPort>>6)&15] |= 1 << (k.LocalPort & 63)
+	}
 }
 
 // each calls f for every entry.
 func (s *snapshot) each(f func(*Key, entry)) {
 	for i := range s.slots {
-		if s.slots[i].used {
+		if s.slots[i].e.used {
 			f(&s.slots[i].k, s.slots[i].e)
 		}
 	}

@@ -39,11 +39,21 @@ type shard struct {
 	_    [48]byte // a shard per cache line: writers of one shard do not disturb readers of its neighbours
 }
 
+// entry is a rule's value, packed into 8 bytes so that a slot of the
+// snapshot (Key and entry) is 48 bytes.
 type entry struct {
-	owner  Owner
+	port   PortID
+	okind  PortKind
 	kind   RuleKind
 	sticky bool
+	used   bool // the slot holds a rule
 }
+
+func newEntry(r Rule) entry {
+	return entry{port: r.Owner.Port, okind: r.Owner.Kind, kind: r.Kind, sticky: r.Sticky, used: true}
+}
+
+func (e entry) owner() Owner { return Owner{Port: e.port, Kind: e.okind} }
 
 // NewTable returns an empty table.
 func NewTable() *Table {
@@ -86,7 +96,7 @@ func (t *Table) Lookup(local Addr, lport uint16, remote Addr, rport uint16, prot
 // LookupOwner is Lookup for the data path: it returns only the owner.
 func (t *Table) LookupOwner(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Owner, bool) {
 	_, e, ok := t.lookup(local, lport, remote, rport, proto)
-	return e.owner, ok
+	return e.owner(), ok
 }
 
 func (t *Table) lookup(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Key, entry, bool) {
@@ -95,7 +105,16 @@ func (t *Table) lookup(local Addr, lport uint16, remote Addr, rport uint16, prot
 		lport, rport = 0, 0
 	}
 	s := t.shards[shardOf(&local, proto, lport)].snap.Load()
-	k := Key{Local: local, Remote: remote, LocalPort: lport, RemotePort: rport, Proto: proto}
+	k := Key{Local: local, Proto: proto, LocalPort: lport}
+	if !s.mayHaveRemote(lport) {
+		k.Flags = KeyLocalPort
+		if !ported {
+			k.Flags = 0
+		}
+		e, ok := s.get(&k)
+		return k, e, ok
+	}
+	k.Remote, k.RemotePort = remote, rport
 	if ported {
 		k.Flags = KeyLocalPort | KeyRemote | KeyRemotePort
 		if e, ok := s.get(&k); ok {
@@ -122,7 +141,7 @@ func (t *Table) Get(k Key) (Rule, bool) {
 func (t *Table) get(k Key) (entry, bool) { return t.shardFor(&k).snap.Load().get(&k) }
 
 func (e entry) rule(k Key) Rule {
-	return Rule{Key: k, Owner: e.owner, Kind: e.kind, Sticky: e.sticky}
+	return Rule{Key: k, Owner: e.owner(), Kind: e.kind, Sticky: e.sticky}
 }
 
 // ErrExists is returned (wrapped in a *ExistsError) by Insert when a rule
@@ -148,7 +167,7 @@ func (t *Table) Insert(r Rule) error {
 	if e, ok := old.get(&r.Key); ok {
 		return &ExistsError{Held: e.rule(r.Key)}
 	}
-	sh.snap.Store(old.with(r.Key, entry{owner: r.Owner, kind: r.Kind, sticky: r.Sticky}))
+	sh.snap.Store(old.with(r.Key, newEntry(r)))
 	t.gen.Add(1)
 	return nil
 }
@@ -157,7 +176,7 @@ func (t *Table) Insert(r Rule) error {
 // it did.
 func (t *Table) Remove(k Key, owner PortID) bool {
 	return t.removeIn(t.shardFor(&k), func(rk Key, e entry) bool {
-		return rk == k && e.owner.Port == owner
+		return rk == k && e.port == owner
 	}, true) > 0
 }
 
