@@ -1,21 +1,40 @@
 // Package l4 is the data plane of usnetd: frame parsing, the rule table,
-// the forwarding decision, and (in later files) the rings, buffer pool and
-// pipeline that move frames between ports.
+// the forwarding decision, and the pipeline that moves frames between ports
+// through lock-free rings.
 //
 // The directory is called switch/ as in DESIGN.md, but switch is a Go
 // keyword, so the package is named l4: it switches by L4 address, and call
-// sites read as what they do — l4.Parse, l4.Table, l4.Decide.
+// sites read as what they do: l4.Parse, l4.Table, l4.NewSwitch, l4.Decide.
+//
+// The pieces, in the order a frame meets them:
+//
+//   - Parse (frame.go) reads one Ethernet frame into a Frame without
+//     allocating: 802.1Q, ARP, EAPOL, IPv4 (options, fragments), IPv6
+//     (extension headers, fragments), the ports of TCP, UDP, DCCP, SCTP and
+//     UDP-Lite, ICMP/ICMPv6 type and, for errors, the quoted flow, DHCP.
+//     A malformed frame yields a DropReason (drop.go), never a panic.
+//   - Table (table.go, snapshot.go) holds the rules (rule.go): sharded
+//     copy-on-write snapshots, read without locks in three lookup steps.
+//   - Switch.Decide (decide.go) is the forwarding decision of the original,
+//     with learning, the anti-hijack check, the DHCP relay, local switching
+//     by the local-MAC set (macset.go), fragments (frag.go) and ICMP errors.
+//   - Pipeline (pipeline.go, worker.go) runs it: an RX worker per port
+//     queue, batches per destination, an SPSC Ring (ring.go) per (worker,
+//     port) pair, a TX goroutine per port waking on a Waker (wait.go), Bufs
+//     from a BufPool (pool.go), counters read by Stats (stats.go). Ports are
+//     what backends implement (port.go).
 //
 // What this package must never do:
-//   - make a system call (no os, no net, no syscall, no unix): backends own
-//     the devices, this package only decides; pinning and polling live in
-//     the backends and in cmd/usnetd;
+//   - make a system call (no os, net, syscall or unix import; a test checks):
+//     backends own the devices, this package only decides and moves
+//     references; pinning threads is left to a hook (PipelineConfig);
 //   - allocate, lock or log per frame on the hot path (Parse, Lookup,
-//     Decide): counters are plain atomics owned by one goroutine;
-//   - panic on any input: a malformed frame becomes a DropReason that is
-//     counted.
+//     Decide, the RX and TX loops): counters are atomics that their owner
+//     goroutine writes once per batch;
+//   - block a producer on a full ring, or panic on any input.
 //
 // Concurrency contract: Parse and Decide are safe from any number of
-// goroutines. Table readers take no lock and write no shared memory; table
-// writers serialise per shard. See table.go.
+// goroutines. Table and MACSet readers take no lock and write no shared
+// memory; writers serialise per shard. Rings, caches and wakers have one
+// owner per end (see ring.go). Pipeline methods are safe from any goroutine.
 package l4
