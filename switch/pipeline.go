@@ -170,6 +170,9 @@ func (p *Pipeline) AddPort(port Port) (Owner, error) {
 	if port.RxQueues() < 0 || port.RxQueues() > 1024 {
 		return Owner{}, fmt.Errorf("port %s: %d receive queues", port.Name(), port.RxQueues())
 	}
+	if p.nextID+1 == KernelPort {
+		return Owner{}, errors.New("port ids exhausted")
+	}
 	p.nextID++
 	ps := &portState{
 		owner:  Owner{Port: p.nextID, Kind: port.Kind()},

@@ -37,6 +37,16 @@ type Owner struct {
 	Kind PortKind
 }
 
+// KernelPort is the port of KernelOwner. A Pipeline never hands it out.
+const KernelPort PortID = 1<<32 - 1
+
+// KernelOwner owns the kernel's rules where the kernel is not a switch port
+// (with AF_XDP and AF_PACKET the kernel's frames never enter the pipeline:
+// an eBPF program passes them, and the Go table is the one truth of which
+// ones). A frame that the switch decides for KernelOwner is dropped as
+// DropPortGone, since no port of the pipeline leads to the kernel.
+var KernelOwner = Owner{Port: KernelPort, Kind: PortKernel}
+
 // RuleKind tells how a rule came to be.
 type RuleKind uint8
 
