@@ -1,0 +1,11 @@
+// Package daemon is usnetd put together: for each configured NIC it claims
+// the interface through a backend, builds the switch domain and its
+// pipeline, installs the kernel's rules, and runs the control socket, the
+// metrics server and the housekeeping until it is told to stop; then it
+// gives everything back.
+//
+// It must never leave anything behind on a clean stop (XDP programs, TCX
+// links, pins, socket files, routes), and never start half-way: a NIC that
+// cannot be claimed stops the start with an error naming it, after undoing
+// what was done.
+package daemon
