@@ -42,8 +42,8 @@ type rxWorker struct {
 	pending []pending
 	frame   Frame
 	held    []uint64
-	tap     *Ring  // this worker's ring to the Tap, if any
-	tapped  []*Buf // frames of the current batch for the tap
+	tap     *Ring                  // this worker's ring to the Tap, if any
+	tapped  []*Buf                 // frames of the current batch for the tap
 	local   [NumDropReasons]uint64 // drops of the current batch
 }
 
