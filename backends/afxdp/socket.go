@@ -54,6 +54,9 @@ type counters struct {
 // of the queue is released asynchronously after its close (FACTS.md).
 const bindRetry = 3 * time.Second
 
+// bindBusy counts binds that met EBUSY and were retried (for tests).
+var bindBusy atomic.Uint64
+
 // newXSK creates, registers, maps, pre-fills and binds a socket on queue
 // q of ifindex. The caller's thread must be in the interface's network
 // namespace. tx gives the socket a TX ring and TX frames.
@@ -185,6 +188,7 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
 			break
 		}
+		bindBusy.Add(1)
 		time.Sleep(wait)
 	}
 	if err != nil {
