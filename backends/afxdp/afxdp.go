@@ -50,8 +50,8 @@ type Options struct {
 	// page size; default 2048. A frame holds at most FrameSize-256 bytes
 	// in copy mode (the kernel keeps XDP_PACKET_HEADROOM in front).
 	FrameSize int
-	// NumFrames is the number of frames per socket's UMEM; default 4096.
-	// The transmitting socket gives half of them to TX.
+	// NumFrames is the number of RX frames in each socket's UMEM; default
+	// 4096. The transmitting socket has RingSize TX frames besides.
 	NumFrames int
 	// RingSize is the number of slots of the RX and TX rings (a power of
 	// two); default 2048. Fill and completion rings are made large enough

@@ -9,9 +9,10 @@
 //
 // # Sockets and memory
 //
-// Each socket has its own UMEM (NumFrames frames of FrameSize bytes,
+// Each socket has its own UMEM (NumFrames RX frames of FrameSize bytes,
 // anonymous memory outside the Go heap) and its own fill, completion and
-// RX rings; the socket of the lowest queue also has the TX ring. A shared
+// RX rings; the socket of the lowest queue also has the TX ring and
+// RingSize TX frames. A shared
 // UMEM (XDP_SHARED_UMEM) would save memory (8 MiB per queue by default)
 // but buys nothing here: every queue needs its own fill and completion
 // ring anyway, and frames that wander between queues would need a free

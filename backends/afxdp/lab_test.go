@@ -28,7 +28,7 @@ import (
 const hang = 10 * time.Second
 
 type testLab struct {
-	t              *testing.T
+	t              testing.TB
 	lab            *netlab.Lab
 	host, peer     *netlab.NS
 	veth           *netlab.Veth
@@ -40,7 +40,7 @@ type testLab struct {
 // newTestLab builds the two namespaces, the veth pair with queues queues
 // (0: the kernel's default of one), addresses and the neighbour entry, and
 // loads the XDP program (not attached yet: see attach).
-func newTestLab(t *testing.T, queues int) *testLab {
+func newTestLab(t testing.TB, queues int) *testLab {
 	t.Helper()
 	lab, err := netlab.New(t, "")
 	if err != nil {
@@ -88,7 +88,7 @@ func newTestLab(t *testing.T, queues int) *testLab {
 // kernel when there is none:
 //
 //	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-func redirectProgram(t *testing.T) (*ebpf.Map, *ebpf.Program) {
+func redirectProgram(t testing.TB) (*ebpf.Map, *ebpf.Program) {
 	t.Helper()
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "xsks", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: 64})
 	if err != nil {

@@ -42,18 +42,15 @@ func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 }
 
 // receive moves up to len(bufs) frames from the RX ring into bufs and their
-// frames to the fill ring; it returns how many buffers it filled. The
+// frames back to the fill ring; it returns how many buffers it filled. The
 // caller owns the RX side (rxMu).
 func (s *xsk) receive(bufs []*l4.Buf) int {
 	n := s.rx.avail(uint32(len(bufs)))
 	if n == 0 {
+		s.refill()
 		return 0
 	}
-	// Every RX frame is either in the fill ring, in the RX ring or here,
-	// and the fill ring has a slot for each: this reservation never fails
-	// short unless the kernel handed us something that is not our frame.
-	room := s.fill.free(n)
-	got, recycled := 0, uint32(0)
+	got := 0
 	umemLen := uint64(len(s.umem))
 	rxEnd := uint64(s.rxFrames) * s.frame
 	for i := range n {
@@ -70,21 +67,38 @@ func (s *xsk) receive(bufs []*l4.Buf) int {
 		} else {
 			s.c.rxOversize.Add(1)
 		}
-		if recycled < room {
-			s.fill.addrs[(s.fill.local+recycled)&s.fill.mask] = base
-			recycled++
-		}
+		s.spare = append(s.spare, base)
 	}
 	s.rx.release(n)
-	s.fill.submit(recycled)
+	s.refill()
 	s.c.rxFrames.Add(uint64(got))
-	if s.fill.needWakeup() {
+	return got
+}
+
+// refill gives the spare frames to the fill ring, as many as it takes.
+//
+// The fill ring has a slot for every RX frame, but the kernel publishes a
+// frame on the RX ring a moment before it publishes the fill ring's
+// consumer index (xsk_flush), so right after reading the RX ring the fill
+// ring can look fuller than it is: what does not fit now waits in spare
+// for the next call.
+func (s *xsk) refill() {
+	if len(s.spare) == 0 {
+		return
+	}
+	k := s.fill.free(uint32(len(s.spare)))
+	rest := uint32(len(s.spare)) - k
+	for i, a := range s.spare[rest:] {
+		s.fill.addrs[(s.fill.local+uint32(i))&s.fill.mask] = a
+	}
+	s.spare = s.spare[:rest]
+	s.fill.submit(k)
+	if k > 0 && s.fill.needWakeup() {
 		// Zero-copy drivers may stop when the fill ring ran dry: tell them
 		// it has frames again.
 		s.c.rxWakeups.Add(1)
 		_, _, _ = unix.Syscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 	}
-	return got
 }
 
 // count is receive without the copy: it only counts and recycles frames.
@@ -92,18 +106,13 @@ func (s *xsk) receive(bufs []*l4.Buf) int {
 func (s *xsk) count(max uint32) int {
 	n := s.rx.avail(max)
 	if n == 0 {
+		s.refill()
 		return 0
 	}
-	room := s.fill.free(n)
-	k := min(n, room)
-	for i := range k {
-		d := &s.rx.descs[(s.rx.local+i)&s.rx.mask]
-		s.fill.addrs[(s.fill.local+i)&s.fill.mask] = d.Addr &^ (s.frame - 1)
+	for i := range n {
+		s.spare = append(s.spare, s.rx.descs[(s.rx.local+i)&s.rx.mask].Addr&^(s.frame-1))
 	}
 	s.rx.release(n)
-	s.fill.submit(k)
-	if s.fill.needWakeup() {
-		_, _, _ = unix.Syscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
-	}
+	s.refill()
 	return int(n)
 }

@@ -13,11 +13,11 @@ import (
 
 // xsk is one AF_XDP socket bound to one queue, with its own UMEM.
 //
-// UMEM layout: frames [0, rxFrames) circulate between the fill ring, the
-// kernel and the RX ring and belong to the queue's RX worker; frames
-// [rxFrames, rxFrames+txFrames) circulate between txFree, the TX ring and
-// the completion ring and belong to the port's TX goroutine (only the
-// socket that transmits has them). The two sets never mix, so RX and TX
+// UMEM layout: frames [0, rxFrames) (Options.NumFrames) circulate between
+// the fill ring, the kernel and the RX ring and belong to the queue's RX
+// worker; frames [rxFrames, rxFrames+txFrames) (Options.RingSize of them,
+// only in the socket that transmits) circulate between txFree, the TX ring
+// and the completion ring and belong to the port's TX goroutine. The two sets never mix, so RX and TX
 // share no state but the fd.
 type xsk struct {
 	queue    int
@@ -32,6 +32,7 @@ type xsk struct {
 	rxMu    sync.Mutex
 	fill    umemRing
 	rx      descRing
+	spare   []uint64       // RX frames waiting for room in the fill ring (cap rxFrames)
 	pollfds [2]unix.PollFd // the socket and the port's eventfd
 
 	// TX side: owned by the port's Send caller, under Port.txMu. Only the
@@ -75,21 +76,23 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 			s = nil
 		}
 	}()
+	s.rxFrames = uint32(o.NumFrames)
 	if tx {
-		s.txFrames = uint32(o.NumFrames / 2)
+		// As many TX frames as the TX ring has slots: more could only wait.
+		s.txFrames = uint32(o.RingSize)
 	}
-	s.rxFrames = uint32(o.NumFrames) - s.txFrames
+	frames := int(s.rxFrames + s.txFrames)
 
 	// 1. UMEM: anonymous memory outside the Go heap, registered whole.
-	s.umem, err = unix.Mmap(-1, 0, o.NumFrames*o.FrameSize, unix.PROT_READ|unix.PROT_WRITE,
+	s.umem, err = unix.Mmap(-1, 0, frames*o.FrameSize, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
 	if err != nil {
-		return s, fmt.Errorf("afxdp: queue %d: mmap UMEM of %d bytes: %w", q, o.NumFrames*o.FrameSize, err)
+		return s, fmt.Errorf("afxdp: queue %d: mmap UMEM of %d bytes: %w", q, frames*o.FrameSize, err)
 	}
 	reg := unix.XDPUmemReg{Addr: umemAddr(s.umem), Len: uint64(len(s.umem)), Size: uint32(o.FrameSize)}
 	if err := setsockoptRaw(fd, unix.SOL_XDP, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg)); err != nil {
 		return s, fmt.Errorf("afxdp: queue %d: XDP_UMEM_REG (%d frames of %d bytes; RLIMIT_MEMLOCK without CAP_IPC_LOCK?): %w",
-			q, o.NumFrames, o.FrameSize, err)
+			q, frames, o.FrameSize, err)
 	}
 
 	// 2. Ring sizes. The fill ring holds every RX frame and the completion
@@ -170,6 +173,7 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 		s.fill.addrs[(s.fill.local+i)&s.fill.mask] = uint64(i) * s.frame
 	}
 	s.fill.submit(s.rxFrames)
+	s.spare = make([]uint64, 0, s.rxFrames)
 	s.txFree = make([]uint64, 0, s.txFrames)
 	for i := range s.txFrames {
 		s.txFree = append(s.txFree, uint64(s.rxFrames+i)*s.frame)
