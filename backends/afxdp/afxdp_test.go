@@ -5,9 +5,11 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	l4 "github.com/usnetd/usnetd/switch"
@@ -36,8 +38,12 @@ func recvUDP(t *testing.T, p *Port, q int, dst netip.AddrPort, want int) []parse
 
 func TestSingleQueue(t *testing.T) {
 	tl := newTestLab(t, 0)
-	p := tl.open(Options{XSKMap: tl.xsks})
+	var log bytes.Buffer
+	p := tl.open(Options{XSKMap: tl.xsks, Logger: zerolog.New(&log)})
 	tl.attach(0)
+	if !strings.Contains(log.String(), `"mode":"copy"`) || !strings.Contains(log.String(), `"queue_count_from":"ethtool channels"`) {
+		t.Errorf("open log line: %s", log.String())
+	}
 	if p.RxQueues() != 1 || p.Kind() != l4.PortNIC || p.Name() != "eth0" {
 		t.Fatalf("RxQueues %d, Kind %v, Name %q", p.RxQueues(), p.Kind(), p.Name())
 	}
