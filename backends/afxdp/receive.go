@@ -100,19 +100,3 @@ func (s *xsk) refill() {
 		_, _, _ = unix.Syscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 	}
 }
-
-// count is receive without the copy: it only counts and recycles frames.
-// It is the baseline of BenchmarkAFXDPReceive.
-func (s *xsk) count(max uint32) int {
-	n := s.rx.avail(max)
-	if n == 0 {
-		s.refill()
-		return 0
-	}
-	for i := range n {
-		s.spare = append(s.spare, s.rx.descs[(s.rx.local+i)&s.rx.mask].Addr&^(s.frame-1))
-	}
-	s.rx.release(n)
-	s.refill()
-	return int(n)
-}
