@@ -141,7 +141,7 @@ type Firewall struct {
 // copy, and keeps the earlier instance's learned entries when the map is
 // compatible, so the kernel's established connections survive the
 // restart. A directory held by a live Firewall gives ErrInUse.
-func Attach(opts Options) (fw *Firewall, err error) {
+func Attach(opts Options) (_ *Firewall, err error) {
 	lk, err := findLink(opts)
 	if err != nil {
 		return nil, err
@@ -168,7 +168,7 @@ func Attach(opts Options) (fw *Firewall, err error) {
 		root = DefaultPinRoot
 	}
 	root = filepath.Clean(root)
-	fw = &Firewall{
+	fw := &Firewall{
 		log:     opts.Log.With().Str("interface", attrs.Name).Int("ifindex", attrs.Index).Logger(),
 		ifname:  attrs.Name,
 		ifindex: attrs.Index,
@@ -195,6 +195,9 @@ func Attach(opts Options) (fw *Firewall, err error) {
 			_ = l.Close()
 		}
 		fw.objs.Close()
+		// Only empty directories go: an earlier instance's pins stay.
+		_ = os.Remove(fw.dir)
+		_ = os.Remove(fw.root)
 		fw.lock.Close()
 		fw.log.Error().Err(err).Msg("firewall: attach failed")
 	}()
