@@ -65,12 +65,35 @@ func ensureBPFFS(root string, log zerolog.Logger) error {
 
 // lockDir creates dir and takes an exclusive flock on it, held as long as
 // the returned file is open (so also released when the process dies).
+//
+// A Close of another Firewall may remove dir (and an empty PinRoot) at any
+// moment: mkdir then meets ENOENT, or the lock is won on a directory that
+// is no longer at its path. Both are retried.
 func lockDir(dir string) (*os.File, error) {
+	var err error
+	for range 8 {
+		var f *os.File
+		f, err = tryLockDir(dir)
+		if f != nil || err != nil {
+			return f, err
+		}
+	}
+	return nil, fmt.Errorf("firewall: %s keeps disappearing under a concurrent Close", dir)
+}
+
+// tryLockDir returns nil, nil when dir was removed while it locked it.
+func tryLockDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
 		return nil, fmt.Errorf("firewall: pin directory: %w", err)
 	}
 	f, err := os.Open(dir)
 	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
 		return nil, fmt.Errorf("firewall: pin directory: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
@@ -79,6 +102,12 @@ func lockDir(dir string) (*os.File, error) {
 			return nil, fmt.Errorf("%w: %s is locked: %w", ErrInUse, dir, err)
 		}
 		return nil, fmt.Errorf("firewall: locking %s: %w", dir, err)
+	}
+	held, err1 := f.Stat()
+	now, err2 := os.Stat(dir)
+	if err1 != nil || err2 != nil || !os.SameFile(held, now) {
+		f.Close()
+		return nil, nil
 	}
 	return f, nil
 }
