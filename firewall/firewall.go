@@ -52,7 +52,10 @@ type Options struct {
 	PinRoot string
 
 	// XDPMode is "" (native, falling back to generic when the driver
-	// refuses), ModeNative or ModeGeneric.
+	// refuses), ModeNative or ModeGeneric. With "", a restart keeps the
+	// mode of the earlier instance's link. An explicit mode that differs
+	// from it makes Attach detach that link before attaching anew: for
+	// that moment the kernel is unfiltered.
 	XDPMode string
 
 	// NoHostRings gives the kernel nothing from the NIC (NO_HOST_RINGS):
