@@ -28,9 +28,11 @@ type frameOpts struct {
 	ipv6Frag  bool   // IPv6: add a fragment header even with offset 0, MF clear
 	ext6      []byte // raw IPv6 extension headers between the IPv6 header and L4 (first is hop-by-hop)
 	ihl       uint8  // IPv4 header length in words (adds options when > 5)
+	v6Mapped  bool   // build IPv6 even though the addresses are IPv4-mapped
 }
 
 func mustAddr(s string) net.IP { return net.IP(netip.MustParseAddr(s).AsSlice()) }
+
 
 func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
 	t.Helper()
@@ -58,7 +60,7 @@ func ipFrame(t testing.TB, src, dst string, proto layers.IPProtocol, l4 gopacket
 	s, d := mustAddr(src), mustAddr(dst)
 	var ls []gopacket.SerializableLayer
 	var netLayer gopacket.NetworkLayer
-	if s.To4() != nil {
+	if s.To4() != nil && !o.v6Mapped {
 		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: proto, SrcIP: s.To4(), DstIP: d.To4(),
 			Id: uint16(o.fragID), FragOffset: o.fragOff}
 		if o.moreFrags {
@@ -70,7 +72,7 @@ func ipFrame(t testing.TB, src, dst string, proto layers.IPProtocol, l4 gopacket
 		ls = append(ethLayers(layers.EthernetTypeIPv4, o, macPeer, macHost), ip)
 		netLayer = ip
 	} else {
-		ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: proto, SrcIP: s, DstIP: d}
+		ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: proto, SrcIP: s.To16(), DstIP: d.To16()}
 		ls = append(ethLayers(layers.EthernetTypeIPv6, o, macPeer, macHost), ip)
 		netLayer = ip
 		if len(o.ext6) > 0 {

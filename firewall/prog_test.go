@@ -184,6 +184,7 @@ func TestXDPVerdicts(t *testing.T) {
 		{"truncated ICMPv6", icmpFrame(t, peer6, host6, 135, 0, nil)[:14+40+3], xdpDrop, "parse_error"},
 		{"truncated VLAN tag", tcpFrame(t, peer4, 50000, host4, 22, frameOpts{vlan: 7})[:16], xdpDrop, "parse_error"},
 		{"IPv4 ethertype carrying IPv6", append(append([]byte{}, tcpFrame(t, peer6, 50000, host6, 22, frameOpts{})[:12]...), append([]byte{8, 0}, tcpFrame(t, peer6, 50000, host6, 22, frameOpts{})[14:]...)...), xdpDrop, "parse_error"},
+		{"IPv6 to the IPv4-mapped form of an open port", tcpFrame(t, "::ffff:198.18.0.2", 50000, "::ffff:198.18.0.1", 22, frameOpts{v6Mapped: true}), xdpDrop, "parse_error"},
 		{"unknown ethertype", append(arpFrame(t)[:12], 0x88, 0xcc, 0, 0, 0, 0), xdpDrop, ""},
 	}
 	for _, c := range cases {
@@ -303,6 +304,7 @@ func TestLearner(t *testing.T) {
 		{"v4 multicast", out(udpFrame(t, host4, 5353, "224.0.0.251", 5353, frameOpts{})), nil, "learn_skipped"},
 		{"v4 broadcast", out(udpFrame(t, host4, 40006, "255.255.255.255", 9, frameOpts{})), nil, "learn_skipped"},
 		{"v6 multicast", out(udpFrame(t, host6, 5353, "ff02::fb", 5353, frameOpts{})), nil, "learn_skipped"},
+		{"IPv6 with IPv4-mapped addresses", out(tcpFrame(t, "::ffff:198.18.0.1", 40008, "::ffff:198.18.0.2", 80, frameOpts{v6Mapped: true})), nil, "learn_skipped"},
 		{"DHCP request from 0.0.0.0", out(udpFrame(t, "0.0.0.0", 68, "255.255.255.255", 67, frameOpts{})), nil, "learn_skipped"},
 		{"ARP", out(arpFrame(t)), nil, "learn_skipped"},
 		// (A test run refuses an skb with less than an IPv4 header.)

@@ -245,6 +245,17 @@ struct ip_info {
 	__u8 v6;
 };
 
+/* IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) must never be on the wire
+ * (RFC 4291 2.5.5.2); here they would alias the IPv4 keys. */
+static __always_inline int is_v4mapped(const __u8 *a)
+{
+	__u64 hi;
+	__u32 mid;
+	__builtin_memcpy(&hi, a, 8);
+	__builtin_memcpy(&mid, a + 8, 4);
+	return hi == 0 && mid == bpf_htonl(0x0000ffff);
+}
+
 /* Parses the IPv4 or IPv6 header at l3 and returns the L4 header, or NULL
  * when the packet is malformed or truncated (or a later fragment, with
  * info->frag == FRAG_LATER). Only headers the program reads are checked. */
@@ -288,6 +299,8 @@ static __always_inline void *parse_ip(void *l3, void *end, __u16 ethtype, struct
 		return NULL;
 	__builtin_memcpy(info->src, ip + 8, 16);
 	__builtin_memcpy(info->dst, ip + 24, 16);
+	if (is_v4mapped(info->src) || is_v4mapped(info->dst))
+		return NULL;
 	info->v6 = 1;
 	info->frag = FRAG_NONE;
 	__u8 nh = ip[6];
@@ -550,6 +563,8 @@ static __always_inline int learn_key(struct __sk_buff *skb, struct fw_key *k)
 			return 0; /* not IPv6, or to a multicast group */
 		__builtin_memcpy(k->local, ip + 8, 16);
 		__builtin_memcpy(k->remote, ip + 24, 16);
+		if (is_v4mapped(k->local) || is_v4mapped(k->remote))
+			return 0;
 		__u64 hi, lo;
 		__builtin_memcpy(&hi, ip + 8, 8);
 		__builtin_memcpy(&lo, ip + 16, 8);
