@@ -33,7 +33,6 @@ type frameOpts struct {
 
 func mustAddr(s string) net.IP { return net.IP(netip.MustParseAddr(s).AsSlice()) }
 
-
 func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
 	t.Helper()
 	buf := gopacket.NewSerializeBuffer()
