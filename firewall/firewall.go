@@ -115,7 +115,6 @@ type Firewall struct {
 	dir     string
 	mode    string
 	minIdle time.Duration
-	noHost  bool
 
 	mu     sync.RWMutex
 	closed bool
@@ -178,7 +177,6 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		root:    root,
 		dir:     filepath.Join(root, attrs.Name),
 		minIdle: opts.MinIdle,
-		noHost:  opts.NoHostRings,
 	}
 	if fw.minIdle == 0 {
 		fw.minIdle = DefaultMinIdle
