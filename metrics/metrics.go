@@ -43,6 +43,7 @@ var (
 	descPortTxErrors  = prometheus.NewDesc("usnetd_port_tx_errors_total", "Frames that a port's backend failed to send.", portLabels, nil)
 	descPortDrops     = prometheus.NewDesc("usnetd_port_drops_total", "Frames received on a port and not delivered, by reason.", append(portLabels[:4:4], "reason"), nil)
 	descPortQueues    = prometheus.NewDesc("usnetd_port_rx_queues", "Receive queues (RX workers) of a port.", portLabels, nil)
+	descPortQueueRx   = prometheus.NewDesc("usnetd_port_rx_queue_packets_total", "Frames received on one receive queue (RX worker) of a port: how flows spread over the workers.", append(portLabels[:4:4], "queue"), nil)
 
 	descRingPushed = prometheus.NewDesc("usnetd_ring_pushed_total", "Frames an RX worker queued into the ring to a port.", ringLabels, nil)
 	descRingDrops  = prometheus.NewDesc("usnetd_ring_dropped_total", "Frames dropped because the ring to a port was full (the port's TX fell behind).", ringLabels, nil)
@@ -62,7 +63,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPortRxPackets, descPortRxBytes, descPortRxErrors, descPortTxPackets,
-		descPortTxBytes, descPortTxErrors, descPortDrops, descPortQueues, descRingPushed, descRingDrops, descRingHigh,
+		descPortTxBytes, descPortTxErrors, descPortDrops, descPortQueues, descPortQueueRx, descRingPushed, descRingDrops, descRingHigh,
 		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descCollectDur} {
 		ch <- d
 	}
@@ -89,6 +90,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descPortTxBytes, p.TxBytes, l...)
 			counter(descPortTxErrors, p.TxErrors, l...)
 			gauge(descPortQueues, float64(p.RxQueues), l...)
+			for q, n := range p.RxQueuePackets {
+				counter(descPortQueueRx, n, append(l, strconv.Itoa(q))...)
+			}
 			for r, n := range p.Drops {
 				if l4.DropReason(r) != l4.DropNone {
 					counter(descPortDrops, n, append(l, l4.DropReason(r).String())...)

@@ -8,9 +8,12 @@ type PortStats struct {
 	RxPackets uint64
 	RxBytes   uint64
 	RxErrors  uint64
-	TxPackets uint64
-	TxBytes   uint64
-	TxErrors  uint64 // frames the backend did not take
+	// RxQueuePackets are the frames received per queue (RX worker), so
+	// that the spread of flows over the workers shows.
+	RxQueuePackets []uint64
+	TxPackets      uint64
+	TxBytes        uint64
+	TxErrors       uint64 // frames the backend did not take
 	// Drops counts the frames received on this port that were not
 	// delivered, by reason (DropNone is always 0).
 	Drops [NumDropReasons]uint64
@@ -58,6 +61,7 @@ func (p *Pipeline) Stats() PipelineStats {
 			TxErrors:  ps.tx.errors.Load(),
 		}
 		for _, w := range ps.rx {
+			st.RxQueuePackets = append(st.RxQueuePackets, w.rx.packets.Load())
 			st.RxPackets += w.rx.packets.Load()
 			st.RxBytes += w.rx.bytes.Load()
 			st.RxErrors += w.rx.errors.Load()
