@@ -69,6 +69,9 @@ type PipelineConfig struct {
 	// for a fixed-destination baseline that shows what switching costs.
 	Classify func(in Owner, b *Buf) Verdict
 
+	// Tap, when set, gets every switched frame (PCAP_LOG).
+	Tap *Tap
+
 	// OnThreadStart is called by every RX worker on its locked OS thread
 	// before it receives, e.g. to pin it to a CPU (a system call, which
 	// this package leaves to its caller). role is "rx"; port and queue

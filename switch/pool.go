@@ -83,7 +83,16 @@ type Buf struct {
 	nextChain atomic.Uint32 // stack link, idx+1 of the next chain's head (0: end)
 	chainLen  uint32        // number of buffers in the chain this buffer heads
 	pool      *BufPool
-	_         [8]byte
+	ts        int64 // receive time, Unix nanoseconds, when the pipeline has a Tap
+}
+
+// Time returns the receive time in Unix nanoseconds that the pipeline
+// stamped on the frame (only when it has a Tap), or 0.
+func (b *Buf) Time() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.ts
 }
 
 // Bytes returns the frame: the first Len bytes of the buffer.

@@ -42,6 +42,8 @@ type rxWorker struct {
 	pending []pending
 	frame   Frame
 	held    []uint64
+	tap     *Ring                  // this worker's ring to the Tap, if any
+	tapped  []*Buf                 // frames of the current batch for the tap
 	local   [NumDropReasons]uint64 // drops of the current batch
 }
 
@@ -52,7 +54,12 @@ type pending struct {
 }
 
 func (p *Pipeline) newWorker(ps *portState, q int) *rxWorker {
-	return &rxWorker{p: p, ps: ps, queue: q, out: map[*portState]*Ring{}}
+	w := &rxWorker{p: p, ps: ps, queue: q, out: map[*portState]*Ring{}}
+	if p.cfg.Tap != nil {
+		w.tap = p.cfg.Tap.ring()
+		w.tapped = make([]*Buf, 0, p.cfg.BatchSize)
+	}
+	return w
 }
 
 func (w *rxWorker) run() {
@@ -117,8 +124,13 @@ func (w *rxWorker) process(frames []*Buf, cache *BufCache) {
 		w.prune()
 	}
 	in := w.ps.owner
+	var now int64
+	if w.tap != nil {
+		now = time.Now().UnixNano()
+	}
 	var bytes uint64
 	for _, b := range frames {
+		b.ts = now
 		bytes += uint64(b.Len())
 		var v Verdict
 		if p.cfg.Classify != nil {
@@ -154,12 +166,14 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 	switch v.Action {
 	case ActForward:
 		if dst := w.topo.ports[v.To.Port]; dst != nil {
+			w.tapFrame(b)
 			w.add(dst, b)
 			return
 		}
 		w.local[DropPortGone]++
 	case ActUplink:
 		if dst := w.topo.nic; dst != nil && dst != w.ps {
+			w.tapFrame(b)
 			w.add(dst, b)
 			return
 		}
@@ -175,6 +189,7 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 			w.local[DropNoMatch]++
 			break
 		}
+		w.tapFrame(b)
 		b.Retain(n - 1)
 		for _, dst := range w.topo.list {
 			if w.floodTo(dst) {
@@ -188,6 +203,15 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 		w.local[v.Reason]++
 	}
 	cache.Release(b)
+}
+
+// tapFrame hands a reference to b to the tap, if there is one; the caller
+// still owns its own.
+func (w *rxWorker) tapFrame(b *Buf) {
+	if w.tap != nil {
+		b.Retain(1)
+		w.tapped = append(w.tapped, b)
+	}
 }
 
 // floodTo says whether a flooded frame from this worker's port goes to dst:
@@ -236,6 +260,13 @@ func (w *rxWorker) flush(cache *BufCache) {
 		pd.dst = nil
 	}
 	w.pending = w.pending[:0]
+	if len(w.tapped) > 0 {
+		k := w.tap.PushBatch(w.tapped)
+		cache.ReleaseBatch(w.tapped[k:])
+		clear(w.tapped)
+		w.tapped = w.tapped[:0]
+		w.p.cfg.Tap.waker.Wake()
+	}
 	for r, n := range w.local {
 		if n != 0 {
 			w.drops[r].Add(n)
