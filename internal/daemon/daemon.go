@@ -67,6 +67,10 @@ type nicBackend interface {
 // Run claims the NICs, serves until ctx is done, then gives everything back.
 func Run(ctx context.Context, opt Options) (err error) {
 	cfg, log := opt.Config, opt.Log
+	if len(cfg.StaticPipes) > 0 {
+		return fmt.Errorf("STATIC_PIPES=%q: static pipes were netmap pipes, which this usnetd does not have; "+
+			"attach the stack through the control socket (RequestUDS) instead", cfg.StaticPipes[0].String())
+	}
 	d := &daemon{cfg: cfg, log: log, pin: &pinner{cpus: cfg.CPUs, log: log}}
 	defer func() {
 		if cerr := d.close(); err == nil {
