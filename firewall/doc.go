@@ -1,6 +1,86 @@
-// Package firewall holds usnetd's eBPF programs (C, compiled with bpf2go,
-// generated files committed) and their loaders: the XDP classifier, the tc
-// ingress and egress programs, the kernel-allow map, and the kernel's socket
-// inventory. The rule table in Go is the one truth; the eBPF maps are its
-// kernel-side copy for the kernel's rules.
+// Package firewall holds usnetd's eBPF programs (C in bpf/, compiled with
+// bpf2go, generated files committed) and their loader: the XDP classifier,
+// the TCX egress learner, the kernel-allow maps, and the kernel's socket
+// inventory that expires learned entries. The rule table in Go is the one
+// truth; the eBPF maps are its kernel-side copy for the kernel's rules.
+//
+// It is the kernel path of the AF_XDP backend (and later of AF_PACKET's tc
+// ingress mode). It never decides where a userspace frame goes: the XDP
+// program only tells "the kernel's" from "not the kernel's", and hands the
+// rest, untouched, to the AF_XDP socket of the frame's RX queue. It never
+// lets the kernel see a frame that no kernel rule allows, apart from the
+// link's housekeeping listed below, and never touches eBPF objects other
+// than those under its own pin directory.
+//
+// # Verdicts of the XDP classifier
+//
+//   - NO_HOST_RINGS: everything to userspace.
+//   - ARP, EAPOL, DHCP answers (UDP 67→68; DHCPv6 547→546), IPv6
+//     neighbour discovery (ICMPv6 133–137) and MLD (130–132, 143): kernel.
+//   - IPv4/IPv6 (after one 802.1Q/802.1ad tag, IPv4 options, up to six
+//     IPv6 extension headers) whose (local = destination, remote = source)
+//     tuple finds a kernel entry: kernel. The lookup is l4.Table's three
+//     steps on the registered map (exact 5-tuple; local, proto, lport,
+//     remote; local, proto, lport; for protocols without ports: local,
+//     proto, remote; local, proto), plus the exact step on the learned map.
+//     Ports count for TCP, UDP, DCCP, SCTP and UDP-Lite, as in l4.
+//   - ICMP/ICMPv6 errors whose quoted packet (sent by us) is a kernel flow:
+//     kernel.
+//   - Later fragments (no ports): kernel if the first fragment of the same
+//     datagram (source, destination, id, protocol) went to the kernel less
+//     than 30 s before, else userspace, where the Go switch holds and
+//     routes them (also those that arrive before their first fragment).
+//   - Everything else, truncated and malformed frames included:
+//     bpf_redirect_map into the XSKMAP at the RX queue; with no socket
+//     there, XDP_DROP, never the kernel.
+//
+// Every frame counts in exactly one of the counters pass_kernel, to_xsk,
+// dropped_no_xsk, and pass_kernel is split by reason (see CounterNames).
+//
+// # The kernel-allow maps
+//
+// Keys have l4.Key's layout: 16-byte addresses (IPv4 mapped), ports in
+// host byte order, protocol, the Key* flags. Two maps, so that learned
+// entries can never push out registered ones:
+//
+//   - kernel_rules (BPF_MAP_TYPE_HASH, 16384 by default): registered
+//     entries, AllowKernel and Options.Allow (DEBUG_PORTS). Never evicted,
+//     never expired; when full, AllowKernel fails with E2BIG.
+//   - kernel_learned (BPF_MAP_TYPE_LRU_HASH, 65536 by default): what the
+//     egress learner wrote. When full, the least recently used learned
+//     flow makes room; XDP lookups keep live flows recent.
+//
+// The egress learner (TCX, egress of the same interface) takes each frame
+// the kernel sends and writes its reverse tuple (local = source address
+// and port, remote = destination) with BPF_NOEXIST, unless a registered
+// entry already covers it (replies of a DEBUG_PORTS service teach nothing).
+// For protocols without ports it learns (local, proto, remote), for ICMP
+// and ICMPv6 only from echo requests. It skips later fragments, TCP RSTs,
+// frames from 0.0.0.0 or :: and to multicast or broadcast groups. A
+// learned entry's last_seen is refreshed by the kernel's traffic at most
+// once a second.
+//
+// # Expiry
+//
+// ExpireLearned (meant to run every ExpireInterval, 90 s, as the original)
+// removes learned entries idle for at least Options.MinIdle (30 s by
+// default) whose socket is gone, as an Inventory (sock_diag dumps of TCP
+// and UDP sockets, no /proc parsing) tells; portless entries go once idle.
+// A removed entry whose flow is still alive is learned again by its next
+// outgoing frame.
+//
+// # Namespaces, pins and restarts
+//
+// Attach works on the calling thread's network namespace and pins under
+// /sys/fs/bpf/usnetd/INTERFACE/ of the caller's mount namespace, mounting
+// a bpffs at /sys/fs/bpf where there is none (inside `ip netns exec`). A
+// flock on that directory keeps a second live Firewall off the interface.
+// A usnetd that dies without Close leaves its links pinned and the kernel
+// firewalled; the next Attach swaps its programs into those links
+// (link.Update: no moment unfiltered, no second program) and keeps the
+// learned entries, so the kernel's connections survive. Close detaches
+// everything and removes the directory: the kernel is unfiltered again.
+//
+// The programs need Linux ≥ 6.6 (TCX) and a little-endian CPU (the objects
+// are built for bpfel).
 package firewall

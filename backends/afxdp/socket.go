@@ -1,0 +1,262 @@
+package afxdp
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// xsk is one AF_XDP socket bound to one queue, with its own UMEM.
+//
+// UMEM layout: frames [0, rxFrames) (Options.NumFrames) circulate between
+// the fill ring, the kernel and the RX ring and belong to the queue's RX
+// worker; frames [rxFrames, rxFrames+txFrames) (Options.RingSize of them,
+// only in the socket that transmits) circulate between txFree, the TX ring
+// and the completion ring and belong to the port's TX goroutine. The two sets never mix, so RX and TX
+// share no state but the fd.
+type xsk struct {
+	queue    int
+	fd       int
+	zeroCopy bool
+	umem     []byte
+	frame    uint64 // frame size, a power of two
+	rxFrames uint32
+	txFrames uint32
+
+	// RX side: owned by the queue's Recv caller, under rxMu.
+	rxMu    sync.Mutex
+	fill    umemRing
+	rx      descRing
+	spare   []uint64       // RX frames waiting for room in the fill ring (cap rxFrames)
+	pollfds [2]unix.PollFd // the socket and the port's eventfd
+
+	// TX side: owned by the port's Send caller, under Port.txMu. Only the
+	// transmitting socket has a TX ring.
+	tx     descRing
+	comp   umemRing
+	txFree []uint64
+
+	c counters
+}
+
+// counters are written by the owning goroutine and read by Stats.
+type counters struct {
+	rxFrames, rxOversize, rxBadDesc, rxWakeups atomic.Uint64
+	txFrames, txDropped, txFull, txWakeups     atomic.Uint64
+	txErrors                                   atomic.Uint64
+}
+
+// bindRetry bounds how long bind keeps retrying EBUSY: the previous owner
+// of the queue is released asynchronously after its close (FACTS.md).
+const bindRetry = 3 * time.Second
+
+// bindBusy counts binds that met EBUSY and were retried (for tests).
+var bindBusy atomic.Uint64
+
+// newXSK creates, registers, maps, pre-fills and binds a socket on queue
+// q of ifindex. The caller's thread must be in the interface's network
+// namespace. tx gives the socket a TX ring and TX frames.
+func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
+	fd, err := unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.EAFNOSUPPORT) {
+			return nil, fmt.Errorf("afxdp: socket(AF_XDP): %w: %w", ErrNotSupported, err)
+		}
+		return nil, fmt.Errorf("afxdp: socket(AF_XDP): %w", err)
+	}
+	s = &xsk{queue: q, fd: fd, frame: uint64(o.FrameSize)}
+	defer func() {
+		if err != nil {
+			s.close()
+			s = nil
+		}
+	}()
+	s.rxFrames = uint32(o.NumFrames)
+	if tx {
+		// As many TX frames as the TX ring has slots: more could only wait.
+		s.txFrames = uint32(o.RingSize)
+	}
+	frames := int(s.rxFrames + s.txFrames)
+
+	// 1. UMEM: anonymous memory outside the Go heap, registered whole.
+	s.umem, err = unix.Mmap(-1, 0, frames*o.FrameSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if err != nil {
+		return s, fmt.Errorf("afxdp: queue %d: mmap UMEM of %d bytes: %w", q, frames*o.FrameSize, err)
+	}
+	reg := unix.XDPUmemReg{Addr: umemAddr(s.umem), Len: uint64(len(s.umem)), Size: uint32(o.FrameSize)}
+	if err := setsockoptRaw(fd, unix.SOL_XDP, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg)); err != nil {
+		return s, fmt.Errorf("afxdp: queue %d: XDP_UMEM_REG (%d frames of %d bytes; RLIMIT_MEMLOCK without CAP_IPC_LOCK?): %w",
+			q, frames, o.FrameSize, err)
+	}
+
+	// 2. Ring sizes. The fill ring holds every RX frame and the completion
+	// ring every TX frame, so that neither can refuse a frame we own.
+	fillSize := max(uint32(o.RingSize), pow2(s.rxFrames))
+	compSize := max(uint32(o.RingSize), pow2(s.txFrames))
+	sizes := []struct {
+		opt  int
+		n    uint32
+		name string
+	}{
+		{unix.XDP_UMEM_FILL_RING, fillSize, "fill"},
+		{unix.XDP_UMEM_COMPLETION_RING, compSize, "completion"},
+		{unix.XDP_RX_RING, uint32(o.RingSize), "RX"},
+	}
+	if tx {
+		sizes = append(sizes, struct {
+			opt  int
+			n    uint32
+			name string
+		}{unix.XDP_TX_RING, uint32(o.RingSize), "TX"})
+	}
+	for _, r := range sizes {
+		if err := unix.SetsockoptInt(fd, unix.SOL_XDP, r.opt, int(r.n)); err != nil {
+			return s, fmt.Errorf("afxdp: queue %d: %s ring of %d: %w", q, r.name, r.n, err)
+		}
+	}
+
+	// 3. Map the rings at the offsets the kernel reports.
+	var off unix.XDPMmapOffsets
+	n, err := getsockoptRaw(fd, unix.SOL_XDP, unix.XDP_MMAP_OFFSETS, unsafe.Pointer(&off), unsafe.Sizeof(off))
+	if err != nil {
+		return s, fmt.Errorf("afxdp: queue %d: XDP_MMAP_OFFSETS: %w", q, err)
+	}
+	if n != unsafe.Sizeof(off) {
+		return s, fmt.Errorf("afxdp: queue %d: XDP_MMAP_OFFSETS without ring flags (kernel older than 5.4): %w", q, ErrNotSupported)
+	}
+	descSize := uint64(unsafe.Sizeof(unix.XDPDesc{}))
+	maps := []struct {
+		pgoff int64
+		off   unix.XDPRingOffset
+		size  uint32
+		elem  uint64
+		init  func(mem []byte) bool
+		name  string
+	}{
+		{unix.XDP_UMEM_PGOFF_FILL_RING, off.Fr, fillSize, 8, func(m []byte) bool { return s.fill.init(m, off.Fr, fillSize, true) }, "fill"},
+		{unix.XDP_UMEM_PGOFF_COMPLETION_RING, off.Cr, compSize, 8, func(m []byte) bool { return s.comp.init(m, off.Cr, compSize, false) }, "completion"},
+		{unix.XDP_PGOFF_RX_RING, off.Rx, uint32(o.RingSize), descSize, func(m []byte) bool { return s.rx.init(m, off.Rx, uint32(o.RingSize), false) }, "RX"},
+	}
+	if tx {
+		maps = append(maps, struct {
+			pgoff int64
+			off   unix.XDPRingOffset
+			size  uint32
+			elem  uint64
+			init  func(mem []byte) bool
+			name  string
+		}{unix.XDP_PGOFF_TX_RING, off.Tx, uint32(o.RingSize), descSize, func(m []byte) bool { return s.tx.init(m, off.Tx, uint32(o.RingSize), true) }, "TX"})
+	}
+	for _, m := range maps {
+		length := int(m.off.Desc + uint64(m.size)*m.elem)
+		mem, err := unix.Mmap(fd, m.pgoff, length, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+		if err != nil {
+			return s, fmt.Errorf("afxdp: queue %d: mmap %s ring: %w", q, m.name, err)
+		}
+		if !m.init(mem) {
+			_ = unix.Munmap(mem)
+			return s, fmt.Errorf("afxdp: queue %d: %s ring layout %+v does not fit its mapping of %d bytes", q, m.name, m.off, length)
+		}
+	}
+
+	// 4. Hand every RX frame to the kernel; keep the TX frames.
+	if got := s.fill.free(s.rxFrames); got != s.rxFrames {
+		return s, fmt.Errorf("afxdp: queue %d: fill ring takes %d of %d frames", q, got, s.rxFrames)
+	}
+	for i := range s.rxFrames {
+		s.fill.addrs[(s.fill.local+i)&s.fill.mask] = uint64(i) * s.frame
+	}
+	s.fill.submit(s.rxFrames)
+	s.spare = make([]uint64, 0, s.rxFrames)
+	s.txFree = make([]uint64, 0, s.txFrames)
+	for i := range s.txFrames {
+		s.txFree = append(s.txFree, uint64(s.rxFrames+i)*s.frame)
+	}
+
+	// 5. Bind: zero-copy if the driver can (the kernel falls back to copy
+	// mode by itself when no mode flag is given), copy mode if forced.
+	flags := uint16(unix.XDP_USE_NEED_WAKEUP)
+	if o.ForceCopy {
+		flags |= unix.XDP_COPY
+	}
+	sa := &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(ifindex), QueueID: uint32(q)}
+	deadline := time.Now().Add(bindRetry)
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		err = unix.Bind(fd, sa)
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			break
+		}
+		bindBusy.Add(1)
+		time.Sleep(wait)
+	}
+	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return s, fmt.Errorf("afxdp: bind queue %d: %w: %w", q, ErrQueueBusy, err)
+		}
+		return s, fmt.Errorf("afxdp: bind queue %d of ifindex %d: %w", q, ifindex, err)
+	}
+	var opts uint32
+	if _, err := getsockoptRaw(fd, unix.SOL_XDP, unix.XDP_OPTIONS, unsafe.Pointer(&opts), 4); err != nil {
+		return s, fmt.Errorf("afxdp: queue %d: XDP_OPTIONS: %w", q, err)
+	}
+	s.zeroCopy = opts&unix.XDP_OPTIONS_ZEROCOPY != 0
+
+	if tx {
+		// In copy mode one sendto moves at most max_tx_budget frames (32
+		// by default); let it move a whole ring. Kernels before 6.17 lack
+		// the option: then Send kicks more often.
+		_ = unix.SetsockoptInt(fd, unix.SOL_XDP, unix.XDP_MAX_TX_SKB_BUDGET, o.RingSize)
+		// Copy mode builds an skb per frame, charged to the socket's send
+		// buffer: make room for a full ring of them.
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4*o.RingSize*o.FrameSize); err != nil {
+			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4*o.RingSize*o.FrameSize)
+		}
+	}
+	return s, nil
+}
+
+// close unmaps everything and closes the socket; the kernel removes it
+// from every XSKMAP it is in. Safe on a partly set up socket.
+func (s *xsk) close() error {
+	var errs []error
+	for _, r := range []*ring{&s.rx.ring, &s.tx.ring, &s.fill.ring, &s.comp.ring} {
+		if r.mem != nil {
+			errs = append(errs, unix.Munmap(r.mem))
+			*r = ring{}
+		}
+	}
+	s.rx.descs, s.tx.descs, s.fill.addrs, s.comp.addrs = nil, nil, nil, nil
+	if s.fd >= 0 {
+		errs = append(errs, unix.Close(s.fd))
+		s.fd = -1
+	}
+	// The kernel pinned the UMEM pages at registration and unpins them when
+	// the socket is gone; our mapping can go now.
+	if s.umem != nil {
+		errs = append(errs, unix.Munmap(s.umem))
+		s.umem = nil
+	}
+	return errors.Join(errs...)
+}
+
+// stats reads the kernel's counters of the socket.
+func (s *xsk) stats() (unix.XDPStatistics, error) {
+	var st unix.XDPStatistics
+	_, err := getsockoptRaw(s.fd, unix.SOL_XDP, unix.XDP_STATISTICS, unsafe.Pointer(&st), unsafe.Sizeof(st))
+	return st, err
+}
+
+// pow2 rounds n up to a power of two (at least 1).
+func pow2(n uint32) uint32 {
+	p := uint32(1)
+	for p < n {
+		p <<= 1
+	}
+	return p
+}

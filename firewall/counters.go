@@ -1,0 +1,35 @@
+package firewall
+
+// counterNames names the per-CPU counters of the eBPF programs, by their
+// index (enum fw_counter in bpf/firewall.c). Every XDP frame counts in
+// exactly one of pass_kernel, to_xsk and dropped_no_xsk; the pass_*
+// reasons add up to pass_kernel; parse_error, fragment_to_xsk and
+// no_host_rings say why some frames went to userspace. learn_* count the
+// egress learner's work per outgoing frame.
+var counterNames = [...]string{
+	bpfFwCounterCNT_PASS_KERNEL:     "pass_kernel",
+	bpfFwCounterCNT_TO_XSK:          "to_xsk",
+	bpfFwCounterCNT_DROPPED_NO_XSK:  "dropped_no_xsk",
+	bpfFwCounterCNT_PASS_ALLOWED:    "pass_allowed",
+	bpfFwCounterCNT_PASS_ARP:        "pass_arp",
+	bpfFwCounterCNT_PASS_EAPOL:      "pass_eapol",
+	bpfFwCounterCNT_PASS_DHCP:       "pass_dhcp",
+	bpfFwCounterCNT_PASS_NDP:        "pass_ndp",
+	bpfFwCounterCNT_PASS_ICMP_ERROR: "pass_icmp_error",
+	bpfFwCounterCNT_PASS_FRAGMENT:   "pass_fragment",
+	bpfFwCounterCNT_PARSE_ERROR:     "parse_error",
+	bpfFwCounterCNT_FRAGMENT_TO_XSK: "fragment_to_xsk",
+	bpfFwCounterCNT_NO_HOST_RINGS:   "no_host_rings",
+	bpfFwCounterCNT_LEARN_NEW:       "learn_new",
+	bpfFwCounterCNT_LEARN_REFRESH:   "learn_refresh",
+	bpfFwCounterCNT_LEARN_COVERED:   "learn_covered",
+	bpfFwCounterCNT_LEARN_SKIPPED:   "learn_skipped",
+	bpfFwCounterCNT_LEARN_FAILED:    "learn_failed",
+}
+
+// CounterNames returns the names of the counters that Counters reports, in
+// the order of their indexes.
+func CounterNames() []string { return append([]string(nil), counterNames[:]...) }
+
+// A compile-time check that every counter has a name.
+var _ [0]struct{} = [len(counterNames) - int(bpfFwCounterCNT_MAX)]struct{}{}

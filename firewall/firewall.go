@@ -1,0 +1,731 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/rs/zerolog"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	l4 "github.com/usnetd/usnetd/switch"
+)
+
+// DefaultPinRoot is where a Firewall pins its maps and links: one
+// directory per interface below it.
+const DefaultPinRoot = "/sys/fs/bpf/usnetd"
+
+// XDP attach modes, as Options.XDPMode takes them and Mode reports them.
+const (
+	ModeNative  = "native"  // in the driver (XDP_FLAGS_DRV_MODE)
+	ModeGeneric = "generic" // in the core network stack, for any driver (XDP_FLAGS_SKB_MODE)
+)
+
+// Default sizes and times.
+const (
+	DefaultMaxRules   = 16384
+	DefaultMaxLearned = 65536
+	// DefaultMinIdle is how long ExpireLearned keeps a learned entry
+	// after the kernel's traffic last refreshed it, socket or not.
+	DefaultMinIdle = 30 * time.Second
+)
+
+// Options configure Attach.
+type Options struct {
+	// Interface names the interface; Ifindex may be given instead. Both
+	// are resolved in the calling thread's network namespace.
+	Interface string
+	Ifindex   int
+
+	// PinRoot is the directory under which PinRoot/INTERFACE/ holds the
+	// pinned maps and links; "" means DefaultPinRoot. When PinRoot lies
+	// under /sys/fs/bpf and that is not a bpf filesystem (as inside
+	// `ip netns exec`), Attach mounts one there.
+	PinRoot string
+
+	// XDPMode is "" (native, falling back to generic when the driver
+	// refuses), ModeNative or ModeGeneric. With "", a restart keeps the
+	// mode of the earlier instance's link. An explicit mode that differs
+	// from it makes Attach detach that link before attaching anew: for
+	// that moment the kernel is unfiltered.
+	XDPMode string
+
+	// NoHostRings gives the kernel nothing from the NIC (NO_HOST_RINGS):
+	// every frame goes to the AF_XDP sockets, ARP included, and the
+	// egress learner is not attached.
+	NoHostRings bool
+
+	// Queues is the number of entries of the XSKMAP (one per RX queue);
+	// 0 means the interface's number of RX queues. Frames arriving on a
+	// queue at or above it are dropped.
+	Queues int
+
+	// MaxRules and MaxLearned size the registered and learned maps; 0
+	// means DefaultMaxRules and DefaultMaxLearned.
+	MaxRules, MaxLearned int
+
+	// Allow is put into the registered map before the programs go live,
+	// so that a restart never closes, even for a moment, the ports the
+	// operator opened (DEBUG_PORTS). Registered entries of an earlier
+	// instance are not kept: the Go rule table is the truth.
+	Allow []Allowed
+
+	// MinIdle: ExpireLearned keeps learned entries that the kernel's
+	// traffic refreshed less than MinIdle ago, whatever isOpen says. 0
+	// means DefaultMinIdle; a negative value means no such grace.
+	MinIdle time.Duration
+
+	// Log receives what the Firewall does: which interface, which XDP
+	// mode, what it found from an earlier instance. The zero Logger
+	// discards.
+	Log zerolog.Logger
+}
+
+// Allowed is a registered kernel-allow entry for Options.Allow.
+type Allowed struct {
+	Key    l4.Key
+	Sticky bool
+}
+
+// Pin names inside an interface's pin directory.
+const (
+	pinXDPLink = "xdp_link"
+	pinTCXLink = "tcx_egress_link"
+)
+
+// A Firewall is the kernel-side firewall of one interface: the XDP
+// classifier, the TCX egress learner and their maps, pinned under
+// PinRoot/INTERFACE/.
+//
+// Its methods are safe for concurrent use. Map updates take effect for
+// the next frame; there is no transaction across several calls.
+type Firewall struct {
+	log     zerolog.Logger
+	ifname  string
+	ifindex int
+	root    string
+	dir     string
+	mode    string
+	minIdle time.Duration
+
+	mu     sync.RWMutex
+	closed bool
+	objs   bpfObjects
+	xdp    link.Link
+	tcx    link.Link // nil with NoHostRings
+	lock   *os.File  // flock on dir: one live Firewall per directory
+}
+
+// Attach loads the firewall's eBPF objects and attaches them to one
+// interface: the XDP classifier through a bpf_link (native mode, falling
+// back to generic), and the egress learner through TCX. Maps and links are
+// pinned under PinRoot/INTERFACE/, so that they outlive the process.
+//
+// Network namespace: the interface is looked up, and the programs are
+// attached, in the network namespace of the calling thread. To attach in
+// another one, lock the goroutine to its thread (runtime.LockOSThread),
+// setns(2) the thread there and call Attach from it; the pins land in the
+// caller's mount namespace, whatever the network namespace. A pin
+// directory is named by the interface only, so firewalls in two network
+// namespaces on same-named interfaces need different PinRoots.
+//
+// Restart: if PinRoot/INTERFACE/ holds the links of an earlier instance
+// that died without Close, Attach swaps the new programs into those links
+// (link.Update, atomic for the traffic) instead of attaching a second
+// copy, and keeps the earlier instance's learned entries when the map is
+// compatible, so the kernel's established connections survive the
+// restart. A directory held by a live Firewall gives ErrInUse.
+func Attach(opts Options) (_ *Firewall, err error) {
+	lk, err := findLink(opts)
+	if err != nil {
+		return nil, err
+	}
+	attrs := lk.Attrs()
+	if attrs.EncapType != "ether" {
+		return nil, fmt.Errorf("%w: %s is %q, not an Ethernet interface", ErrInterface, attrs.Name, attrs.EncapType)
+	}
+	switch opts.XDPMode {
+	case "", ModeNative, ModeGeneric:
+	default:
+		return nil, fmt.Errorf("firewall: XDP mode %q: want %q or %q", opts.XDPMode, ModeNative, ModeGeneric)
+	}
+	if opts.Queues < 0 || opts.MaxRules < 0 || opts.MaxLearned < 0 {
+		return nil, fmt.Errorf("firewall: negative size in options")
+	}
+	for _, a := range opts.Allow {
+		if err := checkKey(a.Key); err != nil {
+			return nil, err
+		}
+	}
+	root := opts.PinRoot
+	if root == "" {
+		root = DefaultPinRoot
+	}
+	root = filepath.Clean(root)
+	fw := &Firewall{
+		log:     opts.Log.With().Str("interface", attrs.Name).Int("ifindex", attrs.Index).Logger(),
+		ifname:  attrs.Name,
+		ifindex: attrs.Index,
+		root:    root,
+		dir:     filepath.Join(root, attrs.Name),
+		minIdle: opts.MinIdle,
+	}
+	if fw.minIdle == 0 {
+		fw.minIdle = DefaultMinIdle
+	}
+	if err := ensureBPFFS(root, fw.log); err != nil {
+		return nil, err
+	}
+	if fw.lock, err = lockDir(fw.dir); err != nil {
+		return nil, err
+	}
+	var newLinks []link.Link // attached here and not pinned yet: undone on failure
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, l := range newLinks {
+			_ = l.Close()
+		}
+		fw.objs.Close()
+		// Only empty directories go: an earlier instance's pins stay.
+		_ = os.Remove(fw.dir)
+		_ = os.Remove(fw.root)
+		fw.lock.Close()
+		fw.log.Error().Err(err).Msg("firewall: attach failed")
+	}()
+
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLoad, err)
+	}
+	if err := configure(spec, opts, attrs); err != nil {
+		return nil, err
+	}
+	replace := map[string]*ebpf.Map{}
+	if m := fw.reusableLearned(spec.Maps["kernel_learned"]); m != nil {
+		replace["kernel_learned"] = m
+		defer m.Close() // the collection holds its own reference
+	}
+	if err := spec.LoadAndAssign(&fw.objs, &ebpf.CollectionOptions{MapReplacements: replace}); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLoad, err)
+	}
+	now := monotonicNow()
+	for _, a := range opts.Allow {
+		if err := fw.objs.KernelRules.Put(keyOf(a.Key), valueOf(a.Sticky, false, now)); err != nil {
+			return nil, fmt.Errorf("firewall: allow %v: %w", a.Key, err)
+		}
+	}
+
+	// The XDP classifier.
+	var fresh bool
+	fw.xdp, fresh, err = fw.updateOrAttach(pinXDPLink, fw.objs.UsnetdXdp, opts.XDPMode, func() (link.Link, error) {
+		return fw.attachXDP(opts.XDPMode)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if fresh {
+		newLinks = append(newLinks, fw.xdp)
+	}
+	if fw.mode, err = xdpMode(fw.ifindex); err != nil {
+		return nil, err
+	}
+
+	// The egress learner.
+	if opts.NoHostRings {
+		fw.dropPinnedLink(pinTCXLink)
+	} else {
+		fw.tcx, fresh, err = fw.updateOrAttach(pinTCXLink, fw.objs.UsnetdLearn, "", func() (link.Link, error) {
+			return link.AttachTCX(link.TCXOptions{
+				Interface: fw.ifindex,
+				Program:   fw.objs.UsnetdLearn,
+				Attach:    ebpf.AttachTCXEgress,
+			})
+		})
+		if err != nil {
+			return nil, err
+		}
+		if fresh {
+			newLinks = append(newLinks, fw.tcx)
+		}
+	}
+
+	// Pins: the maps replace those of an earlier instance, then the new
+	// links join them.
+	for name, m := range fw.maps() {
+		if err := pinReplacing(m, filepath.Join(fw.dir, name)); err != nil {
+			return nil, err
+		}
+	}
+	for _, l := range newLinks {
+		name := pinXDPLink
+		if l == fw.tcx {
+			name = pinTCXLink
+		}
+		if err := pinReplacing(l, filepath.Join(fw.dir, name)); err != nil {
+			return nil, err
+		}
+	}
+	fw.log.Info().Str("xdp_mode", fw.mode).Bool("no_host_rings", opts.NoHostRings).
+		Str("pins", fw.dir).Int("queues", int(spec.Maps["xsks"].MaxEntries)).
+		Msg("firewall: attached")
+	return fw, nil
+}
+
+func findLink(opts Options) (netlink.Link, error) {
+	var (
+		lk  netlink.Link
+		err error
+	)
+	switch {
+	case opts.Interface != "":
+		lk, err = netlink.LinkByName(opts.Interface)
+	case opts.Ifindex > 0:
+		lk, err = netlink.LinkByIndex(opts.Ifindex)
+	default:
+		return nil, fmt.Errorf("%w: no interface given", ErrInterface)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInterface, ifaceName(opts), err)
+	}
+	if opts.Interface != "" && opts.Ifindex > 0 && lk.Attrs().Index != opts.Ifindex {
+		return nil, fmt.Errorf("%w: %s has ifindex %d, not %d", ErrInterface, opts.Interface, lk.Attrs().Index, opts.Ifindex)
+	}
+	return lk, nil
+}
+
+func ifaceName(opts Options) string {
+	if opts.Interface != "" {
+		return opts.Interface
+	}
+	return fmt.Sprintf("ifindex %d", opts.Ifindex)
+}
+
+// configure sets the load-time constants and map sizes.
+func configure(spec *ebpf.CollectionSpec, opts Options, attrs *netlink.LinkAttrs) error {
+	if opts.NoHostRings {
+		if err := spec.Variables["cfg_no_host_rings"].Set(uint8(1)); err != nil {
+			return fmt.Errorf("%w: %w", ErrLoad, err)
+		}
+	}
+	q := opts.Queues
+	if q == 0 {
+		q = max(attrs.NumRxQueues, 1)
+	}
+	spec.Maps["xsks"].MaxEntries = uint32(q)
+	if opts.MaxRules > 0 {
+		spec.Maps["kernel_rules"].MaxEntries = uint32(opts.MaxRules)
+	}
+	if opts.MaxLearned > 0 {
+		spec.Maps["kernel_learned"].MaxEntries = uint32(opts.MaxLearned)
+	}
+	return nil
+}
+
+// reusableLearned returns the learned map an earlier instance pinned, if
+// it fits spec; otherwise it removes the pin and returns nil.
+func (fw *Firewall) reusableLearned(spec *ebpf.MapSpec) *ebpf.Map {
+	path := filepath.Join(fw.dir, "kernel_learned")
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err == nil {
+		if err = spec.Compatible(m); err == nil {
+			n := 0
+			var k bpfFwKey
+			var v bpfFwValue
+			for it := m.Iterate(); it.Next(&k, &v); {
+				n++
+			}
+			fw.log.Info().Int("entries", n).Msg("firewall: keeping the learned entries of an earlier instance")
+			return m
+		}
+		m.Close()
+	}
+	fw.log.Warn().Err(err).Msg("firewall: discarding the learned map of an earlier instance")
+	_ = os.Remove(path)
+	return nil
+}
+
+// updateOrAttach puts prog into the link pinned at name by an earlier
+// instance, if that link is still attached to this interface (and, when
+// mode is given, in that XDP mode); otherwise it removes that link and
+// attaches a new one with attach. fresh reports a new link, not yet pinned.
+func (fw *Firewall) updateOrAttach(name string, prog *ebpf.Program, mode string, attach func() (link.Link, error)) (l link.Link, fresh bool, err error) {
+	path := filepath.Join(fw.dir, name)
+	old, err := link.LoadPinnedLink(path, nil)
+	switch {
+	case err == nil:
+		why := fw.reusable(old, prog, mode)
+		if why == "" {
+			if err := old.Update(prog); err == nil {
+				fw.log.Info().Str("link", name).Msg("firewall: replaced the program of an earlier instance's link")
+				return old, false, nil
+			} else {
+				why = "update: " + err.Error()
+			}
+		}
+		fw.log.Warn().Str("link", name).Str("reason", why).Msg("firewall: removing an earlier instance's link")
+		_ = old.Unpin()
+		_ = old.Detach()
+		_ = old.Close()
+	case errors.Is(err, os.ErrNotExist):
+	default:
+		fw.log.Warn().Str("link", name).Err(err).Msg("firewall: removing an unusable pin")
+		_ = os.Remove(path)
+	}
+	l, err = attach()
+	if err != nil {
+		return nil, false, err
+	}
+	return l, true, nil
+}
+
+// reusable says why old cannot take prog, or "" when it can.
+func (fw *Firewall) reusable(old link.Link, prog *ebpf.Program, mode string) string {
+	info, err := old.Info()
+	if err != nil {
+		return "link info: " + err.Error()
+	}
+	switch prog.Type() {
+	case ebpf.XDP:
+		x := info.XDP()
+		if x == nil {
+			return fmt.Sprintf("not an XDP link (type %v)", info.Type)
+		}
+		if int(x.Ifindex) != fw.ifindex {
+			return fmt.Sprintf("attached to ifindex %d (0: detached)", x.Ifindex)
+		}
+		if mode != "" {
+			if m, err := xdpMode(fw.ifindex); err != nil || m != mode {
+				return fmt.Sprintf("XDP mode %q, %q wanted", m, mode)
+			}
+		}
+	case ebpf.SchedCLS:
+		x := info.TCX()
+		if x == nil {
+			return fmt.Sprintf("not a TCX link (type %v)", info.Type)
+		}
+		if int(x.Ifindex) != fw.ifindex || ebpf.AttachType(x.AttachType) != ebpf.AttachTCXEgress {
+			return fmt.Sprintf("attached to ifindex %d (0: detached) as %v", x.Ifindex, ebpf.AttachType(x.AttachType))
+		}
+	}
+	return ""
+}
+
+// dropPinnedLink removes (and so detaches) a link an earlier instance pinned.
+func (fw *Firewall) dropPinnedLink(name string) {
+	path := filepath.Join(fw.dir, name)
+	old, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	fw.log.Info().Str("link", name).Msg("firewall: removing an earlier instance's link")
+	if err == nil {
+		_ = old.Unpin()
+		_ = old.Detach()
+		_ = old.Close()
+	}
+	_ = os.Remove(path)
+}
+
+func (fw *Firewall) attachXDP(mode string) (link.Link, error) {
+	opts := link.XDPOptions{Program: fw.objs.UsnetdXdp, Interface: fw.ifindex, Flags: link.XDPDriverMode}
+	if mode == ModeGeneric {
+		opts.Flags = link.XDPGenericMode
+	}
+	l, err := link.AttachXDP(opts)
+	if err != nil && mode == "" {
+		fw.log.Info().Err(err).Msg("firewall: native XDP refused, falling back to generic mode")
+		opts.Flags = link.XDPGenericMode
+		l, err = link.AttachXDP(opts)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: XDP to %s: %w", ErrAttach, fw.ifname, err)
+	}
+	return l, nil
+}
+
+// xdpMode asks the kernel which mode the interface's XDP program runs in.
+func xdpMode(ifindex int) (string, error) {
+	lk, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return "", fmt.Errorf("%w: ifindex %d: %w", ErrInterface, ifindex, err)
+	}
+	x := lk.Attrs().Xdp
+	if x == nil || !x.Attached {
+		return "", fmt.Errorf("%w: no XDP program on %s", ErrAttach, lk.Attrs().Name)
+	}
+	switch x.AttachMode {
+	case nl.XDP_ATTACHED_DRV:
+		return ModeNative, nil
+	case nl.XDP_ATTACHED_SKB:
+		return ModeGeneric, nil
+	case nl.XDP_ATTACHED_HW:
+		return "offload", nil
+	}
+	return "", fmt.Errorf("%w: %s has XDP programs in several modes (attach mode %d)", ErrAttach, lk.Attrs().Name, x.AttachMode)
+}
+
+type pinner interface {
+	Pin(string) error
+}
+
+// pinReplacing pins obj at path, removing what an earlier instance left
+// there.
+func pinReplacing(obj pinner, path string) error {
+	if m, ok := obj.(*ebpf.Map); ok && m.IsPinned() {
+		// Reused from an earlier instance: already there.
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("firewall: replacing pin: %w", err)
+	}
+	if err := obj.Pin(path); err != nil {
+		return fmt.Errorf("firewall: pin %s: %w", path, err)
+	}
+	return nil
+}
+
+func (fw *Firewall) maps() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		"kernel_rules":   fw.objs.KernelRules,
+		"kernel_learned": fw.objs.KernelLearned,
+		"frag_kernel":    fw.objs.FragKernel,
+		"xsks":           fw.objs.Xsks,
+		"counters":       fw.objs.Counters,
+	}
+}
+
+// Close detaches both programs, unpins and closes every map and link, and
+// removes the interface's pin directory (and PinRoot, if that is then
+// empty). The kernel then sees the interface's traffic unfiltered. Close
+// is idempotent.
+func (fw *Firewall) Close() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.closed {
+		return nil
+	}
+	fw.closed = true
+	var errs []error
+	for _, l := range []link.Link{fw.tcx, fw.xdp} {
+		if l == nil {
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			errs = append(errs, err)
+		}
+		if err := l.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, m := range fw.maps() {
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := fw.objs.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.Remove(fw.dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := fw.lock.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	_ = os.Remove(fw.root) // fails, as it should, while other interfaces live there
+	err := errors.Join(errs...)
+	if err != nil {
+		err = fmt.Errorf("firewall: close %s: %w", fw.ifname, err)
+	}
+	fw.log.Info().Err(err).Msg("firewall: detached")
+	return err
+}
+
+// Interface returns the interface's name, Ifindex its index.
+func (fw *Firewall) Interface() string { return fw.ifname }
+
+// Ifindex returns the interface's index in its network namespace.
+func (fw *Firewall) Ifindex() int { return fw.ifindex }
+
+// PinDir returns the directory holding the pins: PinRoot/INTERFACE.
+func (fw *Firewall) PinDir() string { return fw.dir }
+
+// Mode returns the XDP mode in use, ModeNative or ModeGeneric.
+func (fw *Firewall) Mode() string { return fw.mode }
+
+// XSKMap returns the XSKMAP: the AF_XDP backend puts the fd of the socket
+// bound to RX queue q at key uint32(q). A frame that arrives on a queue
+// without a socket is dropped (counted as dropped_no_xsk), never given to
+// the kernel. The map belongs to the Firewall: do not close it.
+func (fw *Firewall) XSKMap() *ebpf.Map { return fw.objs.Xsks }
+
+// rlock takes the read lock unless fw is closed.
+func (fw *Firewall) rlock() error {
+	fw.mu.RLock()
+	if fw.closed {
+		fw.mu.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+func valueOf(sticky, learned bool, now uint64) bpfFwValue {
+	v := bpfFwValue{LastSeenNs: now}
+	if sticky {
+		v.Flags |= flagSticky
+	}
+	if learned {
+		v.Flags |= flagLearned
+	}
+	return v
+}
+
+// AllowKernel lets the kernel see the traffic that k matches, with the
+// three-step lookup of l4.Table: an exact 5-tuple, (local, proto, lport,
+// remote), a listening (local, proto, lport), or for protocols without
+// ports (local, proto, remote) and (local, proto). The entry is registered:
+// ExpireLearned never removes it. sticky marks DEBUG_PORTS entries (it is
+// recorded and reported by KernelEntries). Allowing an allowed key again
+// updates its stickiness. A full map gives an error wrapping unix.E2BIG.
+func (fw *Firewall) AllowKernel(k l4.Key, sticky bool) error {
+	if err := checkKey(k); err != nil {
+		return err
+	}
+	if err := fw.rlock(); err != nil {
+		return err
+	}
+	defer fw.mu.RUnlock()
+	if err := fw.objs.KernelRules.Put(keyOf(k), valueOf(sticky, false, monotonicNow())); err != nil {
+		return fmt.Errorf("firewall: allow %v on %s: %w", k, fw.ifname, err)
+	}
+	fw.log.Debug().Stringer("key", k).Bool("sticky", sticky).Msg("firewall: kernel allowed")
+	return nil
+}
+
+// RevokeKernel removes the entry with exactly the key k, registered or
+// learned. Traffic of the kernel's connections that the entry let in is
+// dropped from the next frame on. An absent key gives an error wrapping
+// ebpf.ErrKeyNotExist.
+func (fw *Firewall) RevokeKernel(k l4.Key) error {
+	if err := fw.rlock(); err != nil {
+		return err
+	}
+	defer fw.mu.RUnlock()
+	bk := keyOf(k)
+	errR := fw.objs.KernelRules.Delete(bk)
+	errL := fw.objs.KernelLearned.Delete(bk)
+	if errR == nil || errL == nil {
+		fw.log.Debug().Stringer("key", k).Msg("firewall: kernel revoked")
+		return nil
+	}
+	for _, err := range []error{errR, errL} {
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("firewall: revoke %v on %s: %w", k, fw.ifname, err)
+		}
+	}
+	return fmt.Errorf("firewall: revoke %v on %s: %w", k, fw.ifname, ebpf.ErrKeyNotExist)
+}
+
+// KernelEntries returns every entry of the kernel-allow maps: registered
+// ones first, then learned ones, each sorted by key.
+func (fw *Firewall) KernelEntries() ([]Entry, error) {
+	if err := fw.rlock(); err != nil {
+		return nil, err
+	}
+	defer fw.mu.RUnlock()
+	now := monotonicNow()
+	var out []Entry
+	for _, m := range []*ebpf.Map{fw.objs.KernelRules, fw.objs.KernelLearned} {
+		start := len(out)
+		var k bpfFwKey
+		var v bpfFwValue
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			out = append(out, entryOf(k, v, now))
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("firewall: reading %s on %s: %w", m, fw.ifname, err)
+		}
+		slices.SortFunc(out[start:], func(a, b Entry) int { return compareKeys(a.Key, b.Key) })
+	}
+	return out, nil
+}
+
+func entryOf(k bpfFwKey, v bpfFwValue, now uint64) Entry {
+	e := Entry{Key: l4Key(k), Sticky: v.Flags&flagSticky != 0, Learned: v.Flags&flagLearned != 0}
+	if now > v.LastSeenNs {
+		e.Idle = time.Duration(now - v.LastSeenNs)
+	}
+	return e
+}
+
+func compareKeys(a, b l4.Key) int {
+	if c := slices.Compare(a.Local[:], b.Local[:]); c != 0 {
+		return c
+	}
+	if a.Proto != b.Proto {
+		return int(a.Proto) - int(b.Proto)
+	}
+	if a.LocalPort != b.LocalPort {
+		return int(a.LocalPort) - int(b.LocalPort)
+	}
+	if c := slices.Compare(a.Remote[:], b.Remote[:]); c != 0 {
+		return c
+	}
+	if a.RemotePort != b.RemotePort {
+		return int(a.RemotePort) - int(b.RemotePort)
+	}
+	return int(a.Flags) - int(b.Flags)
+}
+
+// Counters returns the programs' counters (see CounterNames), summed over
+// CPUs, since the maps were created (a restart starts them again at 0).
+func (fw *Firewall) Counters() (map[string]uint64, error) {
+	if err := fw.rlock(); err != nil {
+		return nil, err
+	}
+	defer fw.mu.RUnlock()
+	return readCounters(fw.objs.Counters)
+}
+
+func readCounters(m *ebpf.Map) (map[string]uint64, error) {
+	out := make(map[string]uint64, len(counterNames))
+	var perCPU []uint64
+	for i, name := range counterNames {
+		if err := m.Lookup(uint32(i), &perCPU); err != nil {
+			return nil, fmt.Errorf("firewall: reading counter %s: %w", name, err)
+		}
+		var sum uint64
+		for _, n := range perCPU {
+			sum += n
+		}
+		out[name] = sum
+	}
+	return out, nil
+}
+
+// monotonicNow is bpf_ktime_get_ns's clock: CLOCK_MONOTONIC in ns.
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic("firewall: clock_gettime(CLOCK_MONOTONIC): " + err.Error())
+	}
+	return uint64(ts.Nano())
+}
