@@ -83,7 +83,9 @@ func (b *afxdpBackend) LearnedKernel() ([]l4.Key, error) {
 	return keys, nil
 }
 
-func (b *afxdpBackend) Expire(isOpen func(l4.Key) bool) (int, error) { return b.fw.ExpireLearned(isOpen) }
+func (b *afxdpBackend) Expire(isOpen func(l4.Key) bool) (int, error) {
+	return b.fw.ExpireLearned(isOpen)
+}
 
 func (b *afxdpBackend) Close() error {
 	perr := b.port.Close()

@@ -31,8 +31,8 @@ type Options struct {
 
 // Housekeeping periods.
 const (
-	fragSweepEvery = time.Second      // ages the fragment memory (30 ticks = 30 s)
-	kernelSyncEvery = time.Second     // copies the eBPF learner's entries into the Go table
+	fragSweepEvery  = time.Second      // ages the fragment memory (30 ticks = 30 s)
+	kernelSyncEvery = time.Second      // copies the eBPF learner's entries into the Go table
 	expireEvery     = 90 * time.Second // the original's period: drop learned kernel rules without a socket
 )
 
