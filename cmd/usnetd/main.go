@@ -1,24 +1,39 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
+
+	"github.com/rs/zerolog"
 
 	"github.com/usnetd/usnetd/internal/config"
+	"github.com/usnetd/usnetd/internal/daemon"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr, serve))
+}
+
+// serve runs the daemon until SIGINT or SIGTERM.
+func serve(cfg *config.Config, log zerolog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return daemon.Run(ctx, daemon.Options{Config: cfg, Log: log})
 }
 
 const usageLine = "usage: usnetd [-h|--help] [CONFFILE]"
 
 // run is usnetd with its arguments (without the program name), environment
-// and output streams; it returns the exit status: 0, or 2 for a usage or
-// configuration error, reported as one line on stderr.
-func run(args, environ []string, stdout, stderr io.Writer) int {
+// and output streams; start runs the daemon with the loaded configuration.
+// It returns the exit status: 0 after a clean stop, 2 for a usage or
+// configuration error, 1 when the daemon failed; an error is one line on
+// stderr.
+func run(args, environ []string, stdout, stderr io.Writer, start func(*config.Config, zerolog.Logger) error) int {
 	var confFile string
 	var operands []string
 flags:
@@ -68,6 +83,11 @@ flags:
 		Str("socket", cfg.SocketPath).
 		Str("metrics", metrics).
 		Msg("configuration loaded")
-	log.Info().Msg("the data plane is not wired yet; exiting")
+	if err := start(cfg, log); err != nil {
+		log.Error().Err(err).Msg("usnetd failed")
+		fmt.Fprintf(stderr, "usnetd: %v\n", err)
+		return 1
+	}
+	log.Info().Msg("usnetd stopped")
 	return 0
 }

@@ -3,15 +3,31 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/usnetd/usnetd/internal/config"
 )
+
+// started records what the fake daemon was given.
+var started []*config.Config
+
+func fakeStart(cfg *config.Config, log zerolog.Logger) error {
+	started = append(started, cfg)
+	if cfg.PCAPLog == "/fail" {
+		return errors.New("claiming eth0: something broke")
+	}
+	return nil
+}
 
 func runWith(args, env []string) (code int, stdout, stderr string) {
 	var o, e bytes.Buffer
-	code = run(args, env, &o, &e)
+	code = run(args, env, &o, &e, fakeStart)
 	return code, o.String(), e.String()
 }
 
@@ -86,7 +102,11 @@ func TestSuccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	// "--" ends the flags: a CONFFILE may start with '-'.
+	started = nil
 	code, out, errOut := runWith([]string{"--", conf}, []string{"WORKERS=2", "METRICS_ADDR=", "SOCKET_PATH=@usnetd-test"})
+	if len(started) != 1 || started[0].Workers != 2 || strings.Join(started[0].Interfaces, ",") != "eth0,eth1" {
+		t.Fatalf("daemon started with %+v", started)
+	}
 	if code != 0 || out != "" {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
@@ -105,7 +125,7 @@ func TestSuccess(t *testing.T) {
 		rec.Metrics != "off" || strings.Join(rec.Interfaces, ",") != "eth0,eth1" {
 		t.Errorf("summary = %+v", rec)
 	}
-	if !strings.Contains(lines[1], "data plane is not wired yet") {
+	if !strings.Contains(lines[1], "usnetd stopped") {
 		t.Errorf("second line = %q", lines[1])
 	}
 
@@ -117,5 +137,16 @@ func TestSuccess(t *testing.T) {
 	code, _, errOut = runWith(nil, []string{"INTERFACES=eth0", "LOG_FORMAT=console"})
 	if code != 0 || !strings.Contains(errOut, "INF configuration loaded") || !strings.Contains(errOut, "workers=\"one per NIC queue\"") {
 		t.Errorf("LOG_FORMAT=console: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestDaemonFailure(t *testing.T) {
+	code, _, errOut := runWith(nil, []string{"INTERFACES=eth0", "PCAP_LOG=/fail", "LOG_LEVEL=error", "LOG_FORMAT=json"})
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	lines := strings.Split(strings.TrimSuffix(errOut, "\n"), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `"level":"error"`) || lines[1] != "usnetd: claiming eth0: something broke" {
+		t.Fatalf("stderr = %q", errOut)
 	}
 }

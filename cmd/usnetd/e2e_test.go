@@ -1,0 +1,408 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/usnetd/usnetd/internal/netlab"
+)
+
+// End-to-end tests: the real usnetd (this test binary, re-executed as the
+// daemon) claims a veth in a "host" namespace; a "peer" namespace talks to
+// the host's kernel through it, with real kernel sockets on both sides.
+// Timeouts here only tell an answer from none (a dropped SYN) or detect a
+// hang; they assert no speed.
+
+const mainEnv = "USNETD_E2E_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(mainEnv) == "1" {
+		main() // exits
+	}
+	os.Exit(m.Run())
+}
+
+type e2eLab struct {
+	t          *testing.T
+	lab        *netlab.Lab
+	host, peer *netlab.NS
+	ifname     string
+	hostIP     netip.Addr
+	peerIP     netip.Addr
+	peerIP2    netip.Addr // a second peer address, for REMOTEIP rules
+	sock       string
+}
+
+func newE2ELab(t *testing.T, queues int) *e2eLab {
+	t.Helper()
+	lab, err := netlab.New(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := lab.AddNS("host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := lab.AddNS("peer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pin directory is named after the interface: a lab-unique name
+	// keeps parallel test runs apart.
+	ifname := lab.Name()
+	if _, err := lab.Veth(host, ifname, peer, "eth0", netlab.VethOpts{Queues: queues, Up: true}); err != nil {
+		t.Fatal(err)
+	}
+	sn := lab.Subnet()
+	l := &e2eLab{t: t, lab: lab, host: host, peer: peer, ifname: ifname,
+		hostIP: netlab.Host(sn, 1).Addr(), peerIP: netlab.Host(sn, 2).Addr(), peerIP2: netlab.Host(sn, 3).Addr(),
+		sock: filepath.Join(t.TempDir(), "usnetd.socket")}
+	for _, a := range []struct {
+		ns   *netlab.NS
+		link string
+		p    netip.Prefix
+	}{{host, ifname, netlab.Host(sn, 1)}, {peer, "eth0", netlab.Host(sn, 2)}, {peer, "eth0", netlab.Host(sn, 3)}} {
+		if err := a.ns.AddAddr(a.link, a.p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return l
+}
+
+// usnetd is a running daemon.
+type usnetd struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	log  strings.Builder
+	done chan error
+}
+
+func (u *usnetd) logText() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.log.String()
+}
+
+// start runs usnetd inside the host namespace with env and waits until it
+// says it is up.
+func (l *e2eLab) start(env ...string) *usnetd {
+	t := l.t
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append([]string{mainEnv + "=1", "PATH=" + os.Getenv("PATH"), "LOG_FORMAT=json", "LOG_LEVEL=debug",
+		"INTERFACES=" + l.ifname, "SOCKET_PATH=" + l.sock, "METRICS_ADDR=127.0.0.1:9464", "GORACE=atexit_sleep_ms=0"}, env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &usnetd{cmd: cmd, done: make(chan error, 1)}
+	if err := l.host.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	up := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			u.mu.Lock()
+			u.log.WriteString(sc.Text() + "\n")
+			u.mu.Unlock()
+			if strings.Contains(sc.Text(), `"message":"usnetd is up"`) {
+				once.Do(func() { close(up) })
+			}
+		}
+		u.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-u.done
+		}
+	})
+	select {
+	case <-up:
+	case err := <-u.done:
+		t.Fatalf("usnetd exited before it was up: %v\n%s", err, u.logText())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("usnetd not up after 30 s:\n%s", u.logText())
+	}
+	return u
+}
+
+// stop sends SIGTERM and checks the clean exit.
+func (u *usnetd) stop(t *testing.T) {
+	t.Helper()
+	if err := u.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-u.done:
+		if err != nil {
+			t.Fatalf("usnetd exit after SIGTERM: %v\n%s", err, u.logText())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("usnetd did not stop after SIGTERM:\n%s", u.logText())
+	}
+}
+
+// serveTCP runs a TCP echo server at addr inside ns until the test ends.
+func serveTCP(t *testing.T, ns *netlab.NS, addr string) {
+	t.Helper()
+	ln, err := ns.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// serveUDP runs a UDP echo server at addr inside ns until the test ends.
+func serveUDP(t *testing.T, ns *netlab.NS, addr string) {
+	t.Helper()
+	pc, err := ns.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], from)
+		}
+	}()
+}
+
+// tcpEcho dials addr from ns (from local source address src, if valid) and
+// echoes a message; it returns the dial or echo error.
+func tcpEcho(ns *netlab.NS, src netip.Addr, addr string, timeout time.Duration) error {
+	var c net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{Timeout: timeout}
+		if src.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		}
+		var err error
+		c, err = d.Dial("tcp", addr)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("hello usnetd")); err != nil {
+		return err
+	}
+	buf := make([]byte, 12)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "hello usnetd" {
+		return fmt.Errorf("echo %q", buf)
+	}
+	return nil
+}
+
+func udpEcho(ns *netlab.NS, addr string, timeout time.Duration) error {
+	var c net.Conn
+	if err := ns.Do(func() (err error) { c, err = net.Dial("udp", addr); return err }); err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if string(buf[:n]) != "ping" {
+		return fmt.Errorf("echo %q", buf[:n])
+	}
+	return nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// scrape fetches the metrics inside the host namespace.
+func (l *e2eLab) scrape() string {
+	l.t.Helper()
+	// The transport dials from its own goroutine: dial inside the namespace.
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return l.host.Dial(ctx, network, addr)
+		}}}
+	resp, err := c.Get("http://127.0.0.1:9464/metrics")
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return string(body)
+}
+
+// checkNothingLeft checks that no XDP program, TCX link or pin is left on
+// the host's interface, and no control socket file.
+func (l *e2eLab) checkNothingLeft() {
+	t := l.t
+	t.Helper()
+	if _, err := os.Stat(filepath.Join("/sys/fs/bpf/usnetd", l.ifname)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory left (%v)", err)
+	}
+	lk, err := l.host.Link(l.ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x := lk.Attrs().Xdp; x != nil && x.Attached {
+		t.Errorf("XDP program %d still attached", x.ProgId)
+	}
+	err = l.host.Do(func() error {
+		for _, a := range []ebpf.AttachType{ebpf.AttachTCXEgress, ebpf.AttachTCXIngress} {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: lk.Attrs().Index, Attach: a})
+			if err != nil {
+				return err
+			}
+			if len(res.Programs) != 0 {
+				t.Errorf("TCX programs left (%v): %v", a, res.Programs)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(l.sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("control socket file left (%v)", err)
+	}
+}
+
+// TestE2EKernelFirewall: with usnetd on the host's NIC, the kernel keeps
+// exactly its own connections and the ports opened for it.
+func TestE2EKernelFirewall(t *testing.T) {
+	l := newE2ELab(t, 1)
+	h := l.hostIP.String()
+	serveTCP(t, l.host, h+":8022") // DEBUG_PORTS
+	serveTCP(t, l.host, h+":8023") // DEBUG_PORTS with REMOTEIP = peerIP2
+	serveTCP(t, l.host, h+":8024") // not opened
+	serveTCP(t, l.peer, l.peerIP.String()+":9000")
+	serveUDP(t, l.peer, l.peerIP.String()+":9001")
+
+	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022,%s:TCP:8023:%s", l.ifname, l.ifname, l.peerIP2))
+	const answer, silence = 5 * time.Second, 700 * time.Millisecond
+
+	t.Run("debug port reachable", func(t *testing.T) {
+		if err := tcpEcho(l.peer, l.peerIP, h+":8022", answer); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("remote-ip port only from its remote", func(t *testing.T) {
+		if err := tcpEcho(l.peer, l.peerIP2, h+":8023", answer); err != nil {
+			t.Fatalf("from %s: %v", l.peerIP2, err)
+		}
+		if err := tcpEcho(l.peer, l.peerIP, h+":8023", silence); !isTimeout(err) {
+			t.Fatalf("from %s: %v, want no answer at all", l.peerIP, err)
+		}
+	})
+	t.Run("closed port gets no answer, not even RST", func(t *testing.T) {
+		if err := tcpEcho(l.peer, l.peerIP, h+":8024", silence); !isTimeout(err) {
+			t.Fatalf("%v, want a timeout (a RST would be 'connection refused')", err)
+		}
+	})
+	t.Run("ping to the host is firewalled (until the host pings)", func(t *testing.T) {
+		out, err := l.peer.Command(context.Background(), "ping", "-c", "1", "-W", "1", h).CombinedOutput()
+		if err == nil {
+			t.Fatalf("ping from the peer got an answer:\n%s", out)
+		}
+	})
+	t.Run("kernel's own TCP, UDP and ICMP get replies", func(t *testing.T) {
+		if err := tcpEcho(l.host, netip.Addr{}, l.peerIP.String()+":9000", answer); err != nil {
+			t.Fatalf("TCP: %v", err)
+		}
+		if err := udpEcho(l.host, l.peerIP.String()+":9001", answer); err != nil {
+			t.Fatalf("UDP: %v", err)
+		}
+		out, err := l.host.Command(context.Background(), "ping", "-c", "1", "-W", "5", l.peerIP.String()).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ping from the host: %v\n%s", err, out)
+		}
+	})
+	t.Run("metrics", func(t *testing.T) {
+		m := l.scrape()
+		for _, want := range []string{"usnetd_port_rx_packets_total{", `kind="nic"`, "usnetd_rules{"} {
+			if !strings.Contains(m, want) {
+				t.Errorf("metrics lack %q", want)
+			}
+		}
+	})
+	u.stop(t)
+	l.checkNothingLeft()
+	if log := u.logText(); !strings.Contains(log, `"message":"interface claimed"`) || !strings.Contains(log, "xdp ") {
+		t.Errorf("no 'interface claimed' line with the XDP mode:\n%s", log)
+	}
+}
+
+// TestE2ERestartAfterKill: a usnetd killed with SIGKILL leaves its
+// programs attached (the kernel stays firewalled); the next start repairs
+// them instead of failing or stacking, and its SIGTERM leaves nothing.
+func TestE2ERestartAfterKill(t *testing.T) {
+	l := newE2ELab(t, 1)
+	h := l.hostIP.String()
+	serveTCP(t, l.host, h+":8022")
+	env := fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname)
+	u := l.start(env)
+	if err := u.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-u.done
+	// Still firewalled while nobody runs: the closed port stays closed,
+	// the open one stays open (the XDP program is pinned).
+	if err := tcpEcho(l.peer, l.peerIP, h+":8022", 5*time.Second); err != nil {
+		t.Fatalf("debug port after SIGKILL: %v", err)
+	}
+	u2 := l.start(env)
+	if err := tcpEcho(l.peer, l.peerIP, h+":8022", 5*time.Second); err != nil {
+		t.Fatalf("debug port after restart: %v", err)
+	}
+	u2.stop(t)
+	l.checkNothingLeft()
+}

@@ -1,0 +1,306 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/internal/config"
+	"github.com/usnetd/usnetd/metrics"
+	l4 "github.com/usnetd/usnetd/switch"
+)
+
+// Options are what Run needs besides the context.
+type Options struct {
+	Config *config.Config
+	Log    zerolog.Logger
+	// Ready, if set, is called once: when every NIC is claimed and the
+	// control socket and metrics server listen (systemd's READY=1).
+	Ready func()
+	// Stopping, if set, is called when the shutdown begins (STOPPING=1).
+	Stopping func()
+}
+
+// Housekeeping periods.
+const (
+	fragSweepEvery  = time.Second      // ages the fragment memory (30 ticks = 30 s)
+	kernelSyncEvery = time.Second      // copies the eBPF learner's entries into the Go table
+	expireEvery     = 90 * time.Second // the original's period: drop learned kernel rules without a socket
+)
+
+// domain is one claimed NIC: its switch, pipeline and backend.
+type domain struct {
+	ifname string
+	addrs  ifAddrs
+	mac    net.HardwareAddr
+	sw     *l4.Switch
+	p      *l4.Pipeline
+	nic    nicBackend
+}
+
+// nicBackend is a way of claiming a NIC: it gives the pipeline its NIC port
+// and keeps the kernel-side copy of the kernel's rules.
+type nicBackend interface {
+	// Describe says what is in use, for the log: backend, mode, queues.
+	Describe() string
+	// Port is the NIC's switch port.
+	Port() l4.Port
+	// LearnedKernel returns the kernel's connections learned on the
+	// kernel side (reverse tuples); nil for backends where the switch
+	// learns them itself.
+	LearnedKernel() ([]l4.Key, error)
+	// Expire removes learned kernel entries whose socket isOpen says is
+	// gone, and returns how many.
+	Expire(isOpen func(l4.Key) bool) (int, error)
+	// Close gives the NIC back.
+	Close() error
+}
+
+// Run claims the NICs, serves until ctx is done, then gives everything back.
+func Run(ctx context.Context, opt Options) (err error) {
+	cfg, log := opt.Config, opt.Log
+	if len(cfg.StaticPipes) > 0 {
+		return fmt.Errorf("STATIC_PIPES=%q: static pipes were netmap pipes, which this usnetd does not have; "+
+			"attach the stack through the control socket (RequestUDS) instead", cfg.StaticPipes[0].String())
+	}
+	d := &daemon{cfg: cfg, log: log, pin: &pinner{cpus: cfg.CPUs, log: log}}
+	defer func() {
+		if cerr := d.close(); err == nil {
+			err = cerr
+		}
+	}()
+	for _, ifname := range cfg.Interfaces {
+		dom, err := d.claim(ifname)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", ifname, err)
+		}
+		d.domains = append(d.domains, dom)
+	}
+	if cfg.MetricsAddr != "" {
+		c := metrics.NewCollector(d.metricDomains)
+		srv, err := metrics.Listen(cfg.MetricsAddr, metrics.NewRegistry(c))
+		if err != nil {
+			return fmt.Errorf("METRICS_ADDR=%q: %w", cfg.MetricsAddr, err)
+		}
+		d.metrics = srv
+		d.wg.Go(func() {
+			if err := srv.Serve(); err != nil {
+				log.Error().Err(err).Msg("metrics server stopped")
+			}
+		})
+		log.Info().Str("addr", srv.Addr().String()).Msg("metrics at /metrics")
+	}
+	hk, stopHK := context.WithCancel(context.Background())
+	d.wg.Go(func() { d.housekeeping(hk) })
+	d.stopHK = stopHK
+
+	log.Info().Strs("interfaces", cfg.Interfaces).Msg("usnetd is up")
+	if opt.Ready != nil {
+		opt.Ready()
+	}
+	<-ctx.Done()
+	log.Info().Msg("stopping")
+	if opt.Stopping != nil {
+		opt.Stopping()
+	}
+	return nil
+}
+
+type daemon struct {
+	cfg     *config.Config
+	log     zerolog.Logger
+	pin     *pinner
+	domains []*domain
+	metrics *metrics.Server
+	stopHK  context.CancelFunc
+	wg      sync.WaitGroup
+	closed  bool
+}
+
+func (d *daemon) metricDomains() []metrics.Domain {
+	ds := make([]metrics.Domain, 0, len(d.domains))
+	for _, dom := range d.domains {
+		ds = append(ds, metrics.Domain{Interface: dom.ifname, Pipeline: dom.p})
+	}
+	return ds
+}
+
+// claim takes one NIC: addresses, kernel rules, backend, switch, pipeline.
+func (d *daemon) claim(ifname string) (dom *domain, err error) {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("no such interface (INTERFACES): %w", err)
+	}
+	addrs, err := linkAddrs(link)
+	if err != nil {
+		return nil, err
+	}
+	rules, err := kernelRules(d.cfg.DebugPorts, ifname, addrs)
+	if err != nil {
+		return nil, err
+	}
+	nic, err := d.openBackend(ifname, rules)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = nic.Close()
+		}
+	}()
+	sw := l4.NewSwitch(l4.NewTable(), d.cfg.AddMACs...)
+	for _, r := range rules {
+		if err := sw.Table.Insert(r); err != nil && !errors.Is(err, l4.ErrExists) {
+			return nil, fmt.Errorf("DEBUG_PORTS rule %v: %w", r.Key, err)
+		}
+	}
+	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
+		RingSize:      d.cfg.RingSize,
+		BatchSize:     d.cfg.BatchSize,
+		OnThreadStart: d.pin.hook(ifname),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.AddPort(nic.Port()); err != nil {
+		_ = p.Close()
+		return nil, err
+	}
+	dom = &domain{ifname: ifname, addrs: addrs, mac: link.Attrs().HardwareAddr, sw: sw, p: p, nic: nic}
+	ev := d.log.Info().Str("interface", ifname).Str("backend", nic.Describe()).
+		Str("mac", dom.mac.String()).Int("kernel_rules", len(rules))
+	if addrs.v4.IsValid() {
+		ev = ev.Str("ipv4", addrs.v4.String())
+	}
+	if len(d.cfg.CPUs) > 0 {
+		ev = ev.Ints("cpus", d.cfg.CPUs)
+	}
+	ev.Msg("interface claimed")
+	return dom, nil
+}
+
+// linkAddrs reads the interface's first IPv4 address and its global IPv6
+// addresses.
+func linkAddrs(link netlink.Link) (ifAddrs, error) {
+	var a ifAddrs
+	list, err := netlink.AddrList(link, unix.AF_UNSPEC)
+	if err != nil {
+		return a, fmt.Errorf("reading addresses: %w", err)
+	}
+	for _, ad := range list {
+		ip, ok := netip.AddrFromSlice(ad.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		switch {
+		case ip.Is4() && !a.v4.IsValid():
+			a.v4 = ip
+		case ip.Is6() && ip.IsGlobalUnicast():
+			a.v6 = append(a.v6, ip)
+		}
+	}
+	return a, nil
+}
+
+// housekeeping runs the periodic work until ctx is done.
+func (d *daemon) housekeeping(ctx context.Context) {
+	frag := time.NewTicker(fragSweepEvery)
+	defer frag.Stop()
+	expire := time.NewTicker(expireEvery)
+	defer expire.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-frag.C:
+			for _, dom := range d.domains {
+				dom.p.FragSweep()
+				d.syncKernel(dom)
+			}
+		case <-expire.C:
+			d.expire()
+		}
+	}
+}
+
+// syncKernel copies the kernel's learned connections from the backend into
+// the Go table (the one truth, which the control plane asks before it gives
+// a port away and which QueryUsedPorts lists), and drops the learned
+// kernel rules that the backend no longer has.
+func (d *daemon) syncKernel(dom *domain) {
+	keys, err := dom.nic.LearnedKernel()
+	if err != nil {
+		d.log.Warn().Err(err).Str("interface", dom.ifname).Msg("reading the kernel's learned connections")
+		return
+	}
+	if keys == nil {
+		return
+	}
+	have := make(map[l4.Key]bool, len(keys))
+	for _, k := range keys {
+		have[k] = true
+		_ = dom.sw.Table.Insert(l4.Rule{Key: k, Owner: l4.KernelOwner, Kind: l4.Learned})
+	}
+	dom.sw.Table.RemoveIf(func(r l4.Rule) bool {
+		return r.Owner == l4.KernelOwner && r.Kind == l4.Learned && !have[r.Key]
+	})
+}
+
+// expire removes learned kernel entries whose socket is gone, as the
+// original did every 90 s, and the learned kernel rules without ports.
+func (d *daemon) expire() {
+	inv, err := newInventory()
+	if err != nil {
+		d.log.Warn().Err(err).Msg("reading the kernel's sockets")
+		return
+	}
+	for _, dom := range d.domains {
+		n, err := dom.nic.Expire(inv)
+		if err != nil {
+			d.log.Warn().Err(err).Str("interface", dom.ifname).Msg("expiring learned kernel entries")
+			continue
+		}
+		if n > 0 {
+			d.log.Debug().Str("interface", dom.ifname).Int("removed", n).Msg("expired learned kernel entries")
+		}
+		d.syncKernel(dom)
+	}
+}
+
+// close gives back everything that was claimed, in reverse order.
+func (d *daemon) close() error {
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	if d.stopHK != nil {
+		d.stopHK()
+	}
+	if d.metrics != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = d.metrics.Shutdown(ctx)
+		cancel()
+	}
+	d.wg.Wait()
+	var errs []error
+	for i := len(d.domains) - 1; i >= 0; i-- {
+		dom := d.domains[i]
+		if err := dom.p.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := dom.nic.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("interface %s: %w", dom.ifname, err))
+		}
+		d.log.Info().Str("interface", dom.ifname).Msg("interface released")
+	}
+	return errors.Join(errs...)
+}
