@@ -25,7 +25,11 @@ type Domain struct {
 // It keeps no state of its own and is never called by the data path.
 type Collector struct {
 	domains func() []Domain
+	tap     *l4.Tap
 }
+
+// SetTap adds the PCAP_LOG tap's counters to what the collector exports.
+func (c *Collector) SetTap(t *l4.Tap) { c.tap = t }
 
 // NewCollector returns a collector over the domains that domains() returns
 // at each scrape (domains come and go with NICs).
@@ -57,6 +61,8 @@ var (
 	descPoolEmpty  = prometheus.NewDesc("usnetd_buffer_pool_exhausted_total", "Times a worker found the buffer pool empty.", []string{"interface"}, nil)
 	descLocalMACs  = prometheus.NewDesc("usnetd_local_macs", "MAC addresses in a domain's local-MAC set.", []string{"interface"}, nil)
 	descFragHeld   = prometheus.NewDesc("usnetd_fragment_datagrams", "IP datagrams whose fragments the switch is following or holding.", []string{"interface"}, nil)
+	descPcapFrames = prometheus.NewDesc("usnetd_pcap_frames_total", "Switched frames handed to the PCAP_LOG writer.", nil, nil)
+	descPcapDrops  = prometheus.NewDesc("usnetd_pcap_dropped_total", "Switched frames not written to PCAP_LOG because the writer (the disk) fell behind.", nil, nil)
 	descCollectDur = prometheus.NewDesc("usnetd_scrape_duration_seconds", "Time the collector took to read the counters.", nil, nil)
 )
 
@@ -64,7 +70,7 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPortRxPackets, descPortRxBytes, descPortRxErrors, descPortTxPackets,
 		descPortTxBytes, descPortTxErrors, descPortDrops, descPortQueues, descPortQueueRx, descRingPushed, descRingDrops, descRingHigh,
-		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descCollectDur} {
+		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descCollectDur, descPcapFrames, descPcapDrops} {
 		ch <- d
 	}
 }
@@ -122,6 +128,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPoolEmpty, st.Pool.Exhausted, ifc)
 		gauge(descLocalMACs, float64(sw.MACs.Len()), ifc)
 		gauge(descFragHeld, float64(sw.FragLen()), ifc)
+	}
+	if c.tap != nil {
+		ts := c.tap.Stats()
+		counter(descPcapFrames, ts.Pushed)
+		counter(descPcapDrops, ts.Dropped)
 	}
 	gauge(descCollectDur, time.Since(start).Seconds())
 }

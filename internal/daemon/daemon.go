@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/internal/config"
+	"github.com/usnetd/usnetd/internal/pcap"
 	"github.com/usnetd/usnetd/metrics"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -77,6 +78,11 @@ func Run(ctx context.Context, opt Options) (err error) {
 			err = cerr
 		}
 	}()
+	if cfg.PCAPLog != "" {
+		if err := d.openPcap(); err != nil {
+			return err
+		}
+	}
 	for _, ifname := range cfg.Interfaces {
 		dom, err := d.claim(ifname)
 		if err != nil {
@@ -84,8 +90,15 @@ func Run(ctx context.Context, opt Options) (err error) {
 		}
 		d.domains = append(d.domains, dom)
 	}
+	if d.tap != nil {
+		d.runPcap()
+		d.pcapRunning = true
+	}
 	if cfg.MetricsAddr != "" {
 		c := metrics.NewCollector(d.metricDomains)
+		if d.tap != nil {
+			c.SetTap(d.tap)
+		}
 		srv, err := metrics.Listen(cfg.MetricsAddr, metrics.NewRegistry(c))
 		if err != nil {
 			return fmt.Errorf("METRICS_ADDR=%q: %w", cfg.MetricsAddr, err)
@@ -123,6 +136,13 @@ type daemon struct {
 	stopHK  context.CancelFunc
 	wg      sync.WaitGroup
 	closed  bool
+
+	tap         *l4.Tap // PCAP_LOG
+	pcapw       *pcap.Writer
+	pcapRunning bool
+	tapStop     chan struct{} // stops the pcap writer, after the pipelines
+	tapDone     chan struct{}
+	tapError    error // the writer's, read after tapDone
 }
 
 func (d *daemon) metricDomains() []metrics.Domain {
@@ -165,6 +185,7 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
 		RingSize:      d.cfg.RingSize,
 		BatchSize:     d.cfg.BatchSize,
+		Tap:           d.tap,
 		OnThreadStart: d.pin.hook(ifname),
 	})
 	if err != nil {
@@ -302,5 +323,71 @@ func (d *daemon) close() error {
 		}
 		d.log.Info().Str("interface", dom.ifname).Msg("interface released")
 	}
+	if err := d.closePcap(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// openPcap opens PCAP_LOG and makes the tap that the pipelines feed.
+func (d *daemon) openPcap() error {
+	w, err := pcap.Create(d.cfg.PCAPLog)
+	if err != nil {
+		return err
+	}
+	tap, err := l4.NewTap(max(d.cfg.RingSize, 1024))
+	if err != nil {
+		w.Close()
+		return err
+	}
+	d.pcapw, d.tap, d.tapStop, d.tapDone = w, tap, make(chan struct{}), make(chan struct{})
+	return nil
+}
+
+// runPcap starts the PCAP_LOG writer: one goroutine that drains the tap
+// (every switched frame, by reference) into the file, off the hot path.
+// When the disk is slower than the switch, the tap's rings drop and count
+// (usnetd_pcap_dropped_total). Call it once the domains are claimed.
+func (d *daemon) runPcap() {
+	d.log.Info().Str("file", d.cfg.PCAPLog).Msg("writing every switched frame to PCAP_LOG")
+	w, tap := d.pcapw, d.tap
+	cache := d.domains[0].p.Pool().NewCache() // frames of other domains' pools go back to their own
+	go func() {
+		defer close(d.tapDone)
+		var werr error
+		write := func(b *l4.Buf) {
+			if werr == nil {
+				if werr = w.WritePacket(b.Time(), b.Bytes()); werr != nil {
+					d.log.Error().Err(werr).Str("file", d.cfg.PCAPLog).Msg("PCAP_LOG write failed; frames are no longer written")
+				}
+			}
+		}
+		for tap.Drain(write, cache, d.tapStop) {
+			if werr == nil {
+				werr = w.Flush()
+			}
+		}
+		cache.Flush()
+		d.tapError = werr
+	}()
+}
+
+// closePcap stops the writer after the pipelines closed (its last drain
+// empties the tap) and closes the file.
+func (d *daemon) closePcap() error {
+	if d.tap == nil {
+		return nil
+	}
+	close(d.tapStop)
+	if d.pcapRunning {
+		<-d.tapDone
+	}
+	err := d.pcapw.Close()
+	if d.tapError != nil {
+		err = d.tapError
+	}
+	if err != nil {
+		return fmt.Errorf("PCAP_LOG %s: %w", d.cfg.PCAPLog, err)
+	}
+	return nil
 }
