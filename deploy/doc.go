@@ -1,0 +1,17 @@
+// Package deploy holds what operators install around usnetd, and the tests
+// that keep it true; it has no Go code of its own:
+//
+//	usnetd.service                    systemd unit (Type=notify, watchdog, capabilities, sandbox)
+//	usnetd.service.d/cpuaffinity.conf example drop-in: CPUAffinity= with the matching CPUS=
+//	usnetd.conf                       example configuration, every variable explained
+//	prometheus.yml, usnetd-rules.yml  scrape configuration and alerts (usnetd-rules.test.yml: their unit tests)
+//	grafana-dashboard.json            Grafana dashboard of the metrics in package metrics
+//	capabilities.md                   why the unit grants each capability
+//	OPERATING.md                      install, configure, run, observe and tune usnetd
+//
+// The tests run the real checkers where they exist (systemd-analyze
+// verify, promtool check and test), load the example configuration with
+// internal/config, and match every metric name and label that the rules
+// and the dashboard use against a scrape of a real pipeline. A checker
+// that is missing skips its test, except under CI=true, where it fails.
+package deploy
