@@ -255,6 +255,13 @@ func TestKernelPeer(t *testing.T) {
 		}
 	}
 
+	// The stack answers ping (ICMP echo) on both families.
+	for _, a := range []netip.Addr{ip4.Addr(), ip6.Addr()} {
+		if out, err := peer.Command(ctx, "ping", "-c1", "-W5", a.String()).CombinedOutput(); err != nil {
+			t.Errorf("ping %s: %v\n%s", a, err, out)
+		}
+	}
+
 	// usnet dials a TCP server and a UDP server of the peer's kernel.
 	pl, err := peer.Listen("tcp", netip.AddrPortFrom(peer4, 9000).String())
 	if err != nil {
