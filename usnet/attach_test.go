@@ -129,7 +129,9 @@ func TestControlClient(t *testing.T) {
 	ours := os.NewFile(uintptr(fds[1]), "peer")
 	defer ours.Close()
 	srv := newFakeServer(t, os.NewFile(uintptr(fds[0]), "handed"))
+	srv.mu.Lock()
 	srv.used = control.UsedPorts{Listening: []control.PortEntry{{Protocol: 6, Addr: netip.MustParseAddr("198.18.0.1"), Port: 22}}}
+	srv.mu.Unlock()
 
 	att, err := DialControl(srv.path)
 	if err != nil {

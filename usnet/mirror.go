@@ -101,10 +101,9 @@ type mirrorPacketConn struct {
 	closeOnce    sync.Once
 	wg           sync.WaitGroup
 
-	dlMu     sync.Mutex
-	deadline time.Time
-	dlTimer  *time.Timer
-	dlCh     chan struct{} // closed when the read deadline passes
+	dlMu    sync.Mutex
+	dlTimer *time.Timer
+	dlCh    chan struct{} // closed when the read deadline passes
 }
 
 type dgram struct {
@@ -198,7 +197,6 @@ func (m *mirrorPacketConn) SetReadDeadline(t time.Time) error {
 		m.dlTimer = nil
 	}
 	m.dlCh = make(chan struct{}) // never reuse one an old timer may close
-	m.deadline = t
 	if t.IsZero() {
 		return nil
 	}

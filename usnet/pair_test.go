@@ -242,7 +242,9 @@ func TestPortChoice(t *testing.T) {
 			used.Connected = append(used.Connected, e)
 		}
 	}
+	fb.mu.Lock()
 	fb.used = used
+	fb.mu.Unlock()
 	ln, err := a.Listen("tcp", ":80")
 	if err != nil {
 		t.Fatal(err)
