@@ -50,7 +50,8 @@ const controlTimeout = 5 * time.Second
 // controlClient speaks the control protocol over a Unix datagram socket
 // bound to a path of its own (usnetd sends its answers there) and
 // connected to usnetd's socket. The path is removed on Close and on every
-// failure after it was bound.
+// failure after it was bound; paths left by processes that were killed are
+// removed by the next DialControl.
 type controlClient struct {
 	mu     sync.Mutex
 	conn   *net.UnixConn
@@ -64,6 +65,7 @@ func DialControl(socketPath string) (Attacher, error) {
 	raddr := &net.UnixAddr{Name: socketPath, Net: "unixgram"}
 	var lastErr error
 	for _, dir := range clientDirs() {
+		removeStale(dir)
 		var rnd [6]byte
 		rand.Read(rnd[:])
 		path := filepath.Join(dir, fmt.Sprintf("usnet-client-%d-%s", os.Getpid(), hex.EncodeToString(rnd[:])))
@@ -79,6 +81,25 @@ func DialControl(socketPath string) (Attacher, error) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// removeStale removes the client sockets in dir of processes that are gone
+// (killed before they could remove theirs), going by the PID in the name.
+func removeStale(dir string) {
+	names, _ := filepath.Glob(filepath.Join(dir, "usnet-client-*-*"))
+	for _, p := range names {
+		var pid int
+		var rest string
+		if n, _ := fmt.Sscanf(filepath.Base(p), "usnet-client-%d-%s", &pid, &rest); n != 2 || pid <= 0 {
+			continue
+		}
+		if fi, err := os.Lstat(p); err != nil || fi.Mode().Type() != os.ModeSocket {
+			continue
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			os.Remove(p)
+		}
+	}
+}
 
 // clientDirs lists where the client's socket may be bound, best first: the
 // user's runtime directory (as the Rust client), then the temp directory.

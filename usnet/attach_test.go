@@ -5,10 +5,12 @@ package usnet
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -203,6 +205,39 @@ func TestControlClient(t *testing.T) {
 			t.Fatalf("requests: %v", reqs)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRemoveStale: sockets of dead clients are removed, those of live
+// ones and other files are not.
+func TestRemoveStale(t *testing.T) {
+	dir := t.TempDir()
+	bind := func(name string) string {
+		p := filepath.Join(dir, name)
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: p, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close() // the file stays, as after a crash
+		return p
+	}
+	// A PID that is surely gone: a child that has exited and been reaped.
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := bind(fmt.Sprintf("usnet-client-%d-abc", cmd.Process.Pid))
+	live := bind(fmt.Sprintf("usnet-client-%d-abc", os.Getpid()))
+	other := filepath.Join(dir, "usnet-client-1-plainfile")
+	os.WriteFile(other, nil, 0o600)
+	removeStale(dir)
+	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket of a dead client kept: %v", err)
+	}
+	for _, p := range []string{live, other} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s removed", p)
+		}
 	}
 }
 

@@ -75,7 +75,9 @@
 //     Loopback it opens kernel sockets on the loopback interface only.)
 //   - It never leaves usnetd's client socket file behind: the file it
 //     binds for usnetd's answers is removed when the stack detaches, also
-//     when attaching fails. (A process killed outright cannot remove it.)
+//     when attaching fails. A process killed outright cannot remove its
+//     own; the next client to attach removes those of processes that are
+//     gone.
 //   - It never keeps a stack, a goroutine or a descriptor after the last
 //     socket of its Config is closed.
 package usnet
