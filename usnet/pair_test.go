@@ -473,3 +473,62 @@ func TestLoopbackMirror(t *testing.T) {
 		t.Errorf("ReadFrom past the deadline: %v", err)
 	}
 }
+
+// TestHTTPConcurrent: many short connections at once, each with a port of
+// its own chosen concurrently.
+func TestHTTPConcurrent(t *testing.T) {
+	a, _, b, _ := stackPair(t)
+	ln, err := a.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.RemoteAddr)
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	// Keeps b's stack up between the short connections.
+	keep, err := b.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keep.Close()
+
+	tr := &http.Transport{DialContext: b.DialContext, DisableKeepAlives: true}
+	client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
+	const workers, each = 8, 25
+	errs := make(chan error, workers)
+	ports := make(chan string, workers*each)
+	for range workers {
+		go func() {
+			for range each {
+				resp, err := client.Get("http://198.18.0.1/")
+				if err != nil {
+					errs <- err
+					return
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					errs <- err
+					return
+				}
+				ports <- string(body)
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(ports)
+	n := 0
+	for range ports {
+		n++
+	}
+	if n != workers*each {
+		t.Errorf("%d answers, want %d", n, workers*each)
+	}
+}
