@@ -1,4 +1,83 @@
 // Package usnet gives Go programs net.Listener, net.Conn and net.PacketConn
 // on a gVisor userspace network stack attached through usnetd, sharing the
-// NIC's IP with the kernel: what usnet_sockets is for Rust.
+// NIC's IP with the kernel: what usnet_sockets is for Rust. A service
+// written in Go then runs its TCP/IP in memory-safe code of its own
+// process, and usnetd hands it exactly the frames of its ports.
+//
+// # Moving a net/http server over
+//
+// Change the line that makes the listener:
+//
+//	ln, err := net.Listen("tcp", ":8080")   // before
+//	ln, err := usnet.Listen("tcp", ":8080") // after
+//	...
+//	http.Serve(ln, handler)
+//
+// and run the program with USNET_INTERFACE=eth0 (the NIC usnetd claims) and
+// access to usnetd's control socket. Everything else comes from the
+// environment or the NIC:
+//
+//	USNET_INTERFACE  the NIC (required)
+//	USNET_SOCKET     usnetd's control socket (also SOCKET_PATH); default /run/usnetd.socket
+//	USNET_MAC        "passthru" (default: the NIC's MAC) or a MAC
+//	USNET_IP         "passthru" (default: the NIC's addresses and the kernel's
+//	                 routes through it) or addresses like 198.18.0.2/24,2001:db8::2/64
+//	USNET_GATEWAY    default routers for static addresses, comma separated
+//	USNET_MTU        default: the NIC's MTU
+//	USNET_LOOPBACK   true: also listen on 127.0.0.1 through the kernel
+//
+// or set the same in a Config and call its methods. Clients dial through
+// the stack with usnet.Dial or, for net/http,
+// http.Transport{DialContext: usnet.DialContext}.
+//
+// # How it works
+//
+// Each Config has one stack, made on its first Listen, ListenPacket or
+// Dial and shared by all its sockets: a gVisor stack (IPv4, IPv6, ARP,
+// TCP, UDP, ICMP; neighbours resolved by ARP and NDP; routes from the
+// kernel for passthru, else on-link prefixes and Config.Gateways) on an
+// Ethernet link over the packet channel that usnetd hands over
+// (RequestUDS: one end of a socketpair(AF_UNIX, SOCK_DGRAM), one frame per
+// datagram). The link endpoint is this package's own (link.go says why it
+// is not gVisor's fdbased). The control protocol is spoken by a small
+// client here (attach.go, with package control's wire codec); tests put a
+// fake Attacher in Config.Attach.
+//
+// A listener registers its port with usnetd (AddMatch: the stack's
+// address, the port, TCP or UDP; one rule per address) and removes it on
+// Close. Outgoing connections register nothing: usnetd learns them from
+// their first packet. Their local ports, and those of listeners on port 0,
+// are chosen outside the kernel's ip_local_port_range and clear of every
+// port usnetd reports in use (QueryUsedPorts), so they never clash with the
+// kernel's own connections on the shared address.
+//
+// Closing the last socket of a Config lets the stack's TCP connections
+// finish their closing handshake (up to a second), tears the stack down
+// (no goroutine and no descriptor stays) and detaches from usnetd
+// (DeleteClient). The next Listen or Dial attaches anew, so a program that
+// dials one connection at a time pays an attach per connection: keep a
+// socket open, such as the listener of a server or the idle connections of
+// an http.Transport.
+//
+// Loopback addresses are never routed through the stack: with
+// Config.Loopback (USNET_LOOPBACK=true) listeners also listen on the
+// kernel's loopback interface on the same port, so that local programs
+// reach the service, and dials to loopback addresses go through the
+// kernel, as usnet_sockets did; without it such dials fail with
+// ErrLoopback. Host names in Dial are resolved by Go's resolver, which
+// asks through the kernel.
+//
+// # What it never does
+//
+//   - It never touches the kernel's ports: it registers with usnetd only
+//     the ports it listens on, and picks its own ports outside the
+//     kernel's ephemeral range and clear of usnetd's rules. (With
+//     Loopback it opens kernel sockets on the loopback interface only.)
+//   - It never leaves usnetd's client socket file behind: the file it
+//     binds for usnetd's answers is removed when the stack detaches, also
+//     when attaching fails. A process killed outright cannot remove its
+//     own; the next client to attach removes those of processes that are
+//     gone.
+//   - It never keeps a stack, a goroutine or a descriptor after the last
+//     socket of its Config is closed.
 package usnet

@@ -1,0 +1,311 @@
+package usnet
+
+// The control client against a fake usnetd that speaks the wire protocol
+// with package control's codec.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/control"
+)
+
+// fakeServer is a usnetd control socket: it answers as the original does
+// and hands out the given channel ends, one per RequestUDS.
+type fakeServer struct {
+	t     *testing.T
+	conn  *net.UnixConn
+	path  string
+	mu    sync.Mutex
+	reqs  []control.Request
+	peers []string // client addresses seen
+	chans []*os.File
+	rules []control.Match
+	used  control.UsedPorts
+	done  chan struct{}
+}
+
+func newFakeServer(t *testing.T, chans ...*os.File) *fakeServer {
+	path := filepath.Join(t.TempDir(), "usnetd.socket")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &fakeServer{t: t, conn: conn, path: path, chans: chans, done: make(chan struct{})}
+	go s.serve()
+	t.Cleanup(func() {
+		conn.Close()
+		<-s.done
+		for _, f := range s.chans {
+			f.Close()
+		}
+	})
+	return s
+}
+
+func (s *fakeServer) serve() {
+	defer close(s.done)
+	buf := make([]byte, control.MaxMessageSize+1)
+	for {
+		n, from, err := s.conn.ReadFromUnix(buf)
+		if err != nil {
+			return
+		}
+		req, err := control.DecodeRequest(buf[:n])
+		if err != nil {
+			s.t.Errorf("fake usnetd: %v", err)
+			continue
+		}
+		s.mu.Lock()
+		s.reqs = append(s.reqs, req)
+		s.peers = append(s.peers, from.Name)
+		var answer control.Answer
+		var oob []byte
+		switch r := req.(type) {
+		case control.RequestUDS:
+			answer = control.AnswerER{}
+			if r.Interface == "usnet0" && len(s.chans) > 0 {
+				answer = control.AnswerFD{}
+				oob = unix.UnixRights(int(s.chans[0].Fd()))
+			}
+		case control.AddMatch:
+			answer = control.AnswerOK{}
+			for _, m := range s.rules {
+				if m.Equal(r.Match) {
+					answer = control.AnswerER{}
+				}
+			}
+			if answer == (control.AnswerOK{}) {
+				s.rules = append(s.rules, r.Match)
+			}
+		case control.RemoveMatch:
+			for i, m := range s.rules {
+				if m.Equal(r.Match) {
+					s.rules = append(s.rules[:i], s.rules[i+1:]...)
+					break
+				}
+			}
+		case control.QueryUsedPorts:
+			answer = s.used
+		}
+		s.mu.Unlock()
+		if answer == nil {
+			continue
+		}
+		b, _ := control.EncodeAnswer(answer)
+		if _, _, err := s.conn.WriteMsgUnix(b, oob, from); err != nil {
+			s.t.Errorf("fake usnetd: answer: %v", err)
+		}
+		if oob != nil {
+			s.mu.Lock()
+			s.chans[0].Close() // handed over
+			s.chans = s.chans[1:]
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (s *fakeServer) requests() []control.Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]control.Request(nil), s.reqs...)
+}
+
+func TestControlClient(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := os.NewFile(uintptr(fds[1]), "peer")
+	defer ours.Close()
+	srv := newFakeServer(t, os.NewFile(uintptr(fds[0]), "handed"))
+	srv.mu.Lock()
+	srv.used = control.UsedPorts{Listening: []control.PortEntry{{Protocol: 6, Addr: netip.MustParseAddr("198.18.0.1"), Port: 22}}}
+	srv.mu.Unlock()
+
+	att, err := DialControl(srv.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := att.(*controlClient)
+	if filepath.Dir(cc.path) != os.Getenv("XDG_RUNTIME_DIR") {
+		t.Errorf("client socket %s not in XDG_RUNTIME_DIR", cc.path)
+	}
+	if _, err := att.RequestUDS("nosuch0"); !errors.Is(err, ErrRefused) {
+		t.Errorf("RequestUDS of an unknown interface: %v", err)
+	}
+	f, err := att.RequestUDS("usnet0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The descriptor is the other end of our socketpair.
+	if _, err := f.Write([]byte("frame")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	ours.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := ours.Read(buf); err != nil || string(buf[:n]) != "frame" {
+		t.Errorf("through the handed channel: %q %v", buf[:n], err)
+	}
+	f.Close()
+
+	m := listenMatch("198.18.0.1", 8080, 6)
+	if err := att.AddMatch(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := att.AddMatch(m); !errors.Is(err, ErrRefused) {
+		t.Errorf("second AddMatch: %v", err)
+	}
+	if err := att.RemoveMatch(m); err != nil {
+		t.Fatal(err)
+	}
+	used, err := att.QueryUsedPorts()
+	if err != nil || len(used.Listening) != 1 || used.Listening[0].Port != 22 {
+		t.Errorf("QueryUsedPorts: %+v %v", used, err)
+	}
+	if _, err := os.Stat(cc.path); err != nil {
+		t.Errorf("client socket file missing while open: %v", err)
+	}
+	if err := att.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cc.path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("client socket file left behind: %v", err)
+	}
+	// DeleteClient arrives last; RemoveMatch had no answer and did not
+	// desynchronise the answers (QueryUsedPorts got its own).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		reqs := srv.requests()
+		if len(reqs) == 7 {
+			want := []string{"RequestUDS", "RequestUDS", "AddMatch", "AddMatch", "RemoveMatch", "QueryUsedPorts", "DeleteClient"}
+			for i, r := range reqs {
+				if r.Type() != want[i] {
+					t.Errorf("request %d: %s, want %s", i, r.Type(), want[i])
+				}
+			}
+			if pid := reqs[0].(control.RequestUDS).PID; pid != int32(os.Getpid()) {
+				t.Errorf("RequestUDS PID %d", pid)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("requests: %v", reqs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRemoveStale: sockets of dead clients are removed, those of live
+// ones and other files are not.
+func TestRemoveStale(t *testing.T) {
+	dir := t.TempDir()
+	bind := func(name string) string {
+		p := filepath.Join(dir, name)
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: p, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close() // the file stays, as after a crash
+		return p
+	}
+	// A PID that is surely gone: a child that has exited and been reaped.
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := bind(fmt.Sprintf("usnet-client-%d-abc", cmd.Process.Pid))
+	live := bind(fmt.Sprintf("usnet-client-%d-abc", os.Getpid()))
+	other := filepath.Join(dir, "usnet-client-1-plainfile")
+	os.WriteFile(other, nil, 0o600)
+	removeStale(dir)
+	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket of a dead client kept: %v", err)
+	}
+	for _, p := range []string{live, other} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s removed", p)
+		}
+	}
+}
+
+func TestControlClientNoServer(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("XDG_RUNTIME_DIR", dir)
+	if _, err := DialControl(filepath.Join(dir, "nosuch.socket")); err == nil {
+		t.Fatal("DialControl without a server succeeded")
+	}
+	if es, _ := os.ReadDir(dir); len(es) != 0 {
+		t.Errorf("left behind: %v", es)
+	}
+}
+
+// TestThroughControlSocket: a stack attached through the real control
+// client (Config.Attach nil) to a fake usnetd serves TCP to a second
+// stack on the other end of the handed-over channel. Its rules arrive at
+// usnetd and leave again, and DeleteClient comes with the last Close.
+func TestThroughControlSocket(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	a, fa, b, _ := stackPair(t)
+	srv := newFakeServer(t, fa.ch) // a's channel end goes through usnetd
+	fa.ch = nil
+	a.Attach = nil
+	a.SocketPath = srv.path
+	a.localPortRange = nil // the real /proc file
+
+	ln, err := a.Listen("tcp", ":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			io.WriteString(c, "hello")
+			c.Close()
+		}
+	}()
+	c, err := b.Dial("tcp", "198.18.0.1:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(c)
+	c.Close()
+	if string(got) != "hello" {
+		t.Errorf("got %q", got)
+	}
+	srv.mu.Lock()
+	nrules := len(srv.rules)
+	srv.mu.Unlock()
+	if nrules != 2 {
+		t.Errorf("usnetd has %d rules, want 2 (IPv4 and IPv6)", nrules)
+	}
+	ln.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		reqs := srv.requests()
+		if last := reqs[len(reqs)-1].Type(); last == "DeleteClient" {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("last request %s, want DeleteClient", last)
+		}
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.rules) != 0 {
+		t.Errorf("rules left: %v", srv.rules)
+	}
+	if es, _ := os.ReadDir(os.Getenv("XDG_RUNTIME_DIR")); len(es) != 0 {
+		t.Errorf("left behind: %v", es)
+	}
+}

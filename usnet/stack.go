@@ -1,0 +1,286 @@
+package usnet
+
+// The stack of a Config: made on first use, shared by its sockets,
+// counted, and torn down with the last of them.
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/usnetd/usnetd/control"
+)
+
+const (
+	nicID = tcpip.NICID(1)
+	// lingerMax bounds how long the teardown after the last Close waits
+	// for TCP connections to finish their closing handshake, so that peers
+	// see a FIN rather than a reset.
+	lingerMax = time.Second
+)
+
+// netStack is one gVisor stack attached to usnetd.
+type netStack struct {
+	cfg  *Config
+	res  resolved
+	att  Attacher
+	s    *stack.Stack
+	link *linkEndpoint // nil with fdbased
+	fd   *os.File      // the channel, with fdbased only
+	refs int           // open sockets; guarded by cfg.mu
+}
+
+// acquire returns the Config's stack, made if there is none, with one more
+// reference; release gives it back.
+func (c *Config) acquire() (*netStack, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st == nil {
+		res, err := c.resolve()
+		if err != nil {
+			return nil, err
+		}
+		st, err := newNetStack(c, res)
+		if err != nil {
+			return nil, err
+		}
+		c.st = st
+	}
+	c.st.refs++
+	return c.st, nil
+}
+
+// ref adds a reference to a stack that is known to be alive (a listener
+// holds one while it accepts).
+func (n *netStack) ref() {
+	n.cfg.mu.Lock()
+	n.refs++
+	n.cfg.mu.Unlock()
+}
+
+// release drops a reference; the last one tears the stack down.
+func (n *netStack) release() {
+	c := n.cfg
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n.refs--
+	if n.refs > 0 {
+		return
+	}
+	if c.st == n {
+		c.st = nil
+	}
+	n.teardown()
+}
+
+func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
+	attach := c.Attach
+	if attach == nil {
+		attach = DialControl
+	}
+	att, err := attach(res.socketPath)
+	if err != nil {
+		return nil, err
+	}
+	n := &netStack{cfg: c, res: res, att: att}
+	defer func() {
+		if err != nil {
+			n.teardown()
+		}
+	}()
+	f, err := att.RequestUDS(res.iface)
+	if err != nil {
+		return nil, err
+	}
+	var ep stack.LinkEndpoint
+	if c.fdbased {
+		setChannelBuffers(f)
+		n.fd = f
+		ep, err = fdbased.New(&fdbased.Options{
+			FDs:                []int{int(f.Fd())},
+			MTU:                uint32(res.mtu),
+			EthernetHeader:     true,
+			Address:            tcpip.LinkAddress(res.mac),
+			PacketDispatchMode: fdbased.RecvMMsg,
+		})
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		n.link, err = newLinkEndpoint(f, res.mac, uint32(res.mtu))
+		if err != nil {
+			return nil, err
+		}
+		ep = n.link
+	}
+
+	n.s = stack.New(stack.Options{
+		NetworkProtocols: []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{
+			tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6,
+		},
+		HandleLocal: true,
+	})
+	sack := tcpip.TCPSACKEnabled(true)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
+	for _, o := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rcv, &snd} {
+		if terr := n.s.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
+			return nil, fmt.Errorf("usnet: TCP option %T: %s", o, terr)
+		}
+	}
+	if terr := n.s.CreateNICWithOptions(nicID, ep, stack.NICOptions{Name: res.iface}); terr != nil {
+		if n.link != nil {
+			n.link.Close()
+		}
+		return nil, fmt.Errorf("usnet: create NIC: %s", terr)
+	}
+	for _, p := range res.addrs {
+		pa := tcpip.ProtocolAddress{
+			Protocol:          protoOf(p.Addr()),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(p.Addr()), PrefixLen: p.Bits()},
+		}
+		if terr := n.s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); terr != nil {
+			return nil, fmt.Errorf("usnet: add address %s: %s", p, terr)
+		}
+	}
+	var table []tcpip.Route
+	for _, r := range res.routes {
+		sn := tcpip.AddressWithPrefix{Address: tcpAddr(r.dst.Addr()), PrefixLen: r.dst.Bits()}.Subnet()
+		tr := tcpip.Route{Destination: sn, NIC: nicID}
+		if r.gw.IsValid() {
+			tr.Gateway = tcpAddr(r.gw)
+		}
+		table = append(table, tr)
+	}
+	n.s.SetRouteTable(table)
+	return n, nil
+}
+
+// teardown lets TCP connections finish closing (at most lingerMax), then
+// closes the stack, waits for its goroutines, closes the channel and
+// detaches from usnetd. It leaves no goroutine or descriptor behind.
+func (n *netStack) teardown() {
+	if n.s != nil {
+		deadline := time.Now().Add(lingerMax)
+		for n.closing() && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		n.s.Close()
+		n.s.Wait() // removes the NIC, which stops and closes the link
+	}
+	if n.link != nil {
+		n.link.Close()
+	}
+	if n.fd != nil {
+		n.fd.Close()
+	}
+	if n.att != nil {
+		n.att.Close()
+	}
+}
+
+// closing reports whether a TCP endpoint is still between established and
+// closed (its FIN not yet acknowledged); TIME_WAIT does not count.
+func (n *netStack) closing() bool {
+	for _, e := range n.s.RegisteredEndpoints() {
+		te, ok := e.(*tcp.Endpoint)
+		if !ok {
+			continue
+		}
+		switch te.EndpointState() {
+		case tcp.StateFinWait1, tcp.StateClosing, tcp.StateLastAck, tcp.StateCloseWait,
+			tcp.StateEstablished, tcp.StateSynSent, tcp.StateSynRecv:
+			return true
+		}
+	}
+	return false
+}
+
+// addrsOf returns the stack's addresses of the network ("tcp", "tcp4",
+// "udp6", ...): both families without a digit.
+func (n *netStack) addrsOf(network string) []netip.Addr {
+	var as []netip.Addr
+	for _, p := range n.res.addrs {
+		a := p.Addr()
+		if familyOK(network, a) {
+			as = append(as, a)
+		}
+	}
+	return as
+}
+
+func (n *netStack) hasAddr(a netip.Addr) bool {
+	for _, p := range n.res.addrs {
+		if p.Addr() == a {
+			return true
+		}
+	}
+	return false
+}
+
+func familyOK(network string, a netip.Addr) bool {
+	switch network[len(network)-1] {
+	case '4':
+		return a.Is4()
+	case '6':
+		return a.Is6()
+	}
+	return true
+}
+
+// register adds listening rules for port on each address; on failure it
+// removes those it added.
+func (n *netStack) register(proto uint8, addrs []netip.Addr, port uint16) ([]control.Match, error) {
+	var ms []control.Match
+	for _, a := range addrs {
+		p := port
+		m := control.Match{DstAddr: a, DstPort: &p, Protocol: proto}
+		if err := n.att.AddMatch(m); err != nil {
+			n.unregister(ms)
+			return nil, err
+		}
+		ms = append(ms, m)
+	}
+	return ms, nil
+}
+
+func (n *netStack) unregister(ms []control.Match) error {
+	var errs []error
+	for _, m := range ms {
+		errs = append(errs, n.att.RemoveMatch(m))
+	}
+	return errors.Join(errs...)
+}
+
+func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Is4() {
+		return ipv4.ProtocolNumber
+	}
+	return ipv6.ProtocolNumber
+}
+
+func tcpAddr(a netip.Addr) tcpip.Address {
+	if a.Is4() {
+		return tcpip.AddrFrom4(a.As4())
+	}
+	return tcpip.AddrFrom16(a.As16())
+}
+
+func netipAddr(a tcpip.Address) netip.Addr {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return ip.Unmap()
+}
