@@ -111,18 +111,42 @@ func deleteNamed(name string) error {
 	return nil
 }
 
-// ensureNetnsDir creates NetnsDir.
+// ensureNetnsDir creates NetnsDir and makes it a shared mount point (a bind
+// mount onto itself), as `ip netns add` does.
 //
-// Unlike `ip netns add`, it does not make NetnsDir a shared mount point (a
-// bind mount onto itself). iproute2 does that so that removing a namespace
-// reaches the copies of its bind mount in other mount namespaces, such as
-// the one of every process started with `ip netns exec`. Since Linux 3.18
-// the kernel does that by itself: unlinking a file detaches the mounts on it
-// in all other mount namespaces (TestNetnsExecDoesNotPinNamespaces checks
-// it), and deleteNamed does unlink. So the host's mount table stays as it is.
+// The kernel detaches a namespace's mounts in other mount namespaces when
+// its file is unlinked (since Linux 3.18), so the self-bind is not needed
+// for that. It is needed for peace with iproute2: the first `ip netns add`
+// on a host whose NetnsDir is no mount point bind-mounts NetnsDir onto
+// itself, which hides every namespace mounted under it before, so that they
+// can no longer be unmounted by path, and their labs could not be removed.
+// Doing the same first, under a host-wide lock, leaves iproute2 nothing to
+// do.
 func ensureNetnsDir() error {
 	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
 		return fmt.Errorf("netlab: %w", err)
+	}
+	if err := os.MkdirAll(LockDir, 0o755); err != nil {
+		return fmt.Errorf("netlab: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(LockDir, ".netns-dir.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("netlab: %w", err)
+	}
+	defer lf.Close()
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("netlab: lock: %w", err)
+	}
+	defer unix.Flock(int(lf.Fd()), unix.LOCK_UN)
+	err = unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if err == unix.EINVAL { // not a mount point yet
+		if err := unix.Mount(NetnsDir, NetnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("netlab: bind %s: %w", NetnsDir, err)
+		}
+		err = unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	}
+	if err != nil {
+		return fmt.Errorf("netlab: make %s shared: %w", NetnsDir, err)
 	}
 	return nil
 }
