@@ -327,7 +327,10 @@ func TestE2EKernelFirewall(t *testing.T) {
 	serveTCP(t, l.peer, l.peerIP.String()+":9000")
 	serveUDP(t, l.peer, l.peerIP.String()+":9001")
 
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022,%s:TCP:8023:%s", l.ifname, l.ifname, l.peerIP2))
+	notify := listenNotify(t)
+	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022,%s:TCP:8023:%s", l.ifname, l.ifname, l.peerIP2),
+		"NOTIFY_SOCKET="+notify.path)
+	notify.expect("READY=1")
 	const answer, silence = 5 * time.Second, 700 * time.Millisecond
 
 	t.Run("debug port reachable", func(t *testing.T) {
@@ -375,6 +378,7 @@ func TestE2EKernelFirewall(t *testing.T) {
 		}
 	})
 	u.stop(t)
+	notify.expect("STOPPING=1")
 	l.checkNothingLeft()
 	if log := u.logText(); !strings.Contains(log, `"message":"interface claimed"`) || !strings.Contains(log, "xdp ") {
 		t.Errorf("no 'interface claimed' line with the XDP mode:\n%s", log)
@@ -405,4 +409,49 @@ func TestE2ERestartAfterKill(t *testing.T) {
 	}
 	u2.stop(t)
 	l.checkNothingLeft()
+}
+
+// notifySocket plays systemd's NOTIFY_SOCKET.
+type notifySocket struct {
+	t    *testing.T
+	path string
+	msgs chan string
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify")
+	pc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &notifySocket{t: t, path: path, msgs: make(chan string, 64)}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := pc.Read(buf)
+			if err != nil {
+				return
+			}
+			n.msgs <- string(buf[:k])
+		}
+	}()
+	return n
+}
+
+// expect waits for a datagram that contains state.
+func (n *notifySocket) expect(state string) {
+	n.t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case m := <-n.msgs:
+			if strings.Contains(m, state) {
+				return
+			}
+		case <-deadline:
+			n.t.Fatalf("no %s on NOTIFY_SOCKET", state)
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/usnetd/usnetd/internal/config"
 	"github.com/usnetd/usnetd/internal/daemon"
+	"github.com/usnetd/usnetd/internal/sdnotify"
 )
 
 func main() {
@@ -23,7 +24,24 @@ func main() {
 func serve(cfg *config.Config, log zerolog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return daemon.Run(ctx, daemon.Options{Config: cfg, Log: log})
+	return daemon.Run(ctx, daemon.Options{
+		Config: cfg,
+		Log:    log,
+		// Under systemd (Type=notify): READY=1 once every NIC is claimed
+		// and the sockets listen, STOPPING=1 at SIGTERM, and WATCHDOG=1
+		// while the daemon's loops make progress.
+		Ready: func() {
+			if err := sdnotify.Ready(); err != nil {
+				log.Warn().Err(err).Msg("sd_notify READY=1")
+			}
+		},
+		Stopping: func() { _ = sdnotify.Stopping() },
+		Watchdog: func(ctx context.Context, healthy func() bool) {
+			if err := sdnotify.Watchdog(ctx, healthy); err != nil {
+				log.Warn().Err(err).Msg("sd_notify watchdog")
+			}
+		},
+	})
 }
 
 const usageLine = "usage: usnetd [-h|--help] [CONFFILE]"

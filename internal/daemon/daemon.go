@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -28,6 +29,9 @@ type Options struct {
 	Ready func()
 	// Stopping, if set, is called when the shutdown begins (STOPPING=1).
 	Stopping func()
+	// Watchdog, if set, runs from Ready until the shutdown begins, with a
+	// health check: true while the daemon's loops make progress.
+	Watchdog func(ctx context.Context, healthy func() bool)
 }
 
 // Housekeeping periods.
@@ -119,6 +123,11 @@ func Run(ctx context.Context, opt Options) (err error) {
 	if opt.Ready != nil {
 		opt.Ready()
 	}
+	if opt.Watchdog != nil {
+		wctx, stopWD := context.WithCancel(ctx)
+		defer stopWD()
+		d.wg.Go(func() { opt.Watchdog(wctx, d.healthy) })
+	}
 	<-ctx.Done()
 	log.Info().Msg("stopping")
 	if opt.Stopping != nil {
@@ -136,6 +145,8 @@ type daemon struct {
 	stopHK  context.CancelFunc
 	wg      sync.WaitGroup
 	closed  bool
+
+	lastTick atomic.Int64 // the housekeeping loop's last round, Unix ns
 
 	tap         *l4.Tap // PCAP_LOG
 	pcapw       *pcap.Writer
@@ -232,8 +243,18 @@ func linkAddrs(link netlink.Link) (ifAddrs, error) {
 	return a, nil
 }
 
+// healthy reports whether the housekeeping loop ticked recently (it runs
+// every second and also proves that the pipelines answer: FragSweep and the
+// kernel sync go through them). The watchdog pings systemd only while this
+// is true, so a daemon whose loops hang is restarted.
+func (d *daemon) healthy() bool {
+	last := d.lastTick.Load()
+	return last != 0 && time.Since(time.Unix(0, last)) < 10*fragSweepEvery
+}
+
 // housekeeping runs the periodic work until ctx is done.
 func (d *daemon) housekeeping(ctx context.Context) {
+	d.lastTick.Store(time.Now().UnixNano())
 	frag := time.NewTicker(fragSweepEvery)
 	defer frag.Stop()
 	expire := time.NewTicker(expireEvery)
@@ -247,6 +268,7 @@ func (d *daemon) housekeeping(ctx context.Context) {
 				dom.p.FragSweep()
 				d.syncKernel(dom)
 			}
+			d.lastTick.Store(time.Now().UnixNano())
 		case <-expire.C:
 			d.expire()
 		}
