@@ -3,4 +3,7 @@
 // ingress and egress programs, the kernel-allow map, and the kernel's socket
 // inventory. The rule table in Go is the one truth; the eBPF maps are its
 // kernel-side copy for the kernel's rules.
+//
+// The socket inventory (sockinv.go) only reads /proc; it never touches a
+// socket, and it never panics on what it reads.
 package firewall
