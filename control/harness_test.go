@@ -110,16 +110,16 @@ func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 	}
 	e.path = filepath.Join(e.dir, "usnetd.socket")
 	cfg := ServerConfig{
-		SocketPath:  e.path,
-		Interfaces:  []Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{ip(localIP)}}},
+		SocketPath: e.path,
+		Interfaces: []Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{ip(localIP)}}},
 		KernelPorts: func() ([]firewall.Socket, error) {
 			if err := e.invErr.Load(); err != nil {
 				return nil, *err
 			}
 			return *e.sockets.Load(), nil
 		},
-		Log:         zerolog.New(e.logs).Level(zerolog.InfoLevel),
-		Version:     "test",
+		Log:     zerolog.New(e.logs).Level(zerolog.InfoLevel),
+		Version: "test",
 	}
 	for _, f := range tune {
 		f(&cfg)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -196,20 +197,9 @@ func TestHijackRealKernelSocket(t *testing.T) {
 	}
 	// QueryUsedPorts lists the kernel's socket under the interface's address.
 	want := fmt.Sprintf(`[6,{"Ipv4":"198.18.0.1"},%d]`, port)
-	if got := c.ask(`"QueryUsedPorts"`); !containsStr(got, want) {
+	if got := c.ask(`"QueryUsedPorts"`); !strings.Contains(got, want) {
 		t.Errorf("QueryUsedPorts lacks the kernel's socket %s: %s", want, got)
 	}
-}
-
-func containsStr(s, sub string) bool { return len(sub) > 0 && len(s) >= len(sub) && indexOf(s, sub) >= 0 }
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
 }
 
 // TestHijackPrivilegedPort: an unprivileged client may not take a port
@@ -245,7 +235,7 @@ func TestAccessDenied(t *testing.T) {
 	if got := h.readUntil("")["status"]; got != "ER" {
 		t.Errorf("QueryStatus from a user outside ALLOW_GID: %q, want ER", got)
 	}
-	if !containsStr(e.logs.String(), "access denied") {
+	if !strings.Contains(e.logs.String(), "access denied") {
 		t.Error("no warning about the denied access")
 	}
 }

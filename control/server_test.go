@@ -178,7 +178,7 @@ func TestMalformed(t *testing.T) {
 		"\xff\xfe",
 		`"QueryStatus" trailing`,
 		strings.Repeat(" ", MaxMessageSize) + `"QueryStatus"`, // too long
-		`{"QueryStatus":` + strings.Repeat("[", 100000),        // too long as well
+		`{"QueryStatus":` + strings.Repeat("[", 100000),       // too long as well
 	}
 	for _, m := range due {
 		if got := c.ask(m); got != "ER" {
