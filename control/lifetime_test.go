@@ -161,7 +161,9 @@ func TestLifetimeCycles(t *testing.T) {
 	}
 	// Channels closed without DeleteClient are noticed by an idle probe:
 	// probe often, so that a third of the cycles do not take 100 ms each.
-	e := newEnv(t, func(c *ServerConfig) { c.Channel.Poll, c.Channel.ProbeInterval = 5*time.Millisecond, 5*time.Millisecond })
+	e := newEnv(t, func(c *ServerConfig) {
+		c.Channel.Poll, c.Channel.ProbeInterval = 5*time.Millisecond, 5*time.Millisecond
+	})
 	c := newRawClient(t, e.path, e.dir)
 	c.ask(`"QueryStatus"`)
 	runtime.GC()
