@@ -377,6 +377,17 @@ func openFDs(t testing.TB) int {
 	return len(es)
 }
 
+// fdList names this process's open descriptors, for failure messages.
+func fdList() map[string]string {
+	es, _ := os.ReadDir("/proc/self/fd")
+	m := map[string]string{}
+	for _, e := range es {
+		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		m[e.Name()] = l
+	}
+	return m
+}
+
 // settledGoroutines waits until the number of goroutines is at most n and
 // returns it.
 func settledGoroutines(n int) int {
