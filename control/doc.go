@@ -1,9 +1,20 @@
 // Package control is usnetd's control socket: the wire types of the
-// original's protocol (byte-compatible), the server, fd handover, kernel-
-// verified credentials and the policy that decides who may claim what.
+// original's protocol (byte-compatible, wire.go), the server (server.go),
+// the control socket itself (socket.go), kernel-verified credentials and
+// fd handover (creds.go) and the policy that decides who may claim what
+// (policy.go). The Go client is control/client.
+//
+// A client binds its own Unix datagram socket and sends JSON requests to
+// the server's; every request that gets an answer gets one ("OK", "ER",
+// "$" with a channel descriptor, or JSON). RequestUDS attaches a packet
+// channel (backends/uds) to a NIC's pipeline; AddMatch registers rules for
+// it in that NIC's table, as l4.Registered rules owned by the channel's
+// port; the data path does the rest.
 //
 // It must never trust a client's word for who it is (credentials come from
-// the kernel), never leave a client waiting for an answer that is due, and
-// never touch frames: it changes rules and attaches ports, the data path
-// does the rest.
+// the kernel with every message), never let a client take traffic that
+// another owner or the kernel holds (see policy.go for "overlap"), never
+// leave a client waiting for an answer that is due, never wait for a
+// client (answers are sent without blocking), never panic on a message,
+// and never touch frames: it changes rules and attaches ports.
 package control

@@ -41,7 +41,7 @@ package control
 //     serde accepted 0..2^64-1; we accept 0..2^31-1 and reject the rest with
 //     ErrOutOfRange. No process or thread id lies beyond that (the kernel's
 //     PID_MAX_LIMIT is 2^22), and the server never trusts the number anyway:
-//     credentials come from the kernel (SO_PEERCRED).
+//     credentials come from the kernel (SCM_CREDENTIALS).
 //   - The interface name must be one Linux could have (the kernel's
 //     dev_valid_name: 1..15 bytes, not "." or "..", no '/', ':', NUL or
 //     white space); serde took any string and the original then found no

@@ -83,4 +83,12 @@
 //
 // The programs need Linux ≥ 6.6 (TCX) and a little-endian CPU (the objects
 // are built for bpfel).
+//
+// # The kernel's ports, for the control plane
+//
+// ProcSockets (sockinv.go) lists the kernel's TCP, UDP and UDP-Lite sockets
+// of the calling thread's network namespace from /proc/thread-self/net, so
+// that the control plane never gives a port the kernel uses to an endpoint.
+// It only reads /proc; it never touches a socket, and it never panics on
+// what it reads (FuzzParseProcNet).
 package firewall

@@ -1,4 +1,14 @@
 // Package client is the Go client of usnetd's control protocol: Dial,
-// RequestUDS, AddMatch, RemoveMatch, QueryUsedPorts and Close. It never
-// leaves its bound socket file behind.
+// RequestUDS, AddMatch, RemoveMatch, QueryUsedPorts, QueryStatus and Close.
+//
+// A Client binds a private socket (a file "usnet-client-PID-RANDOM" in
+// /run/user/UID or the temporary directory, or an abstract name) and
+// connects it to usnetd's socket, so that the kernel lets only usnetd send
+// to it. Every answer is waited for with a timeout; errors say whether
+// usnetd is not running, refused the request, denied access or did not
+// answer (ErrNotRunning, ErrRefused, ErrAccessDenied, ErrTimeout).
+//
+// It never leaves its socket file behind after Close, never keeps a
+// descriptor it did not return to the caller, and never takes an answer
+// from anyone but usnetd.
 package client

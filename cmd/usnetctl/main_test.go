@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/usnetd/usnetd/backends/memory"
+	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/firewall"
+	l4 "github.com/usnetd/usnetd/switch"
+)
+
+const runEnv = "USNETCTL_TEST_ARGS"
+
+func TestMain(m *testing.M) {
+	if args, ok := os.LookupEnv(runEnv); ok {
+		os.Exit(run(strings.Fields(args), os.Environ(), os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func requirePrivileged(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root, and CI=true: failing instead of skipping")
+	}
+	t.Skip("needs root")
+}
+
+func u16(v uint16) *uint16 { return &v }
+
+// startServer runs a control server over an in-memory NIC with a kernel
+// DEBUG_PORTS rule and one endpoint (a client of this test) holding a rule.
+func startServer(t *testing.T, dir string) string {
+	t.Helper()
+	requirePrivileged(t)
+	path := filepath.Join(dir, "usnetd.socket")
+	sw := l4.NewSwitch(l4.NewTable())
+	pl, err := l4.NewPipeline(sw, l4.PipelineConfig{Buffers: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pl.Close() })
+	if _, err := pl.AddPort(memory.New("eth0", l4.PortNIC, memory.Options{})); err != nil {
+		t.Fatal(err)
+	}
+	kernel, err := pl.AddPort(memory.New("eth0-kernel", l4.PortKernel, memory.Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw.Table.Insert(l4.Rule{Key: l4.ListenKey(l4.MustParseAddr("198.18.0.1"), l4.ProtoTCP, 22), Owner: kernel, Kind: l4.Registered, Sticky: true})
+	srv, err := control.NewServer(control.ServerConfig{
+		SocketPath:  path,
+		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory"}},
+		KernelPorts: func() ([]firewall.Socket, error) { return nil, nil },
+		Log:         zerolog.Nop(),
+		Version:     "1.2.3",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	c, err := client.Dial(client.Options{SocketPath: path, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ch, err := c.RequestUDS("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ch.Close() })
+	m := control.Match{DstAddr: l4.MustParseAddr("198.18.0.1").Netip(), DstPort: u16(8080), Protocol: 6}
+	if err := c.AddMatch(m); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func runCtl(env []string, args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(args, env, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCommands(t *testing.T) {
+	dir := t.TempDir()
+	path := startServer(t, dir)
+	env := []string{"SOCKET_PATH=" + path}
+
+	code, out, errs := runCtl(env, "status")
+	t.Logf("usnetctl status:\n%s", out)
+	if code != 0 || !strings.Contains(out, "usnetd 1.2.3 at "+path) || !strings.Contains(out, "eth0       memory") ||
+		!strings.Contains(out, fmt.Sprintf("1         %d", os.Getpid())) {
+		t.Errorf("status: %d\n%s%s", code, out, errs)
+	}
+	code, out, errs = runCtl(env, "ports")
+	want := "PROTO  ADDRESS     PORT  STATE\ntcp    198.18.0.1  22    listening\ntcp    198.18.0.1  8080  listening\n"
+	if code != 0 || out != want {
+		t.Errorf("ports: %d\n%s%s\nwant\n%s", code, out, errs, want)
+	}
+	code, out, _ = runCtl(env, "rules")
+	t.Logf("usnetctl rules:\n%s", out)
+	if code != 0 || !strings.Contains(out, "tcp    198.18.0.1:22    *       kernel eth0-kernel  registered  yes") ||
+		!strings.Contains(out, "tcp    198.18.0.1:8080  *       endpoint 1          registered  no") {
+		t.Errorf("rules: %d\n%s", code, out)
+	}
+
+	// --json, before or after the command; --socket beats SOCKET_PATH.
+	code, out, errs = runCtl([]string{"SOCKET_PATH=/nonexistent"}, "status", "--json", "--socket", path)
+	var st statusJSON
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Version != "1.2.3" || len(st.Endpoints) != 1 ||
+		st.Endpoints[0].Rules[0].DstAddr != "198.18.0.1" || *st.Endpoints[0].Rules[0].DstPort != 8080 {
+		t.Errorf("status --json: %d %+v\n%s%s", code, st, out, errs)
+	}
+	code, out, _ = runCtl(env, "--json", "ports")
+	var ports portsJSON
+	if code != 0 || json.Unmarshal([]byte(out), &ports) != nil || len(ports.Listening) != 2 || ports.Connected == nil {
+		t.Errorf("ports --json: %d\n%s", code, out)
+	}
+	code, out, _ = runCtl(env, "--json", "rules")
+	var rules []ruleJSON
+	if code != 0 || json.Unmarshal([]byte(out), &rules) != nil || len(rules) != 2 || rules[0].Owner != "kernel eth0-kernel" {
+		t.Errorf("rules --json: %d\n%s", code, out)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		env  []string
+		args []string
+		code int
+		msg  string
+	}{
+		{nil, nil, 2, "want one command"},
+		{nil, []string{"status", "ports"}, 2, "want one command"},
+		{nil, []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{nil, []string{"--bogus", "status"}, 2, "flag provided but not defined"},
+		{nil, []string{"--timeout", "0s", "status"}, 2, "--timeout"},
+		{[]string{"SOCKET_PATH=" + filepath.Join(dir, "none")}, []string{"status"}, 1, "usnetd is not running: no socket at " + filepath.Join(dir, "none")},
+		{[]string{"SOCKET_PATH=@usnetctl-test-none"}, []string{"ports"}, 1, "usnetd is not running"},
+	} {
+		code, _, errs := runCtl(c.env, c.args...)
+		if code != c.code || !strings.Contains(errs, c.msg) {
+			t.Errorf("%v %v: exit %d, %q; want %d and %q", c.env, c.args, code, errs, c.code, c.msg)
+		}
+	}
+	if code, out, _ := runCtl(nil, "-h"); code != 0 || !strings.Contains(out, "usage: usnetctl") {
+		t.Errorf("-h: %d %q", code, out)
+	}
+}
+
+// TestAccessDenied runs usnetctl as nobody against a socket of mode 0770.
+func TestAccessDenied(t *testing.T) {
+	dir, err := os.MkdirTemp("", "usnetctl-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := startServer(t, dir)
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyBin := filepath.Join(dir, "usnetctl.test")
+	if err := os.WriteFile(copyBin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(copyBin, "-test.run=^$")
+	cmd.Env = append(os.Environ(), runEnv+"=status", "SOCKET_PATH="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(errb.String(), "access to the usnetd control socket denied") {
+		t.Errorf("as nobody: %v, stderr %q", err, errb.String())
+	}
+}

@@ -1,0 +1,934 @@
+package control
+
+// The server of the control socket.
+//
+// Endpoints and channels. An endpoint is a client: its socket address and
+// its process (the PID the kernel's credentials name, verified against the
+// Request*). Its first RequestUDS makes it; each RequestUDS gives it one
+// packet channel (a backends/uds port attached to the NIC's pipeline), up
+// to MaxChannelsPerClient, all on the NIC of the first. As in the original,
+// where each channel was an endpoint of its own and AddMatch, RemoveMatch
+// and DeleteClient acted on the oldest channel with the client's address:
+//   - AddMatch needs a channel (the original sent no answer without one; we
+//     answer "ER"), and its rule belongs to the endpoint's oldest channel:
+//     matching frames go there;
+//   - each channel learns the flows it sends itself;
+//   - when a channel goes, its rules go with it (the oldest channel's are
+//     the registered ones); the next oldest receives later AddMatch rules.
+// Deliberately unlike the original, DeleteClient removes the whole
+// endpoint, every channel and rule, not just the oldest channel, and a
+// RequestUDS for a second NIC from the same endpoint is refused (use a
+// second client socket): a client that says it is gone is gone.
+//
+// An endpoint is gone within a second (CheckInterval) when it sends
+// DeleteClient, when its process exits (its pidfd becomes readable), or,
+// channel by channel, when a channel's peer end is closed (the uds port
+// notices it); its rules leave the table with its ports.
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/backends/uds"
+	"github.com/usnetd/usnetd/firewall"
+	l4 "github.com/usnetd/usnetd/switch"
+)
+
+// Interface is one claimed NIC: its switch domain, with the NIC port
+// attached already.
+type Interface struct {
+	Name     string
+	Pipeline *l4.Pipeline
+	Backend  string       // for QueryStatus, e.g. "afxdp"
+	XDPMode  string       // for QueryStatus; "" when not XDP
+	Addrs    []netip.Addr // the interface's addresses: QueryUsedPorts lists a kernel socket bound to the wildcard address under each
+}
+
+// ServerConfig configures a Server. Zero values mean the defaults.
+type ServerConfig struct {
+	// SocketPath is the control socket: an absolute path or "@name" for an
+	// abstract socket; default DefaultSocketPath.
+	SocketPath string
+	// AllowGID, if HasAllowGID, is the group that may use the socket
+	// besides root (and the server's own user).
+	AllowGID    uint32
+	HasAllowGID bool
+	// MaxRulesPerClient limits the rules of one endpoint, registered and
+	// learned; default 1024. MaxChannelsPerClient limits its channels;
+	// default 16. MaxClients limits the endpoints; default 1024.
+	MaxRulesPerClient    int
+	MaxChannelsPerClient int
+	MaxClients           int
+	// PrivilegedPorts: a rule for a local port below it needs uid 0 or
+	// CAP_NET_BIND_SERVICE; default 1024.
+	PrivilegedPorts uint16
+	// Interfaces are the claimed NICs, by name as RequestUDS names them.
+	Interfaces []Interface
+	// KernelPorts lists the kernel's sockets, whose ports no endpoint may
+	// take; default firewall.ProcSockets (the namespace of the calling
+	// thread). Tests fake it.
+	KernelPorts func() ([]firewall.Socket, error)
+	// Channel configures the channels' ports (buffer size, poll and probe
+	// intervals); Name and OnPeerClosed are the server's.
+	Channel uds.Options
+	// CheckInterval is how often the server looks for endpoints whose
+	// process exited or whose channel closed; default 200 ms.
+	CheckInterval time.Duration
+	// Log receives what clients did wrong (warn) and attach and detach
+	// (info).
+	Log zerolog.Logger
+	// Version is reported by QueryStatus.
+	Version string
+
+	procDir string // "/proc"; tests may point it elsewhere
+}
+
+func (c *ServerConfig) fill() {
+	if c.SocketPath == "" {
+		c.SocketPath = DefaultSocketPath
+	}
+	if c.MaxRulesPerClient <= 0 {
+		c.MaxRulesPerClient = 1024
+	}
+	if c.MaxChannelsPerClient <= 0 {
+		c.MaxChannelsPerClient = 16
+	}
+	if c.MaxClients <= 0 {
+		c.MaxClients = 1024
+	}
+	if c.PrivilegedPorts == 0 {
+		c.PrivilegedPorts = 1024
+	}
+	if c.KernelPorts == nil {
+		c.KernelPorts = firewall.ProcSockets
+	}
+	if c.CheckInterval <= 0 {
+		c.CheckInterval = 200 * time.Millisecond
+	}
+	if c.procDir == "" {
+		c.procDir = "/proc"
+	}
+}
+
+// Server serves the control socket. Make one with NewServer, run it with
+// Serve, stop it with Close (or by cancelling Serve's context).
+type Server struct {
+	cfg    ServerConfig
+	log    zerolog.Logger
+	sock   *controlSocket
+	rc     syscall.RawConn
+	euid   uint32
+	ifaces map[string]*ifaceState
+	order  []*ifaceState
+
+	mu        sync.Mutex // guards everything below, and every table change the server makes
+	endpoints map[epKey]*endpoint
+	nextID    uint64
+	closed    bool
+
+	kick      chan struct{} // wakes the janitor
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+	serving   atomic.Bool
+}
+
+type ifaceState struct {
+	Interface
+	table *l4.Table
+	// learned counts each port's learned rules, as of the last count.
+	learned map[l4.PortID]int
+}
+
+// epKey identifies an endpoint: the client's address and its process.
+type epKey struct {
+	addr clientAddr
+	pid  int32
+}
+
+type endpoint struct {
+	id       uint64
+	key      epKey
+	uid, gid uint32
+	pidfd    int
+	ifc      *ifaceState
+	channels []*channel // oldest first; channels[0] owns the registered rules
+	rules    []l4.Key   // registered by AddMatch
+	log      zerolog.Logger
+}
+
+type channel struct {
+	port  *uds.Port
+	owner l4.Owner
+}
+
+// NewServer binds the control socket (see listenControl for what happens
+// to a file already at the path) and returns a server that is not yet
+// serving.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	cfg.fill()
+	addr, err := parseSocketPath(cfg.SocketPath)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Log,
+		euid:      uint32(os.Geteuid()),
+		ifaces:    map[string]*ifaceState{},
+		endpoints: map[epKey]*endpoint{},
+		kick:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+	}
+	for _, in := range cfg.Interfaces {
+		if in.Pipeline == nil {
+			return nil, fmt.Errorf("control: interface %q has no pipeline", in.Name)
+		}
+		if _, dup := s.ifaces[in.Name]; dup {
+			return nil, fmt.Errorf("control: interface %q twice", in.Name)
+		}
+		st := &ifaceState{Interface: in, table: in.Pipeline.Switch().Table, learned: map[l4.PortID]int{}}
+		s.ifaces[in.Name] = st
+		s.order = append(s.order, st)
+	}
+	sock, err := listenControl(addr, cfg.AllowGID, cfg.HasAllowGID)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := sock.file.SyscallConn()
+	if err != nil {
+		sock.close()
+		return nil, err
+	}
+	s.sock, s.rc = sock, rc
+	return s, nil
+}
+
+// Addr is the socket path, or "@name" for an abstract socket.
+func (s *Server) Addr() string { return s.sock.addr.String() }
+
+// Serve answers clients until ctx is done or Close is called, and then
+// closes the server (see Close). It returns nil after Close and ctx's
+// error after a cancel.
+func (s *Server) Serve(ctx context.Context) error {
+	if !s.serving.CompareAndSwap(false, true) {
+		return errors.New("control: Serve called twice")
+	}
+	select {
+	case <-s.done:
+		return nil
+	default:
+	}
+	s.log.Info().Str("socket", s.Addr()).Msg("control socket ready")
+	s.wg.Add(2)
+	go s.readLoop()
+	go s.janitor()
+	select {
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	case <-s.done:
+		s.wg.Wait()
+		return nil
+	}
+}
+
+// Close stops serving, detaches every endpoint (its channels leave the
+// pipelines, its rules the tables) and removes the socket file. It is
+// idempotent.
+func (s *Server) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.done)
+		err = s.sock.file.Close() // wakes the reader
+		s.wg.Wait()
+		s.mu.Lock()
+		s.closed = true
+		for _, ep := range s.sortedEndpoints() {
+			s.removeEndpoint(ep, "usnetd stops")
+		}
+		s.mu.Unlock()
+		if cerr := s.sock.close(); err == nil && !errors.Is(cerr, os.ErrClosed) {
+			err = cerr
+		}
+	})
+	return err
+}
+
+// readLoop receives and handles one message after the other.
+func (s *Server) readLoop() {
+	defer s.wg.Done()
+	buf := make([]byte, MaxMessageSize+1)
+	oob := make([]byte, 1024)
+	for {
+		var r received
+		var rerr error
+		err := s.rc.Read(func(fd uintptr) bool {
+			r, rerr = recvmsg(int(fd), buf, oob)
+			return !errors.Is(rerr, unix.EAGAIN)
+		})
+		if err != nil {
+			return // closed
+		}
+		if rerr != nil {
+			if !errors.Is(rerr, unix.EINTR) {
+				s.log.Error().Err(rerr).Msg("control socket: recvmsg")
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue
+		}
+		s.handle(&r, buf)
+	}
+}
+
+// answer is what a request gets back: data (nil: nothing), with file the
+// channel end to hand over; undo runs when it could not be sent.
+type answer struct {
+	data []byte
+	file *os.File
+	undo func()
+}
+
+var (
+	answerER = answer{data: []byte(RawER)}
+	answerOK = answer{data: []byte(RawOK)}
+)
+
+// handle checks one received datagram and acts on it.
+func (s *Server) handle(r *received, buf []byte) {
+	defer func() {
+		if r.pidfd >= 0 {
+			unix.Close(r.pidfd)
+		}
+	}()
+	log := s.log.With().Str("client", r.from.String()).Logger()
+	if r.cred != nil {
+		log = log.With().Int32("pid", r.cred.Pid).Uint32("uid", r.cred.Uid).Logger()
+	}
+	if !r.named {
+		log.Warn().Msg("message from an unbound socket: nowhere to answer; ignored")
+		return
+	}
+	body := buf[:min(r.n, len(buf))]
+	if r.rights > 0 {
+		log.Warn().Int("fds", r.rights).Msg("the client sent file descriptors; closed them")
+	}
+	var a answer
+	switch {
+	case r.flags&unix.MSG_TRUNC != 0 || r.n > MaxMessageSize:
+		log.Warn().Int("bytes", r.n).Int("limit", MaxMessageSize).Msg("message too long")
+		a = answerIfDue(body)
+	case r.flags&unix.MSG_CTRUNC != 0:
+		log.Warn().Msg("control data of the message truncated")
+		a = answerIfDue(body)
+	case r.cred == nil:
+		log.Warn().Msg("message without credentials")
+		a = answerIfDue(body)
+	default:
+		a = s.process(message{from: r.from, cred: *r.cred, pidfd: &r.pidfd, body: body}, log)
+	}
+	if a.data == nil {
+		return
+	}
+	var oob []byte
+	if a.file != nil {
+		oob = unix.UnixRights(int(a.file.Fd()))
+	}
+	var serr error
+	err := s.rc.Write(func(fd uintptr) bool {
+		serr = sendmsg(int(fd), a.data, oob, r.from)
+		return true // never wait for a client
+	})
+	if a.file != nil {
+		a.file.Close()
+	}
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot answer the client")
+		if a.undo != nil {
+			s.mu.Lock()
+			a.undo()
+			s.mu.Unlock()
+		}
+	}
+}
+
+// answerIfDue is "ER" unless the message is one that gets no answer
+// (RemoveMatch, DeleteClient): a client waits for an answer to everything
+// else, and an unexpected "ER" would be taken for the answer to its next
+// request.
+func answerIfDue(body []byte) answer {
+	switch peekType(body) {
+	case "RemoveMatch", "DeleteClient":
+		return answer{}
+	}
+	return answerER
+}
+
+// peekType is the tag of a message that may not decode: "RequestUDS",
+// "DeleteClient", ..., or "" when not even that can be read.
+func peekType(b []byte) string {
+	r := reader{b: b[:min(len(b), 256)]}
+	name, _, err := r.tag("")
+	if err != nil {
+		return ""
+	}
+	return name
+}
+
+// message is a request with what the kernel says about its sender.
+type message struct {
+	from  clientAddr
+	cred  unix.Ucred
+	pidfd *int // SCM_PIDFD or -1; set it to -1 to keep it
+	body  []byte
+}
+
+// process decodes and carries out one request and returns the answer. It
+// never panics on any input (FuzzProcess).
+func (s *Server) process(m message, log zerolog.Logger) answer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return answerIfDue(m.body)
+	}
+	if !s.allowed(m.cred) {
+		log.Warn().Msg("access denied: not root and not in ALLOW_GID")
+		return answerIfDue(m.body)
+	}
+	req, err := DecodeRequest(m.body)
+	if err != nil {
+		log.Warn().Err(err).Msg("malformed message")
+		return answerIfDue(m.body)
+	}
+	key := epKey{addr: m.from, pid: m.cred.Pid}
+	switch v := req.(type) {
+	case RequestUDS:
+		return s.requestUDS(m, key, v, log)
+	case RequestNetmapPipe:
+		log.Info().Str("interface", v.Interface).Msg("RequestNetmapPipe: no netmap here; answering ER")
+		return answerER
+	case AddMatch:
+		return s.addMatch(key, v.Match, log)
+	case RemoveMatch:
+		s.removeMatch(key, v.Match, log)
+		return answer{}
+	case DeleteClient:
+		ep := s.endpoints[key]
+		if ep == nil {
+			log.Warn().Msg("DeleteClient from a client without channel")
+			return answer{}
+		}
+		s.removeEndpoint(ep, "DeleteClient")
+		return answer{}
+	case QueryUsedPorts:
+		return answer{data: s.usedPorts(log)}
+	case QueryStatus:
+		return answer{data: s.statusBytes(log)}
+	}
+	log.Warn().Str("type", req.Type()).Msg("unhandled request")
+	return answerER
+}
+
+// allowed is the access check of every message: root, the server's own
+// user, or (with ALLOW_GID) a member of that group. The socket file's mode
+// does the same for path sockets; an abstract socket has no mode, so this
+// is what guards it.
+func (s *Server) allowed(c unix.Ucred) bool {
+	if c.Uid == 0 || c.Uid == s.euid {
+		return true
+	}
+	if !s.cfg.HasAllowGID {
+		return false
+	}
+	if c.Gid == s.cfg.AllowGID {
+		return true
+	}
+	st, err := readProcStatus(s.cfg.procDir, c.Pid)
+	return err == nil && slices.Contains(st.Groups, s.cfg.AllowGID) && st.Tgid == c.Pid
+}
+
+func (s *Server) requestUDS(m message, key epKey, v RequestUDS, log zerolog.Logger) answer {
+	log = log.With().Str("interface", v.Interface).Int32("claimed_pid", v.PID).Logger()
+	ifc := s.ifaces[v.Interface]
+	if ifc == nil {
+		log.Info().Msg("RequestUDS for an interface usnetd does not claim")
+		return answerER
+	}
+	// The PID in the message must be the sender's process or one of its
+	// threads.
+	st, err := readProcStatus(s.cfg.procDir, v.PID)
+	if err != nil || st.Tgid != m.cred.Pid {
+		log.Warn().Err(err).Int32("tgid", st.Tgid).Msg("RequestUDS: the PID is not a thread of the sending process")
+		return answerER
+	}
+	ep := s.endpoints[key]
+	if ep != nil {
+		if ep.ifc != ifc {
+			log.Warn().Str("endpoint_interface", ep.ifc.Name).Msg("RequestUDS for a second interface: use another client socket")
+			return answerER
+		}
+		if len(ep.channels) >= s.cfg.MaxChannelsPerClient {
+			log.Warn().Int("limit", s.cfg.MaxChannelsPerClient).Msg("RequestUDS: channel limit reached")
+			return answerER
+		}
+	} else {
+		if len(s.endpoints) >= s.cfg.MaxClients {
+			log.Warn().Int("limit", s.cfg.MaxClients).Msg("RequestUDS: client limit reached")
+			return answerER
+		}
+		pidfd := *m.pidfd
+		if pidfd >= 0 {
+			*m.pidfd = -1 // ours now
+		} else if pidfd, err = unix.PidfdOpen(int(m.cred.Pid), 0); err != nil {
+			log.Warn().Err(err).Msg("RequestUDS: pidfd_open")
+			return answerER
+		}
+		unix.CloseOnExec(pidfd)
+		if !pidfdAlive(pidfd) {
+			unix.Close(pidfd)
+			log.Info().Msg("RequestUDS from a process that exited")
+			return answerER
+		}
+		s.nextID++
+		ep = &endpoint{id: s.nextID, key: key, uid: m.cred.Uid, gid: m.cred.Gid, pidfd: pidfd, ifc: ifc}
+		ep.log = s.log.With().Uint64("endpoint", ep.id).Str("client", key.addr.String()).Int32("pid", key.pid).Logger()
+		s.endpoints[key] = ep
+	}
+	opt := s.cfg.Channel
+	opt.Name = "endpoint " + strconv.FormatUint(ep.id, 10) + " (pid " + strconv.Itoa(int(key.pid)) + ")"
+	opt.OnPeerClosed = s.wake
+	port, peer, err := uds.NewPair(opt)
+	if err != nil {
+		log.Error().Err(err).Msg("RequestUDS: making the channel")
+		s.dropIfEmpty(ep)
+		return answerER
+	}
+	owner, err := ifc.Pipeline.AddPort(port)
+	if err != nil {
+		port.Close()
+		peer.Close()
+		log.Error().Err(err).Msg("RequestUDS: attaching the channel")
+		s.dropIfEmpty(ep)
+		return answerER
+	}
+	ch := &channel{port: port, owner: owner}
+	ep.channels = append(ep.channels, ch)
+	ep.log.Info().Str("interface", ifc.Name).Uint32("port", uint32(owner.Port)).Int("channels", len(ep.channels)).Msg("channel attached")
+	return answer{data: []byte(RawFD), file: peer, undo: func() { s.removeChannel(ep, ch, "the answer could not be sent") }}
+}
+
+// dropIfEmpty forgets an endpoint that has no channel (after a RequestUDS
+// that failed half-way).
+func (s *Server) dropIfEmpty(ep *endpoint) {
+	if len(ep.channels) == 0 {
+		s.removeEndpoint(ep, "")
+	}
+}
+
+// owns reports whether port is one of ep's channels.
+func (ep *endpoint) owns(port l4.PortID) bool {
+	for _, c := range ep.channels {
+		if c.owner.Port == port {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) addMatch(key epKey, m Match, log zerolog.Logger) answer {
+	ep := s.endpoints[key]
+	if ep == nil {
+		log.Warn().Msg("AddMatch from a client without channel (RequestUDS first)")
+		return answerER
+	}
+	log = ep.log
+	k, err := matchToKey(m)
+	if err != nil {
+		log.Warn().Err(err).Msg("AddMatch: not a rule")
+		return answerER
+	}
+	log = log.With().Stringer("rule", k).Logger()
+	if l4.HasPorts(k.Proto) && k.LocalPort < s.cfg.PrivilegedPorts {
+		st, err := readProcStatus(s.cfg.procDir, key.pid)
+		if err != nil || !pidfdAlive(ep.pidfd) || !mayBindPrivileged(ep.uid, st) {
+			log.Warn().Err(err).Uint16("below", s.cfg.PrivilegedPorts).Msg("AddMatch: a privileged port needs uid 0 or CAP_NET_BIND_SERVICE")
+			return answerER
+		}
+	}
+	if n := s.ruleCount(ep); n >= s.cfg.MaxRulesPerClient {
+		log.Warn().Int("rules", n).Int("limit", s.cfg.MaxRulesPerClient).Msg("AddMatch: rule limit reached")
+		return answerER
+	}
+	if r, ok := ep.ifc.table.Get(k); ok {
+		log.Info().Stringer("held", r).Msg("AddMatch: the rule exists already")
+		return answerER
+	}
+	var sockets []firewall.Socket
+	if l4.HasPorts(k.Proto) {
+		if sockets, err = s.cfg.KernelPorts(); err != nil {
+			log.Error().Err(err).Msg("AddMatch: cannot read the kernel's sockets; refusing")
+			return answerER
+		}
+	}
+	if c, ok := findOverlap(ep.ifc.table, k, ep.owns, sockets); ok {
+		log.Warn().Stringer("conflict", c).Msg("AddMatch refused: the rule overlaps another owner's")
+		return answerER
+	}
+	if err := ep.ifc.table.Insert(l4.Rule{Key: k, Owner: ep.channels[0].owner, Kind: l4.Registered}); err != nil {
+		log.Info().Err(err).Msg("AddMatch: insert")
+		return answerER
+	}
+	ep.rules = append(ep.rules, k)
+	log.Info().Msg("rule added")
+	return answerOK
+}
+
+func (s *Server) removeMatch(key epKey, m Match, log zerolog.Logger) {
+	ep := s.endpoints[key]
+	if ep == nil {
+		log.Warn().Msg("RemoveMatch from a client without channel")
+		return
+	}
+	log = ep.log
+	k, err := matchToKey(m)
+	if err != nil {
+		log.Warn().Err(err).Msg("RemoveMatch: not a rule")
+		return
+	}
+	r, ok := ep.ifc.table.Get(k)
+	if !ok || !ep.owns(r.Owner.Port) {
+		log.Warn().Stringer("rule", k).Bool("exists", ok).Msg("RemoveMatch of a rule the client does not hold; ignored")
+		return
+	}
+	ep.ifc.table.Remove(k, r.Owner.Port)
+	ep.rules = slices.DeleteFunc(ep.rules, func(x l4.Key) bool { return x == k })
+	log.Info().Stringer("rule", k).Msg("rule removed")
+}
+
+// ruleCount is the number of rules ep holds: its registered ones now, its
+// learned ones as of the last count.
+func (s *Server) ruleCount(ep *endpoint) int {
+	n := len(ep.rules)
+	for _, c := range ep.channels {
+		n += ep.ifc.learned[c.owner.Port]
+	}
+	return n
+}
+
+// removeChannel detaches one channel; the endpoint goes with its last one.
+func (s *Server) removeChannel(ep *endpoint, ch *channel, why string) {
+	i := slices.Index(ep.channels, ch)
+	if i < 0 {
+		return
+	}
+	if err := ep.ifc.Pipeline.RemovePort(ch.owner.Port); err != nil && !errors.Is(err, l4.ErrNoSuchPort) {
+		ep.log.Error().Err(err).Msg("detaching a channel")
+	}
+	ch.port.Close()
+	delete(ep.ifc.learned, ch.owner.Port)
+	ep.channels = slices.Delete(ep.channels, i, i+1)
+	if i == 0 && len(ep.rules) > 0 {
+		ep.log.Info().Int("rules", len(ep.rules)).Msg("the registered rules went with the oldest channel")
+		ep.rules = nil
+	}
+	ep.log.Info().Str("why", why).Uint32("port", uint32(ch.owner.Port)).Int("channels", len(ep.channels)).Msg("channel detached")
+	if len(ep.channels) == 0 {
+		s.removeEndpoint(ep, why)
+	}
+}
+
+// removeEndpoint detaches every channel of ep and forgets it.
+func (s *Server) removeEndpoint(ep *endpoint, why string) {
+	if s.endpoints[ep.key] != ep {
+		return
+	}
+	delete(s.endpoints, ep.key)
+	for _, ch := range ep.channels {
+		if err := ep.ifc.Pipeline.RemovePort(ch.owner.Port); err != nil && !errors.Is(err, l4.ErrNoSuchPort) {
+			ep.log.Error().Err(err).Msg("detaching a channel")
+		}
+		ch.port.Close()
+		delete(ep.ifc.learned, ch.owner.Port)
+	}
+	ep.channels, ep.rules = nil, nil
+	unix.Close(ep.pidfd)
+	if why != "" {
+		ep.log.Info().Str("why", why).Msg("endpoint removed")
+	}
+}
+
+func (s *Server) sortedEndpoints() []*endpoint {
+	eps := make([]*endpoint, 0, len(s.endpoints))
+	for _, ep := range s.endpoints {
+		eps = append(eps, ep)
+	}
+	slices.SortFunc(eps, func(a, b *endpoint) int { return cmp.Compare(a.id, b.id) })
+	return eps
+}
+
+// wake makes the janitor look now (a channel's peer closed).
+func (s *Server) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// janitor removes what is gone: endpoints whose process exited, channels
+// whose peer closed; once a second it counts learned rules and enforces
+// MaxRulesPerClient on them.
+func (s *Server) janitor() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.CheckInterval)
+	defer t.Stop()
+	var counted time.Time
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		case <-s.kick:
+		}
+		s.mu.Lock()
+		if !s.closed {
+			s.reap()
+			if time.Since(counted) >= time.Second {
+				s.countRules()
+				counted = time.Now()
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// reap removes endpoints whose process exited and channels whose peer
+// closed.
+func (s *Server) reap() {
+	eps := s.sortedEndpoints()
+	if len(eps) == 0 {
+		return
+	}
+	pfds := make([]unix.PollFd, len(eps))
+	for i, ep := range eps {
+		pfds[i] = unix.PollFd{Fd: int32(ep.pidfd), Events: unix.POLLIN}
+	}
+	if _, err := unix.Poll(pfds, 0); err != nil && !errors.Is(err, unix.EINTR) {
+		s.log.Error().Err(err).Msg("polling the clients' pidfds")
+	}
+	for i, ep := range eps {
+		if pfds[i].Revents != 0 {
+			s.removeEndpoint(ep, "the client process exited")
+			continue
+		}
+		for _, ch := range slices.Clone(ep.channels) {
+			select {
+			case <-ch.port.PeerClosed():
+				s.removeChannel(ep, ch, "the client closed the channel")
+			default:
+			}
+		}
+	}
+}
+
+// countRules counts every port's learned rules and removes learned rules
+// of endpoints above MaxRulesPerClient. The data path learns without a
+// limit (l4 has no per-owner count), so this bounds an endpoint's rules
+// within a second, not at once.
+func (s *Server) countRules() {
+	for _, ifc := range s.order {
+		clear(ifc.learned)
+		ifc.table.Each(func(r l4.Rule) {
+			if r.Kind == l4.Learned {
+				ifc.learned[r.Owner.Port]++
+			}
+		})
+	}
+	for _, ep := range s.sortedEndpoints() {
+		n := s.ruleCount(ep)
+		if n <= s.cfg.MaxRulesPerClient {
+			continue
+		}
+		excess := n - s.cfg.MaxRulesPerClient
+		removed := ep.ifc.table.RemoveIf(func(r l4.Rule) bool {
+			if excess > 0 && r.Kind == l4.Learned && ep.owns(r.Owner.Port) {
+				excess--
+				return true
+			}
+			return false
+		})
+		ep.log.Warn().Int("rules", n).Int("limit", s.cfg.MaxRulesPerClient).Int("removed", removed).
+			Msg("too many learned rules: removed some (their flows learn again on their next outgoing frame, if below the limit)")
+		for _, c := range ep.channels {
+			delete(ep.ifc.learned, c.owner.Port)
+		}
+		ep.ifc.table.Each(func(r l4.Rule) {
+			if r.Kind == l4.Learned && ep.owns(r.Owner.Port) {
+				ep.ifc.learned[r.Owner.Port]++
+			}
+		})
+	}
+}
+
+// usedPorts answers QueryUsedPorts: every rule with a local port (with a
+// remote: connected, without: listening), and the kernel's sockets.
+func (s *Server) usedPorts(log zerolog.Logger) []byte {
+	type entry struct {
+		e         PortEntry
+		connected bool
+	}
+	seen := map[entry]bool{}
+	var list []entry
+	add := func(e PortEntry, connected bool) {
+		k := entry{e, connected}
+		if !seen[k] {
+			seen[k] = true
+			list = append(list, k)
+		}
+	}
+	var addrs []netip.Addr
+	for _, ifc := range s.order {
+		ifc.table.Each(func(r l4.Rule) {
+			if e, ok := portEntry(r.Key); ok {
+				add(e, !r.Listening())
+			}
+		})
+		addrs = append(addrs, ifc.Addrs...)
+	}
+	if sockets, err := s.cfg.KernelPorts(); err != nil {
+		log.Error().Err(err).Msg("QueryUsedPorts: cannot read the kernel's sockets; answering with the rules only")
+	} else {
+		for _, so := range sockets {
+			for _, e := range socketEntries(so, addrs) {
+				add(e, !so.Listening())
+			}
+		}
+	}
+	slices.SortFunc(list, func(a, b entry) int {
+		if a.e.Protocol != b.e.Protocol {
+			return int(a.e.Protocol) - int(b.e.Protocol)
+		}
+		if c := a.e.Addr.Compare(b.e.Addr); c != 0 {
+			return c
+		}
+		return int(a.e.Port) - int(b.e.Port)
+	})
+	var listening, connected []PortEntry
+	for _, x := range list {
+		if x.connected {
+			connected = append(connected, x.e)
+		} else {
+			listening = append(listening, x.e)
+		}
+	}
+	return EncodeUsedPorts(listening, connected)
+}
+
+// maxStatusAnswer bounds the QueryStatus answer below MaxAnswerSize and
+// the control socket's send buffer.
+const maxStatusAnswer = MaxAnswerSize - 4096
+
+// Status returns what QueryStatus answers.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status()
+}
+
+func (s *Server) status() Status {
+	st := Status{Version: s.cfg.Version}
+	byPort := map[*ifaceState]map[l4.PortID]string{}
+	for _, ifc := range s.order {
+		ps := ifc.Pipeline.Stats()
+		queues := 0
+		names := map[l4.PortID]string{}
+		for _, p := range ps.Ports {
+			names[p.Port] = p.Kind.String() + " " + p.Name
+			if p.Kind == l4.PortNIC {
+				queues = p.RxQueues
+			}
+		}
+		byPort[ifc] = names
+		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: ifc.Name, Backend: ifc.Backend, Queues: queues, XDPMode: ifc.XDPMode})
+		for _, ep := range s.sortedEndpoints() {
+			if ep.ifc != ifc {
+				continue
+			}
+			es := EndpointStatus{ID: ep.id, PID: ep.key.pid, UID: ep.uid, Address: ep.key.addr.String(),
+				Interface: ifc.Name, Channels: len(ep.channels)}
+			for _, k := range ep.rules {
+				es.Rules = append(es.Rules, keyToMatch(k))
+			}
+			for _, c := range ep.channels {
+				names[c.owner.Port] = "endpoint " + strconv.FormatUint(ep.id, 10)
+				for _, p := range ps.Ports {
+					if p.Port == c.owner.Port {
+						es.RxPackets += p.TxPackets // into the endpoint
+						es.TxPackets += p.RxPackets // from the endpoint
+						es.Drops += p.TxErrors
+					}
+				}
+				for _, r := range ps.Rings {
+					if r.To == c.owner.Port {
+						es.Drops += r.DroppedFull
+					}
+				}
+			}
+			st.Endpoints = append(st.Endpoints, es)
+		}
+	}
+	for _, ifc := range s.order {
+		names := byPort[ifc]
+		for _, r := range ifc.table.Rules() {
+			owner, ok := names[r.Owner.Port]
+			if !ok {
+				owner = r.Owner.Kind.String() + " port " + strconv.Itoa(int(r.Owner.Port))
+			}
+			st.Rules = append(st.Rules, RuleStatus{Match: keyToMatch(r.Key), Owner: owner, Kind: r.Kind.String(), Sticky: r.Sticky})
+		}
+	}
+	return st
+}
+
+// statusBytes is the encoded answer to QueryStatus, cut to fit one
+// datagram: learned rules are left out first, then rules from the end.
+func (s *Server) statusBytes(log zerolog.Logger) []byte {
+	st := s.status()
+	b, err := EncodeStatus(st)
+	if err != nil {
+		log.Error().Err(err).Msg("QueryStatus: encoding")
+		return []byte(RawER)
+	}
+	if len(b) <= maxStatusAnswer {
+		return b
+	}
+	all := len(st.Rules)
+	st.Rules = slices.DeleteFunc(st.Rules, func(r RuleStatus) bool { return r.Kind == RuleLearned })
+	for {
+		if b, err = EncodeStatus(st); err != nil || len(b) <= maxStatusAnswer || len(st.Rules) == 0 {
+			break
+		}
+		st.Rules = st.Rules[:len(st.Rules)*3/4]
+	}
+	if err != nil || len(b) > maxStatusAnswer {
+		log.Error().Int("bytes", len(b)).Msg("QueryStatus: the answer does not fit a datagram")
+		return []byte(RawER)
+	}
+	log.Warn().Int("rules", all).Int("listed", len(st.Rules)).Msg("QueryStatus: too many rules for one datagram; listed a part")
+	return b
+}

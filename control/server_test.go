@@ -1,0 +1,434 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/firewall"
+	l4 "github.com/usnetd/usnetd/switch"
+)
+
+// TestWireOnSocket checks every message of the original on the socket,
+// byte for byte in both directions, with the independent raw client.
+func TestWireOnSocket(t *testing.T) {
+	e := newEnv(t)
+	c := newRawClient(t, e.path, e.dir)
+	pid := os.Getpid()
+
+	// Before a channel: AddMatch is refused (the original did not answer).
+	if got := c.ask(matchJSON("AddMatch", localIP, 8080, "", -1, 6)); got != "ER" {
+		t.Errorf("AddMatch without channel: %q, want ER", got)
+	}
+	ch := c.requestUDS("eth0", pid)
+	if got := c.ask(`{"RequestUDS":["eth1",` + fmt.Sprint(pid) + `]}`); got != "ER" {
+		t.Errorf("RequestUDS for an unknown interface: %q, want ER", got)
+	}
+	if got := c.ask(`{"RequestNetmapPipe":["eth0",` + fmt.Sprint(pid) + `]}`); got != "ER" {
+		t.Errorf("RequestNetmapPipe: %q, want ER", got)
+	}
+	// REFERENCE.md's AddMatch, exactly.
+	am := `{"AddMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":8080,"src_addr":null,"src_port":null,"protocol":6}}`
+	if got := c.ask(am); got != "OK" {
+		t.Fatalf("AddMatch: %q, want OK", got)
+	}
+	if got := c.ask(am); got != "ER" {
+		t.Errorf("AddMatch of a rule held already: %q, want ER", got)
+	}
+	// Field order is free, optional fields may be absent.
+	if got := c.ask(`{"AddMatch":{"protocol":6,"src_port":41234,"dst_port":41234,"dst_addr":{"Ipv4":"198.18.0.1"},"src_addr":{"Ipv4":"198.18.1.2"}}}`); got != "OK" {
+		t.Errorf("AddMatch, fields reordered: %q, want OK", got)
+	}
+	if got := c.ask(`{"AddMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"protocol":17,"dst_port":5353}}`); got != "OK" {
+		t.Errorf("AddMatch, optional fields absent: %q, want OK", got)
+	}
+	c.send(`{"RemoveMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"protocol":17,"dst_port":5353}}`)
+	c.send(`{"RemoveMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":8080,"src_addr":null,"src_port":null,"protocol":6}}`)
+	c.noAnswer(200*time.Millisecond, "RemoveMatch")
+	// The kernel's DEBUG_PORTS rule (22) and the endpoint's connected rule
+	// (41234): REFERENCE.md's answer, byte for byte.
+	want := `{"QueryUsedPortsAnswer":{"listening":[[6,{"Ipv4":"198.18.0.1"},22]],"connected":[[6,{"Ipv4":"198.18.0.1"},41234]]}}`
+	if got := c.ask(`"QueryUsedPorts"`); got != want {
+		t.Errorf("QueryUsedPorts:\n got %s\nwant %s", got, want)
+	}
+	if got := c.ask(`{"QueryUsedPorts":null}`); got != want {
+		t.Errorf("QueryUsedPorts as an object: %s", got)
+	}
+	// QueryStatus decodes and names the endpoint by its address.
+	st := c.ask(`"QueryStatus"`)
+	if !strings.HasPrefix(st, `{"QueryStatusAnswer":{"version":"test","interfaces":[{"name":"eth0","backend":"memory","queues":1,"xdp_mode":""}],"endpoints":[{"id":1,"pid":`+fmt.Sprint(pid)) {
+		t.Errorf("QueryStatus: %s", st)
+	}
+	a, err := DecodeAnswer([]byte(st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := a.(Status)
+	if len(s.Endpoints) != 1 || s.Endpoints[0].Address != c.addr() || s.Endpoints[0].Channels != 1 ||
+		len(s.Endpoints[0].Rules) != 1 || s.Endpoints[0].UID != uint32(os.Getuid()) {
+		t.Errorf("QueryStatus endpoints = %+v", s.Endpoints)
+	}
+	if len(s.Rules) != 2 || s.Rules[0].Owner != "kernel eth0-kernel" || !s.Rules[0].Sticky || s.Rules[1].Owner != "endpoint 1" {
+		t.Errorf("QueryStatus rules = %+v", s.Rules)
+	}
+	// DeleteClient: no answer, channel and rules gone.
+	c.send(`"DeleteClient"`)
+	c.noAnswer(200*time.Millisecond, "DeleteClient")
+	if got := c.ask(`"QueryUsedPorts"`); got != `{"QueryUsedPortsAnswer":{"listening":[[6,{"Ipv4":"198.18.0.1"},22]],"connected":[]}}` {
+		t.Errorf("QueryUsedPorts after DeleteClient: %s", got)
+	}
+	if _, err := ch.Write([]byte("x")); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("writing to the deleted channel: %v, want ECONNREFUSED", err)
+	}
+}
+
+// TestChannelCarriesFrames: the "$" descriptor is a working channel, both
+// ways, and the rules of an endpoint decide what reaches it.
+func TestChannelCarriesFrames(t *testing.T) {
+	e := newEnv(t)
+	c := newRawClient(t, e.path, e.dir)
+	ch := c.requestUDS("eth0", os.Getpid())
+	if got := c.ask(matchJSON("AddMatch", localIP, 8080, "", -1, 6)); got != "OK" {
+		t.Fatal(got)
+	}
+	in := tcpFrame(t, macRemote, macNIC, "198.18.1.2", localIP, 40000, 8080)
+	e.nic.Inject(0, in)
+	if got, ok := readFrame(t, ch, 2*time.Second); !ok || string(got) != string(in) {
+		t.Fatalf("the channel did not get the frame for its rule")
+	}
+	other := tcpFrame(t, macRemote, macNIC, "198.18.1.2", localIP, 40000, 8081)
+	e.nic.Inject(0, other)
+	if _, ok := readFrame(t, ch, 200*time.Millisecond); ok {
+		t.Error("the channel got a frame no rule of its sends it")
+	}
+	out := tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 8080, 40000)
+	if _, err := ch.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	if !e.nic.WaitSent(1, 2*time.Second) || string(e.nic.Sent()[0]) != string(out) {
+		t.Fatal("the endpoint's frame did not leave through the NIC")
+	}
+	st := e.srv.Status()
+	if st.Endpoints[0].RxPackets != 1 || st.Endpoints[0].TxPackets != 1 {
+		t.Errorf("counters rx %d tx %d, want 1 and 1", st.Endpoints[0].RxPackets, st.Endpoints[0].TxPackets)
+	}
+}
+
+// TestAbstractClient: a client bound to an abstract name, even one with a
+// NUL in it, is answered at exactly that name, never at a prefix of it.
+func TestAbstractClient(t *testing.T) {
+	e := newEnv(t)
+	prefix := fmt.Sprintf("usnet-abstract-%d", os.Getpid())
+	c := newRawClientNamed(t, e.path, "\x00"+prefix+"\x00tail")
+	decoy := newRawClientNamed(t, e.path, "\x00"+prefix)
+	c.requestUDS("eth0", os.Getpid())
+	if got := c.ask(matchJSON("AddMatch", localIP, 9000, "", -1, 17)); got != "OK" {
+		t.Fatal(got)
+	}
+	decoy.noAnswer(100*time.Millisecond, "a request of another client")
+	st := e.srv.Status()
+	if len(st.Endpoints) != 1 || st.Endpoints[0].Address != `@`+prefix+`\x00tail` {
+		t.Errorf("endpoint address %q", st.Endpoints[0].Address)
+	}
+}
+
+func newRawClientNamed(t testing.TB, server, name string) *rawClient {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &rawClient{t: t, fd: fd, name: name, server: server}
+	if err := c.bind(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+// TestMalformed: every bad message is logged at warn with the client's
+// address and answered "ER" where an answer is due; the server goes on.
+func TestMalformed(t *testing.T) {
+	e := newEnv(t)
+	c := newRawClient(t, e.path, e.dir)
+	ch := c.requestUDS("eth0", os.Getpid())
+	_ = ch
+	due := []string{
+		``,
+		`{`,
+		`"Hello"`,
+		`null`,
+		`{"RequestUDS":["eth0"]}`,
+		`{"RequestUDS":["eth0",-1]}`,
+		`{"RequestUDS":["eth/0",1]}`,
+		`{"AddMatch":{"dst_addr":{"Ipv4":"198.18.0.300"},"protocol":6}}`,
+		`{"AddMatch":{"dst_addr":{"Ipv6":"::ffff:198.18.0.1"},"dst_port":80,"protocol":6}}`, // mapped: the policy refuses it
+		`{"AddMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"protocol":6}}`,                      // TCP without a port
+		`{"AddMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":80,"src_port":1,"protocol":6}}`,
+		`{"AddMatch":{"dst_addr":{"Ipv4":"127.0.0.1"},"dst_port":8080,"protocol":6}}`,
+		`{"AddMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":8080,"src_addr":{"Ipv6":"2001:db8::1"},"protocol":6}}`,
+		`{"QueryUsedPortsAnswer":{"listening":[],"connected":[]}}`,
+		"\xff\xfe",
+		`"QueryStatus" trailing`,
+		strings.Repeat(" ", MaxMessageSize) + `"QueryStatus"`, // too long
+		`{"QueryStatus":` + strings.Repeat("[", 100000),       // too long as well
+	}
+	for _, m := range due {
+		if got := c.ask(m); got != "ER" {
+			t.Errorf("%.60q: answer %q, want ER", m, got)
+		}
+	}
+	// No answer is due for these; an "ER" would be read as the answer to
+	// the client's next request.
+	for _, m := range []string{
+		`{"RemoveMatch":{"dst_addr":{"Ipv4":"198.18.0.300"},"protocol":6}}`,
+		`{"RemoveMatch":null}`,
+		`{"DeleteClient":{}}`,
+	} {
+		c.send(m)
+		c.noAnswer(100*time.Millisecond, m)
+	}
+	logs := e.logs.String()
+	if n := strings.Count(logs, `"level":"warn"`); n < len(due)+3 {
+		t.Errorf("%d warnings logged, want at least %d", n, len(due)+3)
+	}
+	if !strings.Contains(logs, `"client":"`+c.addr()+`"`) {
+		t.Errorf("the warnings do not name the client %s", c.addr())
+	}
+	// Still serving, and the client still has its channel.
+	if st := e.srv.Status(); len(st.Endpoints) != 1 || st.Endpoints[0].Channels != 1 {
+		t.Errorf("status after the bad messages: %+v", st.Endpoints)
+	}
+}
+
+// TestDescriptorsSentToServerAreClosed: descriptors a client sends along
+// are closed, not kept.
+func TestDescriptorsSentToServerAreClosed(t *testing.T) {
+	e := newEnv(t)
+	c := newRawClient(t, e.path, e.dir)
+	c.ask(`"QueryStatus"`) // warm up
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	before := openFDs(t)
+	list := fdList()
+	defer func() {
+		if t.Failed() {
+			t.Logf("descriptors before: %v\nafter: %v", list, fdList())
+		}
+	}()
+	for range 20 {
+		if err := unix.Sendmsg(c.fd, []byte(`"QueryStatus"`), unix.UnixRights(int(r.Fd()), int(w.Fd())), serverSockaddr(c.server), 0); err != nil {
+			t.Fatal(err)
+		}
+		if data, fds, ok := c.recv(2 * time.Second); !ok || !strings.HasPrefix(string(data), `{"QueryStatusAnswer"`) || len(fds) != 0 {
+			t.Fatalf("answer %q, %d fds", data, len(fds))
+		}
+	}
+	// The server closes its pidfd of a message after answering it.
+	// ("before" may count the pidfd of the warm-up message still.)
+	eventually(t, time.Second, "the descriptors of the messages closed", func() bool { return openFDs(t) <= before })
+}
+
+// TestUnboundSender: a sender without an address cannot be answered; it
+// is logged, and the server goes on.
+func TestUnboundSender(t *testing.T) {
+	e := newEnv(t)
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Sendto(fd, []byte(`"QueryStatus"`), 0, serverSockaddr(e.path)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "a warning about the unbound sender", func() bool {
+		return strings.Contains(e.logs.String(), "unbound socket")
+	})
+	c := newRawClient(t, e.path, e.dir)
+	c.ask(`"QueryStatus"`)
+}
+
+// TestRequestPIDMustBeSender: the PID in RequestUDS must be the sender's
+// process or one of its threads.
+func TestRequestPIDMustBeSender(t *testing.T) {
+	e := newEnv(t)
+	c := newRawClient(t, e.path, e.dir)
+	for _, pid := range []int{1, 0, 2147483647} {
+		if got := c.ask(fmt.Sprintf(`{"RequestUDS":["eth0",%d]}`, pid)); got != "ER" {
+			t.Errorf("RequestUDS with PID %d: %q, want ER", pid, got)
+		}
+	}
+	// A thread id of this process will do (the Rust client sends one).
+	tid := make(chan int)
+	release := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid <- unix.Gettid()
+		<-release
+	}()
+	id := <-tid
+	defer close(release)
+	c.requestUDS("eth0", id)
+	if st := e.srv.Status(); len(st.Endpoints) != 1 || st.Endpoints[0].PID != int32(os.Getpid()) {
+		t.Errorf("endpoint %+v, want the process id %d", st.Endpoints, os.Getpid())
+	}
+}
+
+// TestLimits: MaxChannelsPerClient, MaxRulesPerClient and MaxClients.
+func TestLimits(t *testing.T) {
+	e := newEnv(t, func(c *ServerConfig) {
+		c.MaxChannelsPerClient = 2
+		c.MaxRulesPerClient = 3
+		c.MaxClients = 2
+	})
+	c := newRawClient(t, e.path, e.dir)
+	pid := os.Getpid()
+	c.requestUDS("eth0", pid)
+	c.requestUDS("eth0", pid)
+	if got := c.ask(fmt.Sprintf(`{"RequestUDS":["eth0",%d]}`, pid)); got != "ER" {
+		t.Errorf("third channel: %q, want ER", got)
+	}
+	for i := range 3 {
+		if got := c.ask(matchJSON("AddMatch", localIP, 9000+i, "", -1, 6)); got != "OK" {
+			t.Fatalf("rule %d: %q", i, got)
+		}
+	}
+	if got := c.ask(matchJSON("AddMatch", localIP, 9100, "", -1, 6)); got != "ER" {
+		t.Errorf("fourth rule: %q, want ER", got)
+	}
+	c2 := newRawClient(t, e.path, e.dir)
+	c2.requestUDS("eth0", pid)
+	c3 := newRawClient(t, e.path, e.dir)
+	if got := c3.ask(fmt.Sprintf(`{"RequestUDS":["eth0",%d]}`, pid)); got != "ER" {
+		t.Errorf("third client: %q, want ER", got)
+	}
+}
+
+// TestLearnedRulesLimited: learned rules count against MaxRulesPerClient;
+// above it, the server removes learned ones within a second.
+func TestLearnedRulesLimited(t *testing.T) {
+	e := newEnv(t, func(c *ServerConfig) { c.MaxRulesPerClient = 5 })
+	c := newRawClient(t, e.path, e.dir)
+	ch := c.requestUDS("eth0", os.Getpid())
+	for i := range 20 {
+		if _, err := ch.Write(tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", uint16(50000+i), 443)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !e.nic.WaitSent(20, 2*time.Second) {
+		t.Fatal("frames not sent")
+	}
+	learned := func() int {
+		n := 0
+		for _, r := range e.rules() {
+			if r.Kind == l4.Learned {
+				n++
+			}
+		}
+		return n
+	}
+	eventually(t, 2*time.Second, "learned rules cut to the limit", func() bool { return learned() <= 5 })
+	if got := c.ask(matchJSON("AddMatch", localIP, 9000, "", -1, 6)); got != "ER" {
+		t.Errorf("AddMatch at the limit: %q, want ER", got)
+	}
+}
+
+// TestSecondServerRefused: a second server on a live socket refuses to
+// start; a stale socket is replaced; anything else is left alone.
+func TestSecondServerRefused(t *testing.T) {
+	e := newEnv(t)
+	if _, err := NewServer(ServerConfig{SocketPath: e.path}); !errors.Is(err, ErrAlreadyRunning) {
+		t.Errorf("second server on %s: %v, want ErrAlreadyRunning", e.path, err)
+	}
+	// The same without the lock file, as against the original usnetd: the
+	// probe finds the live server.
+	if err := clearStale(clientAddr{name: e.path}); !errors.Is(err, ErrAlreadyRunning) {
+		t.Errorf("clearStale on a live socket: %v", err)
+	}
+	c := newRawClient(t, e.path, e.dir)
+	c.ask(`"QueryStatus"`) // the first one still serves
+
+	dir := t.TempDir()
+	// A stale socket: bound, then its process went away.
+	stale := filepath.Join(dir, "stale.socket")
+	fd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: stale}); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	srv, err := NewServer(ServerConfig{SocketPath: stale})
+	if err != nil {
+		t.Fatalf("over a stale socket: %v", err)
+	}
+	if fi, err := os.Stat(stale); err != nil || fi.Mode().Perm() != 0o770 {
+		t.Errorf("socket mode %v, %v; want 0770", fi.Mode(), err)
+	}
+	srv.Close()
+	if _, err := os.Lstat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Error("Close left the socket file")
+	}
+	// A regular file is never removed.
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewServer(ServerConfig{SocketPath: file}); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("over a regular file: %v", err)
+	}
+	if _, err := os.Stat(file); err != nil {
+		t.Error("the regular file was removed")
+	}
+	// A socket someone is bound to but that does not answer.
+	mute := filepath.Join(dir, "mute.socket")
+	mfd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	defer unix.Close(mfd)
+	if err := unix.Bind(mfd, &unix.SockaddrUnix{Name: mute}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewServer(ServerConfig{SocketPath: mute}); err == nil || !strings.Contains(err.Error(), "does not answer") {
+		t.Errorf("over a mute socket: %v", err)
+	}
+	// Abstract: the second is refused.
+	name := fmt.Sprintf("@usnetd-test-%d", os.Getpid())
+	a, err := NewServer(ServerConfig{SocketPath: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	go a.Serve(t.Context())
+	if _, err := NewServer(ServerConfig{SocketPath: name}); !errors.Is(err, ErrAlreadyRunning) {
+		t.Errorf("second abstract server: %v, want ErrAlreadyRunning", err)
+	}
+}
+
+// TestSocketGroup: with ALLOW_GID the socket file belongs to that group.
+func TestSocketGroup(t *testing.T) {
+	requirePrivileged(t)
+	path := filepath.Join(t.TempDir(), "g.socket")
+	srv, err := NewServer(ServerConfig{SocketPath: path, AllowGID: 4242, HasAllowGID: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Gid != 4242 || st.Mode&0o777 != 0o770 {
+		t.Errorf("socket gid %d mode %o, want 4242 and 0770", st.Gid, st.Mode&0o777)
+	}
+}
+
+var _ = firewall.Socket{}
