@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +23,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/internal/netlab"
 )
 
@@ -454,4 +458,147 @@ func (n *notifySocket) expect(state string) {
 			n.t.Fatalf("no %s on NOTIFY_SOCKET", state)
 		}
 	}
+}
+
+// udpResponder is a minimal userspace network stack on a usnetd channel:
+// it answers every IPv4 UDP datagram to port with the same payload, from
+// the host's IP and MAC (it shares them with the kernel), and counts.
+func udpResponder(t *testing.T, ch *os.File, mac net.HardwareAddr, port uint16) *atomic.Int64 {
+	var answered atomic.Int64
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, err := ch.Read(buf)
+			if err != nil {
+				return
+			}
+			f := buf[:n]
+			if n < 42 || f[12] != 0x08 || f[13] != 0x00 || f[23] != 17 {
+				continue // not IPv4 UDP (ARP copies, NDP, ...)
+			}
+			ihl := int(f[14]&0x0f) * 4
+			udp := f[14+ihl:]
+			if len(udp) < 8 || binary.BigEndian.Uint16(udp[2:]) != port {
+				continue
+			}
+			out := append([]byte(nil), f...)
+			copy(out[0:6], f[6:12]) // to the sender
+			copy(out[6:12], mac)    // from the NIC's MAC
+			ip := out[14:]
+			copy(ip[12:16], f[14+16:14+20])
+			copy(ip[16:20], f[14+12:14+16])
+			ip[8] = 64
+			ip[10], ip[11] = 0, 0
+			binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip[:ihl]))
+			u := out[14+ihl:]
+			copy(u[0:2], udp[2:4])
+			copy(u[2:4], udp[0:2])
+			u[6], u[7] = 0, 0 // no UDP checksum (allowed for IPv4)
+			if _, err := ch.Write(out); err == nil {
+				answered.Add(1)
+			}
+		}
+	}()
+	return &answered
+}
+
+func ipChecksum(h []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(h); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
+
+// TestE2EEndpoint: a userspace stack attached through control/client on
+// the host's IP answers UDP from the peer while the kernel keeps its own
+// port; flows spread over both RX queues; PCAP_LOG records the switched
+// frames and tcpdump reads them.
+func TestE2EEndpoint(t *testing.T) {
+	l := newE2ELab(t, 2)
+	h := l.hostIP.String()
+	serveTCP(t, l.host, h+":8022")
+	serveUDP(t, l.host, h+":7001") // a kernel UDP port that is NOT opened
+	pcapFile := filepath.Join(t.TempDir(), "usnetd.pcap")
+	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "PCAP_LOG="+pcapFile)
+
+	c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := c.RequestUDS(l.ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(7000)
+	if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel's DEBUG_PORTS port cannot be taken.
+	kport := uint16(8022)
+	if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &kport, Protocol: 6}); err == nil {
+		t.Fatal("AddMatch of the kernel's DEBUG_PORTS port succeeded")
+	}
+	lk, err := l.host.Link(l.ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answered := udpResponder(t, ch, lk.Attrs().HardwareAddr, port)
+
+	// 32 flows (source ports) from the peer, a few datagrams each.
+	const flows = 32
+	for i := range flows {
+		if err := udpEcho(l.peer, h+":7000", 5*time.Second); err != nil {
+			t.Fatalf("flow %d: %v (answered %d)\n%s", i, err, answered.Load(), u.logText())
+		}
+	}
+	if err := tcpEcho(l.peer, l.peerIP, h+":8022", 5*time.Second); err != nil {
+		t.Fatalf("the kernel lost its DEBUG_PORTS port: %v", err)
+	}
+	if err := udpEcho(l.peer, h+":7001", 700*time.Millisecond); !isTimeout(err) {
+		t.Fatalf("a kernel UDP port that was not opened answered: %v", err)
+	}
+	m := l.scrape()
+	for q := range 2 {
+		want := fmt.Sprintf(`usnetd_port_rx_queue_packets_total{interface="%s",kind="nic",port="%s",port_id="1",queue="%d"} `, l.ifname, l.ifname, q)
+		i := strings.Index(m, want)
+		if i < 0 {
+			t.Fatalf("no counter for queue %d:\n%s", q, grepLines(m, "rx_queue"))
+		}
+		if v := strings.Fields(m[i+len(want):])[0]; v == "0" {
+			t.Errorf("queue %d received nothing: flows do not spread over the workers\n%s", q, grepLines(m, "rx_queue"))
+		}
+	}
+	st, err := c.QueryStatus()
+	if err != nil || len(st.Endpoints) != 1 || st.Endpoints[0].RxPackets == 0 {
+		t.Errorf("QueryStatus = %+v, %v", st, err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ch.Close()
+	u.stop(t)
+	l.checkNothingLeft()
+
+	out, err := exec.Command("tcpdump", "-n", "-r", pcapFile, "udp port 7000").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tcpdump -r: %v\n%s", err, out)
+	}
+	// (tcpdump decodes port 7000 as AFS Rx: count the lines, not "UDP".)
+	if n := strings.Count(string(out), ".7000"); n < 2*flows {
+		t.Fatalf("PCAP_LOG has %d UDP frames for port 7000, want %d (requests and answers):\n%s", n, 2*flows, out)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, sub) {
+			b.WriteString(line + "\n")
+		}
+	}
+	return b.String()
 }

@@ -69,6 +69,9 @@ func (b *afxdpBackend) Describe() string {
 
 func (b *afxdpBackend) Port() l4.Port { return b.port }
 
+// XDPMode is the XDP attach mode in use ("native" or "generic").
+func (b *afxdpBackend) XDPMode() string { return b.fw.Mode() }
+
 func (b *afxdpBackend) LearnedKernel() ([]l4.Key, error) {
 	es, err := b.fw.KernelEntries()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/internal/config"
 	"github.com/usnetd/usnetd/internal/pcap"
 	"github.com/usnetd/usnetd/metrics"
@@ -98,6 +99,9 @@ func Run(ctx context.Context, opt Options) (err error) {
 		d.runPcap()
 		d.pcapRunning = true
 	}
+	if err := d.startControl(); err != nil {
+		return err
+	}
 	if cfg.MetricsAddr != "" {
 		c := metrics.NewCollector(d.metricDomains)
 		if d.tap != nil {
@@ -142,6 +146,7 @@ type daemon struct {
 	pin     *pinner
 	domains []*domain
 	metrics *metrics.Server
+	ctl     *control.Server
 	stopHK  context.CancelFunc
 	wg      sync.WaitGroup
 	closed  bool
@@ -328,6 +333,12 @@ func (d *daemon) close() error {
 	if d.stopHK != nil {
 		d.stopHK()
 	}
+	if d.ctl != nil {
+		// First: endpoints leave the pipelines, the socket file goes.
+		if err := d.ctl.Close(); err != nil {
+			d.log.Warn().Err(err).Msg("closing the control socket")
+		}
+	}
 	if d.metrics != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = d.metrics.Shutdown(ctx)
@@ -411,5 +422,45 @@ func (d *daemon) closePcap() error {
 	if err != nil {
 		return fmt.Errorf("PCAP_LOG %s: %w", d.cfg.PCAPLog, err)
 	}
+	return nil
+}
+
+// Version is what QueryStatus and the log report.
+var Version = "dev"
+
+// startControl binds the control socket (refusing to displace a live
+// usnetd) and serves it until the daemon closes.
+func (d *daemon) startControl() error {
+	ifaces := make([]control.Interface, 0, len(d.domains))
+	for _, dom := range d.domains {
+		in := control.Interface{Name: dom.ifname, Pipeline: dom.p, Backend: dom.nic.Describe()}
+		if m, ok := dom.nic.(interface{ XDPMode() string }); ok {
+			in.XDPMode = m.XDPMode()
+		}
+		if dom.addrs.v4.IsValid() {
+			in.Addrs = append(in.Addrs, dom.addrs.v4)
+		}
+		in.Addrs = append(in.Addrs, dom.addrs.v6...)
+		ifaces = append(ifaces, in)
+	}
+	srv, err := control.NewServer(control.ServerConfig{
+		SocketPath:           d.cfg.SocketPath,
+		AllowGID:             d.cfg.AllowGID,
+		HasAllowGID:          d.cfg.HasAllowGID,
+		MaxRulesPerClient:    d.cfg.MaxRulesPerClient,
+		MaxChannelsPerClient: d.cfg.MaxChannelsPerClient,
+		Interfaces:           ifaces,
+		Log:                  d.log,
+		Version:              Version,
+	})
+	if err != nil {
+		return fmt.Errorf("SOCKET_PATH=%q: %w", d.cfg.SocketPath, err)
+	}
+	d.ctl = srv
+	d.wg.Go(func() {
+		if err := srv.Serve(context.Background()); err != nil {
+			d.log.Error().Err(err).Msg("control socket stopped")
+		}
+	})
 	return nil
 }
