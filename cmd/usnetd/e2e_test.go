@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 }
 
 type e2eLab struct {
-	t          *testing.T
+	t          testing.TB
 	lab        *netlab.Lab
 	host, peer *netlab.NS
 	ifname     string
@@ -54,7 +54,7 @@ type e2eLab struct {
 	sock       string
 }
 
-func newE2ELab(t *testing.T, queues int) *e2eLab {
+func newE2ELab(t testing.TB, queues int) *e2eLab {
 	t.Helper()
 	lab, err := netlab.New(t, "")
 	if err != nil {

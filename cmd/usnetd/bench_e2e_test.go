@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/usnetd/usnetd/backends/afxdp"
+	"github.com/usnetd/usnetd/backends/uds"
+	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/firewall"
+	l4 "github.com/usnetd/usnetd/switch"
+	"golang.org/x/sys/unix"
+)
+
+// End-to-end benchmarks in the netns lab. Each runs its variants in one
+// benchmark run, so their ratio means something on this shared 2-core VM;
+// the absolute numbers do not.
+
+// BenchmarkE2EKernelTCP: TCP goodput of a kernel-to-kernel transfer
+// (iperf3, peer → host, 2 s per iteration) without usnetd and through
+// usnetd (the XDP classifier passes the DEBUG_PORTS flow to the kernel; the
+// TCX learner sees the host's ACKs).
+//
+//	go test -run '^$' -bench BenchmarkE2EKernelTCP -benchtime 3x ./cmd/usnetd
+func BenchmarkE2EKernelTCP(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Fatal("iperf3 is not installed (apt-get install iperf3)")
+	}
+	for _, mode := range []string{"direct", "usnetd"} {
+		b.Run(mode, func(b *testing.B) {
+			l := newE2ELab(b, 1)
+			h := l.hostIP.String()
+			if mode == "usnetd" {
+				l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname))
+			}
+			srv := l.host.Command(context.Background(), "iperf3", "-s", "-B", h, "-p", "5201")
+			if err := srv.Start(); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+			time.Sleep(300 * time.Millisecond) // iperf3 -s has no readiness signal
+			var bits float64
+			b.ResetTimer()
+			for range b.N {
+				out, err := l.peer.Command(context.Background(), "iperf3", "-c", h, "-p", "5201", "-t", "2", "-J").Output()
+				if err != nil {
+					b.Fatalf("iperf3 -c: %v\n%s", err, out)
+				}
+				var res struct {
+					End struct {
+						SumReceived struct {
+							BitsPerSecond float64 `json:"bits_per_second"`
+						} `json:"sum_received"`
+					} `json:"end"`
+				}
+				if err := json.Unmarshal(out, &res); err != nil {
+					b.Fatal(err)
+				}
+				bits += res.End.SumReceived.BitsPerSecond
+			}
+			b.ReportMetric(bits/float64(b.N)/1e9, "Gbit/s")
+		})
+	}
+}
+
+// BenchmarkE2EEndpointReceive: 64-byte frames from the peer (an AF_XDP
+// sender in copy mode, pinned to CPU 0) reaching, on the host:
+//
+//   - bare: an AF_XDP receive loop on the host's veth behind usnetd's own
+//     XDP program (afxdp.Port.Recv, no switching): the baseline;
+//   - usnetd: an endpoint attached to the real usnetd through the control
+//     socket, reading its channel in batches (backends/uds).
+//
+// Mpps counts frames that arrived where they should; loss-% the rest.
+//
+//	go test -run '^$' -bench BenchmarkE2EEndpointReceive -benchtime 500000x ./cmd/usnetd
+func BenchmarkE2EEndpointReceive(b *testing.B) {
+	for _, mode := range []string{"bare", "usnetd"} {
+		b.Run(mode, func(b *testing.B) { benchEndpointReceive(b, mode) })
+	}
+}
+
+func benchEndpointReceive(b *testing.B, mode string) {
+	l := newE2ELab(b, 1)
+	pool, err := l4.NewBufPool(4096, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cache := pool.NewCache()
+	lk, err := l.host.Link(l.ifname)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pk, err := l.peer.Link("eth0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame := frame4UDP(pk.Attrs().HardwareAddr, lk.Attrs().HardwareAddr, l.peerIP.As4(), 9000, l.hostIP.As4(), 7000)
+
+	// The receiver: count frames in batches until want arrived or the
+	// sender is done and nothing more comes.
+	var recv func(bufs []*l4.Buf) (int, error)
+	switch mode {
+	case "bare":
+		var fw *firewall.Firewall
+		var port *afxdp.Port
+		err := l.host.Do(func() (err error) {
+			if fw, err = firewall.Attach(firewall.Options{Interface: l.ifname}); err != nil {
+				return err
+			}
+			port, err = afxdp.Open(afxdp.Options{Interface: l.ifname, XSKMap: fw.XSKMap()})
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { port.Close(); fw.Close() })
+		recv = func(bufs []*l4.Buf) (int, error) { return port.Recv(0, bufs) }
+	case "usnetd":
+		l.start()
+		c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: b.TempDir()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		ch, err := c.RequestUDS(l.ifname)
+		if err != nil {
+			b.Fatal(err)
+		}
+		port := uint16(7000)
+		if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+			b.Fatal(err)
+		}
+		fd, err := unix.Dup(int(ch.Fd()))
+		ch.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		up, err := uds.New(fd, uds.Options{Name: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { up.Close() })
+		recv = func(bufs []*l4.Buf) (int, error) { return up.Recv(0, bufs) }
+	}
+
+	var tx *afxdp.Port
+	if err := l.peer.Do(func() (err error) {
+		tx, err = afxdp.Open(afxdp.Options{Interface: "eth0", ForceCopy: true})
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { tx.Close() })
+	txBufs := make([]*l4.Buf, 64)
+	if cache.GetBatch(txBufs) != len(txBufs) {
+		b.Fatal("no buffers")
+	}
+	for _, buf := range txBufs {
+		buf.SetLen(copy(buf.Data(), frame))
+	}
+	rxBufs := make([]*l4.Buf, 64)
+	if cache.GetBatch(rxBufs) != len(rxBufs) {
+		b.Fatal("no buffers")
+	}
+
+	want := b.N
+	sent := make(chan int, 1)
+	b.ResetTimer()
+	start := time.Now()
+	go func() {
+		runtime.LockOSThread() // the pinned thread dies with the goroutine
+		var set unix.CPUSet
+		set.Set(0)
+		_ = unix.SchedSetaffinity(0, &set)
+		n := 0
+		for n < want {
+			k, _ := tx.Send(txBufs[:min(len(txBufs), want-n)])
+			n += k
+		}
+		sent <- n
+	}()
+	got, quiet := 0, 0
+	last := start
+	var senderDone bool
+	for got < want && quiet < 20 {
+		k, err := recv(rxBufs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got += k
+		if k > 0 {
+			last = time.Now()
+		}
+		if !senderDone {
+			select {
+			case <-sent:
+				senderDone = true
+			default:
+			}
+		}
+		if k == 0 && senderDone {
+			quiet++ // each empty Recv waited up to its poll interval
+		}
+	}
+	el := last.Sub(start) // up to the last frame: the quiet polls at the end do not count
+	b.StopTimer()
+	b.ReportMetric(float64(got)/el.Seconds()/1e6, "Mpps")
+	b.ReportMetric(100*float64(want-got)/float64(want), "loss-%")
+}
+
+// frame4UDP is a 60-byte Ethernet/IPv4/UDP frame.
+func frame4UDP(src, dst []byte, sip [4]byte, sport uint16, dip [4]byte, dport uint16) []byte {
+	f := make([]byte, 60)
+	copy(f[0:6], dst)
+	copy(f[6:12], src)
+	f[12], f[13] = 0x08, 0x00
+	ip := f[14:34]
+	ip[0], ip[8], ip[9] = 0x45, 64, 17
+	ip[2], ip[3] = 0, 46
+	copy(ip[12:16], sip[:])
+	copy(ip[16:20], dip[:])
+	c := ipChecksum(ip)
+	ip[10], ip[11] = byte(c>>8), byte(c)
+	u := f[34:42]
+	u[0], u[1], u[2], u[3] = byte(sport>>8), byte(sport), byte(dport>>8), byte(dport)
+	u[4], u[5] = 0, 26
+	return f
+}
