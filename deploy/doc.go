@@ -7,7 +7,7 @@
 //	prometheus.yml, usnetd-rules.yml  scrape configuration and alerts (usnetd-rules.test.yml: their unit tests)
 //	grafana-dashboard.json            Grafana dashboard of the metrics in package metrics
 //	capabilities.md                   why the unit grants each capability
-//	OPERATING.md                      install, configure, run, observe and tune usnetd
+//	(README.md, "Operating usnetd": install, configure, run, observe and tune usnetd)
 //
 // The tests run the real checkers where they exist (systemd-analyze
 // verify, promtool check and test), load the example configuration with

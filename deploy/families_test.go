@@ -40,7 +40,11 @@ func exportedFamilies(t *testing.T) map[string]family {
 
 func scrapeFamilies() (map[string]family, string) {
 	sw := l4.NewSwitch(l4.NewTable())
-	p, err := l4.NewPipeline(sw, l4.PipelineConfig{})
+	tap, err := l4.NewTap(64) // PCAP_LOG's counters are exported when there is a tap
+	if err != nil {
+		return nil, err.Error()
+	}
+	p, err := l4.NewPipeline(sw, l4.PipelineConfig{Tap: tap})
 	if err != nil {
 		return nil, err.Error()
 	}
@@ -63,6 +67,7 @@ func scrapeFamilies() (map[string]family, string) {
 	}
 
 	c := metrics.NewCollector(func() []metrics.Domain { return []metrics.Domain{{Interface: "eth0", Pipeline: p}} })
+	c.SetTap(tap)
 	reg := metrics.NewRegistry(c)
 	mfs, err := reg.Gather()
 	if err != nil {

@@ -60,17 +60,17 @@ func TestRulesUseExportedMetrics(t *testing.T) {
 	}
 }
 
-// TestOperatingNamesEveryAlert keeps the alert table of OPERATING.md in
+// TestOperatingNamesEveryAlert keeps the alert table of README.md ("Operating usnetd") in
 // step with the rule file.
 func TestOperatingNamesEveryAlert(t *testing.T) {
-	doc := readFile(t, "OPERATING.md")
+	doc := readFile(t, "../README.md")
 	alerts := regexp.MustCompile(`(?m)^\s+- alert:\s*(\w+)$`).FindAllStringSubmatch(readFile(t, "usnetd-rules.yml"), -1)
 	if len(alerts) == 0 {
 		t.Fatal("no alerts found")
 	}
 	for _, a := range alerts {
 		if !strings.Contains(doc, "`"+a[1]+"`") {
-			t.Errorf("OPERATING.md does not explain alert %s", a[1])
+			t.Errorf("README.md (Operating usnetd) does not explain alert %s", a[1])
 		}
 	}
 }

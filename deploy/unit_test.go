@@ -87,7 +87,7 @@ func TestUnitVerifies(t *testing.T) {
 	}
 }
 
-// TestUnitSettings pins down what the unit promises in OPERATING.md and
+// TestUnitSettings pins down what the unit promises in README.md ("Operating usnetd") and
 // capabilities.md.
 func TestUnitSettings(t *testing.T) {
 	s := unitSettings(t, readFile(t, "usnetd.service"))
