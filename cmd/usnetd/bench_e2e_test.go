@@ -25,19 +25,23 @@ import (
 // BenchmarkE2EKernelTCP: TCP goodput of a kernel-to-kernel transfer
 // (iperf3, peer → host, 2 s per iteration) without usnetd and through
 // usnetd (the XDP classifier passes the DEBUG_PORTS flow to the kernel; the
-// TCX learner sees the host's ACKs).
+// TCX learner sees the host's ACKs), with the XDP program in native and in
+// generic mode.
 //
 //	go test -run '^$' -bench BenchmarkE2EKernelTCP -benchtime 3x ./cmd/usnetd
 func BenchmarkE2EKernelTCP(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Fatal("iperf3 is not installed (apt-get install iperf3)")
 	}
-	for _, mode := range []string{"direct", "usnetd"} {
+	for _, mode := range []string{"direct", "usnetd-native", "usnetd-generic"} {
 		b.Run(mode, func(b *testing.B) {
 			l := newE2ELab(b, 1)
 			h := l.hostIP.String()
-			if mode == "usnetd" {
-				l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname))
+			switch mode {
+			case "usnetd-native":
+				l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname), "XDP_MODE=native")
+			case "usnetd-generic":
+				l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname), "XDP_MODE=generic")
 			}
 			srv := l.host.Command(context.Background(), "iperf3", "-s", "-B", h, "-p", "5201")
 			if err := srv.Start(); err != nil {
@@ -75,18 +79,22 @@ func BenchmarkE2EKernelTCP(b *testing.B) {
 //   - bare: an AF_XDP receive loop on the host's veth behind usnetd's own
 //     XDP program (afxdp.Port.Recv, no switching): the baseline;
 //   - usnetd: an endpoint attached to the real usnetd through the control
-//     socket, reading its channel in batches (backends/uds).
+//     socket, reading its channel in batches (backends/uds);
+//
+// each with the XDP program in native and in generic mode.
 //
 // Mpps counts frames that arrived where they should; loss-% the rest.
 //
 //	go test -run '^$' -bench BenchmarkE2EEndpointReceive -benchtime 500000x ./cmd/usnetd
 func BenchmarkE2EEndpointReceive(b *testing.B) {
-	for _, mode := range []string{"bare", "usnetd"} {
-		b.Run(mode, func(b *testing.B) { benchEndpointReceive(b, mode) })
+	for _, xdp := range []string{"native", "generic"} {
+		for _, mode := range []string{"bare", "usnetd"} {
+			b.Run(mode+"-"+xdp, func(b *testing.B) { benchEndpointReceive(b, mode, xdp) })
+		}
 	}
 }
 
-func benchEndpointReceive(b *testing.B, mode string) {
+func benchEndpointReceive(b *testing.B, mode, xdp string) {
 	l := newE2ELab(b, 1)
 	pool, err := l4.NewBufPool(4096, 0)
 	if err != nil {
@@ -111,7 +119,7 @@ func benchEndpointReceive(b *testing.B, mode string) {
 		var fw *firewall.Firewall
 		var port *afxdp.Port
 		err := l.host.Do(func() (err error) {
-			if fw, err = firewall.Attach(firewall.Options{Interface: l.ifname}); err != nil {
+			if fw, err = firewall.Attach(firewall.Options{Interface: l.ifname, XDPMode: xdp}); err != nil {
 				return err
 			}
 			port, err = afxdp.Open(afxdp.Options{Interface: l.ifname, XSKMap: fw.XSKMap()})
@@ -123,7 +131,7 @@ func benchEndpointReceive(b *testing.B, mode string) {
 		b.Cleanup(func() { port.Close(); fw.Close() })
 		recv = func(bufs []*l4.Buf) (int, error) { return port.Recv(0, bufs) }
 	case "usnetd":
-		l.start()
+		l.start("XDP_MODE=" + xdp)
 		c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: b.TempDir()})
 		if err != nil {
 			b.Fatal(err)

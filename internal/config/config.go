@@ -29,6 +29,7 @@ type Config struct {
 	LogFormat LogFormat     // LOG_FORMAT, resolved: never empty
 
 	Backend   Backend // BACKEND
+	XDPMode   string  // XDP_MODE: "auto", "native" or "generic"
 	Workers   int     // WORKERS: 0 = one per NIC queue, else 1..256
 	CPUs      []int   // CPUS: CPUs to pin workers to, in the order given; nil = no pinning
 	RingSize  int     // RING_SIZE: power of two 64..65536

@@ -37,6 +37,7 @@ func TestDefaults(t *testing.T) {
 		LogLevel:             zerolog.InfoLevel,
 		LogFormat:            LogJSON,
 		Backend:              BackendAuto,
+		XDPMode:              "auto",
 		RingSize:             1024,
 		BatchSize:            64,
 		SocketPath:           "/run/usnetd.socket",

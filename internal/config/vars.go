@@ -180,6 +180,20 @@ var variables = []variable{
 		},
 	},
 	{
+		Name:    "XDP_MODE",
+		Default: "auto",
+		Allowed: "auto, native, generic",
+		Meaning: "how the XDP program attaches with BACKEND=afxdp; auto: native (in the driver), generic where the driver refuses",
+		parse: func(st *state, v string) *Error {
+			switch m := lowerASCII(v); m {
+			case "auto", "native", "generic":
+				st.cfg.XDPMode = m
+				return nil
+			}
+			return &Error{Value: v, Reason: "unknown XDP mode"}
+		},
+	},
+	{
 		Name:    "WORKERS",
 		Default: "0",
 		Allowed: "0..256",

@@ -32,8 +32,16 @@ func (d *daemon) openAFXDP(ifname string, rules []l4.Rule) (_ nicBackend, err er
 	for _, r := range rules {
 		allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
 	}
+	mode := ""
+	switch d.cfg.XDPMode {
+	case "native":
+		mode = firewall.ModeNative
+	case "generic":
+		mode = firewall.ModeGeneric
+	}
 	fw, err := firewall.Attach(firewall.Options{
 		Interface:   ifname,
+		XDPMode:     mode,
 		NoHostRings: d.cfg.NoHostRings,
 		Allow:       allow,
 		Log:         d.log,
