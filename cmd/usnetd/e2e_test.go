@@ -52,6 +52,7 @@ type e2eLab struct {
 	peerIP     netip.Addr
 	peerIP2    netip.Addr // a second peer address, for REMOTEIP rules
 	sock       string
+	wrap       []string // a command that runs usnetd (setpriv ...), if any
 }
 
 func newE2ELab(t testing.TB, queues int) *e2eLab {
@@ -109,7 +110,8 @@ func (u *usnetd) logText() string {
 func (l *e2eLab) start(env ...string) *usnetd {
 	t := l.t
 	t.Helper()
-	cmd := exec.Command(os.Args[0])
+	argv := append(append([]string(nil), l.wrap...), os.Args[0])
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append([]string{mainEnv + "=1", "PATH=" + os.Getenv("PATH"), "LOG_FORMAT=json", "LOG_LEVEL=debug",
 		"INTERFACES=" + l.ifname, "SOCKET_PATH=" + l.sock, "METRICS_ADDR=127.0.0.1:9464", "GORACE=atexit_sleep_ms=0"}, env...)
 	stderr, err := cmd.StderrPipe()
@@ -380,6 +382,19 @@ func TestE2EKernelFirewall(t *testing.T) {
 				t.Errorf("metrics lack %q", want)
 			}
 		}
+		// The live scrape passes promtool's checks (names, HELP, units).
+		promtool, err := exec.LookPath("promtool")
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatal("promtool is not installed (Debian's prometheus package; .ci/run installs it)")
+			}
+			t.Skip("promtool not installed")
+		}
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(m)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("promtool check metrics: %v\n%s", err, out)
+		}
 	})
 	u.stop(t)
 	notify.expect("STOPPING=1")
@@ -601,4 +616,133 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return b.String()
+}
+
+// unitCapabilities reads the capability set that deploy/usnetd.service
+// grants, as setpriv's --bounding-set list ("+net_admin,+net_raw,...").
+func unitCapabilities(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("../../deploy/usnetd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapabilityBoundingSet="); ok {
+			var caps []string
+			for _, c := range strings.Fields(v) {
+				caps = append(caps, strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+			}
+			return caps
+		}
+	}
+	t.Fatal("no CapabilityBoundingSet= in deploy/usnetd.service")
+	return nil
+}
+
+// boundingSet is setpriv's --bounding-set for caps. It adds ipc_lock:
+// the unit raises RLIMIT_MEMLOCK to infinity for the AF_XDP UMEM instead
+// (LimitMEMLOCK=infinity), which this test cannot do (raising a hard limit
+// needs CAP_SYS_RESOURCE, which this machine does not give even to root);
+// CAP_IPC_LOCK lifts the same limit and nothing else that matters here.
+func boundingSet(caps []string) string {
+	s := "-all,+ipc_lock"
+	for _, c := range caps {
+		s += ",+" + c
+	}
+	return s
+}
+
+// TestE2EMinimalCapabilities: usnetd works with exactly the capabilities
+// that its systemd unit grants (root, but no other capability), and with
+// any one of them taken away it fails at start with an error, so none of
+// them is superfluous. bpffs is already mounted here, as on systemd hosts.
+func TestE2EMinimalCapabilities(t *testing.T) {
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Fatal("setpriv (util-linux) is not installed")
+	}
+	caps := unitCapabilities(t)
+	t.Run("the unit's set", func(t *testing.T) {
+		l := newE2ELab(t, 1)
+		h := l.hostIP.String()
+		serveTCP(t, l.host, h+":8022")
+		l.wrap = []string{"setpriv", "--bounding-set", boundingSet(caps), "--inh-caps", "-all", "--"}
+		u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "ALLOW_GID=0")
+		if err := tcpEcho(l.peer, l.peerIP, h+":8022", 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, err := c.RequestUDS(l.ifname)
+		if err != nil {
+			t.Fatalf("RequestUDS under the unit's capabilities: %v", err)
+		}
+		ch.Close()
+		c.Close()
+		u.stop(t)
+		l.checkNothingLeft()
+	})
+	for i, drop := range caps {
+		if drop == "chown" {
+			continue // only needed with ALLOW_GID other than usnetd's own group; checked below
+		}
+		t.Run("without "+drop, func(t *testing.T) {
+			l := newE2ELab(t, 1)
+			rest := append(append([]string(nil), caps[:i]...), caps[i+1:]...)
+			l.wrap = []string{"setpriv", "--bounding-set", boundingSet(rest), "--inh-caps", "-all", "--"}
+			if err := l.startFails(); err == "" {
+				t.Fatalf("usnetd started without %s", drop)
+			} else {
+				t.Logf("without %s: %s", drop, err)
+			}
+		})
+	}
+	t.Run("without chown, ALLOW_GID fails", func(t *testing.T) {
+		l := newE2ELab(t, 1)
+		var rest []string
+		for _, c := range caps {
+			if c != "chown" {
+				rest = append(rest, c)
+			}
+		}
+		l.wrap = []string{"setpriv", "--bounding-set", boundingSet(rest), "--inh-caps", "-all", "--"}
+		if err := l.startFails("ALLOW_GID=65534"); err == "" {
+			t.Fatal("usnetd gave the control socket to ALLOW_GID without CAP_CHOWN")
+		}
+	})
+}
+
+// startFails runs usnetd expecting it to fail at start; it returns the
+// error line, or "" if usnetd came up (and then stops it).
+func (l *e2eLab) startFails(env ...string) string {
+	t := l.t
+	t.Helper()
+	argv := append(append([]string(nil), l.wrap...), os.Args[0])
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append([]string{mainEnv + "=1", "PATH=" + os.Getenv("PATH"), "LOG_FORMAT=json",
+		"INTERFACES=" + l.ifname, "SOCKET_PATH=" + l.sock, "METRICS_ADDR=", "GORACE=atexit_sleep_ms=0"}, env...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := l.host.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			return ""
+		}
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		return lines[len(lines)-1]
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-done
+		if strings.Contains(out.String(), "usnetd is up") {
+			return ""
+		}
+		t.Fatalf("usnetd neither failed nor came up:\n%s", out.String())
+		return ""
+	}
 }
