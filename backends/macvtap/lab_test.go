@@ -1,0 +1,514 @@
+package macvtap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/internal/netlab"
+	l4 "github.com/usnetd/usnetd/switch"
+)
+
+// The lab of these tests: namespace "host" holds the NIC (veth end eth0)
+// with IPv4 and IPv6 addresses, default routes through the peer and a few
+// more routes of the kinds a real host has; namespace "peer" holds the
+// other end with ordinary sockets. Everything the claims change happens
+// inside "host" and is undone by Close, which the tests register with
+// t.Cleanup (and the lab's namespaces go with the lab in any case).
+
+// hang bounds waits that only detect a hang; nothing asserts a speed.
+const hang = 10 * time.Second
+
+type testLab struct {
+	t          testing.TB
+	lab        *netlab.Lab
+	host, peer *netlab.NS
+	veth       *netlab.Veth
+	hostIP     netip.Addr // on the NIC
+	peerIP     netip.Addr // the peer, also the IPv4 gateway
+	hostIP6    netip.Addr
+	peerIP6    netip.Addr
+	far        netip.Prefix // a subnet behind the gateway, routed by the host
+}
+
+func newTestLab(t testing.TB, queues int) *testLab {
+	t.Helper()
+	lab, err := netlab.New(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := lab.AddNS("host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := lab.AddNS("peer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := lab.Veth(host, "eth0", peer, "eth0", netlab.VethOpts{Queues: queues, Up: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, sn6 := lab.Subnet(), lab.Subnet6()
+	tl := &testLab{t: t, lab: lab, host: host, peer: peer, veth: v,
+		hostIP: netlab.Host(sn, 1).Addr(), peerIP: netlab.Host(sn, 2).Addr(),
+		hostIP6: netlab.Host(sn6, 1).Addr(), peerIP6: netlab.Host(sn6, 2).Addr(),
+		far: lab.Subnet()}
+	for _, a := range []struct {
+		ns *netlab.NS
+		p  netip.Prefix
+	}{{host, netlab.Host(sn, 1)}, {host, netlab.Host(sn6, 1)}, {peer, netlab.Host(sn, 2)}, {peer, netlab.Host(sn6, 2)}} {
+		if err := a.ns.AddAddr("eth0", a.p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range []struct {
+		dst netip.Prefix
+		via netip.Addr
+	}{
+		{netip.MustParsePrefix("0.0.0.0/0"), tl.peerIP},
+		{netip.MustParsePrefix("::/0"), tl.peerIP6},
+		{tl.far, tl.peerIP},
+	} {
+		if err := host.AddRoute(r.dst, r.via, "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A route with a metric, one with a source address and one with
+	// two nexthops: the kinds of routes that must come back exactly.
+	far2, far3 := lab.Subnet(), lab.Subnet()
+	err = host.Do(func() error {
+		ip := func(a netip.Addr) net.IP { return a.AsSlice() }
+		ipnet := func(p netip.Prefix) *net.IPNet {
+			return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+		}
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: v.A.Index, Dst: ipnet(far2), Gw: ip(tl.peerIP), Priority: 50, Src: ip(tl.hostIP)}); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{Dst: ipnet(far3), MultiPath: []*netlink.NexthopInfo{
+			{LinkIndex: v.A.Index, Gw: ip(tl.peerIP)},
+			{LinkIndex: v.A.Index, Gw: ip(netlab.Host(sn, 3).Addr())},
+		}})
+	})
+	if err != nil {
+		t.Fatalf("routes: %v", err)
+	}
+	return tl
+}
+
+// open claims the host's eth0 inside the host namespace; t.Cleanup gives
+// it back.
+func (tl *testLab) open(opt Options) *Claim {
+	tl.t.Helper()
+	c, err := tl.tryOpen(opt)
+	if err != nil {
+		tl.t.Fatal(err)
+	}
+	tl.t.Cleanup(func() {
+		if err := c.Close(); err != nil && !strings.Contains(err.Error(), "abandoned") {
+			tl.t.Errorf("Close: %v", err)
+		}
+	})
+	return c
+}
+
+func (tl *testLab) tryOpen(opt Options) (*Claim, error) {
+	if opt.Interface == "" {
+		opt.Interface = tl.veth.A.Name
+	}
+	var c *Claim
+	err := tl.host.Do(func() (err error) {
+		c, err = Open(opt)
+		return err
+	})
+	return c, err
+}
+
+// netState is what a claim must give back: every route of the main table
+// and every link's addresses, flags and MAC, as text.
+type netState struct {
+	routes []string
+	links  []string
+}
+
+func (tl *testLab) state() netState {
+	tl.t.Helper()
+	var s netState
+	err := tl.host.Do(func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		names := map[int]string{}
+		for _, l := range links {
+			a := l.Attrs()
+			names[a.Index] = a.Name
+			addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+			if err != nil {
+				return err
+			}
+			var as []string
+			for _, ad := range addrs {
+				as = append(as, fmt.Sprintf("%s flags %#x", ad.IPNet, ad.Flags))
+			}
+			s.links = append(s.links, fmt.Sprintf("%s %s mtu %d promisc %d flags %v addrs %v",
+				a.Name, a.HardwareAddr, a.MTU, a.Promisc, a.Flags, as))
+		}
+		rs, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			s.routes = append(s.routes, routeText(r, names))
+		}
+		return nil
+	})
+	if err != nil {
+		tl.t.Fatal(err)
+	}
+	slices.Sort(s.routes)
+	slices.Sort(s.links)
+	return s
+}
+
+func routeText(r netlink.Route, names map[int]string) string {
+	s := fmt.Sprintf("%v dev %s gw %v src %v proto %d scope %d metric %d type %d flags %#x table %d",
+		r.Dst, names[r.LinkIndex], r.Gw, r.Src, r.Protocol, r.Scope, r.Priority, r.Type, r.Flags, r.Table)
+	for _, nh := range r.MultiPath {
+		s += fmt.Sprintf(" nexthop dev %s gw %v weight %d flags %#x", names[nh.LinkIndex], nh.Gw, nh.Hops+1, nh.Flags)
+	}
+	return s
+}
+
+func (s netState) equal(o netState) bool {
+	return slices.Equal(s.routes, o.routes) && slices.Equal(s.links, o.links)
+}
+
+func (s netState) String() string {
+	return "routes:\n  " + strings.Join(s.routes, "\n  ") + "\nlinks:\n  " + strings.Join(s.links, "\n  ")
+}
+
+// checkRestored fails the test unless the host is as before.
+func (tl *testLab) checkRestored(before netState) {
+	tl.t.Helper()
+	if after := tl.state(); !after.equal(before) {
+		tl.t.Errorf("host not restored.\nbefore:\n%v\nafter:\n%v", before, after)
+	}
+}
+
+// link returns the host's link of that name, or nil.
+func (tl *testLab) link(name string) netlink.Link {
+	l, err := tl.host.Link(name)
+	if err != nil {
+		return nil
+	}
+	return l
+}
+
+// serveTCP runs a TCP echo server at addr inside ns until the test ends.
+func serveTCP(t testing.TB, ns *netlab.NS, addr string) {
+	t.Helper()
+	ln, err := ns.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// tcpEcho dials addr from ns and echoes a message.
+func tcpEcho(ns *netlab.NS, addr string, timeout time.Duration) error {
+	var c net.Conn
+	err := ns.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, timeout)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	msg := []byte("hello macvtap")
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != string(msg) {
+		return fmt.Errorf("echo %q", buf)
+	}
+	return nil
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+// pipeline switches between the claim's two ports, with kernel rules for
+// the listening ports given; t.Cleanup closes it (before the claim).
+func (tl *testLab) pipeline(c *Claim, listen ...uint16) (*l4.Pipeline, l4.Owner) {
+	tl.t.Helper()
+	sw := l4.NewSwitch(l4.NewTable())
+	p, err := l4.NewPipeline(sw, l4.PipelineConfig{})
+	if err != nil {
+		tl.t.Fatal(err)
+	}
+	tl.t.Cleanup(func() { p.Close() })
+	if _, err := p.AddPort(c.NIC()); err != nil {
+		tl.t.Fatal(err)
+	}
+	kernel, err := p.AddPort(c.Kernel())
+	if err != nil {
+		tl.t.Fatal(err)
+	}
+	for _, port := range listen {
+		for _, a := range []netip.Addr{tl.hostIP, tl.hostIP6} {
+			k := l4.ListenKey(l4.AddrFromNetip(a), l4.ProtoTCP, port)
+			if err := sw.Table.Insert(l4.Rule{Key: k, Owner: kernel, Kind: l4.Registered, Sticky: true}); err != nil {
+				tl.t.Fatal(err)
+			}
+		}
+	}
+	return p, kernel
+}
+
+// TestClaimMovesRoutesAndGivesBack: the TAP gets the NIC's MAC, MTU,
+// addresses and routes, the NIC keeps its addresses and loses its routes;
+// Close gives back exactly what was there.
+func TestClaimMovesRoutesAndGivesBack(t *testing.T) {
+	tl := newTestLab(t, 0)
+	before := tl.state()
+	c := tl.open(Options{})
+	mvName, tapName := c.Names()
+	if mvName != "eth0pass" || tapName != "eth0usnetd" {
+		t.Errorf("names %q %q", mvName, tapName)
+	}
+	t.Logf("character device: %s", c.CharDevice())
+	tap, mv, nic := tl.link(tapName), tl.link(mvName), tl.link("eth0")
+	if tap == nil || mv == nil || nic == nil {
+		t.Fatalf("links: tap %v macvtap %v nic %v", tap, mv, nic)
+	}
+	if m, ok := mv.(*netlink.Macvtap); !ok || m.Mode != netlink.MACVLAN_MODE_PASSTHRU || m.ParentIndex != nic.Attrs().Index {
+		t.Errorf("macvtap: %#v", mv)
+	}
+	if tap.Attrs().HardwareAddr.String() != nic.Attrs().HardwareAddr.String() || tap.Attrs().MTU != nic.Attrs().MTU {
+		t.Errorf("TAP MAC %s MTU %d, NIC %s %d", tap.Attrs().HardwareAddr, tap.Attrs().MTU, nic.Attrs().HardwareAddr, nic.Attrs().MTU)
+	}
+	during := tl.state()
+	var onNIC, onTAP int
+	for _, r := range during.routes {
+		if strings.Contains(r, " dev eth0 ") {
+			onNIC++
+		}
+		if strings.Contains(r, " dev "+tapName+" ") {
+			onTAP++
+		}
+	}
+	if onNIC != 0 || onTAP != c.MovedRoutes() || c.MovedRoutes() < 7 {
+		t.Errorf("%d routes moved; %d on the NIC, %d on the TAP:\n%v", c.MovedRoutes(), onNIC, onTAP, during)
+	}
+	// The TAP's routes are the NIC's, retargeted.
+	var want []string
+	for _, r := range before.routes {
+		want = append(want, strings.ReplaceAll(r, " dev eth0 ", " dev "+tapName+" "))
+	}
+	if !slices.Equal(during.routes, want) {
+		t.Errorf("routes with the claim:\n  %s\nwant:\n  %s", strings.Join(during.routes, "\n  "), strings.Join(want, "\n  "))
+	}
+	for _, line := range during.links {
+		name, _, _ := strings.Cut(line, " ")
+		if name != "eth0" && name != tapName {
+			continue
+		}
+		for _, a := range []netip.Addr{tl.hostIP, tl.hostIP6} {
+			if !strings.Contains(line, a.String()+"/") {
+				t.Errorf("%s lacks %s: %s", name, a, line)
+			}
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if tl.link(tapName) != nil || tl.link(mvName) != nil {
+		t.Error("helper links left after Close")
+	}
+	tl.checkRestored(before)
+}
+
+// TestKernelThroughTheSwitch: with the two ports in a pipeline, the host
+// kernel's own connections work (learned), a port opened for it is
+// reachable over IPv4 and IPv6, and a closed one gets no answer at all.
+func TestKernelThroughTheSwitch(t *testing.T) {
+	for _, queues := range []int{1, 2} {
+		t.Run(fmt.Sprintf("queues=%d", queues), func(t *testing.T) {
+			tl := newTestLab(t, queues)
+			serveTCP(t, tl.peer, netip.AddrPortFrom(tl.peerIP, 9000).String())
+			serveTCP(t, tl.peer, netip.AddrPortFrom(tl.peerIP6, 9000).String())
+			serveTCP(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8022).String())
+			serveTCP(t, tl.host, netip.AddrPortFrom(tl.hostIP6, 8022).String())
+			serveTCP(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8024).String())
+			c := tl.open(Options{Queues: queues})
+			p, kernel := tl.pipeline(c, 8022)
+			for _, a := range []netip.Addr{tl.peerIP, tl.peerIP6} {
+				if err := tcpEcho(tl.host, netip.AddrPortFrom(a, 9000).String(), hang); err != nil {
+					t.Errorf("host kernel to %s: %v", a, err)
+				}
+			}
+			for _, a := range []netip.Addr{tl.hostIP, tl.hostIP6} {
+				if err := tcpEcho(tl.peer, netip.AddrPortFrom(a, 8022).String(), hang); err != nil {
+					t.Errorf("peer to the open port on %s: %v", a, err)
+				}
+			}
+			if err := tcpEcho(tl.peer, netip.AddrPortFrom(tl.hostIP, 8024).String(), 700*time.Millisecond); !isTimeout(err) {
+				t.Errorf("peer to a closed port: %v, want no answer", err)
+			}
+			out, err := tl.host.Command(context.Background(), "ping", "-c", "1", "-W", "5", tl.peerIP.String()).CombinedOutput()
+			if err != nil {
+				t.Errorf("ping from the host: %v\n%s", err, out)
+			}
+			learned := 0
+			for _, r := range p.Switch().Table.Rules() {
+				if r.Owner == kernel && r.Kind == l4.Learned {
+					learned++
+				}
+			}
+			if learned < 3 {
+				t.Errorf("%d learned kernel rules, want the two TCP connections and the ping", learned)
+			}
+			st := p.Stats()
+			t.Logf("pipeline: %+v", st)
+			t.Logf("NIC port: %+v; kernel port: %+v", c.NIC().Stats(), c.Kernel().Stats())
+		})
+	}
+}
+
+// TestOpenRepairsCrash: a run that ends without Close leaves the macvtap
+// (which keeps the kernel cut off: fail closed) and the persistent TAP with
+// the NIC's routes; the next Open moves them back, deletes both, and sets
+// up afresh, and its Close leaves the host as before the first.
+func TestOpenRepairsCrash(t *testing.T) {
+	tl := newTestLab(t, 0)
+	before := tl.state()
+	c := tl.open(Options{})
+	moved := c.MovedRoutes()
+	c.abandon()
+	mvName, tapName := c.Names()
+	if tl.link(tapName) == nil || tl.link(mvName) == nil {
+		t.Fatal("a crash should leave both helper links")
+	}
+	c2 := tl.open(Options{})
+	if r := c2.Repaired(); !r.Macvtap || !r.TAP || r.Routes != moved {
+		t.Errorf("repaired %+v, want both links and %d routes", r, moved)
+	}
+	serveTCP(t, tl.peer, netip.AddrPortFrom(tl.peerIP, 9000).String())
+	tl.pipeline(c2)
+	if err := tcpEcho(tl.host, netip.AddrPortFrom(tl.peerIP, 9000).String(), hang); err != nil {
+		t.Errorf("host kernel after the repair: %v", err)
+	}
+	if err := c2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tl.checkRestored(before)
+}
+
+// TestOpenRefusesForeignLinks: a link that has a helper's name but is not
+// ours is neither used nor deleted, and the host stays as it was.
+func TestOpenRefusesForeignLinks(t *testing.T) {
+	tl := newTestLab(t, 0)
+	_, tapName := Names("eth0")
+	if _, err := tl.lab.Veth(tl.host, tapName, tl.host, "other0", netlab.VethOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	before := tl.state()
+	if c, err := tl.tryOpen(Options{}); !errors.Is(err, ErrNameTaken) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("Open: %v, want ErrNameTaken", err)
+	}
+	tl.checkRestored(before)
+	if _, err := tl.tryOpen(Options{Interface: "nosuch0"}); !errors.Is(err, ErrNoInterface) {
+		t.Errorf("Open(nosuch0): %v", err)
+	}
+	for _, o := range []Options{{Queues: -1}, {Queues: MaxQueues + 1}, {TxQueueLen: -1}, {Interface: "a-very-long-name0"}} {
+		if _, err := tl.tryOpen(o); !errors.Is(err, ErrOptions) {
+			t.Errorf("Open(%+v): %v, want ErrOptions", o, err)
+		}
+	}
+}
+
+// TestNoKernel: without a kernel path nothing but the macvtap is made, the
+// routes stay, and the kernel gets nothing through the NIC.
+func TestNoKernel(t *testing.T) {
+	tl := newTestLab(t, 0)
+	before := tl.state()
+	c := tl.open(Options{NoKernel: true})
+	if c.Kernel() != nil || c.MovedRoutes() != 0 {
+		t.Fatalf("kernel port %v, %d routes moved", c.Kernel(), c.MovedRoutes())
+	}
+	_, tapName := c.Names()
+	if tl.link(tapName) != nil {
+		t.Error("TAP made without a kernel path")
+	}
+	serveTCP(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8022).String())
+	if err := tcpEcho(tl.peer, netip.AddrPortFrom(tl.hostIP, 8022).String(), 700*time.Millisecond); !isTimeout(err) {
+		t.Errorf("peer to the host with the NIC claimed and no kernel path: %v, want no answer", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tl.checkRestored(before)
+	if err := tcpEcho(tl.peer, netip.AddrPortFrom(tl.hostIP, 8022).String(), hang); err != nil {
+		t.Errorf("after Close the host answers directly again: %v", err)
+	}
+}
+
+// TestCharDeviceOfAnotherNamespace: /dev/tapIFINDEX is named by an ifindex,
+// which is unique only within a namespace; two labs built alike give their
+// macvtaps the same ifindex, and the node is the first one's. The second
+// claim must notice and open its own device, and both must carry traffic.
+func TestCharDeviceOfAnotherNamespace(t *testing.T) {
+	tl1, tl2 := newTestLab(t, 0), newTestLab(t, 0)
+	c1 := tl1.open(Options{})
+	c2 := tl2.open(Options{})
+	mv1, _ := c1.Names()
+	i1, i2 := tl1.link(mv1).Attrs().Index, tl2.link(mv1).Attrs().Index
+	t.Logf("ifindex %d: %s; ifindex %d: %s", i1, c1.CharDevice(), i2, c2.CharDevice())
+	if i1 == i2 && !strings.HasPrefix(c2.CharDevice(), "private node") {
+		t.Errorf("both macvtaps have ifindex %d, and the second claim opened %s", i1, c2.CharDevice())
+	}
+	for _, tl := range []*testLab{tl1, tl2} {
+		serveTCP(t, tl.peer, netip.AddrPortFrom(tl.peerIP, 9000).String())
+	}
+	tl1.pipeline(c1)
+	tl2.pipeline(c2)
+	for i, tl := range []*testLab{tl1, tl2} {
+		if err := tcpEcho(tl.host, netip.AddrPortFrom(tl.peerIP, 9000).String(), hang); err != nil {
+			t.Errorf("lab %d: %v", i+1, err)
+		}
+	}
+}
