@@ -39,6 +39,7 @@ type testLab struct {
 	hostIP6    netip.Addr
 	peerIP6    netip.Addr
 	far        netip.Prefix // a subnet behind the gateway, routed by the host
+	ringSize   int          // of the pipeline; 0 for the default
 }
 
 func newTestLab(t testing.TB, queues int) *testLab {
@@ -273,11 +274,18 @@ func isTimeout(err error) bool {
 func (tl *testLab) pipeline(c *Claim, listen ...uint16) (*l4.Pipeline, l4.Owner) {
 	tl.t.Helper()
 	sw := l4.NewSwitch(l4.NewTable())
-	p, err := l4.NewPipeline(sw, l4.PipelineConfig{})
+	p, err := l4.NewPipeline(sw, l4.PipelineConfig{RingSize: tl.ringSize})
 	if err != nil {
 		tl.t.Fatal(err)
 	}
-	tl.t.Cleanup(func() { p.Close() })
+	tl.t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			tl.t.Errorf("pipeline Close: %v", err)
+		}
+		if st := p.Pool().Stats(); st.SharedFree != st.Bufs || st.DoubleFree != 0 {
+			tl.t.Errorf("buffers after the pipeline's Close: %+v", st)
+		}
+	})
 	if _, err := p.AddPort(c.NIC()); err != nil {
 		tl.t.Fatal(err)
 	}
@@ -451,14 +459,83 @@ func TestOpenRefusesForeignLinks(t *testing.T) {
 		t.Fatalf("Open: %v, want ErrNameTaken", err)
 	}
 	tl.checkRestored(before)
-	if _, err := tl.tryOpen(Options{Interface: "nosuch0"}); !errors.Is(err, ErrNoInterface) {
-		t.Errorf("Open(nosuch0): %v", err)
-	}
-	for _, o := range []Options{{Queues: -1}, {Queues: MaxQueues + 1}, {TxQueueLen: -1}, {Interface: "a-very-long-name0"}} {
-		if _, err := tl.tryOpen(o); !errors.Is(err, ErrOptions) {
-			t.Errorf("Open(%+v): %v, want ErrOptions", o, err)
+	for _, c := range []struct {
+		opt  Options
+		want error
+	}{
+		{Options{Interface: "nosuch0"}, ErrNoInterface},
+		{Options{Queues: -1}, ErrOptions},
+		{Options{Queues: MaxQueues + 1}, ErrOptions},
+		{Options{TxQueueLen: -1}, ErrOptions},
+		{Options{Interface: "a-very-long-name0"}, ErrOptions},
+	} {
+		cl, err := tl.tryOpen(c.opt)
+		if cl != nil {
+			cl.Close()
+		}
+		if !errors.Is(err, c.want) {
+			t.Errorf("Open(%+v): %v, want %v", c.opt, err, c.want)
 		}
 	}
+	tl.checkRestored(before)
+}
+
+// TestPortClose: Close wakes a Recv blocked in poll at once, and Recv and
+// Send of a closed port return ErrPortClosed; Close is idempotent.
+func TestPortClose(t *testing.T) {
+	tl := newTestLab(t, 0)
+	c := tl.open(Options{})
+	for _, p := range []*Port{c.NIC(), c.Kernel()} {
+		buf := bufsOf(t, 4)
+		done := make(chan error, 1)
+		go func() {
+			for {
+				if _, err := p.Recv(0, buf); err != nil {
+					done <- err
+					return
+				}
+			}
+		}()
+		time.Sleep(20 * time.Millisecond)
+		start := time.Now()
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if !errors.Is(err, l4.ErrPortClosed) {
+				t.Errorf("%s: Recv after Close: %v", p.Name(), err)
+			}
+			if d := time.Since(start); d > 50*time.Millisecond {
+				t.Errorf("%s: a blocked Recv took %v to notice Close", p.Name(), d)
+			}
+		case <-time.After(hang):
+			t.Fatalf("%s: Recv still blocked after Close", p.Name())
+		}
+		if _, err := p.Send(buf[:1]); !errors.Is(err, l4.ErrPortClosed) {
+			t.Errorf("%s: Send after Close: %v", p.Name(), err)
+		}
+		if err := p.Close(); err != nil {
+			t.Errorf("%s: second Close: %v", p.Name(), err)
+		}
+	}
+	if _, err := c.NIC().Recv(1, nil); err == nil {
+		t.Error("Recv of a queue the port does not have")
+	}
+}
+
+// bufsOf returns n buffers of a fresh pool.
+func bufsOf(t testing.TB, n int) []*l4.Buf {
+	t.Helper()
+	pool, err := l4.NewBufPool(n, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := make([]*l4.Buf, n)
+	if got := pool.NewCache().GetBatch(bs); got != n {
+		t.Fatalf("got %d of %d buffers", got, n)
+	}
+	return bs
 }
 
 // TestNoKernel: without a kernel path nothing but the macvtap is made, the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"runtime"
 	"strconv"
 	"sync"
@@ -56,11 +57,13 @@ type Options struct {
 }
 
 const (
-	// DefaultQueues is the queue count of Options.Queues 0. One queue
-	// was as fast as two or four on the 2-core machines this was
-	// measured on, for one TCP flow and for four (BENCHMARKS.md,
-	// BenchmarkKernelTCP): the frames of a flow stay on one queue, and
-	// more RX workers than cores only add wake-ups.
+	// DefaultQueues is the queue count of Options.Queues 0. On the
+	// 2-core machines this was measured on (BenchmarkKernelTCP,
+	// BENCHMARKS.md) no queue count was consistently faster for one TCP
+	// flow or for four, two queues were mostly the slowest, and one and
+	// four were alike once the pipeline's rings had the same room: the
+	// frames of a flow stay on one queue anyway, and more RX workers than
+	// cores only add wake-ups.
 	DefaultQueues = 1
 	// MaxQueues is the kernel's limit of queues per macvtap and per
 	// TAP (MAX_TAP_QUEUES).
@@ -125,6 +128,7 @@ type Claim struct {
 	h       *netlink.Handle // in the NIC's namespace
 	nicIdx  int
 	nicName string
+	nicMAC  net.HardwareAddr
 	mvName  string
 	tapName string
 
@@ -183,7 +187,7 @@ func Open(opt Options) (_ *Claim, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %q: %w", ErrNoInterface, opt.Interface, err)
 	}
-	c.nicIdx = nic.Attrs().Index
+	c.nicIdx, c.nicMAC = nic.Attrs().Index, nic.Attrs().HardwareAddr
 	if c.repaired, err = c.repair(); err != nil {
 		return nil, err
 	}
@@ -230,6 +234,10 @@ func (c *Claim) NIC() *Port { return c.nic }
 // Kernel returns the kernel's port (kind PortKernel): frames read from and
 // written to the TAP. It is nil with Options.NoKernel.
 func (c *Claim) Kernel() *Port { return c.kernel }
+
+// MAC returns the NIC's MAC, which the TAP has too: with a kernel path, it
+// is the MAC of a local port (the kernel's), not of the wire.
+func (c *Claim) MAC() net.HardwareAddr { return c.nicMAC }
 
 // Names returns the names of the macvtap and of the TAP.
 func (c *Claim) Names() (macvtap, tap string) { return c.mvName, c.tapName }
