@@ -7,7 +7,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -587,5 +590,49 @@ func TestCharDeviceOfAnotherNamespace(t *testing.T) {
 		if err := tcpEcho(tl.host, netip.AddrPortFrom(tl.peerIP, 9000).String(), hang); err != nil {
 			t.Errorf("lab %d: %v", i+1, err)
 		}
+	}
+}
+
+// TestCharDeviceWithoutPrivateNode is the fallback of a process that may
+// not make device nodes: with a sysfs of the right namespace, /dev/tapN is
+// opened when it is the macvtap's device, and refused when it is another
+// namespace's (two labs built alike give their macvtaps the same ifindex).
+func TestCharDeviceWithoutPrivateNode(t *testing.T) {
+	tl1, tl2 := newTestLab(t, 0), newTestLab(t, 0)
+	c1 := tl1.open(Options{})
+	tl2.open(Options{})
+	mv, _ := c1.Names()
+	i1, i2 := tl1.link(mv).Attrs().Index, tl2.link(mv).Attrs().Index
+	for i, tl := range []*testLab{tl1, tl2} {
+		idx := []int{i1, i2}[i]
+		var fds []int
+		var how string
+		err := tl.host.Do(func() error {
+			netns, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(netns)
+			ch := make(chan error, 1)
+			go func() {
+				runtime.LockOSThread() // never unlocked: the thread goes with its mounts
+				dir, err := privateMounts(netns)
+				if err == nil {
+					fds, how, err = openIn(filepath.Join(dir, "sys"), "", mv, idx, 2)
+				}
+				ch <- err
+			}()
+			return <-ch
+		})
+		closeAll(fds)
+		switch {
+		case i == 0 && err != nil:
+			t.Errorf("lab 1 (the first macvtap with ifindex %d): %v", idx, err)
+		case i == 0 && how != "/dev/tap"+strconv.Itoa(idx):
+			t.Errorf("lab 1: opened %q", how)
+		case i == 1 && i1 == i2 && err == nil:
+			t.Errorf("lab 2 opened %s, which is lab 1's macvtap", how)
+		}
+		t.Logf("lab %d, ifindex %d: %q %v", i+1, idx, how, err)
 	}
 }
