@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,7 +24,10 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/backends/macvtap"
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/internal/netlab"
@@ -53,6 +58,19 @@ type e2eLab struct {
 	peerIP2    netip.Addr // a second peer address, for REMOTEIP rules
 	sock       string
 	wrap       []string // a command that runs usnetd (setpriv ...), if any
+	backend    string   // BACKEND for the daemon; "" for its default
+	before     nicState // the host's NIC before usnetd
+}
+
+// e2eBackends are the BACKEND values every end-to-end test runs with.
+var e2eBackends = []string{"afxdp", "macvtap"}
+
+// forEachBackend runs body once per backend in e2eBackends, each as a
+// subtest named after it; body makes its lab and sets its backend.
+func forEachBackend(t *testing.T, body func(t *testing.T, backend string)) {
+	for _, b := range e2eBackends {
+		t.Run(b, func(t *testing.T) { body(t, b) })
+	}
 }
 
 func newE2ELab(t testing.TB, queues int) *e2eLab {
@@ -88,7 +106,60 @@ func newE2ELab(t testing.TB, queues int) *e2eLab {
 			t.Fatal(err)
 		}
 	}
+	// A default route through the peer, for the backends that move the
+	// NIC's routes (macvtap) to give back.
+	if err := host.AddRoute(netip.MustParsePrefix("0.0.0.0/0"), l.peerIP, ifname); err != nil {
+		t.Fatal(err)
+	}
+	l.before = l.nicState()
 	return l
+}
+
+// nicState is the host NIC's addresses and the main table's routes, as
+// text, and the names of the host's links.
+type nicState struct {
+	addrs, routes, links []string
+}
+
+func (l *e2eLab) nicState() nicState {
+	l.t.Helper()
+	var s nicState
+	err := l.host.Do(func() error {
+		lk, err := netlink.LinkByName(l.ifname)
+		if err != nil {
+			return err
+		}
+		as, err := netlink.AddrList(lk, netlink.FAMILY_ALL)
+		if err != nil {
+			return err
+		}
+		for _, a := range as {
+			s.addrs = append(s.addrs, fmt.Sprintf("%s flags %#x", a.IPNet, a.Flags))
+		}
+		rs, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			s.routes = append(s.routes, fmt.Sprintf("%v via %v dev %d src %v proto %d scope %d metric %d",
+				r.Dst, r.Gw, r.LinkIndex, r.Src, r.Protocol, r.Scope, r.Priority))
+		}
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, k := range links {
+			s.links = append(s.links, k.Attrs().Name)
+		}
+		return nil
+	})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	slices.Sort(s.addrs)
+	slices.Sort(s.routes)
+	slices.Sort(s.links)
+	return s
 }
 
 // usnetd is a running daemon.
@@ -114,6 +185,9 @@ func (l *e2eLab) start(env ...string) *usnetd {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append([]string{mainEnv + "=1", "PATH=" + os.Getenv("PATH"), "LOG_FORMAT=json", "LOG_LEVEL=debug",
 		"INTERFACES=" + l.ifname, "SOCKET_PATH=" + l.sock, "METRICS_ADDR=127.0.0.1:9464", "GORACE=atexit_sleep_ms=0"}, env...)
+	if l.backend != "" {
+		cmd.Env = append(cmd.Env, "BACKEND="+l.backend)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -320,12 +394,37 @@ func (l *e2eLab) checkNothingLeft() {
 	if _, err := os.Stat(l.sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("control socket file left (%v)", err)
 	}
+	// The NIC as it was: addresses, routes, and no links of usnetd's
+	// (macvtap's helpers) left.
+	after := l.nicState()
+	for _, c := range []struct {
+		what          string
+		before, after []string
+	}{{"addresses", l.before.addrs, after.addrs}, {"routes", l.before.routes, after.routes}, {"links", l.before.links, after.links}} {
+		if !slices.Equal(c.before, c.after) {
+			t.Errorf("%s of the host changed:\nbefore %q\nafter  %q", c.what, c.before, c.after)
+		}
+	}
+}
+
+// helperLinks reports which of the macvtap backend's helper links exist.
+func (l *e2eLab) helperLinks() (macvtapLink, tapLink bool) {
+	mv, tap := macvtap.Names(l.ifname)
+	_, err1 := l.host.Link(mv)
+	_, err2 := l.host.Link(tap)
+	return err1 == nil, err2 == nil
 }
 
 // TestE2EKernelFirewall: with usnetd on the host's NIC, the kernel keeps
-// exactly its own connections and the ports opened for it.
-func TestE2EKernelFirewall(t *testing.T) {
+// exactly its own connections and the ports opened for it. With macvtap
+// the kernel is a switch port: its own connections are learned by the
+// switch from the TAP's frames, DEBUG_PORTS are the TAP port's rules, and
+// a closed port's SYN is dropped by the switch (no_match).
+func TestE2EKernelFirewall(t *testing.T) { forEachBackend(t, testE2EKernelFirewall) }
+
+func testE2EKernelFirewall(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
+	l.backend = backend
 	h := l.hostIP.String()
 	serveTCP(t, l.host, h+":8022") // DEBUG_PORTS
 	serveTCP(t, l.host, h+":8023") // DEBUG_PORTS with REMOTEIP = peerIP2
@@ -375,11 +474,46 @@ func TestE2EKernelFirewall(t *testing.T) {
 			t.Fatalf("ping from the host: %v\n%s", err, out)
 		}
 	})
+	if backend == "macvtap" {
+		t.Run("the NIC's routes are on the TAP", func(t *testing.T) {
+			if mv, tap := l.helperLinks(); !mv || !tap {
+				t.Fatalf("macvtap %v, TAP %v", mv, tap)
+			}
+			nic, err := l.host.Link(l.ifname)
+			if err != nil {
+				t.Fatal(err)
+			}
+			now := l.nicState()
+			for _, r := range now.routes {
+				if strings.Contains(r, fmt.Sprintf(" dev %d ", nic.Attrs().Index)) {
+					t.Errorf("route still on the NIC: %s", r)
+				}
+			}
+			if len(now.routes) != len(l.before.routes) {
+				t.Errorf("routes now %q, before %q", now.routes, l.before.routes)
+			}
+		})
+	}
 	t.Run("metrics", func(t *testing.T) {
 		m := l.scrape()
-		for _, want := range []string{"usnetd_port_rx_packets_total{", `kind="nic"`, "usnetd_rules{"} {
-			if !strings.Contains(m, want) {
-				t.Errorf("metrics lack %q", want)
+		want := []string{"usnetd_port_rx_packets_total{", `kind="nic"`, "usnetd_rules{"}
+		if backend == "macvtap" {
+			// The kernel's port, the connections learned from its frames,
+			// and the closed port's SYNs dropped by the switch.
+			want = append(want, `kind="kernel"`)
+			for _, series := range []string{
+				`usnetd_rules{interface="` + l.ifname + `",kind="learned"}`,
+				`usnetd_rules{interface="` + l.ifname + `",kind="registered"}`,
+				`usnetd_drops_total{interface="` + l.ifname + `",reason="no_match"}`,
+			} {
+				if v, ok := metricValue(m, series); !ok || v < 1 {
+					t.Errorf("%s = %v (%v), want at least 1", series, v, ok)
+				}
+			}
+		}
+		for _, w := range want {
+			if !strings.Contains(m, w) {
+				t.Errorf("metrics lack %q", w)
 			}
 		}
 		// The live scrape passes promtool's checks (names, HELP, units).
@@ -399,16 +533,36 @@ func TestE2EKernelFirewall(t *testing.T) {
 	u.stop(t)
 	notify.expect("STOPPING=1")
 	l.checkNothingLeft()
-	if log := u.logText(); !strings.Contains(log, `"message":"interface claimed"`) || !strings.Contains(log, "xdp ") {
-		t.Errorf("no 'interface claimed' line with the XDP mode:\n%s", log)
+	mode := map[string]string{"afxdp": "xdp ", "macvtap": "macvtap ("}[backend]
+	if log := u.logText(); !strings.Contains(log, `"message":"interface claimed"`) || !strings.Contains(log, mode) {
+		t.Errorf("no 'interface claimed' line with %q:\n%s", mode, log)
 	}
+}
+
+// metricValue returns the value of the series (name and labels, exactly
+// as exposed) in the metrics text m.
+func metricValue(m, series string) (float64, bool) {
+	for _, line := range strings.Split(m, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 // TestE2ERestartAfterKill: a usnetd killed with SIGKILL leaves its
 // programs attached (the kernel stays firewalled); the next start repairs
 // them instead of failing or stacking, and its SIGTERM leaves nothing.
-func TestE2ERestartAfterKill(t *testing.T) {
+// With macvtap, SIGKILL leaves the macvtap (which, unread, drops
+// everything: the kernel is cut off, fail closed) and the persistent TAP
+// with the NIC's routes; the next start moves them back and sets up
+// afresh, and SIGTERM gives the NIC back as it was.
+func TestE2ERestartAfterKill(t *testing.T) { forEachBackend(t, testE2ERestartAfterKill) }
+
+func testE2ERestartAfterKill(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
+	l.backend = backend
 	h := l.hostIP.String()
 	serveTCP(t, l.host, h+":8022")
 	env := fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname)
@@ -417,14 +571,27 @@ func TestE2ERestartAfterKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-u.done
-	// Still firewalled while nobody runs: the closed port stays closed,
-	// the open one stays open (the XDP program is pinned).
-	if err := tcpEcho(l.peer, l.peerIP, h+":8022", 5*time.Second); err != nil {
-		t.Fatalf("debug port after SIGKILL: %v", err)
+	switch backend {
+	case "macvtap":
+		if mv, tap := l.helperLinks(); !mv || !tap {
+			t.Fatalf("after SIGKILL: macvtap left %v, TAP left %v; want both", mv, tap)
+		}
+		if err := tcpEcho(l.peer, l.peerIP, h+":8022", 700*time.Millisecond); !isTimeout(err) {
+			t.Fatalf("debug port after SIGKILL: %v, want no answer (the macvtap swallows all)", err)
+		}
+	default:
+		// Still firewalled while nobody runs: the closed port stays closed,
+		// the open one stays open (the XDP program is pinned).
+		if err := tcpEcho(l.peer, l.peerIP, h+":8022", 5*time.Second); err != nil {
+			t.Fatalf("debug port after SIGKILL: %v", err)
+		}
 	}
 	u2 := l.start(env)
 	if err := tcpEcho(l.peer, l.peerIP, h+":8022", 5*time.Second); err != nil {
 		t.Fatalf("debug port after restart: %v", err)
+	}
+	if backend == "macvtap" && !strings.Contains(u2.logText(), "repaired the leftovers of a crashed run") {
+		t.Errorf("the restart does not say that it repaired the leftovers:\n%s", u2.logText())
 	}
 	u2.stop(t)
 	l.checkNothingLeft()

@@ -14,8 +14,10 @@ func (d *daemon) openBackend(ifname string, rules []l4.Rule) (nicBackend, error)
 	switch d.cfg.Backend {
 	case config.BackendAuto, config.BackendAFXDP:
 		return d.openAFXDP(ifname, rules)
+	case config.BackendMacvtap:
+		return d.openMacvtap(ifname)
 	default:
-		return nil, fmt.Errorf("BACKEND=%s is not available in this version of usnetd (use afxdp or auto)", d.cfg.Backend)
+		return nil, fmt.Errorf("BACKEND=%s is not available in this version of usnetd (use afxdp, macvtap or auto)", d.cfg.Backend)
 	}
 }
 

@@ -70,6 +70,15 @@ type nicBackend interface {
 	Close() error
 }
 
+// kernelPortBackend is a nicBackend whose kernel path is a switch port
+// (macvtap: the kernel's TAP). AttachKernel adds that port to the
+// pipeline and returns its owner, which then owns the kernel's rules
+// (DEBUG_PORTS) instead of l4.KernelOwner; the backend keeps the owner and
+// the table for Expire.
+type kernelPortBackend interface {
+	AttachKernel(p *l4.Pipeline) (l4.Owner, error)
+}
+
 // Run claims the NICs, serves until ctx is done, then gives everything back.
 func Run(ctx context.Context, opt Options) (err error) {
 	cfg, log := opt.Config, opt.Log
@@ -193,11 +202,6 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 		}
 	}()
 	sw := l4.NewSwitch(l4.NewTable(), d.cfg.AddMACs...)
-	for _, r := range rules {
-		if err := sw.Table.Insert(r); err != nil && !errors.Is(err, l4.ErrExists) {
-			return nil, fmt.Errorf("DEBUG_PORTS rule %v: %w", r.Key, err)
-		}
-	}
 	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
 		RingSize:      d.cfg.RingSize,
 		BatchSize:     d.cfg.BatchSize,
@@ -210,6 +214,20 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	if _, err := p.AddPort(nic.Port()); err != nil {
 		_ = p.Close()
 		return nil, err
+	}
+	kernel := l4.KernelOwner
+	if kb, ok := nic.(kernelPortBackend); ok {
+		if kernel, err = kb.AttachKernel(p); err != nil {
+			_ = p.Close()
+			return nil, err
+		}
+	}
+	for _, r := range rules {
+		r.Owner = kernel
+		if err := sw.Table.Insert(r); err != nil && !errors.Is(err, l4.ErrExists) {
+			_ = p.Close()
+			return nil, fmt.Errorf("DEBUG_PORTS rule %v: %w", r.Key, err)
+		}
 	}
 	dom = &domain{ifname: ifname, addrs: addrs, mac: link.Attrs().HardwareAddr, sw: sw, p: p, nic: nic}
 	ev := d.log.Info().Str("interface", ifname).Str("backend", nic.Describe()).
