@@ -699,13 +699,18 @@ func ipChecksum(h []byte) uint16 {
 // the host's IP answers UDP from the peer while the kernel keeps its own
 // port; flows spread over both RX queues; PCAP_LOG records the switched
 // frames and tcpdump reads them.
-func TestE2EEndpoint(t *testing.T) {
+func TestE2EEndpoint(t *testing.T) { forEachBackend(t, testE2EEndpoint) }
+
+func testE2EEndpoint(t *testing.T, backend string) {
 	l := newE2ELab(t, 2)
+	l.backend = backend
 	h := l.hostIP.String()
 	serveTCP(t, l.host, h+":8022")
 	serveUDP(t, l.host, h+":7001") // a kernel UDP port that is NOT opened
 	pcapFile := filepath.Join(t.TempDir(), "usnetd.pcap")
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "PCAP_LOG="+pcapFile)
+	// Two RX workers: AF_XDP has one per queue of the 2-queue veth; the
+	// others take WORKERS.
+	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "PCAP_LOG="+pcapFile, "WORKERS=2")
 
 	c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
 	if err != nil {
