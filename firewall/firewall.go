@@ -528,8 +528,11 @@ func (fw *Firewall) attachXDP(mode string) (link.Link, error) {
 	l, err := link.AttachXDP(opts)
 	if err != nil && mode == "" {
 		fw.log.Info().Err(err).Msg("firewall: native XDP refused, falling back to generic mode")
+		nerr := err
 		opts.Flags = link.XDPGenericMode
-		l, err = link.AttachXDP(opts)
+		if l, err = link.AttachXDP(opts); err != nil {
+			return nil, fmt.Errorf("%w: to %s: native mode: %w; generic mode: %w", ErrAttachXDP, fw.ifname, nerr, err)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: to %s: %w", ErrAttachXDP, fw.ifname, err)
