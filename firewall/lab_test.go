@@ -44,9 +44,17 @@ type fwLab struct {
 	h4, p4, o4 netip.Addr // host .1; peer .2 and .3
 	h6, p6, o6 netip.Addr // the same in IPv6
 	all        map[string][3]netip.Addr
+	hostMAC    net.HardwareAddr // of the host's veth end
+	peerIndex  int              // ifindex of the peer's veth end
 }
 
 func newLab(t *testing.T) *fwLab {
+	t.Helper()
+	return newLabVeth(t, netlab.VethOpts{Up: true})
+}
+
+// newLabVeth is newLab with the veth pair made with opts.
+func newLabVeth(t *testing.T, opts netlab.VethOpts) *fwLab {
 	t.Helper()
 	lab, err := netlab.New(t, "")
 	if err != nil {
@@ -59,9 +67,11 @@ func newLab(t *testing.T) *fwLab {
 	if l.peer, err = lab.AddNS("peer"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lab.Veth(l.host, l.ifname, l.peer, "eth0", netlab.VethOpts{Up: true}); err != nil {
+	v, err := lab.Veth(l.host, l.ifname, l.peer, "eth0", opts)
+	if err != nil {
 		t.Fatal(err)
 	}
+	l.hostMAC, l.peerIndex = v.A.MAC, v.B.Index
 	sn, sn6 := lab.Subnet(), lab.Subnet6()
 	for _, a := range []struct {
 		ns   *netlab.NS
