@@ -49,10 +49,11 @@
 // a request/response pays it on every packet in, while the cost (a timer
 // per socket, and a poll wake-up per block rather than per frame) stays
 // small. BenchmarkAFPacketLatency (Linux 6.18, whose retire timer is
-// precise to well below a millisecond): one frame at a time, Send on the
-// peer to Recv on the host, median 1.0 ms and 99th percentile 2.1 ms with
-// 1 ms; median 4.0 and 8.0 ms with 4 and 8 ms. Options.BlockTimeout
-// changes it, in whole milliseconds.
+// precise to well below a millisecond, HZ=250 notwithstanding): one frame
+// at a time, Send on the peer to Recv on the host, median 1.00 ms and 99th
+// percentile 1.05 ms with 1 ms (2.1 ms on a busier run); medians 4.0 and
+// 8.0 ms with 4 and 8 ms. Options.BlockTimeout changes it, in whole
+// milliseconds.
 //
 // # Transmit: sendmmsg with PACKET_QDISC_BYPASS
 //
@@ -63,12 +64,13 @@
 // would pass tc egress, where the firewall's learner would take the
 // endpoints' flows for the kernel's and open the kernel to their replies.
 // A TPACKET_V2 TX ring was measured against sendmmsg and lost
-// (BenchmarkAFPacketSend, 2-core VM, sender pinned, in the same run): it
-// cost 490–560 ns of CPU per frame against 460–510 ns for sendmmsg, with
-// 60- and 1514-byte frames alike, and it hands the driver skbs whose
-// linear part is only the Ethernet header (the rest are the ring's
-// pages), which every receiver that reads headers from the linear part
-// has to pull first. The ring's code stays in the tests, for the
+// (BenchmarkAFPacketSend, 2-core VM, sender pinned, three runs each in
+// one go, batches of 64): the ring cost 474–492 ns of CPU per 60-byte
+// frame and 537–556 ns per 1514-byte frame, sendmmsg 442–454 and
+// 465–475 ns (2.18–2.25 against 2.02–2.07 Mpps at 60 bytes). The ring also
+// hands the driver skbs whose linear part is only the Ethernet header
+// (the rest are the ring's pages), which every receiver that reads headers
+// from the linear part has to pull first. The ring's code stays in the tests, for the
 // comparison. Send waits for room (socket buffer full) at most four times
 // 1 ms, woken early by Close, and counts what it could not send.
 //
