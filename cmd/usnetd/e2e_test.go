@@ -19,9 +19,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netlink"
 
 	"github.com/usnetd/usnetd/internal/netlab"
 )
@@ -29,27 +27,11 @@ import (
 // End-to-end tests: the real usnetd (this test binary, re-executed as the
 // daemon) claims a veth in a "host" namespace; a "peer" namespace talks to
 // the host's kernel through it, with real kernel sockets on both sides.
-// Each test runs once per backend (e2eBackends), as a subtest named after
-// it. Timeouts here only tell an answer from none (a dropped SYN) or
-// detect a hang; they assert no speed.
+// Each test runs once per backend (forBackends, e2e_backends_test.go), as
+// a subtest named after it. Timeouts here only tell an answer from none (a
+// dropped SYN) or detect a hang; they assert no speed.
 
 const mainEnv = "USNETD_E2E_MAIN"
-
-// e2eBackends are the BACKEND values every end-to-end test runs with.
-var e2eBackends = []string{"afxdp", "afpacket"}
-
-// forBackends runs test once per backend, as a subtest named after it.
-func forBackends(t *testing.T, test func(t *testing.T, backend string)) {
-	for _, b := range e2eBackends {
-		t.Run(b, func(t *testing.T) { test(t, b) })
-	}
-}
-
-// backendLog is what the "interface claimed" line says of each backend.
-var backendLog = map[string]string{
-	"afxdp":    `"backend":"afxdp (xdp `,
-	"afpacket": `"backend":"afpacket (tc ingress, `,
-}
 
 func TestMain(m *testing.M) {
 	if os.Getenv(mainEnv) == "1" {
@@ -60,17 +42,17 @@ func TestMain(m *testing.M) {
 
 type e2eLab struct {
 	t          *testing.T
-	backend    string // BACKEND of every usnetd started here
 	lab        *netlab.Lab
 	host, peer *netlab.NS
 	ifname     string
+	backend    string // BACKEND of every usnetd started here ("": the default)
 	hostIP     netip.Addr
 	peerIP     netip.Addr
 	peerIP2    netip.Addr // a second peer address, for REMOTEIP rules
 	sock       string
 }
 
-func newE2ELab(t *testing.T, backend string, queues int) *e2eLab {
+func newE2ELab(t *testing.T, queues int) *e2eLab {
 	t.Helper()
 	lab, err := netlab.New(t, "")
 	if err != nil {
@@ -91,7 +73,7 @@ func newE2ELab(t *testing.T, backend string, queues int) *e2eLab {
 		t.Fatal(err)
 	}
 	sn := lab.Subnet()
-	l := &e2eLab{t: t, backend: backend, lab: lab, host: host, peer: peer, ifname: ifname,
+	l := &e2eLab{t: t, lab: lab, host: host, peer: peer, ifname: ifname,
 		hostIP: netlab.Host(sn, 1).Addr(), peerIP: netlab.Host(sn, 2).Addr(), peerIP2: netlab.Host(sn, 3).Addr(),
 		sock: filepath.Join(t.TempDir(), "usnetd.socket")}
 	for _, a := range []struct {
@@ -120,15 +102,18 @@ func (u *usnetd) logText() string {
 	return u.log.String()
 }
 
-// start runs usnetd inside the host namespace with the lab's BACKEND and
-// env (which may override it) and waits until it says it is up.
+// start runs usnetd inside the host namespace with env and waits until it
+// says it is up.
 func (l *e2eLab) start(env ...string) *usnetd {
 	t := l.t
 	t.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append([]string{mainEnv + "=1", "PATH=" + os.Getenv("PATH"), "LOG_FORMAT=json", "LOG_LEVEL=debug",
-		"INTERFACES=" + l.ifname, "SOCKET_PATH=" + l.sock, "METRICS_ADDR=127.0.0.1:9464", "GORACE=atexit_sleep_ms=0",
-		"BACKEND=" + l.backend}, env...)
+		"INTERFACES=" + l.ifname, "SOCKET_PATH=" + l.sock, "METRICS_ADDR=127.0.0.1:9464", "GORACE=atexit_sleep_ms=0"}, env...)
+	if l.backend != "" {
+		// First: a BACKEND in env comes later, and the last one wins.
+		cmd.Env = append([]string{"BACKEND=" + l.backend}, cmd.Env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -342,7 +327,8 @@ func (l *e2eLab) checkNothingLeft() {
 func TestE2EKernelFirewall(t *testing.T) { forBackends(t, testE2EKernelFirewall) }
 
 func testE2EKernelFirewall(t *testing.T, backend string) {
-	l := newE2ELab(t, backend, 1)
+	l := newE2ELab(t, 1)
+	l.backend = backend
 	h := l.hostIP.String()
 	serveTCP(t, l.host, h+":8022") // DEBUG_PORTS
 	serveTCP(t, l.host, h+":8023") // DEBUG_PORTS with REMOTEIP = peerIP2
@@ -410,7 +396,8 @@ func testE2EKernelFirewall(t *testing.T, backend string) {
 func TestE2ERestartAfterKill(t *testing.T) { forBackends(t, testE2ERestartAfterKill) }
 
 func testE2ERestartAfterKill(t *testing.T, backend string) {
-	l := newE2ELab(t, backend, 1)
+	l := newE2ELab(t, 1)
+	l.backend = backend
 	h := l.hostIP.String()
 	serveTCP(t, l.host, h+":8022")
 	env := fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname)
@@ -429,92 +416,5 @@ func testE2ERestartAfterKill(t *testing.T, backend string) {
 		t.Fatalf("debug port after restart: %v", err)
 	}
 	u2.stop(t)
-	l.checkNothingLeft()
-}
-
-// TestE2EAutoFallback: BACKEND=auto takes AF_XDP where it can; where it
-// cannot (here: another program holds the interface's XDP hook, so the
-// firewall's XDP attach is refused in native and generic mode), it falls
-// back to afpacket, says why in the log, and the kernel is firewalled all
-// the same.
-func TestE2EAutoFallback(t *testing.T) {
-	l := newE2ELab(t, "auto", 1)
-	h := l.hostIP.String()
-	serveTCP(t, l.host, h+":8022") // DEBUG_PORTS
-	serveTCP(t, l.host, h+":8024") // not opened
-	serveTCP(t, l.peer, l.peerIP.String()+":9000")
-	env := fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname)
-	const fallback = `AF_XDP is not available on this interface: falling back to BACKEND=afpacket`
-
-	u := l.start(env)
-	u.stop(t)
-	if log := u.logText(); !strings.Contains(log, backendLog["afxdp"]) || strings.Contains(log, fallback) {
-		t.Fatalf("BACKEND=auto where AF_XDP works did not use afxdp:\n%s", log)
-	}
-	l.checkNothingLeft()
-
-	// Another XDP program (XDP_PASS), attached without a bpf_link.
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "foreign_xdp", Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prog.Close()
-	lk, err := l.host.Link(l.ifname)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const xdpFlagsDrvMode = 1 << 2
-	if err := l.host.Do(func() error { return netlink.LinkSetXdpFdWithFlags(lk, prog.FD(), xdpFlagsDrvMode) }); err != nil {
-		t.Fatal(err)
-	}
-	u = l.start(env)
-	log := u.logText()
-	if !strings.Contains(log, fallback) || !strings.Contains(log, backendLog["afpacket"]) {
-		t.Errorf("no fallback to afpacket in the log:\n%s", log)
-	}
-	for _, line := range strings.Split(log, "\n") {
-		if strings.Contains(line, fallback) {
-			t.Logf("%s", line)
-		}
-	}
-	if !strings.Contains(log, `"reason":"`) || !strings.Contains(log, "XDP") {
-		t.Errorf("the fallback line does not say why:\n%s", log)
-	}
-	if err := tcpEcho(l.peer, l.peerIP, h+":8022", 5*time.Second); err != nil {
-		t.Errorf("debug port: %v", err)
-	}
-	if err := tcpEcho(l.peer, l.peerIP, h+":8024", 700*time.Millisecond); !isTimeout(err) {
-		t.Errorf("closed port: %v, want no answer at all", err)
-	}
-	if err := tcpEcho(l.host, netip.Addr{}, l.peerIP.String()+":9000", 5*time.Second); err != nil {
-		t.Errorf("the kernel's own TCP: %v", err)
-	}
-	u.stop(t)
-	if err := l.host.Do(func() error { return netlink.LinkSetXdpFdWithFlags(lk, -1, xdpFlagsDrvMode) }); err != nil {
-		t.Fatal(err)
-	}
-	l.checkNothingLeft()
-}
-
-// TestE2EAFPacketWorkers: with afpacket, WORKERS need not match the NIC's
-// queues (the fanout group spreads flows over any number of workers).
-func TestE2EAFPacketWorkers(t *testing.T) {
-	l := newE2ELab(t, "afpacket", 1)
-	h := l.hostIP.String()
-	serveTCP(t, l.host, h+":8022")
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "WORKERS=3")
-	if log := u.logText(); !strings.Contains(log, `"workers":3`) || !strings.Contains(log, "3 workers in fanout group") {
-		t.Errorf("not 3 workers:\n%s", log)
-	}
-	for i := range 8 { // a few flows, to spread
-		if err := tcpEcho(l.peer, l.peerIP, h+":8022", 5*time.Second); err != nil {
-			t.Fatalf("connection %d to the debug port: %v", i, err)
-		}
-	}
-	if m := l.scrape(); !strings.Contains(m, `usnetd_port_rx_queue_packets_total{`) || !strings.Contains(m, `queue="2"`) {
-		t.Errorf("no per-queue counters for 3 workers")
-	}
-	u.stop(t)
 	l.checkNothingLeft()
 }
