@@ -79,7 +79,7 @@ func benchReceive(b *testing.B, mode string) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer fw.Close()
+		b.Cleanup(func() { fw.Close() }) // before the lab's cleanup: last in, first out
 	}
 	tx := tl.openPeer(Options{})
 	txBufs := benchFrames(b, tl, tl.veth.B.MAC)

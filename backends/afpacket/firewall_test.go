@@ -24,11 +24,11 @@ func TestSendBypassesEgressLearner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		if err := fw.Close(); err != nil {
 			t.Error(err)
 		}
-	}()
+	})
 	p := tl.open(Options{})
 	conn, err := tl.peer.ListenPacket("udp4", netip.AddrPortFrom(tl.peerIP, 0).String())
 	if err != nil {
