@@ -12,21 +12,10 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// The backends of the end-to-end tests (e2e_test.go), and the tests of
-// what only some backends do.
+// End-to-end tests of what only some backends do (e2e_test.go runs the
+// others once per backend).
 
-// e2eBackends are the BACKEND values every end-to-end test runs with.
-var e2eBackends = []string{"afxdp", "afpacket"}
-
-// forBackends runs test once per backend, as a subtest named after it;
-// test sets the lab's backend (l.backend = backend) before it starts usnetd.
-func forBackends(t *testing.T, test func(t *testing.T, backend string)) {
-	for _, b := range e2eBackends {
-		t.Run(b, func(t *testing.T) { test(t, b) })
-	}
-}
-
-// backendLog is what the "interface claimed" line says of each backend.
+// backendLog is what the "interface claimed" line says of a backend.
 var backendLog = map[string]string{
 	"afxdp":    `"backend":"afxdp (xdp `,
 	"afpacket": `"backend":"afpacket (tc ingress, `,

@@ -27,8 +27,8 @@ import (
 // End-to-end tests: the real usnetd (this test binary, re-executed as the
 // daemon) claims a veth in a "host" namespace; a "peer" namespace talks to
 // the host's kernel through it, with real kernel sockets on both sides.
-// Each test runs once per backend (forBackends, e2e_backends_test.go), as
-// a subtest named after it. Timeouts here only tell an answer from none (a
+// Each test runs once per backend (forEachBackend), as a subtest named
+// after it. Timeouts here only tell an answer from none (a
 // dropped SYN) or detect a hang; they assert no speed.
 
 const mainEnv = "USNETD_E2E_MAIN"
@@ -45,11 +45,22 @@ type e2eLab struct {
 	lab        *netlab.Lab
 	host, peer *netlab.NS
 	ifname     string
-	backend    string // BACKEND of every usnetd started here ("": the default)
 	hostIP     netip.Addr
 	peerIP     netip.Addr
 	peerIP2    netip.Addr // a second peer address, for REMOTEIP rules
 	sock       string
+	backend    string // BACKEND for the daemon; "" for its default
+}
+
+// e2eBackends are the BACKEND values every end-to-end test runs with.
+var e2eBackends = []string{"afxdp", "afpacket"}
+
+// forEachBackend runs body once per backend in e2eBackends, each as a
+// subtest named after it; body makes its lab and sets its backend.
+func forEachBackend(t *testing.T, body func(t *testing.T, backend string)) {
+	for _, b := range e2eBackends {
+		t.Run(b, func(t *testing.T) { body(t, b) })
+	}
 }
 
 func newE2ELab(t *testing.T, queues int) *e2eLab {
@@ -111,8 +122,7 @@ func (l *e2eLab) start(env ...string) *usnetd {
 	cmd.Env = append([]string{mainEnv + "=1", "PATH=" + os.Getenv("PATH"), "LOG_FORMAT=json", "LOG_LEVEL=debug",
 		"INTERFACES=" + l.ifname, "SOCKET_PATH=" + l.sock, "METRICS_ADDR=127.0.0.1:9464", "GORACE=atexit_sleep_ms=0"}, env...)
 	if l.backend != "" {
-		// First: a BACKEND in env comes later, and the last one wins.
-		cmd.Env = append([]string{"BACKEND=" + l.backend}, cmd.Env...)
+		cmd.Env = append(cmd.Env, "BACKEND="+l.backend)
 	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -324,7 +334,7 @@ func (l *e2eLab) checkNothingLeft() {
 
 // TestE2EKernelFirewall: with usnetd on the host's NIC, the kernel keeps
 // exactly its own connections and the ports opened for it.
-func TestE2EKernelFirewall(t *testing.T) { forBackends(t, testE2EKernelFirewall) }
+func TestE2EKernelFirewall(t *testing.T) { forEachBackend(t, testE2EKernelFirewall) }
 
 func testE2EKernelFirewall(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
@@ -385,15 +395,16 @@ func testE2EKernelFirewall(t *testing.T, backend string) {
 	})
 	u.stop(t)
 	l.checkNothingLeft()
-	if log := u.logText(); !strings.Contains(log, `"message":"interface claimed"`) || !strings.Contains(log, backendLog[backend]) {
-		t.Errorf("no 'interface claimed' line with %s:\n%s", backendLog[backend], log)
+	mode := map[string]string{"afxdp": "xdp ", "afpacket": "afpacket (tc ingress, "}[backend]
+	if log := u.logText(); !strings.Contains(log, `"message":"interface claimed"`) || !strings.Contains(log, mode) {
+		t.Errorf("no 'interface claimed' line with %q:\n%s", mode, log)
 	}
 }
 
 // TestE2ERestartAfterKill: a usnetd killed with SIGKILL leaves its
 // programs attached (the kernel stays firewalled); the next start repairs
 // them instead of failing or stacking, and its SIGTERM leaves nothing.
-func TestE2ERestartAfterKill(t *testing.T) { forBackends(t, testE2ERestartAfterKill) }
+func TestE2ERestartAfterKill(t *testing.T) { forEachBackend(t, testE2ERestartAfterKill) }
 
 func testE2ERestartAfterKill(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
