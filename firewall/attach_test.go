@@ -55,6 +55,12 @@ func TestAttachErrors(t *testing.T) {
 	if _, err := l.tryAttach(t, Options{XDPMode: "turbo"}); err == nil {
 		t.Error("XDP mode turbo accepted")
 	}
+	if _, err := l.tryAttach(t, Options{Hook: "nf"}); err == nil {
+		t.Error("hook nf accepted")
+	}
+	if _, err := l.tryAttach(t, Options{Hook: HookTC, XDPMode: ModeNative}); err == nil {
+		t.Error("an XDP mode with the TC hook accepted")
+	}
 	if _, err := os.Stat(filepath.Join(DefaultPinRoot, l.ifname)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a failed Attach left its directory: %v", err)
 	}
@@ -72,8 +78,19 @@ func TestAttachErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = l.tryAttach(t, Options{XDPMode: ModeNative})
-	if !errors.Is(err, ErrAttach) || !errors.Is(err, unix.EBUSY) {
-		t.Errorf("Attach over a netlink XDP program: %v, want ErrAttach and EBUSY", err)
+	if !errors.Is(err, ErrAttach) || !errors.Is(err, ErrAttachXDP) || !errors.Is(err, unix.EBUSY) {
+		t.Errorf("Attach over a netlink XDP program: %v, want ErrAttachXDP, ErrAttach and EBUSY", err)
+	}
+	// Nor in the default mode, which tries generic after native (the
+	// kernel refuses a generic program next to a native one).
+	if _, err = l.tryAttach(t, Options{}); !errors.Is(err, ErrAttachXDP) {
+		t.Errorf("Attach over a netlink XDP program: %v, want ErrAttachXDP", err)
+	}
+	// The TC hook does not mind it.
+	if fw, err := l.tryAttach(t, Options{Hook: HookTC}); err != nil {
+		t.Errorf("Attach with the TC hook over a netlink XDP program: %v", err)
+	} else if err := fw.Close(); err != nil {
+		t.Error(err)
 	}
 	if err := l.host.Do(func() error { return netlink.LinkSetXdpFdWithFlags(lk, -1, 1<<2) }); err != nil {
 		t.Fatal(err)
@@ -112,18 +129,26 @@ func TestAttachErrors(t *testing.T) {
 }
 
 // NO_HOST_RINGS: the kernel gets nothing, not even ARP or an allowed port,
-// and no learner is attached.
+// and no learner is attached; on both hooks.
 func TestNoHostRings(t *testing.T) {
-	l := newLab(t)
-	port := listen(t, l.host)
-	fw := l.attach(t, Options{NoHostRings: true, Allow: []Allowed{{Key: l4.ListenKey(la(l.h4), l4.ProtoTCP, port), Sticky: true}}})
-	unreachable(t, l.peer, l.p4, l.h4, port)
-	c := counters(t, fw)
-	if c["pass_kernel"] != 0 || c["no_host_rings"] == 0 || c["no_host_rings"] != c["dropped_no_xsk"] {
-		t.Errorf("counters %v", c)
-	}
-	if p := l.tcxEgress(t); len(p) != 0 {
-		t.Errorf("TCX egress programs %v with NoHostRings", p)
+	for _, hook := range []Hook{HookXDP, HookTC} {
+		t.Run(string(hook), func(t *testing.T) {
+			l := newLab(t)
+			port := listen(t, l.host)
+			fw := l.attach(t, Options{Hook: hook, NoHostRings: true, Allow: []Allowed{{Key: l4.ListenKey(la(l.h4), l4.ProtoTCP, port), Sticky: true}}})
+			unreachable(t, l.peer, l.p4, l.h4, port)
+			dropped := "dropped_no_xsk"
+			if hook == HookTC {
+				dropped = "tc_dropped"
+			}
+			c := counters(t, fw)
+			if c["pass_kernel"] != 0 || c["no_host_rings"] == 0 || c["no_host_rings"] != c[dropped] {
+				t.Errorf("counters %v", c)
+			}
+			if p := l.tcxEgress(t); len(p) != 0 {
+				t.Errorf("TCX egress programs %v with NoHostRings", p)
+			}
+		})
 	}
 }
 

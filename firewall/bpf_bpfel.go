@@ -43,7 +43,9 @@ const (
 	bpfFwCounterCNT_LEARN_COVERED   bpfFwCounter = 15
 	bpfFwCounterCNT_LEARN_SKIPPED   bpfFwCounter = 16
 	bpfFwCounterCNT_LEARN_FAILED    bpfFwCounter = 17
-	bpfFwCounterCNT_MAX             bpfFwCounter = 18
+	bpfFwCounterCNT_TC_DROPPED      bpfFwCounter = 18
+	bpfFwCounterCNT_TC_PULLED       bpfFwCounter = 19
+	bpfFwCounterCNT_MAX             bpfFwCounter = 20
 )
 
 type bpfFwKey struct {
@@ -68,15 +70,16 @@ type bpfFwValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapCounters       = "counters"
-	bpfMapFragKernel     = "frag_kernel"
-	bpfMapKernelLearned  = "kernel_learned"
-	bpfMapKernelRules    = "kernel_rules"
-	bpfMapXsks           = "xsks"
-	bpfProgUsnetdLearn   = "usnetd_learn"
-	bpfProgUsnetdXdp     = "usnetd_xdp"
-	bpfVarCfgNoHostRings = "cfg_no_host_rings"
-	bpfVarFwCounterMax   = "fw_counter_max"
+	bpfMapCounters         = "counters"
+	bpfMapFragKernel       = "frag_kernel"
+	bpfMapKernelLearned    = "kernel_learned"
+	bpfMapKernelRules      = "kernel_rules"
+	bpfMapXsks             = "xsks"
+	bpfProgUsnetdLearn     = "usnetd_learn"
+	bpfProgUsnetdTcIngress = "usnetd_tc_ingress"
+	bpfProgUsnetdXdp       = "usnetd_xdp"
+	bpfVarCfgNoHostRings   = "cfg_no_host_rings"
+	bpfVarFwCounterMax     = "fw_counter_max"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -121,8 +124,9 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	UsnetdLearn *ebpf.ProgramSpec `ebpf:"usnetd_learn"`
-	UsnetdXdp   *ebpf.ProgramSpec `ebpf:"usnetd_xdp"`
+	UsnetdLearn     *ebpf.ProgramSpec `ebpf:"usnetd_learn"`
+	UsnetdTcIngress *ebpf.ProgramSpec `ebpf:"usnetd_tc_ingress"`
+	UsnetdXdp       *ebpf.ProgramSpec `ebpf:"usnetd_xdp"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -193,13 +197,15 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	UsnetdLearn *ebpf.Program `ebpf:"usnetd_learn"`
-	UsnetdXdp   *ebpf.Program `ebpf:"usnetd_xdp"`
+	UsnetdLearn     *ebpf.Program `ebpf:"usnetd_learn"`
+	UsnetdTcIngress *ebpf.Program `ebpf:"usnetd_tc_ingress"`
+	UsnetdXdp       *ebpf.Program `ebpf:"usnetd_xdp"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.UsnetdLearn,
+		p.UsnetdTcIngress,
 		p.UsnetdXdp,
 	)
 }

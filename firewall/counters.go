@@ -1,11 +1,14 @@
 package firewall
 
 // counterNames names the per-CPU counters of the eBPF programs, by their
-// index (enum fw_counter in bpf/firewall.c). Every XDP frame counts in
-// exactly one of pass_kernel, to_xsk and dropped_no_xsk; the pass_*
-// reasons add up to pass_kernel; parse_error, fragment_to_xsk and
-// no_host_rings say why some frames went to userspace. learn_* count the
-// egress learner's work per outgoing frame.
+// index (enum fw_counter in bpf/firewall.c). Every frame the XDP hook sees
+// counts in exactly one of pass_kernel, to_xsk and dropped_no_xsk; every
+// frame the TC hook sees in exactly one of pass_kernel and tc_dropped. The
+// pass_* reasons add up to pass_kernel; parse_error, fragment_to_xsk and
+// no_host_rings say why some frames were not the kernel's (in the TC hook
+// too, despite the name of fragment_to_xsk); tc_pulled counts the frames
+// whose headers the TC hook had to pull into the skb's linear data.
+// learn_* count the egress learner's work per outgoing frame.
 var counterNames = [...]string{
 	bpfFwCounterCNT_PASS_KERNEL:     "pass_kernel",
 	bpfFwCounterCNT_TO_XSK:          "to_xsk",
@@ -25,6 +28,8 @@ var counterNames = [...]string{
 	bpfFwCounterCNT_LEARN_COVERED:   "learn_covered",
 	bpfFwCounterCNT_LEARN_SKIPPED:   "learn_skipped",
 	bpfFwCounterCNT_LEARN_FAILED:    "learn_failed",
+	bpfFwCounterCNT_TC_DROPPED:      "tc_dropped",
+	bpfFwCounterCNT_TC_PULLED:       "tc_pulled",
 }
 
 // CounterNames returns the names of the counters that Counters reports, in

@@ -1,20 +1,28 @@
 // Package firewall holds usnetd's eBPF programs (C in bpf/, compiled with
-// bpf2go, generated files committed) and their loader: the XDP classifier,
-// the TCX egress learner, the kernel-allow maps, and the kernel's socket
-// inventory that expires learned entries. The rule table in Go is the one
-// truth; the eBPF maps are its kernel-side copy for the kernel's rules.
+// bpf2go, generated files committed) and their loader: the ingress
+// classifier (an XDP program or a TCX ingress program), the TCX egress
+// learner, the kernel-allow maps, and the kernel's socket inventory that
+// expires learned entries. The rule table in Go is the one truth; the eBPF
+// maps are its kernel-side copy for the kernel's rules.
 //
-// It is the kernel path of the AF_XDP backend (and later of AF_PACKET's tc
-// ingress mode). It never decides where a userspace frame goes: the XDP
-// program only tells "the kernel's" from "not the kernel's", and hands the
-// rest, untouched, to the AF_XDP socket of the frame's RX queue. It never
-// lets the kernel see a frame that no kernel rule allows, apart from the
-// link's housekeeping listed below, and never touches eBPF objects other
-// than those under its own pin directory.
+// It is the kernel path of the AF_XDP backend (Options.Hook = HookXDP) and
+// of the AF_PACKET backend (HookTC). It never decides where a userspace
+// frame goes: the programs only tell "the kernel's" from "not the
+// kernel's". With HookXDP the XDP program passes the kernel's frames and
+// hands the rest, untouched, to the AF_XDP socket of the frame's RX queue.
+// With HookTC the AF_PACKET sockets have seen every frame already (packet
+// taps run before tc ingress), and the TCX ingress program lets the
+// kernel's frames go on (TCX_NEXT) and drops the rest (TC_ACT_SHOT). It
+// never lets the kernel see a frame that no kernel rule allows, apart from
+// the link's housekeeping listed below, and never touches eBPF objects
+// other than those under its own pin directory.
 //
-// # Verdicts of the XDP classifier
+// # Verdicts of the classifier
 //
-//   - NO_HOST_RINGS: everything to userspace.
+// Both hooks run one decision (bpf/classify.h), so they cannot drift
+// apart; the tests run one table of frames through both.
+//
+//   - NO_HOST_RINGS: nothing for the kernel.
 //   - ARP, EAPOL, DHCP answers (UDP 67→68; DHCPv6 547→546), IPv6
 //     neighbour discovery (ICMPv6 133–137) and MLD (130–132, 143): kernel.
 //   - IPv4/IPv6 (after one 802.1Q/802.1ad tag, IPv4 options, up to six
@@ -30,12 +38,21 @@
 //     datagram (source, destination, id, protocol) went to the kernel less
 //     than 30 s before, else userspace, where the Go switch holds and
 //     routes them (also those that arrive before their first fragment).
-//   - Everything else, truncated and malformed frames included:
-//     bpf_redirect_map into the XSKMAP at the RX queue; with no socket
-//     there, XDP_DROP, never the kernel.
+//   - Everything else, truncated and malformed frames included, is not
+//     the kernel's. XDP: bpf_redirect_map into the XSKMAP at the RX queue;
+//     with no socket there, XDP_DROP, never the kernel. TC: TC_ACT_SHOT.
+//
+// XDP sees the whole frame. The TC hook sees an skb, whose linear data may
+// end before the headers do (an skb built from page fragments can keep
+// just the Ethernet header there): then it pulls up to 512 bytes into the
+// linear data (bpf_skb_pull_data, counted as tc_pulled) and decides again;
+// headers past that count as a truncated frame. The TC hook sees frames
+// after the kernel took out a VLAN tag into the skb (the decision then
+// sees the inner EtherType, as XDP does after skipping the tag).
 //
 // Every frame counts in exactly one of the counters pass_kernel, to_xsk,
-// dropped_no_xsk, and pass_kernel is split by reason (see CounterNames).
+// dropped_no_xsk (XDP) or pass_kernel, tc_dropped (TC), and pass_kernel is
+// split by reason (see CounterNames).
 //
 // # The kernel-allow maps
 //
@@ -78,8 +95,11 @@
 // A usnetd that dies without Close leaves its links pinned and the kernel
 // firewalled; the next Attach swaps its programs into those links
 // (link.Update: no moment unfiltered, no second program) and keeps the
-// learned entries, so the kernel's connections survive. Close detaches
-// everything and removes the directory: the kernel is unfiltered again.
+// learned entries, so the kernel's connections survive. If the earlier
+// instance used the other hook, Attach attaches its own hook first and
+// then removes the earlier link (xdp_link or tcx_ingress_link): both
+// filter for a moment, neither is missing. Close detaches everything and
+// removes the directory: the kernel is unfiltered again.
 //
 // The programs need Linux ≥ 6.6 (TCX) and a little-endian CPU (the objects
 // are built for bpfel).

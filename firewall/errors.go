@@ -1,6 +1,9 @@
 package firewall
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Errors returned by this package wrap one of these, or
 // the kernel's errno (a unix.Errno such as unix.EBUSY or unix.EPERM) or a
@@ -21,6 +24,11 @@ var (
 	ErrLoad = errors.New("firewall: loading eBPF objects")
 	// ErrAttach: a program could not be attached to the interface.
 	ErrAttach = errors.New("firewall: attaching")
+	// ErrAttachXDP: the XDP program could not be attached (the driver
+	// refused native and generic mode, or another program holds the
+	// interface's XDP hook). It wraps ErrAttach; a caller may fall back
+	// to HookTC.
+	ErrAttachXDP = fmt.Errorf("%w XDP", ErrAttach)
 	// ErrInvalidKey: a key that the kernel-side lookup can never match
 	// (see l4.Key.Validate).
 	ErrInvalidKey = errors.New("firewall: invalid key")

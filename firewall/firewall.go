@@ -23,10 +23,29 @@ import (
 // directory per interface below it.
 const DefaultPinRoot = "/sys/fs/bpf/usnetd"
 
-// XDP attach modes, as Options.XDPMode takes them and Mode reports them.
+// Attach modes: Options.XDPMode takes the XDP ones, and Mode reports
+// which one is in use.
 const (
-	ModeNative  = "native"  // in the driver (XDP_FLAGS_DRV_MODE)
-	ModeGeneric = "generic" // in the core network stack, for any driver (XDP_FLAGS_SKB_MODE)
+	ModeNative  = "native"  // XDP in the driver (XDP_FLAGS_DRV_MODE)
+	ModeGeneric = "generic" // XDP in the core network stack, for any driver (XDP_FLAGS_SKB_MODE)
+	ModeTCX     = "tcx"     // HookTC: a TCX ingress link
+)
+
+// Hook is where the firewall judges the frames that arrive on the
+// interface; the decision is the same in both (bpf/classify.h), what it
+// does with the frames that are not the kernel's differs.
+type Hook string
+
+const (
+	// HookXDP (the default) is the AF_XDP backend's: an XDP program passes
+	// the kernel's frames (XDP_PASS) and redirects the rest into the
+	// XSKMAP, so that they reach usnetd and never the kernel.
+	HookXDP Hook = "xdp"
+	// HookTC is the AF_PACKET backend's: a TCX ingress program lets the
+	// kernel's frames go on (TCX_NEXT) and drops the rest (TC_ACT_SHOT).
+	// usnetd reads every frame through AF_PACKET, whose taps run before tc
+	// ingress, so it sees the kernel's frames too; the XSKMAP is unused.
+	HookTC Hook = "tc"
 )
 
 // Default sizes and times.
@@ -51,21 +70,26 @@ type Options struct {
 	// `ip netns exec`), Attach mounts one there.
 	PinRoot string
 
+	// Hook is HookXDP (also "") or HookTC. A restart with another hook
+	// than the earlier instance's attaches the new hook first and then
+	// removes the earlier one's link, so the kernel is never unfiltered.
+	Hook Hook
+
 	// XDPMode is "" (native, falling back to generic when the driver
-	// refuses), ModeNative or ModeGeneric. With "", a restart keeps the
-	// mode of the earlier instance's link. An explicit mode that differs
-	// from it makes Attach detach that link before attaching anew: for
-	// that moment the kernel is unfiltered.
+	// refuses), ModeNative or ModeGeneric; only with HookXDP. With "", a
+	// restart keeps the mode of the earlier instance's link. An explicit
+	// mode that differs from it makes Attach detach that link before
+	// attaching anew: for that moment the kernel is unfiltered.
 	XDPMode string
 
 	// NoHostRings gives the kernel nothing from the NIC (NO_HOST_RINGS):
-	// every frame goes to the AF_XDP sockets, ARP included, and the
-	// egress learner is not attached.
+	// every frame goes to the AF_XDP sockets (HookXDP) or is dropped
+	// (HookTC), ARP included, and the egress learner is not attached.
 	NoHostRings bool
 
 	// Queues is the number of entries of the XSKMAP (one per RX queue);
 	// 0 means the interface's number of RX queues. Frames arriving on a
-	// queue at or above it are dropped.
+	// queue at or above it are dropped. Unused with HookTC.
 	Queues int
 
 	// MaxRules and MaxLearned size the registered and learned maps; 0
@@ -97,13 +121,14 @@ type Allowed struct {
 
 // Pin names inside an interface's pin directory.
 const (
-	pinXDPLink = "xdp_link"
-	pinTCXLink = "tcx_egress_link"
+	pinXDPLink       = "xdp_link"
+	pinTCXLink       = "tcx_egress_link"
+	pinTCIngressLink = "tcx_ingress_link"
 )
 
-// A Firewall is the kernel-side firewall of one interface: the XDP
-// classifier, the TCX egress learner and their maps, pinned under
-// PinRoot/INTERFACE/.
+// A Firewall is the kernel-side firewall of one interface: the ingress
+// classifier (XDP or TCX ingress, see Hook), the TCX egress learner and
+// their maps, pinned under PinRoot/INTERFACE/.
 //
 // Its methods are safe for concurrent use. Map updates take effect for
 // the next frame; there is no transaction across several calls.
@@ -113,21 +138,24 @@ type Firewall struct {
 	ifindex int
 	root    string
 	dir     string
+	hook    Hook
 	mode    string
 	minIdle time.Duration
 
 	mu     sync.RWMutex
 	closed bool
 	objs   bpfObjects
-	xdp    link.Link
-	tcx    link.Link // nil with NoHostRings
+	in     link.Link // the ingress hook's: XDP, or TCX ingress
+	tcx    link.Link // the egress learner's; nil with NoHostRings
 	lock   *os.File  // flock on dir: one live Firewall per directory
 }
 
 // Attach loads the firewall's eBPF objects and attaches them to one
-// interface: the XDP classifier through a bpf_link (native mode, falling
-// back to generic), and the egress learner through TCX. Maps and links are
-// pinned under PinRoot/INTERFACE/, so that they outlive the process.
+// interface: the classifier through a bpf_link, as an XDP program (HookXDP:
+// native mode, falling back to generic) or a TCX ingress program (HookTC,
+// first in the interface's TCX ingress chain), and the egress learner
+// through TCX. Maps and links are pinned under PinRoot/INTERFACE/, so that
+// they outlive the process.
 //
 // Network namespace: the interface is looked up, and the programs are
 // attached, in the network namespace of the calling thread. To attach in
@@ -152,10 +180,20 @@ func Attach(opts Options) (_ *Firewall, err error) {
 	if attrs.EncapType != "ether" {
 		return nil, fmt.Errorf("%w: %s is %q, not an Ethernet interface", ErrInterface, attrs.Name, attrs.EncapType)
 	}
+	switch opts.Hook {
+	case "":
+		opts.Hook = HookXDP
+	case HookXDP, HookTC:
+	default:
+		return nil, fmt.Errorf("firewall: hook %q: want %q or %q", opts.Hook, HookXDP, HookTC)
+	}
 	switch opts.XDPMode {
 	case "", ModeNative, ModeGeneric:
 	default:
 		return nil, fmt.Errorf("firewall: XDP mode %q: want %q or %q", opts.XDPMode, ModeNative, ModeGeneric)
+	}
+	if opts.Hook == HookTC && opts.XDPMode != "" {
+		return nil, fmt.Errorf("firewall: XDP mode %q with hook %q", opts.XDPMode, opts.Hook)
 	}
 	if opts.Queues < 0 || opts.MaxRules < 0 || opts.MaxLearned < 0 {
 		return nil, fmt.Errorf("firewall: negative size in options")
@@ -176,6 +214,7 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		ifindex: attrs.Index,
 		root:    root,
 		dir:     filepath.Join(root, attrs.Name),
+		hook:    opts.Hook,
 		minIdle: opts.MinIdle,
 	}
 	if fw.minIdle == 0 {
@@ -225,19 +264,46 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		}
 	}
 
-	// The XDP classifier.
+	// The classifier, on the chosen hook; then the other hook's link of an
+	// earlier instance goes.
 	var fresh bool
-	fw.xdp, fresh, err = fw.updateOrAttach(pinXDPLink, fw.objs.UsnetdXdp, opts.XDPMode, func() (link.Link, error) {
-		return fw.attachXDP(opts.XDPMode)
-	})
-	if err != nil {
-		return nil, err
+	if opts.Hook == HookTC {
+		fw.in, fresh, err = fw.updateOrAttach(pinTCIngressLink, fw.objs.UsnetdTcIngress, "", func() (link.Link, error) {
+			l, err := link.AttachTCX(link.TCXOptions{
+				Interface: fw.ifindex,
+				Program:   fw.objs.UsnetdTcIngress,
+				Attach:    ebpf.AttachTCXIngress,
+				// First: a program before it that ended the chain with
+				// TC_ACT_OK would let anything through.
+				Anchor: link.Head(),
+			})
+			if err != nil {
+				return nil, fmt.Errorf("%w: TCX ingress to %s: %w", ErrAttach, fw.ifname, err)
+			}
+			return l, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		fw.mode = ModeTCX
+	} else {
+		fw.in, fresh, err = fw.updateOrAttach(pinXDPLink, fw.objs.UsnetdXdp, opts.XDPMode, func() (link.Link, error) {
+			return fw.attachXDP(opts.XDPMode)
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	if fresh {
-		newLinks = append(newLinks, fw.xdp)
+		newLinks = append(newLinks, fw.in)
 	}
-	if fw.mode, err = xdpMode(fw.ifindex); err != nil {
-		return nil, err
+	if opts.Hook == HookTC {
+		fw.dropPinnedLink(pinXDPLink)
+	} else {
+		fw.dropPinnedLink(pinTCIngressLink)
+		if fw.mode, err = xdpMode(fw.ifindex); err != nil {
+			return nil, err
+		}
 	}
 
 	// The egress learner.
@@ -267,7 +333,7 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		}
 	}
 	for _, l := range newLinks {
-		name := pinXDPLink
+		name := fw.inPin()
 		if l == fw.tcx {
 			name = pinTCXLink
 		}
@@ -275,10 +341,21 @@ func Attach(opts Options) (_ *Firewall, err error) {
 			return nil, err
 		}
 	}
-	fw.log.Info().Str("xdp_mode", fw.mode).Bool("no_host_rings", opts.NoHostRings).
-		Str("pins", fw.dir).Int("queues", int(spec.Maps["xsks"].MaxEntries)).
-		Msg("firewall: attached")
+	ev := fw.log.Info().Str("hook", string(fw.hook)).Str("mode", fw.mode).Bool("no_host_rings", opts.NoHostRings).
+		Str("pins", fw.dir)
+	if fw.hook == HookXDP {
+		ev = ev.Int("queues", int(spec.Maps["xsks"].MaxEntries))
+	}
+	ev.Msg("firewall: attached")
 	return fw, nil
+}
+
+// inPin is the pin name of the ingress hook's link.
+func (fw *Firewall) inPin() string {
+	if fw.hook == HookTC {
+		return pinTCIngressLink
+	}
+	return pinXDPLink
 }
 
 func findLink(opts Options) (netlink.Link, error) {
@@ -416,8 +493,12 @@ func (fw *Firewall) reusable(old link.Link, prog *ebpf.Program, mode string) str
 		if x == nil {
 			return fmt.Sprintf("not a TCX link (type %v)", info.Type)
 		}
-		if int(x.Ifindex) != fw.ifindex || ebpf.AttachType(x.AttachType) != ebpf.AttachTCXEgress {
-			return fmt.Sprintf("attached to ifindex %d (0: detached) as %v", x.Ifindex, ebpf.AttachType(x.AttachType))
+		want := ebpf.AttachTCXEgress
+		if prog == fw.objs.UsnetdTcIngress {
+			want = ebpf.AttachTCXIngress
+		}
+		if int(x.Ifindex) != fw.ifindex || ebpf.AttachType(x.AttachType) != want {
+			return fmt.Sprintf("attached to ifindex %d (0: detached) as %v, %v wanted", x.Ifindex, ebpf.AttachType(x.AttachType), want)
 		}
 	}
 	return ""
@@ -447,11 +528,14 @@ func (fw *Firewall) attachXDP(mode string) (link.Link, error) {
 	l, err := link.AttachXDP(opts)
 	if err != nil && mode == "" {
 		fw.log.Info().Err(err).Msg("firewall: native XDP refused, falling back to generic mode")
+		nerr := err
 		opts.Flags = link.XDPGenericMode
-		l, err = link.AttachXDP(opts)
+		if l, err = link.AttachXDP(opts); err != nil {
+			return nil, fmt.Errorf("%w: to %s: native mode: %w; generic mode: %w", ErrAttachXDP, fw.ifname, nerr, err)
+		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: XDP to %s: %w", ErrAttach, fw.ifname, err)
+		return nil, fmt.Errorf("%w: to %s: %w", ErrAttachXDP, fw.ifname, err)
 	}
 	return l, nil
 }
@@ -521,7 +605,7 @@ func (fw *Firewall) Close() error {
 	}
 	fw.closed = true
 	var errs []error
-	for _, l := range []link.Link{fw.tcx, fw.xdp} {
+	for _, l := range []link.Link{fw.tcx, fw.in} {
 		if l == nil {
 			continue
 		}
@@ -567,13 +651,18 @@ func (fw *Firewall) Ifindex() int { return fw.ifindex }
 // PinDir returns the directory holding the pins: PinRoot/INTERFACE.
 func (fw *Firewall) PinDir() string { return fw.dir }
 
-// Mode returns the XDP mode in use, ModeNative or ModeGeneric.
+// Mode returns how the classifier is attached: ModeNative or ModeGeneric
+// (HookXDP), or ModeTCX (HookTC).
 func (fw *Firewall) Mode() string { return fw.mode }
+
+// Hook returns the hook the classifier is attached to.
+func (fw *Firewall) Hook() Hook { return fw.hook }
 
 // XSKMap returns the XSKMAP: the AF_XDP backend puts the fd of the socket
 // bound to RX queue q at key uint32(q). A frame that arrives on a queue
 // without a socket is dropped (counted as dropped_no_xsk), never given to
-// the kernel. The map belongs to the Firewall: do not close it.
+// the kernel. The map belongs to the Firewall: do not close it. With
+// HookTC nothing reads it.
 func (fw *Firewall) XSKMap() *ebpf.Map { return fw.objs.Xsks }
 
 // rlock takes the read lock unless fw is closed.

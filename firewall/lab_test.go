@@ -44,9 +44,17 @@ type fwLab struct {
 	h4, p4, o4 netip.Addr // host .1; peer .2 and .3
 	h6, p6, o6 netip.Addr // the same in IPv6
 	all        map[string][3]netip.Addr
+	hostMAC    net.HardwareAddr // of the host's veth end
+	peerIndex  int              // ifindex of the peer's veth end
 }
 
 func newLab(t *testing.T) *fwLab {
+	t.Helper()
+	return newLabVeth(t, netlab.VethOpts{Up: true})
+}
+
+// newLabVeth is newLab with the veth pair made with opts.
+func newLabVeth(t *testing.T, opts netlab.VethOpts) *fwLab {
 	t.Helper()
 	lab, err := netlab.New(t, "")
 	if err != nil {
@@ -59,9 +67,11 @@ func newLab(t *testing.T) *fwLab {
 	if l.peer, err = lab.AddNS("peer"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lab.Veth(l.host, l.ifname, l.peer, "eth0", netlab.VethOpts{Up: true}); err != nil {
+	v, err := lab.Veth(l.host, l.ifname, l.peer, "eth0", opts)
+	if err != nil {
 		t.Fatal(err)
 	}
+	l.hostMAC, l.peerIndex = v.A.MAC, v.B.Index
 	sn, sn6 := lab.Subnet(), lab.Subnet6()
 	for _, a := range []struct {
 		ns   *netlab.NS
@@ -309,10 +319,10 @@ func findEntry(es []Entry, k l4.Key) (Entry, bool) {
 func la(a netip.Addr) l4.Addr { return l4.AddrFromNetip(a) }
 
 // The kernel sees the ports the operator opened, from the remotes it was
-// opened to, its own connections, and nothing else; in both XDP modes and
-// both IP families.
+// opened to, its own connections, and nothing else; in both XDP modes, on
+// the TC hook, and in both IP families.
 func TestKernelFirewall(t *testing.T) {
-	for _, mode := range []string{ModeNative, ModeGeneric} {
+	for _, mode := range []string{ModeNative, ModeGeneric, ModeTCX} {
 		t.Run(mode, func(t *testing.T) {
 			l := newLab(t)
 			open := listen(t, l.host)   // allowed as a listening port (DEBUG_PORTS=IF:TCP:PORT)
@@ -325,7 +335,11 @@ func TestKernelFirewall(t *testing.T) {
 					Allowed{Key: l4.ListenKey(la(h), l4.ProtoTCP, open), Sticky: true},
 					Allowed{Key: l4.Key{Local: la(h), Remote: la(p), LocalPort: remote, Proto: l4.ProtoTCP, Flags: l4.KeyLocalPort | l4.KeyRemote}, Sticky: true})
 			}
-			fw := l.attach(t, Options{XDPMode: mode, Allow: allowed})
+			opts, dropped := Options{XDPMode: mode, Allow: allowed}, "dropped_no_xsk"
+			if mode == ModeTCX {
+				opts, dropped = Options{Hook: HookTC, Allow: allowed}, "tc_dropped"
+			}
+			fw := l.attach(t, opts)
 			if fw.Mode() != mode {
 				t.Fatalf("Mode() = %q, want %q", fw.Mode(), mode)
 			}
@@ -343,10 +357,10 @@ func TestKernelFirewall(t *testing.T) {
 						unreachable(t, l.peer, o, h, remote)
 					})
 					t.Run("port not opened", func(t *testing.T) {
-						before := counters(t, fw)["dropped_no_xsk"]
+						before := counters(t, fw)[dropped]
 						unreachable(t, l.peer, p, h, closed)
-						if after := counters(t, fw)["dropped_no_xsk"]; after <= before {
-							t.Errorf("dropped_no_xsk %d -> %d: the drop was not counted", before, after)
+						if after := counters(t, fw)[dropped]; after <= before {
+							t.Errorf("%s %d -> %d: the drop was not counted", dropped, before, after)
 						}
 					})
 					t.Run("kernel's own connection", func(t *testing.T) {
@@ -430,25 +444,43 @@ func TestAllowRevoke(t *testing.T) {
 	}
 }
 
-// checkAttached checks that exactly one XDP program, prog, is attached to
-// the host's link, in a single mode, and exactly one TCX egress program.
+// checkAttached checks that the firewall's ingress program is attached to
+// the host's link, and nothing of the other hook: with HookXDP exactly one
+// XDP program in a single mode and no TCX ingress program, with HookTC
+// exactly one TCX ingress program and no XDP program; and exactly one TCX
+// egress program, the learner.
 func (l *fwLab) checkAttached(t *testing.T, fw *Firewall) {
 	t.Helper()
-	info, err := fw.objs.UsnetdXdp.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := info.ID()
 	lk, err := l.host.Link(l.ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
 	x := lk.Attrs().Xdp
-	if x == nil || !x.Attached || x.ProgId != uint32(want) {
-		t.Fatalf("XDP on %s: %+v, want program %d", l.ifname, x, want)
-	}
-	if x.AttachMode != 1 && x.AttachMode != 2 { // XDP_ATTACHED_DRV, _SKB; 4 is MULTI
-		t.Fatalf("XDP attach mode %d: programs in several modes", x.AttachMode)
+	ingress := l.tcxPrograms(t, ebpf.AttachTCXIngress)
+	if fw.Hook() == HookTC {
+		if x != nil && x.Attached {
+			t.Fatalf("XDP program %d attached with the TC hook", x.ProgId)
+		}
+		info, _ := fw.objs.UsnetdTcIngress.Info()
+		want, _ := info.ID()
+		if len(ingress) != 1 || ingress[0] != want {
+			t.Fatalf("TCX ingress programs %v, want only %d", ingress, want)
+		}
+	} else {
+		info, err := fw.objs.UsnetdXdp.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := info.ID()
+		if x == nil || !x.Attached || x.ProgId != uint32(want) {
+			t.Fatalf("XDP on %s: %+v, want program %d", l.ifname, x, want)
+		}
+		if x.AttachMode != 1 && x.AttachMode != 2 { // XDP_ATTACHED_DRV, _SKB; 4 is MULTI
+			t.Fatalf("XDP attach mode %d: programs in several modes", x.AttachMode)
+		}
+		if len(ingress) != 0 {
+			t.Fatalf("TCX ingress programs %v with the XDP hook", ingress)
+		}
 	}
 	progs := l.tcxEgress(t)
 	linfo, _ := fw.objs.UsnetdLearn.Info()
@@ -459,6 +491,10 @@ func (l *fwLab) checkAttached(t *testing.T, fw *Firewall) {
 }
 
 func (l *fwLab) tcxEgress(t *testing.T) []ebpf.ProgramID {
+	return l.tcxPrograms(t, ebpf.AttachTCXEgress)
+}
+
+func (l *fwLab) tcxPrograms(t *testing.T, at ebpf.AttachType) []ebpf.ProgramID {
 	t.Helper()
 	lk, err := l.host.Link(l.ifname)
 	if err != nil {
@@ -466,7 +502,7 @@ func (l *fwLab) tcxEgress(t *testing.T) []ebpf.ProgramID {
 	}
 	var ids []ebpf.ProgramID
 	err = l.host.Do(func() error {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: lk.Attrs().Index, Attach: ebpf.AttachTCXEgress})
+		res, err := link.QueryPrograms(link.QueryOptions{Target: lk.Attrs().Index, Attach: at})
 		if err != nil {
 			return err
 		}
@@ -498,6 +534,9 @@ func (l *fwLab) checkDetached(t *testing.T, dir string) {
 	if p := l.tcxEgress(t); len(p) != 0 {
 		t.Errorf("TCX egress programs still attached: %v", p)
 	}
+	if p := l.tcxPrograms(t, ebpf.AttachTCXIngress); len(p) != 0 {
+		t.Errorf("TCX ingress programs still attached: %v", p)
+	}
 }
 
 // The crash helper: a child process (the test binary, started inside the
@@ -513,8 +552,13 @@ func TestMain(m *testing.M) {
 }
 
 func crashHelper(arg string) int {
-	// arg: IFNAME,PORT (a port to allow as sticky)
-	ifname, p, _ := strings.Cut(arg, ",")
+	// arg: IFNAME,PORT,HOOK (a port to allow as sticky; the hook)
+	f := strings.Split(arg, ",")
+	if len(f) != 3 {
+		fmt.Fprintln(os.Stderr, "want IFNAME,PORT,HOOK:", arg)
+		return 2
+	}
+	ifname, p, hook := f[0], f[1], Hook(f[2])
 	port, err := strconv.Atoi(p)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -531,7 +575,7 @@ func crashHelper(arg string) int {
 		return 1
 	}
 	local, _ := netip.AddrFromSlice(addrs[0].IP.To4())
-	fw, err := Attach(Options{Interface: ifname,
+	fw, err := Attach(Options{Interface: ifname, Hook: hook,
 		Allow: []Allowed{{Key: l4.ListenKey(la(local), l4.ProtoTCP, uint16(port)), Sticky: true}}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -543,10 +587,19 @@ func crashHelper(arg string) int {
 
 // A usnetd that died without Close leaves its programs attached (pinned
 // links) and the kernel firewalled. The next Attach takes the links over
-// with the new programs instead of stacking a second copy, keeps the
+// with the new programs instead of stacking a second copy (or, on the other
+// hook, attaches its own first and then removes the earlier one), keeps the
 // learned entries (so the kernel's connections survive), and Close then
 // leaves nothing behind.
 func TestRestartAfterCrash(t *testing.T) {
+	for _, c := range []struct{ before, after Hook }{
+		{HookXDP, HookXDP}, {HookTC, HookTC}, {HookXDP, HookTC}, {HookTC, HookXDP},
+	} {
+		t.Run(fmt.Sprintf("%s-%s", c.before, c.after), func(t *testing.T) { testRestartAfterCrash(t, c.before, c.after) })
+	}
+}
+
+func testRestartAfterCrash(t *testing.T, before, after Hook) {
 	l := newLab(t)
 	open := listen(t, l.host)
 	closed := listen(t, l.host)
@@ -569,14 +622,18 @@ func TestRestartAfterCrash(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i := range 2 { // crash twice: the second crash finds links to take over already
-		cmd := execCommand(ctx, self, fmt.Sprintf("%s,%d", l.ifname, open))
+		cmd := execCommand(ctx, self, fmt.Sprintf("%s,%d,%s", l.ifname, open, before))
 		out, err := runIn(l.host, cmd)
 		if err != nil {
 			t.Fatalf("crash helper %d: %v: %s", i, err, out)
 		}
 		t.Logf("crash helper %d: %s", i, out)
 	}
-	for _, f := range []string{pinXDPLink, pinTCXLink, "kernel_rules", "kernel_learned", "xsks", "counters"} {
+	inPin := pinXDPLink
+	if before == HookTC {
+		inPin = pinTCIngressLink
+	}
+	for _, f := range []string{inPin, pinTCXLink, "kernel_rules", "kernel_learned", "xsks", "counters"} {
 		if _, err := os.Stat(dir + "/" + f); err != nil {
 			t.Errorf("after the crash: %v", err)
 		}
@@ -593,7 +650,7 @@ func TestRestartAfterCrash(t *testing.T) {
 	echo(t, conn)
 	flow := l4.FlowKey(la(l.h4), uint16(conn.LocalAddr().(*net.TCPAddr).Port), la(l.p4), peerSrv, l4.ProtoTCP)
 
-	fw := l.attach(t, Options{Allow: []Allowed{{Key: l4.ListenKey(la(l.h4), l4.ProtoTCP, open), Sticky: true}}})
+	fw := l.attach(t, Options{Hook: after, Allow: []Allowed{{Key: l4.ListenKey(la(l.h4), l4.ProtoTCP, open), Sticky: true}}})
 	l.checkAttached(t, fw)
 	if e, ok := findEntry(entries(t, fw), flow); !ok || !e.Learned {
 		t.Errorf("the learned entry %v did not survive the restart: %v", flow, entries(t, fw))
@@ -603,7 +660,7 @@ func TestRestartAfterCrash(t *testing.T) {
 	unreachable(t, l.peer, l.p4, l.h4, closed)
 
 	// A second live instance on the same interface is refused.
-	if _, err := l.tryAttach(t, Options{}); !errors.Is(err, ErrInUse) {
+	if _, err := l.tryAttach(t, Options{Hook: before}); !errors.Is(err, ErrInUse) {
 		t.Errorf("second Attach: %v, want ErrInUse", err)
 	}
 	l.checkAttached(t, fw)

@@ -36,8 +36,9 @@ import (
 // End-to-end tests: the real usnetd (this test binary, re-executed as the
 // daemon) claims a veth in a "host" namespace; a "peer" namespace talks to
 // the host's kernel through it, with real kernel sockets on both sides.
-// Timeouts here only tell an answer from none (a dropped SYN) or detect a
-// hang; they assert no speed.
+// Each test runs once per backend (forEachBackend), as a subtest named
+// after it. Timeouts here only tell an answer from none (a
+// dropped SYN) or detect a hang; they assert no speed.
 
 const mainEnv = "USNETD_E2E_MAIN"
 
@@ -63,7 +64,7 @@ type e2eLab struct {
 }
 
 // e2eBackends are the BACKEND values every end-to-end test runs with.
-var e2eBackends = []string{"afxdp", "macvtap"}
+var e2eBackends = []string{"afxdp", "afpacket", "macvtap"}
 
 // forEachBackend runs body once per backend in e2eBackends, each as a
 // subtest named after it; body makes its lab and sets its backend.
@@ -533,7 +534,7 @@ func testE2EKernelFirewall(t *testing.T, backend string) {
 	u.stop(t)
 	notify.expect("STOPPING=1")
 	l.checkNothingLeft()
-	mode := map[string]string{"afxdp": "xdp ", "macvtap": "macvtap ("}[backend]
+	mode := map[string]string{"afxdp": "xdp ", "macvtap": "macvtap (", "afpacket": "afpacket (tc ingress, "}[backend]
 	if log := u.logText(); !strings.Contains(log, `"message":"interface claimed"`) || !strings.Contains(log, mode) {
 		t.Errorf("no 'interface claimed' line with %q:\n%s", mode, log)
 	}

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR MIT)
 //
-// usnetd's kernel firewall: an XDP classifier that lets the kernel see only
-// its own traffic and sends everything else to the AF_XDP socket of the
-// frame's RX queue, and a tc (TCX) egress learner that opens the reverse
-// tuple of each connection the kernel starts.
+// usnetd's kernel firewall: an ingress classifier that lets the kernel see
+// only its own traffic, and a tc (TCX) egress learner that opens the
+// reverse tuple of each connection the kernel starts. The classifier's
+// decision (classify.h) runs on one of two hooks: an XDP program that sends
+// everything else to the AF_XDP socket of the frame's RX queue (AF_XDP
+// backend), or a TCX ingress program that drops everything else (AF_PACKET
+// backend, whose sockets saw the frame before tc ingress).
 //
 // Built by bpf2go (see ../gen.go); the generated object is committed.
 //
@@ -82,7 +85,8 @@ struct frag_key {
 
 /* Counter indexes; the Go side names them (counterNames in firewall.go). */
 enum fw_counter {
-	/* XDP verdicts: every frame counts in exactly one of these three. */
+	/* XDP verdicts: every frame counts in exactly one of these three
+	 * (the TC ingress verdicts are CNT_PASS_KERNEL and CNT_TC_DROPPED). */
 	CNT_PASS_KERNEL = 0,
 	CNT_TO_XSK,
 	CNT_DROPPED_NO_XSK,
@@ -94,7 +98,7 @@ enum fw_counter {
 	CNT_PASS_NDP,
 	CNT_PASS_ICMP_ERROR,
 	CNT_PASS_FRAGMENT,
-	/* Notes on frames that went to userspace (or were dropped). */
+	/* Notes on frames that went to userspace (or were kept from the kernel). */
 	CNT_PARSE_ERROR,
 	CNT_FRAGMENT_TO_XSK,
 	CNT_NO_HOST_RINGS,
@@ -104,6 +108,12 @@ enum fw_counter {
 	CNT_LEARN_COVERED,
 	CNT_LEARN_SKIPPED,
 	CNT_LEARN_FAILED,
+	/* TC ingress verdict (AF_PACKET backend): every frame counts in
+	 * exactly one of CNT_PASS_KERNEL and this. */
+	CNT_TC_DROPPED,
+	/* TC ingress: frames whose headers had to be pulled into the linear
+	 * data first. */
+	CNT_TC_PULLED,
 	CNT_MAX,
 };
 
@@ -226,166 +236,12 @@ static __always_inline struct fw_value *lookup_kernel(const struct fw_key *full,
 }
 
 /* ---------------------------------------------------------------------- */
-/* XDP classifier                                                          */
+/* The decision, shared by both ingress hooks                              */
 
-enum frag_state {
-	FRAG_NONE = 0,
-	FRAG_FIRST, /* offset 0, more to come: has the L4 header */
-	FRAG_LATER, /* offset > 0: no L4 header */
-};
+#include "classify.h"
 
-/* What the parser found in an IP packet. */
-struct ip_info {
-	__u8 src[16];
-	__u8 dst[16];
-	__u32 frag_id;
-	__u8 proto;
-	__u8 frag_proto; /* the fragment's protocol: the same in every fragment */
-	__u8 frag;       /* enum frag_state */
-	__u8 v6;
-};
-
-/* IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) must never be on the wire
- * (RFC 4291 2.5.5.2); here they would alias the IPv4 keys. */
-static __always_inline int is_v4mapped(const __u8 *a)
-{
-	__u64 hi;
-	__u32 mid;
-	__builtin_memcpy(&hi, a, 8);
-	__builtin_memcpy(&mid, a + 8, 4);
-	return hi == 0 && mid == bpf_htonl(0x0000ffff);
-}
-
-/* Parses the IPv4 or IPv6 header at l3 and returns the L4 header, or NULL
- * when the packet is malformed or truncated (or a later fragment, with
- * info->frag == FRAG_LATER). Only headers the program reads are checked. */
-static __always_inline void *parse_ip(void *l3, void *end, __u16 ethtype, struct ip_info *info)
-{
-	if (ethtype == ETH_P_IP_) {
-		__u8 *ip = l3;
-		if (l3 + 20 > end)
-			return NULL;
-		if ((ip[0] >> 4) != 4)
-			return NULL;
-		__u32 ihl = (ip[0] & 0x0f) * 4;
-		if (ihl < 20)
-			return NULL;
-		void *l4 = l3 + ihl;
-		if (l4 > end)
-			return NULL;
-		__be32 a;
-		__builtin_memcpy(&a, ip + 12, 4);
-		put_v4(info->src, a);
-		__builtin_memcpy(&a, ip + 16, 4);
-		put_v4(info->dst, a);
-		info->proto = ip[9];
-		info->frag_proto = ip[9];
-		info->v6 = 0;
-		__u16 fo = ((__u16)ip[6] << 8) | ip[7];
-		info->frag_id = ((__u32)ip[4] << 8) | ip[5];
-		if (fo & 0x1fff) {
-			info->frag = FRAG_LATER;
-			return NULL;
-		}
-		info->frag = (fo & 0x2000) ? FRAG_FIRST : FRAG_NONE;
-		return l4;
-	}
-
-	/* IPv6 */
-	__u8 *ip = l3;
-	if (l3 + 40 > end)
-		return NULL;
-	if ((ip[0] >> 4) != 6)
-		return NULL;
-	__builtin_memcpy(info->src, ip + 8, 16);
-	__builtin_memcpy(info->dst, ip + 24, 16);
-	if (is_v4mapped(info->src) || is_v4mapped(info->dst))
-		return NULL;
-	info->v6 = 1;
-	info->frag = FRAG_NONE;
-	__u8 nh = ip[6];
-	void *cur = l3 + 40;
-
-#pragma unroll
-	for (int i = 0; i < MAX_EXT_HDRS; i++) {
-		__u8 *h = cur;
-		switch (nh) {
-		case 0:   /* hop-by-hop options */
-		case 43:  /* routing */
-		case 60:  /* destination options */
-		case 135: /* mobility */
-		case 139: /* HIP */
-		case 140: /* shim6 */
-			if (cur + 2 > end)
-				return NULL;
-			nh = h[0];
-			cur += ((__u32)h[1] + 1) * 8;
-			break;
-		case 51: /* AH: length in 4-octet units, minus 2 */
-			if (cur + 2 > end)
-				return NULL;
-			nh = h[0];
-			cur += ((__u32)h[1] + 2) * 4;
-			break;
-		case 44: /* fragment */
-			if (cur + 8 > end)
-				return NULL;
-			nh = h[0];
-			{
-				__u16 fo = ((__u16)h[2] << 8) | h[3];
-				info->frag_id = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) |
-						((__u32)h[6] << 8) | h[7];
-				info->proto = nh;
-				info->frag_proto = nh;
-				if (fo & 0xfff8) {
-					info->frag = FRAG_LATER;
-					return NULL;
-				}
-				info->frag = (fo & 1) ? FRAG_FIRST : FRAG_NONE;
-			}
-			cur += 8;
-			break;
-		default:
-			info->proto = nh;
-			if (cur > end)
-				return NULL;
-			return cur;
-		}
-	}
-	return NULL; /* too many extension headers */
-}
-
-/* An ICMP or ICMPv6 error quotes the packet that caused it: a packet we
- * sent, so its source is our side. Returns 1 when that packet belongs to a
- * kernel flow (found with the same three-step lookup). */
-static __always_inline int icmp_error_of_kernel(void *l4, void *end, int v6)
-{
-	void *inner = l4 + 8;
-	struct ip_info in = {};
-	void *il4 = parse_ip(inner, end, v6 ? ETH_P_IPV6_ : ETH_P_IP_, &in);
-	if (!il4)
-		return 0;
-	struct fw_key k = {};
-	__builtin_memcpy(k.local, in.src, 16);
-	__builtin_memcpy(k.remote, in.dst, 16);
-	k.proto = in.proto;
-	if (has_ports(in.proto)) {
-		__u8 *p = il4;
-		if (il4 + 4 > end)
-			return 0;
-		k.lport = ((__u16)p[0] << 8) | p[1];
-		k.rport = ((__u16)p[2] << 8) | p[3];
-	}
-	return lookup_kernel(&k, 1) != NULL;
-}
-
-static __always_inline void frag_key_of(struct frag_key *fk, const struct ip_info *in)
-{
-	__builtin_memcpy(fk->src, in->src, 16);
-	__builtin_memcpy(fk->dst, in->dst, 16);
-	fk->id = in->frag_id;
-	fk->proto = in->frag_proto;
-}
+/* ---------------------------------------------------------------------- */
+/* XDP classifier (AF_XDP backend)                                         */
 
 static __always_inline int pass(__u32 why)
 {
@@ -401,118 +257,63 @@ static __always_inline int to_xsk(struct xdp_md *ctx)
 	return ret;
 }
 
-/* Verdict for an IP packet: 0 = userspace, else the reason to pass it. */
-static __always_inline __u32 classify_ip(void *l3, void *end, __u16 ethtype)
-{
-	struct ip_info in = {};
-	void *l4 = parse_ip(l3, end, ethtype, &in);
-
-	if (!l4) {
-		if (in.frag != FRAG_LATER) {
-			count(CNT_PARSE_ERROR);
-			return 0;
-		}
-		struct frag_key fk = {};
-		frag_key_of(&fk, &in);
-		__u64 *seen = bpf_map_lookup_elem(&frag_kernel, &fk);
-		if (seen && bpf_ktime_get_ns() - *seen < FRAG_TIMEOUT_NS)
-			return CNT_PASS_FRAGMENT;
-		count(CNT_FRAGMENT_TO_XSK);
-		return 0;
-	}
-
-	struct fw_key k = {};
-	__builtin_memcpy(k.local, in.dst, 16);
-	__builtin_memcpy(k.remote, in.src, 16);
-	k.proto = in.proto;
-	__u32 why = 0;
-
-	if (has_ports(in.proto)) {
-		__u8 *p = l4;
-		if (l4 + 4 > end) {
-			count(CNT_PARSE_ERROR);
-			return 0;
-		}
-		k.rport = ((__u16)p[0] << 8) | p[1];
-		k.lport = ((__u16)p[2] << 8) | p[3];
-		if (in.proto == PROTO_UDP &&
-		    ((!in.v6 && k.rport == 67 && k.lport == 68) ||
-		     (in.v6 && k.rport == 547 && k.lport == 546)))
-			why = CNT_PASS_DHCP;
-		else if (lookup_kernel(&k, 1))
-			why = CNT_PASS_ALLOWED;
-	} else {
-		__u8 type = 0;
-		int icmp = (!in.v6 && in.proto == PROTO_ICMP) || (in.v6 && in.proto == PROTO_ICMPV6);
-		if (icmp) {
-			if (l4 + 8 > end) {
-				count(CNT_PARSE_ERROR);
-				return 0;
-			}
-			type = *(__u8 *)l4;
-		}
-		if (icmp && in.v6 && ((type >= 133 && type <= 137) || /* NDP */
-				      (type >= 130 && type <= 132) || type == 143 /* MLD */))
-			why = CNT_PASS_NDP;
-		else if (lookup_kernel(&k, 1))
-			why = CNT_PASS_ALLOWED;
-		else if (icmp && ((!in.v6 && (type == 3 || type == 4 || type == 11 || type == 12)) ||
-				  (in.v6 && type >= 1 && type <= 4)) &&
-			 icmp_error_of_kernel(l4, end, in.v6))
-			why = CNT_PASS_ICMP_ERROR;
-	}
-
-	if (why && in.frag == FRAG_FIRST) {
-		struct frag_key fk = {};
-		frag_key_of(&fk, &in);
-		__u64 now = bpf_ktime_get_ns();
-		bpf_map_update_elem(&frag_kernel, &fk, &now, BPF_ANY);
-	}
-	return why;
-}
-
 SEC("xdp")
 int usnetd_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 
-	if (cfg_no_host_rings) {
-		count(CNT_NO_HOST_RINGS);
-		return to_xsk(ctx);
-	}
-
-	if (data + ETH_HLEN > end) {
-		count(CNT_PARSE_ERROR);
-		return to_xsk(ctx);
-	}
-	__u8 *eth = data;
-	__u16 ethtype = ((__u16)eth[12] << 8) | eth[13];
-	void *l3 = data + ETH_HLEN;
-	if (ethtype == ETH_P_8021Q_ || ethtype == ETH_P_8021AD_) {
-		if (l3 + 4 > end) {
-			count(CNT_PARSE_ERROR);
-			return to_xsk(ctx);
-		}
-		__u8 *tag = l3;
-		ethtype = ((__u16)tag[2] << 8) | tag[3];
-		l3 += 4;
-	}
-
-	switch (ethtype) {
-	case ETH_P_ARP_:
-		return pass(CNT_PASS_ARP);
-	case ETH_P_PAE_:
-		return pass(CNT_PASS_EAPOL);
-	case ETH_P_IP_:
-	case ETH_P_IPV6_: {
-		__u32 why = classify_ip(l3, end, ethtype);
-		if (why)
-			return pass(why);
-		return to_xsk(ctx);
-	}
-	}
+	/* Loaded without BPF_F_XDP_HAS_FRAGS: the whole frame is linear. */
+	__u32 code = classify(data, end, 1);
+	if (cls_kernel(code))
+		return pass(code);
+	if (code < CNT_MAX)
+		count(code);
 	return to_xsk(ctx);
+}
+
+/* ---------------------------------------------------------------------- */
+/* TCX ingress filter (AF_PACKET backend)                                  */
+
+/* What the TC hook makes readable when the headers go on past the skb's
+ * linear data (an skb built from page fragments keeps as little as the
+ * Ethernet header there: a TPACKET TX ring on the other end of a veth, say).
+ * Headers past it count as a truncated packet, as in XDP. */
+#define TC_PULL_MAX 512
+
+/* AF_PACKET taps run before tc ingress: usnetd has seen the frame already.
+ * This program only decides whether the kernel sees it too. */
+SEC("tcx/ingress")
+int usnetd_tc_ingress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	/* Is the whole packet linear? (Asked without subtracting packet
+	 * pointers, which the verifier allows only with CAP_PERFMON; len is
+	 * bounded first so that data + len is a valid packet pointer.) */
+	__u32 len = skb->len;
+	int complete = len <= 0xffff && data + len <= end;
+	__u32 code = classify(data, end, complete);
+	if (code == CLS_NEED_MORE) {
+		__u32 want = skb->len < TC_PULL_MAX ? skb->len : TC_PULL_MAX;
+		if (bpf_skb_pull_data(skb, want) == 0) {
+			data = (void *)(long)skb->data;
+			end = (void *)(long)skb->data_end;
+			code = classify(data, end, 1);
+		} else {
+			code = CNT_PARSE_ERROR;
+		}
+		count(CNT_TC_PULLED);
+	}
+	if (cls_kernel(code)) {
+		count(CNT_PASS_KERNEL);
+		count(code);
+		return TCX_NEXT;
+	}
+	if (code < CNT_MAX)
+		count(code);
+	count(CNT_TC_DROPPED);
+	return TC_ACT_SHOT;
 }
 
 /* ---------------------------------------------------------------------- */

@@ -9,15 +9,27 @@ import (
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
-// openBackend claims ifname the way BACKEND says.
+// openBackend claims ifname the way BACKEND says. BACKEND=auto tries
+// afxdp and falls back to afpacket where AF_XDP is not available (see
+// afxdpUnavailable), saying why in the log.
 func (d *daemon) openBackend(ifname string, rules []l4.Rule) (nicBackend, error) {
 	switch d.cfg.Backend {
-	case config.BackendAuto, config.BackendAFXDP:
+	case config.BackendAFXDP:
 		return d.openAFXDP(ifname, rules)
 	case config.BackendMacvtap:
 		return d.openMacvtap(ifname)
+	case config.BackendAFPacket:
+		return d.openAFPacket(ifname, rules)
+	case config.BackendAuto:
+		b, err := d.openAFXDP(ifname, rules)
+		if err == nil || !afxdpUnavailable(err) {
+			return b, err
+		}
+		d.log.Warn().Str("interface", ifname).Str("reason", err.Error()).
+			Msg("AF_XDP is not available on this interface: falling back to BACKEND=afpacket")
+		return d.openAFPacket(ifname, rules)
 	default:
-		return nil, fmt.Errorf("BACKEND=%s is not available in this version of usnetd (use afxdp, macvtap or auto)", d.cfg.Backend)
+		return nil, fmt.Errorf("BACKEND=%s is not available in this version of usnetd (use afxdp, afpacket, macvtap or auto)", d.cfg.Backend)
 	}
 }
 

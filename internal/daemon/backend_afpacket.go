@@ -1,0 +1,110 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/backends/afpacket"
+	"github.com/usnetd/usnetd/backends/afxdp"
+	"github.com/usnetd/usnetd/firewall"
+	l4 "github.com/usnetd/usnetd/switch"
+)
+
+// afpacketBackend: packet sockets read every frame of the NIC (TPACKET_V3
+// rings in a fanout group, one per worker); the firewall's TCX ingress
+// program, which runs after the packet taps, lets the kernel see only its
+// own frames; the TCX egress learner teaches the kernel-allow map the
+// kernel's own connections, as with afxdp.
+type afpacketBackend struct {
+	fw   *firewall.Firewall
+	port *afpacket.Port
+}
+
+func (d *daemon) openAFPacket(ifname string, rules []l4.Rule) (_ nicBackend, err error) {
+	allow := make([]firewall.Allowed, 0, len(rules))
+	for _, r := range rules {
+		allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
+	}
+	fw, err := firewall.Attach(firewall.Options{
+		Interface:   ifname,
+		Hook:        firewall.HookTC,
+		NoHostRings: d.cfg.NoHostRings,
+		Allow:       allow,
+		Log:         d.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("eBPF firewall (tc ingress): %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = fw.Close()
+		}
+	}()
+	port, err := afpacket.Open(afpacket.Options{
+		Interface: ifname,
+		Workers:   d.cfg.Workers, // any number: the fanout group spreads flows over them
+		Logger:    d.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("AF_PACKET: %w", err)
+	}
+	return &afpacketBackend{fw: fw, port: port}, nil
+}
+
+func (b *afpacketBackend) Describe() string {
+	return fmt.Sprintf("afpacket (tc ingress, %d workers in fanout group %d, block timeout %v, tx sendmmsg)",
+		b.port.RxQueues(), b.port.FanoutID(), b.port.BlockTimeout())
+}
+
+func (b *afpacketBackend) Port() l4.Port { return b.port }
+
+func (b *afpacketBackend) LearnedKernel() ([]l4.Key, error) { return learnedKernel(b.fw) }
+
+func (b *afpacketBackend) Expire(isOpen func(l4.Key) bool) (int, error) {
+	return b.fw.ExpireLearned(isOpen)
+}
+
+func (b *afpacketBackend) Close() error {
+	perr := b.port.Close()
+	ferr := b.fw.Close()
+	if perr != nil {
+		return perr
+	}
+	return ferr
+}
+
+// learnedKernel returns the keys the firewall's egress learner wrote.
+func learnedKernel(fw *firewall.Firewall) ([]l4.Key, error) {
+	es, err := fw.KernelEntries()
+	if err != nil {
+		return nil, err
+	}
+	keys := []l4.Key{}
+	for _, e := range es {
+		if e.Learned {
+			keys = append(keys, e.Key)
+		}
+	}
+	return keys, nil
+}
+
+// afxdpUnavailable tells, for BACKEND=auto, an error of openAFXDP that
+// means "no AF_XDP here" (fall back to afpacket) from one that would stop
+// afpacket as well or that the operator must see (a wrong WORKERS, an
+// interface that does not exist, a firewall held by another usnetd):
+//
+//   - the kernel has no AF_XDP (socket(AF_XDP) gives EAFNOSUPPORT) or lacks
+//     a feature the socket needs (afxdp.ErrNotSupported);
+//   - the XDP program could not be attached: the driver refused native
+//     and generic mode, or another program holds the interface's XDP hook
+//     (firewall.ErrAttachXDP);
+//   - the driver refused the AF_XDP socket (EOPNOTSUPP from bind or a
+//     socket option).
+func afxdpUnavailable(err error) bool {
+	return errors.Is(err, afxdp.ErrNotSupported) ||
+		errors.Is(err, firewall.ErrAttachXDP) ||
+		errors.Is(err, unix.EAFNOSUPPORT) ||
+		errors.Is(err, unix.EOPNOTSUPP)
+}
