@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os/exec"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/usnetd/usnetd/backends/afpacket"
 	"github.com/usnetd/usnetd/backends/afxdp"
 	"github.com/usnetd/usnetd/backends/uds"
 	"github.com/usnetd/usnetd/control"
@@ -25,23 +27,27 @@ import (
 // BenchmarkE2EKernelTCP: TCP goodput of a kernel-to-kernel transfer
 // (iperf3, peer → host, 2 s per iteration) without usnetd and through
 // usnetd (the XDP classifier passes the DEBUG_PORTS flow to the kernel; the
-// TCX learner sees the host's ACKs), with the XDP program in native and in
-// generic mode.
+// TCX learner sees the host's ACKs), for every backend: afxdp with the XDP
+// program in native and in generic mode, afpacket (TCX ingress program),
+// macvtap (the kernel's frames switched in userspace).
 //
 //	go test -run '^$' -bench BenchmarkE2EKernelTCP -benchtime 3x ./cmd/usnetd
 func BenchmarkE2EKernelTCP(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Fatal("iperf3 is not installed (apt-get install iperf3)")
 	}
-	for _, mode := range []string{"direct", "usnetd-native", "usnetd-generic"} {
+	for _, mode := range []string{"direct", "afxdp-native", "afxdp-generic", "afpacket", "macvtap"} {
 		b.Run(mode, func(b *testing.B) {
 			l := newE2ELab(b, 1)
 			h := l.hostIP.String()
+			debug := fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname)
 			switch mode {
-			case "usnetd-native":
-				l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname), "XDP_MODE=native")
-			case "usnetd-generic":
-				l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname), "XDP_MODE=generic")
+			case "afxdp-native":
+				l.start(debug, "BACKEND=afxdp", "XDP_MODE=native")
+			case "afxdp-generic":
+				l.start(debug, "BACKEND=afxdp", "XDP_MODE=generic")
+			case "afpacket", "macvtap":
+				l.start(debug, "BACKEND="+mode)
 			}
 			srv := l.host.Command(context.Background(), "iperf3", "-s", "-B", h, "-p", "5201")
 			if err := srv.Start(); err != nil {
@@ -76,25 +82,25 @@ func BenchmarkE2EKernelTCP(b *testing.B) {
 // BenchmarkE2EEndpointReceive: 64-byte frames from the peer (an AF_XDP
 // sender in copy mode, pinned to CPU 0) reaching, on the host:
 //
-//   - bare: an AF_XDP receive loop on the host's veth behind usnetd's own
-//     XDP program (afxdp.Port.Recv, no switching): the baseline;
-//   - usnetd: an endpoint attached to the real usnetd through the control
-//     socket, reading its channel in batches (backends/uds);
-//
-// each with the XDP program in native and in generic mode.
+//   - bare-afxdp: an AF_XDP receive loop on the host's veth behind usnetd's
+//     own XDP program (afxdp.Port.Recv, no switching): the baseline of
+//     BACKEND=afxdp;
+//   - bare-afpacket: a TPACKET_V3 receive loop (afpacket.Port.Recv), the
+//     baseline of the other backends;
+//   - usnetd-BACKEND: an endpoint attached to the real usnetd with that
+//     backend through the control socket, reading its channel in batches
+//     (backends/uds).
 //
 // Mpps counts frames that arrived where they should; loss-% the rest.
 //
 //	go test -run '^$' -bench BenchmarkE2EEndpointReceive -benchtime 500000x ./cmd/usnetd
 func BenchmarkE2EEndpointReceive(b *testing.B) {
-	for _, xdp := range []string{"native", "generic"} {
-		for _, mode := range []string{"bare", "usnetd"} {
-			b.Run(mode+"-"+xdp, func(b *testing.B) { benchEndpointReceive(b, mode, xdp) })
-		}
+	for _, mode := range []string{"bare-afxdp", "usnetd-afxdp", "bare-afpacket", "usnetd-afpacket", "usnetd-macvtap"} {
+		b.Run(mode, func(b *testing.B) { benchEndpointReceive(b, mode) })
 	}
 }
 
-func benchEndpointReceive(b *testing.B, mode, xdp string) {
+func benchEndpointReceive(b *testing.B, mode string) {
 	l := newE2ELab(b, 1)
 	pool, err := l4.NewBufPool(4096, 0)
 	if err != nil {
@@ -115,11 +121,21 @@ func benchEndpointReceive(b *testing.B, mode, xdp string) {
 	// sender is done and nothing more comes.
 	var recv func(bufs []*l4.Buf) (int, error)
 	switch mode {
-	case "bare":
+	case "bare-afpacket":
+		var port *afpacket.Port
+		if err := l.host.Do(func() (err error) {
+			port, err = afpacket.Open(afpacket.Options{Interface: l.ifname, Workers: 1})
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { port.Close() })
+		recv = func(bufs []*l4.Buf) (int, error) { return port.Recv(0, bufs) }
+	case "bare-afxdp":
 		var fw *firewall.Firewall
 		var port *afxdp.Port
 		err := l.host.Do(func() (err error) {
-			if fw, err = firewall.Attach(firewall.Options{Interface: l.ifname, XDPMode: xdp}); err != nil {
+			if fw, err = firewall.Attach(firewall.Options{Interface: l.ifname}); err != nil {
 				return err
 			}
 			port, err = afxdp.Open(afxdp.Options{Interface: l.ifname, XSKMap: fw.XSKMap()})
@@ -130,8 +146,8 @@ func benchEndpointReceive(b *testing.B, mode, xdp string) {
 		}
 		b.Cleanup(func() { port.Close(); fw.Close() })
 		recv = func(bufs []*l4.Buf) (int, error) { return port.Recv(0, bufs) }
-	case "usnetd":
-		l.start("XDP_MODE=" + xdp)
+	default: // usnetd-BACKEND
+		l.start("BACKEND=" + strings.TrimPrefix(mode, "usnetd-"))
 		c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: b.TempDir()})
 		if err != nil {
 			b.Fatal(err)
@@ -220,7 +236,7 @@ func benchEndpointReceive(b *testing.B, mode, xdp string) {
 	el := last.Sub(start) // up to the last frame: the quiet polls at the end do not count
 	b.StopTimer()
 	b.ReportMetric(float64(got)/el.Seconds()/1e6, "Mpps")
-	b.ReportMetric(100*float64(want-got)/float64(want), "loss-%")
+	b.ReportMetric(max(0, 100*float64(want-got)/float64(want)), "loss-%") // a stray ARP or NDP frame may count too
 }
 
 // frame4UDP is a 60-byte Ethernet/IPv4/UDP frame.
