@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(mainEnv) == "1" {
 		main() // exits
 	}
+	if os.Getenv(serverEnv) != "" {
+		os.Exit(serverMain()) // the servers of the peer tests (child_e2e_test.go)
+	}
 	os.Exit(m.Run())
 }
 
