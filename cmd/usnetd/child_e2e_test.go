@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,9 +30,9 @@ import (
 //
 //	usnet   usnet's userspace stack, attached to usnetd through the control
 //	        socket (USNET_INTERFACE, USNET_SOCKET), on the host's IP and MAC
-//	wire    the same usnet stack on a channel bridged straight to the NIC by
-//	        an AF_PACKET socket (no usnetd; USNET_IP gives the stack the
-//	        address that the host kernel then must not have)
+//	packet  the same usnet stack with an AF_PACKET socket on the NIC as its
+//	        channel (no usnetd; USNET_IP gives the stack the address that
+//	        the host kernel then must not have)
 //	kernel  the kernel's sockets
 //
 // It serves the same HTTP handler (httpPortEnv) and TCP sink (sinkPortEnv)
@@ -59,31 +58,25 @@ func e2eHandler(stack string) http.Handler {
 
 // serverMain is the child's main; it returns the exit status.
 func serverMain() int {
-	mode := os.Getenv(serverEnv)
 	if p := os.Getenv(cpuProfileEnv); p != "" {
-		f, err := os.Create(p)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "e2e server: %v\n", err)
-			return 1
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e server: %v\n", err)
-			return 1
-		}
-		defer f.Close()
-		defer pprof.StopCPUProfile()
+		return profiled(p, serve)
 	}
+	return serve()
+}
+
+func serve() int {
+	mode := os.Getenv(serverEnv)
 	var listen func(addr string) (net.Listener, error)
 	switch mode {
 	case "usnet":
 		listen = func(addr string) (net.Listener, error) { return usnet.Listen("tcp", addr) }
-	case "wire":
-		cfg := &usnet.Config{Attach: func(string) (usnet.Attacher, error) { return newWire(os.Getenv("USNET_INTERFACE")) }}
+	case "packet":
+		cfg := &usnet.Config{Attach: func(string) (usnet.Attacher, error) { return newPacketNIC(os.Getenv("USNET_INTERFACE")) }}
 		listen = func(addr string) (net.Listener, error) { return cfg.Listen("tcp", addr) }
 	case "kernel":
 		listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 	default:
-		fmt.Fprintf(os.Stderr, "e2e server: %s=%q: want usnet, wire or kernel\n", serverEnv, mode)
+		fmt.Fprintf(os.Stderr, "e2e server: %s=%q: want usnet, packet or kernel\n", serverEnv, mode)
 		return 2
 	}
 	var lns []net.Listener
@@ -242,92 +235,46 @@ func (s *server) stop(t testing.TB) {
 	}
 }
 
-// wire is the usnet.Attacher of mode "wire": one channel, bridged to the
-// NIC by an AF_PACKET socket, frame by frame, in both directions; no
-// rules (the host kernel has no address there, nobody else takes the
-// frames).
-type wire struct {
-	pkt, ch, stack *os.File
-	wg             sync.WaitGroup
-	once           sync.Once
-}
+// packetNIC is the usnet.Attacher of mode "packet": its one channel is
+// an AF_PACKET socket on the NIC itself, so the stack's link endpoint
+// reads and writes the NIC's frames directly (recvmmsg, sendmmsg), with no
+// bridge and no usnetd in between. No rules: the host kernel has no
+// address there, so nobody else answers the stack's traffic.
+type packetNIC struct{ f *os.File }
 
-func newWire(ifname string) (usnet.Attacher, error) {
+func newPacketNIC(ifname string) (usnet.Attacher, error) {
 	nic, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return nil, err
 	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	all := htons(unix.ETH_P_ALL)
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(all))
 	if err != nil {
 		return nil, err
 	}
-	for _, fd := range fds {
-		for _, o := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
-			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, o, 4<<20)
-		}
-	}
-	all := htons(unix.ETH_P_ALL)
-	pfd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, int(all))
+	// What the stack sends is not for it.
+	err = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
 	if err == nil {
-		err = unix.SetsockoptInt(pfd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
-		if err == nil {
-			err = unix.Bind(pfd, &unix.SockaddrLinklayer{Protocol: all, Ifindex: nic.Index})
-		}
-		if err != nil {
-			unix.Close(pfd)
-		}
+		err = unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: all, Ifindex: nic.Index})
 	}
 	if err != nil {
-		unix.Close(fds[0])
-		unix.Close(fds[1])
-		return nil, fmt.Errorf("wire: AF_PACKET on %s: %w", ifname, err)
+		unix.Close(fd)
+		return nil, fmt.Errorf("AF_PACKET on %s: %w", ifname, err)
 	}
-	_ = unix.SetNonblock(fds[0], true)
-	w := &wire{pkt: os.NewFile(uintptr(pfd), "wire-packet"), ch: os.NewFile(uintptr(fds[0]), "wire-channel"),
-		stack: os.NewFile(uintptr(fds[1]), "stack-channel")}
-	w.wg.Add(2)
-	go w.copy(w.pkt, w.ch)
-	go w.copy(w.ch, w.pkt)
-	return w, nil
+	return &packetNIC{f: os.NewFile(uintptr(fd), "packet-nic")}, nil
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// copy moves one frame per read until a side is closed; frames that
-// cannot be written are dropped, as usnetd would.
-func (w *wire) copy(from, to *os.File) {
-	defer w.wg.Done()
-	buf := make([]byte, 65536)
-	for {
-		n, err := from.Read(buf)
-		if err != nil {
-			if errors.Is(err, os.ErrClosed) || errors.Is(err, io.EOF) {
-				return
-			}
-			continue
-		}
-		if _, err := to.Write(buf[:n]); errors.Is(err, os.ErrClosed) {
-			return
-		}
+func (p *packetNIC) RequestUDS(string) (*os.File, error) {
+	if p.f == nil {
+		return nil, errors.New("packet: one channel only")
 	}
-}
-
-func (w *wire) RequestUDS(string) (*os.File, error) {
-	if w.stack == nil {
-		return nil, errors.New("wire: one channel only")
-	}
-	f := w.stack
-	w.stack = nil
+	f := p.f
+	p.f = nil
 	return f, nil
 }
-func (w *wire) AddMatch(control.Match) error               { return nil }
-func (w *wire) RemoveMatch(control.Match) error            { return nil }
-func (w *wire) QueryUsedPorts() (control.UsedPorts, error) { return control.UsedPorts{}, nil }
-func (w *wire) Close() error {
-	w.once.Do(func() {
-		w.pkt.Close()
-		w.ch.Close()
-		w.wg.Wait()
-	})
-	return nil
-}
+func (p *packetNIC) AddMatch(control.Match) error               { return nil }
+func (p *packetNIC) RemoveMatch(control.Match) error            { return nil }
+func (p *packetNIC) QueryUsedPorts() (control.UsedPorts, error) { return control.UsedPorts{}, nil }
+func (p *packetNIC) Close() error                               { return nil }
