@@ -133,7 +133,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		first := true
 		for range sigs {
 			if first {
-				fmt.Fprintln(stderr, "\nusnetd-lab: interrupted, tearing down")
+				fmt.Fprintln(stderr, "\nusnetd-lab: tearing down")
 				cancel()
 				first = false
 			} else {
@@ -787,6 +787,12 @@ func (c *child) stop(grace time.Duration) error {
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.done:
+		// Killed by the SIGTERM itself: it came before the child set up
+		// its handler, so before usnetd claimed anything (the teardown
+		// still checks for pins).
+		if ws, ok := c.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM {
+			return nil
+		}
 		if c.err != nil {
 			return fmt.Errorf("exit after SIGTERM: %v", c.err)
 		}
