@@ -163,9 +163,17 @@ func (l *e2eLab) start(env ...string) *usnetd {
 		u.done <- cmd.Wait()
 	}()
 	t.Cleanup(func() {
+		// Not stopped by the test (a benchmark, a failure): SIGTERM, so
+		// that usnetd removes its pins; SIGKILL would leave them under
+		// /sys/fs/bpf/usnetd/ (the lab's interface is gone with the lab).
 		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-u.done
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-u.done:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-u.done
+			}
 		}
 	})
 	select {
