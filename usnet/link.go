@@ -49,7 +49,7 @@ const (
 // linkEndpoint implements stack.LinkEndpoint on a datagram socket.
 type linkEndpoint struct {
 	fd   int // the channel; -1 once closed (guarded by txMu)
-	efd  int // eventfd that stops the receiver
+	efd  int // eventfd that stops the receiver; -1 once closed (guarded by mu)
 	mtu  uint32
 	addr tcpip.LinkAddress
 
@@ -147,14 +147,17 @@ func (e *linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityResolutionRequired
 }
 
-// Attach starts the receiver; Attach(nil), on NIC removal, stops it and
-// closes the channel.
+// Attach starts the receiver; Attach(nil), on NIC removal, tells it to
+// stop but does not wait: the stack calls it holding its own lock, which a
+// receiver that is delivering a frame at that moment may be waiting for
+// (ipv4's HandlePacket looks up the NIC's name). Close, after the stack's
+// Wait, waits for the receiver and closes the channel.
 func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
 	e.mu.Lock()
 	if d == nil {
 		e.dispatcher = nil
 		e.mu.Unlock()
-		e.Close()
+		e.stop()
 		return
 	}
 	start := !e.started
@@ -173,17 +176,32 @@ func (e *linkEndpoint) IsAttached() bool {
 	return e.dispatcher != nil
 }
 
-// Wait waits for the receiver to stop.
-func (e *linkEndpoint) Wait() { e.wg.Wait() }
+// Wait does not wait: the stack's Wait calls it holding the stack's lock,
+// which the receiver may need to deliver its last frame. Close waits for
+// the receiver, after the stack's Wait.
+func (e *linkEndpoint) Wait() {}
+
+// stop wakes the receiver to make it return (the eventfd stays readable);
+// after Close it does nothing.
+func (e *linkEndpoint) stop() {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.efd >= 0 {
+		var one = [8]byte{1}
+		unix.Write(e.efd, one[:])
+	}
+}
 
 // Close stops the receiver, waits for it and closes the channel and the
 // eventfd. It may be called more than once.
 func (e *linkEndpoint) Close() {
 	e.stopOnce.Do(func() {
-		var one = [8]byte{1}
-		unix.Write(e.efd, one[:])
+		e.stop()
 		e.wg.Wait()
+		e.mu.Lock()
 		unix.Close(e.efd)
+		e.efd = -1
+		e.mu.Unlock()
 		e.txMu.Lock()
 		unix.Close(e.fd)
 		e.fd = -1

@@ -180,10 +180,10 @@ func (n *netStack) teardown() {
 			time.Sleep(5 * time.Millisecond)
 		}
 		n.s.Close()
-		n.s.Wait() // removes the NIC, which stops and closes the link
+		n.s.Wait() // removes the NIC, which tells the link's receiver to stop
 	}
 	if n.link != nil {
-		n.link.Close()
+		n.link.Close() // waits for the receiver, closes the channel
 	}
 	if n.fd != nil {
 		n.fd.Close()

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,7 @@ import (
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/usnetdcmd"
 )
 
 // End-to-end tests: the real usnetd (this test binary, re-executed as the
@@ -44,9 +46,35 @@ const mainEnv = "USNETD_E2E_MAIN"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(mainEnv) == "1" {
+		if p := os.Getenv(daemonProfileEnv); p != "" {
+			os.Exit(profiled(p, func() int { return run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr, usnetdcmd.Serve) }))
+		}
 		main() // exits
 	}
+	if os.Getenv(serverEnv) != "" {
+		os.Exit(serverMain()) // the servers of the peer tests (child_e2e_test.go)
+	}
 	os.Exit(m.Run())
+}
+
+// daemonProfileEnv: the re-executed usnetd writes a CPU profile of its life
+// there (for the benchmarks).
+const daemonProfileEnv = "USNETD_E2E_DAEMON_CPUPROFILE"
+
+// profiled runs fn with the CPU profiler writing to path.
+func profiled(path string, fn func() int) int {
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer pprof.StopCPUProfile()
+	return fn()
 }
 
 type e2eLab struct {
@@ -212,9 +240,17 @@ func (l *e2eLab) start(env ...string) *usnetd {
 		u.done <- cmd.Wait()
 	}()
 	t.Cleanup(func() {
+		// Not stopped by the test (a benchmark, a failure): SIGTERM, so
+		// that usnetd removes its pins; SIGKILL would leave them under
+		// /sys/fs/bpf/usnetd/ (the lab's interface is gone with the lab).
 		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-u.done
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-u.done:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-u.done
+			}
 		}
 	})
 	select {
@@ -228,7 +264,7 @@ func (l *e2eLab) start(env ...string) *usnetd {
 }
 
 // stop sends SIGTERM and checks the clean exit.
-func (u *usnetd) stop(t *testing.T) {
+func (u *usnetd) stop(t testing.TB) {
 	t.Helper()
 	if err := u.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

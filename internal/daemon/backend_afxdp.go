@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"net"
 
 	"github.com/usnetd/usnetd/backends/afxdp"
 	"github.com/usnetd/usnetd/firewall"
@@ -37,8 +38,9 @@ func (d *daemon) openBackend(ifname string, rules []l4.Rule) (nicBackend, error)
 // and redirects the rest to one AF_XDP socket per queue; the TCX egress
 // learner teaches the kernel-allow map the kernel's own connections.
 type afxdpBackend struct {
-	fw   *firewall.Firewall
-	port *afxdp.Port
+	fw    *firewall.Firewall
+	port  *afxdp.Port
+	neigh *neighPort // port with the neighbour tap as its last queue
 }
 
 func (d *daemon) openAFXDP(ifname string, rules []l4.Rule) (_ nicBackend, err error) {
@@ -82,14 +84,24 @@ func (d *daemon) openAFXDP(ifname string, rules []l4.Rule) (_ nicBackend, err er
 		return nil, fmt.Errorf("WORKERS=%d, but %s has %d queues: with AF_XDP every queue needs its worker; "+
 			"set WORKERS=0, or change the queues with `ethtool -L %s combined %d`", w, ifname, port.RxQueues(), ifname, w)
 	}
-	return &afxdpBackend{fw: fw, port: port}, nil
+	nic, err := net.InterfaceByName(ifname)
+	if err != nil {
+		_ = port.Close()
+		return nil, err
+	}
+	neigh, err := newNeighPort(port, nic.Index)
+	if err != nil {
+		_ = port.Close()
+		return nil, err
+	}
+	return &afxdpBackend{fw: fw, port: port, neigh: neigh}, nil
 }
 
 func (b *afxdpBackend) Describe() string {
 	return fmt.Sprintf("afxdp (xdp %s, %s, %d queues)", b.fw.Mode(), b.port.Mode(), b.port.RxQueues())
 }
 
-func (b *afxdpBackend) Port() l4.Port { return b.port }
+func (b *afxdpBackend) Port() l4.Port { return b.neigh }
 
 // XDPMode is the XDP attach mode in use ("native" or "generic").
 func (b *afxdpBackend) XDPMode() string { return b.fw.Mode() }
@@ -113,7 +125,7 @@ func (b *afxdpBackend) Expire(isOpen func(l4.Key) bool) (int, error) {
 }
 
 func (b *afxdpBackend) Close() error {
-	perr := b.port.Close()
+	perr := b.neigh.Close() // and the AF_XDP port
 	ferr := b.fw.Close()
 	if perr != nil {
 		return perr
