@@ -109,16 +109,17 @@ type topology struct {
 }
 
 type portState struct {
-	owner  Owner
-	port   Port
-	name   string
-	waker  *Waker
-	inbox  atomic.Pointer[[]*inRing] // rings this port's TX goroutine drains (copy-on-write under Pipeline.mu)
-	stop   chan struct{}             // closed to stop the TX goroutine
-	txDone chan struct{}
-	rx     []*rxWorker
-	rxWG   sync.WaitGroup
-	tx     txCounters
+	owner   Owner
+	port    Port
+	name    string
+	waker   *Waker
+	inbox   atomic.Pointer[[]*inRing] // rings this port's TX goroutine drains (copy-on-write under Pipeline.mu)
+	stop    chan struct{}             // closed to stop the TX goroutine
+	closing atomic.Bool               // set before the port is closed: RX workers stop at their next error
+	txDone  chan struct{}
+	rx      []*rxWorker
+	rxWG    sync.WaitGroup
+	tx      txCounters
 }
 
 // inRing is one ring into a port, from one RX worker.
@@ -257,6 +258,7 @@ func (p *Pipeline) RemovePort(id PortID) error {
 // worker can push to it, close it, stop its goroutines, free its frames.
 func (p *Pipeline) stopPort(ps *portState) {
 	p.quiesce()
+	ps.closing.Store(true)
 	_ = ps.port.Close()
 	ps.rxWG.Wait() // its RX workers flush their last batch and mark their rings dead
 	close(ps.stop)

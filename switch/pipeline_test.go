@@ -2,8 +2,10 @@ package l4_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -437,5 +439,46 @@ func TestStalledTapDropsAndCounts(t *testing.T) {
 	cache.Flush()
 	if got != 64 {
 		t.Fatalf("drained %d, want 64", got)
+	}
+}
+
+// badClosePort is a port whose Recv, once closed, returns some error other
+// than ErrPortClosed (as a backend might: EBADF from a closed fd).
+type badClosePort struct {
+	*memory.Port
+	closed atomic.Bool
+}
+
+func (p *badClosePort) Recv(q int, bufs []*l4.Buf) (int, error) {
+	if p.closed.Load() {
+		return 0, errors.New("bad file descriptor")
+	}
+	n, err := p.Port.Recv(q, bufs)
+	if errors.Is(err, l4.ErrPortClosed) {
+		err = errors.New("bad file descriptor")
+	}
+	return n, err
+}
+
+func (p *badClosePort) Close() error { p.closed.Store(true); return p.Port.Close() }
+
+// TestCloseWithABackendThatErrs: Close and RemovePort return even when a
+// closed port's Recv keeps failing with another error.
+func TestCloseWithABackendThatErrs(t *testing.T) {
+	l := newLab(t, l4.PipelineConfig{}, 1)
+	ep := &badClosePort{Port: memory.New("bad", l4.PortEndpoint, memory.Options{Poll: time.Millisecond})}
+	id, err := l.p.AddPort(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.p.RemovePort(id.Port) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(hang):
+		t.Fatal("RemovePort hangs on a port whose Recv fails after Close")
 	}
 }

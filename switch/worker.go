@@ -95,7 +95,11 @@ func (w *rxWorker) run() {
 		}
 		n, err := w.ps.port.Recv(w.queue, bufs[:have])
 		if err != nil {
-			if errors.Is(err, ErrPortClosed) {
+			// The port is closing (RemovePort, Close): whatever error its
+			// backend returns now, the worker is done. A backend should
+			// say ErrPortClosed, but one that says EBADF must not keep the
+			// worker, and so the pipeline's Close, waiting forever.
+			if errors.Is(err, ErrPortClosed) || w.ps.closing.Load() {
 				return
 			}
 			// A receive error is the device's: count it and go on.

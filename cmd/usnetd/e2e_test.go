@@ -947,7 +947,18 @@ func (l *e2eLab) startFails(env ...string) string {
 		return lines[len(lines)-1]
 	case <-time.After(20 * time.Second):
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		<-done
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Signal(syscall.SIGQUIT) // the Go runtime prints every goroutine
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+			t.Fatalf("usnetd did not stop after SIGTERM:\n%s", out.String())
+		}
 		if strings.Contains(out.String(), "usnetd is up") {
 			return ""
 		}
