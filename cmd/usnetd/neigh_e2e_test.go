@@ -31,6 +31,7 @@ func TestE2EEndpointGetsNeighbourAnswers(t *testing.T) {
 	if err := l.peer.AddAddr("eth0", peer6); err != nil {
 		t.Fatal(err)
 	}
+	l.before = l.nicState() // the NIC as usnetd finds it, IPv6 included
 	u := l.start()
 	c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
 	if err != nil {
