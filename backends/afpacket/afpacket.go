@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/backends/internal/nicinfo"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -146,7 +147,7 @@ func Open(opt Options) (*Port, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %q: %w", ErrNoInterface, opt.Interface, err)
 	}
-	have, how := queueCount(ifi)
+	have, how := nicinfo.QueueCount(ifi)
 	workers := opt.Workers
 	if workers == 0 {
 		workers = have

@@ -3,12 +3,9 @@ package afpacket
 import (
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -198,49 +195,4 @@ func (s *rxSock) close() error {
 		s.fd = -1
 	}
 	return errors.Join(errs...)
-}
-
-// queueCount returns the interface's number of RX queues and where it came
-// from: ETHTOOL_GCHANNELS (combined plus RX-only channels), then netlink's
-// IFLA_NUM_RX_QUEUES; a device that reports nothing has one. (The same
-// rule as backends/afxdp, so that both backends make as many workers.)
-func queueCount(ifi *net.Interface) (int, string) {
-	if fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
-		ch, err := ethtoolGChannels(fd, ifi.Name)
-		unix.Close(fd)
-		if err == nil && ch.combinedCnt+ch.rxCount > 0 {
-			return int(ch.combinedCnt + ch.rxCount), "ethtool channels"
-		}
-	}
-	if l, err := netlink.LinkByIndex(ifi.Index); err == nil && l.Attrs().NumRxQueues > 0 {
-		return l.Attrs().NumRxQueues, "netlink"
-	}
-	return 1, "default"
-}
-
-// ethtoolChannels is struct ethtool_channels.
-type ethtoolChannels struct {
-	cmd                                       uint32
-	maxRx, maxTx, maxOther, maxCombined       uint32
-	rxCount, txCount, otherCount, combinedCnt uint32
-}
-
-// ifreqData is struct ifreq with ifr_data, the form SIOCETHTOOL takes.
-type ifreqData struct {
-	name [unix.IFNAMSIZ]byte
-	data unsafe.Pointer
-	_    [24 - unsafe.Sizeof(uintptr(0))]byte
-}
-
-// ethtoolGChannels runs ETHTOOL_GCHANNELS for ifname on socket fd (any
-// socket of the network namespace).
-func ethtoolGChannels(fd int, ifname string) (*ethtoolChannels, error) {
-	ch := &ethtoolChannels{cmd: unix.ETHTOOL_GCHANNELS}
-	ifr := &ifreqData{data: unsafe.Pointer(ch)}
-	copy(ifr.name[:unix.IFNAMSIZ-1], ifname)
-	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(ifr)))
-	if e != 0 {
-		return nil, e
-	}
-	return ch, nil
 }

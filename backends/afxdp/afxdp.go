@@ -10,9 +10,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/rs/zerolog"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/backends/internal/nicinfo"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -148,7 +148,7 @@ func Open(opt Options) (*Port, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %q: %w", ErrNoInterface, opt.Interface, err)
 	}
-	have, how := queueCount(ifi)
+	have, how := nicinfo.QueueCount(ifi)
 	nq := opt.Queues
 	if nq == 0 {
 		nq = have
@@ -186,25 +186,6 @@ func Open(opt Options) (*Port, error) {
 		Int("tx_queue", p.txs.queue).Bool("xskmap", opt.XSKMap != nil).
 		Msg("afxdp: port open")
 	return p, nil
-}
-
-// queueCount returns the interface's number of queues and where it came
-// from. ETHTOOL_GCHANNELS first (combined channels plus RX-only ones: the
-// queues an XSK can bind); drivers without it (and veth, which reports
-// RX and TX counts only) are covered by rx_count, then netlink's
-// IFLA_NUM_RX_QUEUES; a device that reports nothing has one queue.
-func queueCount(ifi *net.Interface) (int, string) {
-	if fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
-		ch, err := ethtoolGChannels(fd, ifi.Name)
-		unix.Close(fd)
-		if err == nil && ch.combinedCnt+ch.rxCount > 0 {
-			return int(ch.combinedCnt + ch.rxCount), "ethtool channels"
-		}
-	}
-	if l, err := netlink.LinkByIndex(ifi.Index); err == nil && l.Attrs().NumRxQueues > 0 {
-		return l.Attrs().NumRxQueues, "netlink"
-	}
-	return 1, "default"
 }
 
 // Name implements l4.Port: the interface name.

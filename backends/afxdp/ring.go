@@ -178,30 +178,3 @@ func getsockoptRaw(fd, level, opt int, p unsafe.Pointer, size uintptr) (uintptr,
 
 // umemAddr returns the user address of a UMEM mapping for XDP_UMEM_REG.
 func umemAddr(mem []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&mem[0]))) }
-
-// ethtoolChannels is struct ethtool_channels.
-type ethtoolChannels struct {
-	cmd                                       uint32
-	maxRx, maxTx, maxOther, maxCombined       uint32
-	rxCount, txCount, otherCount, combinedCnt uint32
-}
-
-// ifreqData is struct ifreq with ifr_data, the form SIOCETHTOOL takes.
-type ifreqData struct {
-	name [unix.IFNAMSIZ]byte
-	data unsafe.Pointer
-	_    [24 - unsafe.Sizeof(uintptr(0))]byte
-}
-
-// ethtoolGChannels runs ETHTOOL_GCHANNELS for ifname on socket fd (any
-// socket of the network namespace).
-func ethtoolGChannels(fd int, ifname string) (*ethtoolChannels, error) {
-	ch := &ethtoolChannels{cmd: unix.ETHTOOL_GCHANNELS}
-	ifr := &ifreqData{data: unsafe.Pointer(ch)}
-	copy(ifr.name[:unix.IFNAMSIZ-1], ifname)
-	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(ifr)))
-	if e != 0 {
-		return nil, e
-	}
-	return ch, nil
-}
