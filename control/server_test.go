@@ -34,7 +34,7 @@ func TestWireOnSocket(t *testing.T) {
 	if got := c.ask(`{"RequestNetmapPipe":["eth0",` + fmt.Sprint(pid) + `]}`); got != "ER" {
 		t.Errorf("RequestNetmapPipe: %q, want ER", got)
 	}
-	// REFERENCE.md's AddMatch, exactly.
+	// the original's AddMatch, exactly (docs/architecture.md, Control protocol).
 	am := `{"AddMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":8080,"src_addr":null,"src_port":null,"protocol":6}}`
 	if got := c.ask(am); got != "OK" {
 		t.Fatalf("AddMatch: %q, want OK", got)
@@ -53,7 +53,7 @@ func TestWireOnSocket(t *testing.T) {
 	c.send(`{"RemoveMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":8080,"src_addr":null,"src_port":null,"protocol":6}}`)
 	c.noAnswer(200*time.Millisecond, "RemoveMatch")
 	// The kernel's DEBUG_PORTS rule (22) and the endpoint's connected rule
-	// (41234): REFERENCE.md's answer, byte for byte.
+	// (41234): the original's answer, byte for byte.
 	want := `{"QueryUsedPortsAnswer":{"listening":[[6,{"Ipv4":"198.18.0.1"},22]],"connected":[[6,{"Ipv4":"198.18.0.1"},41234]]}}`
 	if got := c.ask(`"QueryUsedPorts"`); got != want {
 		t.Errorf("QueryUsedPorts:\n got %s\nwant %s", got, want)

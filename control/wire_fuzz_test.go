@@ -16,7 +16,7 @@ var fuzzSeeds = []struct {
 	// The golden forms.
 	{"RequestUDS", `{"RequestUDS":["eth0",1234]}`},
 	{"RequestNetmapPipe", `{"RequestNetmapPipe":["eth0",1234]}`},
-	{"AddMatch from REFERENCE.md", `{"AddMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":8080,"src_addr":null,"src_port":null,"protocol":6}}`},
+	{"AddMatch as the original client sends it", `{"AddMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":8080,"src_addr":null,"src_port":null,"protocol":6}}`},
 	{"RemoveMatch with remote", `{"RemoveMatch":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":22,"src_addr":{"Ipv4":"198.18.0.2"},"src_port":41234,"protocol":6}}`},
 	{"unit variant QueryUsedPorts", `"QueryUsedPorts"`},
 	{"unit variant DeleteClient", `"DeleteClient"`},

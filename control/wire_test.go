@@ -26,7 +26,7 @@ func pa(s string) *netip.Addr {
 func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // goldenRequests are wire strings exactly as serde_json writes them (the
-// first ones are REFERENCE.md's); each must decode to want and want must
+// first ones are the original's documented forms); each must decode to want and want must
 // encode to exactly these bytes. The IPv6 texts were checked against Rust's
 // Display for Ipv6Addr (see testdata/serde-oracle).
 var goldenRequests = []struct {

@@ -60,7 +60,7 @@ func NewSwitch(t *Table, macs ...MAC) *Switch {
 	return &Switch{Table: t, MACs: NewMACSet(macs...), frags: newFragTable()}
 }
 
-// Decide is the forwarding decision of REFERENCE.md "Switching" for frame f
+// Decide is the forwarding decision of docs/switching.md for frame f
 // (already parsed, without drop reason) that arrived on port in. h is the
 // caller's handle for the frame's buffer: when the verdict is ActHold, the
 // switch keeps h (a fragment that came before its first fragment) and the

@@ -6,7 +6,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 )
 
-// Each test is named after a step of REFERENCE.md "Switching".
+// Each test is named after a step of docs/switching.md.
 
 func parsed(t testing.TB, p pkt) *Frame {
 	t.Helper()

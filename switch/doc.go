@@ -2,7 +2,7 @@
 // the forwarding decision, and the pipeline that moves frames between ports
 // through lock-free rings.
 //
-// The directory is called switch/ as in DESIGN.md, but switch is a Go
+// The directory is called switch/ (docs/architecture.md), but switch is a Go
 // keyword, so the package is named l4: it switches by L4 address, and call
 // sites read as what they do: l4.Parse, l4.Table, l4.NewSwitch, l4.Decide.
 //

@@ -67,7 +67,7 @@ func (e ringSizeError) Unwrap() error { return ErrRingSize }
 //
 // Counters: Pushed is the tail index and Popped the head index (no extra
 // writes). PushBatch counts what it cannot enqueue as DroppedFull itself:
-// the design (DESIGN.md, "a full ring never blocks its producer") makes
+// the design (docs/architecture.md, "a full ring never blocks its producer") makes
 // every frame that does not fit a drop, so the count cannot be forgotten by
 // a caller; TryPushBatch is the variant that does not count, for producers
 // that keep what did not fit and retry.

@@ -42,7 +42,7 @@ const (
 	txWait  = 20 * time.Millisecond // longest wait for room in the channel
 	// channelBuffer is SO_SNDBUF and SO_RCVBUF of our end of the channel.
 	// With the default (about 200 KiB) bursts of a TCP window overflow it
-	// and TCP retransmits heavily (FACTS.md).
+	// and TCP retransmits heavily (docs/platform.md).
 	channelBuffer = 4 << 20
 )
 

@@ -79,7 +79,7 @@ var dropAll = []unix.SockFilter{{Code: 0x06 /* BPF_RET|BPF_K */, K: 0}}
 // htons converts a 16-bit value to network byte order (for sll_protocol).
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// newRxSock creates worker q's socket on ifindex, in this order (FACTS.md):
+// newRxSock creates worker q's socket on ifindex, in this order (docs/platform.md):
 // socket, drop-all filter, PACKET_VERSION, PACKET_IGNORE_OUTGOING,
 // PACKET_RX_RING, mmap, bind. The socket is created with protocol 0, so it
 // receives nothing (from any interface) until bind names ETH_P_ALL and the

@@ -52,7 +52,7 @@ type counters struct {
 }
 
 // bindRetry bounds how long bind keeps retrying EBUSY: the previous owner
-// of the queue is released asynchronously after its close (FACTS.md).
+// of the queue is released asynchronously after its close (docs/platform.md).
 const bindRetry = 3 * time.Second
 
 // bindBusy counts binds that met EBUSY and were retried (for tests).

@@ -17,7 +17,7 @@ import (
 
 // DefaultBufferSize is the socket send and receive buffer of both ends: with
 // the default (about 200 KiB) a busy TCP stack behind the channel meets
-// EAGAIN and retransmits heavily (see FACTS.md).
+// EAGAIN and retransmits heavily (see docs/platform.md).
 const DefaultBufferSize = 4 << 20
 
 // MaxPoll is the longest Recv waits before it returns no frames, so that the
