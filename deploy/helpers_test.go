@@ -2,8 +2,9 @@ package deploy
 
 import (
 	"os"
-	"os/exec"
 	"testing"
+
+	"github.com/usnetd/usnetd/internal/netlab"
 )
 
 // requireTool returns the path of a command-line tool, skipping the test
@@ -11,16 +12,7 @@ import (
 // check would pass unnoticed.
 func requireTool(t *testing.T, name, debianPackage string) string {
 	t.Helper()
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path
-	}
-	msg := name + " not found (Debian package " + debianPackage + ")"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg + "; CI must install it")
-	}
-	t.Skip(msg)
-	return ""
+	return netlab.RequireTool(t, name, debianPackage)
 }
 
 // readFile returns a file of this directory.

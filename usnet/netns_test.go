@@ -256,6 +256,7 @@ func TestKernelPeer(t *testing.T) {
 	}
 
 	// The stack answers ping (ICMP echo) on both families.
+	netlab.RequireTool(t, "ping", "iputils-ping")
 	for _, a := range []netip.Addr{ip4.Addr(), ip6.Addr()} {
 		if out, err := peer.Command(ctx, "ping", "-c1", "-W5", a.String()).CombinedOutput(); err != nil {
 			t.Errorf("ping %s: %v\n%s", a, err, out)

@@ -397,6 +397,7 @@ func TestKernelThroughTheSwitch(t *testing.T) {
 			if err := tcpEcho(tl.peer, netip.AddrPortFrom(tl.hostIP, 8024).String(), 700*time.Millisecond); !isTimeout(err) {
 				t.Errorf("peer to a closed port: %v, want no answer", err)
 			}
+			netlab.RequireTool(t, "ping", "iputils-ping")
 			out, err := tl.host.Command(context.Background(), "ping", "-c", "1", "-W", "5", tl.peerIP.String()).CombinedOutput()
 			if err != nil {
 				t.Errorf("ping from the host: %v\n%s", err, out)

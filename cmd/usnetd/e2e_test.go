@@ -494,6 +494,7 @@ func testE2EKernelFirewall(t *testing.T, backend string) {
 		}
 	})
 	t.Run("ping to the host is firewalled (until the host pings)", func(t *testing.T) {
+		requireTool(t, "ping", "iputils-ping")
 		out, err := l.peer.Command(context.Background(), "ping", "-c", "1", "-W", "1", h).CombinedOutput()
 		if err == nil {
 			t.Fatalf("ping from the peer got an answer:\n%s", out)
@@ -506,6 +507,7 @@ func testE2EKernelFirewall(t *testing.T, backend string) {
 		if err := udpEcho(l.host, l.peerIP.String()+":9001", answer); err != nil {
 			t.Fatalf("UDP: %v", err)
 		}
+		requireTool(t, "ping", "iputils-ping")
 		out, err := l.host.Command(context.Background(), "ping", "-c", "1", "-W", "5", l.peerIP.String()).CombinedOutput()
 		if err != nil {
 			t.Fatalf("ping from the host: %v\n%s", err, out)
@@ -807,7 +809,7 @@ func testE2EEndpoint(t *testing.T, backend string) {
 	u.stop(t)
 	l.checkNothingLeft()
 
-	out, err := exec.Command("tcpdump", "-n", "-r", pcapFile, "udp port 7000").CombinedOutput()
+	out, err := exec.Command(requireTool(t, "tcpdump", "tcpdump"), "-n", "-r", pcapFile, "udp port 7000").CombinedOutput()
 	if err != nil {
 		t.Fatalf("tcpdump -r: %v\n%s", err, out)
 	}
@@ -866,9 +868,7 @@ func boundingSet(caps []string) string {
 // any one of them taken away it fails at start with an error, so none of
 // them is superfluous. bpffs is already mounted here, as on systemd hosts.
 func TestE2EMinimalCapabilities(t *testing.T) {
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Fatal("setpriv (util-linux) is not installed")
-	}
+	requireTool(t, "setpriv", "util-linux")
 	caps := unitCapabilities(t)
 	t.Run("the unit's set", func(t *testing.T) {
 		l := newE2ELab(t, 1)

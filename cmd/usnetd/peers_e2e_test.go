@@ -29,16 +29,7 @@ import (
 // skips, except under CI=true, where it fails.
 func requireTool(t testing.TB, name, pkg string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	msg := fmt.Sprintf("%s is not installed (apt-get install %s)", name, pkg)
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
+	return netlab.RequireTool(t, name, pkg)
 }
 
 // newPeerLab is an e2eLab whose peer computes its TCP and UDP checksums in

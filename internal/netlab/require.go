@@ -3,6 +3,7 @@ package netlab
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"testing"
@@ -82,4 +83,22 @@ func require(t testing.TB, err error) {
 		t.Fatalf("netlab: privileged test cannot run under CI=true: %v", err)
 	}
 	t.Skipf("netlab: cannot build network labs here: %v", err)
+}
+
+// RequireTool returns the path of the command-line tool name, which the
+// Debian package debianPackage installs. Without it the test skips with one
+// line naming the package, except under CI (CI=true), where it fails: CI
+// installs every tool the tests use, and a skip there would pass unnoticed.
+func RequireTool(t testing.TB, name, debianPackage string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path
+	}
+	msg := fmt.Sprintf("%s is not installed (apt-get install %s)", name, debianPackage)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg + "; CI must install it")
+	}
+	t.Skip(msg)
+	return ""
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/usnetd/usnetd/internal/netlab"
 )
 
 func frame(n int) []byte {
@@ -70,13 +71,7 @@ func TestWriterReadsBackWithPcapgo(t *testing.T) {
 
 // TestTcpdumpReadsIt runs the real tcpdump -r on a file, when CI installed it.
 func TestTcpdumpReadsIt(t *testing.T) {
-	bin, err := exec.LookPath("tcpdump")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("tcpdump is not installed (.ci/run installs it)")
-		}
-		t.Skip("tcpdump not installed")
-	}
+	bin := netlab.RequireTool(t, "tcpdump", "tcpdump")
 	path := filepath.Join(t.TempDir(), "x.pcap")
 	w, err := Create(path)
 	if err != nil {
