@@ -634,9 +634,7 @@ func TestWriteOracleInputs(t *testing.T) {
 	for _, c := range rejectCases {
 		ins = append(ins, c.in)
 	}
-	for _, f := range oracleCorpus(t) {
-		ins = append(ins, f)
-	}
+	ins = append(ins, oracleCorpus(t)...)
 	seen := map[string]bool{}
 	var out bytes.Buffer
 	for _, in := range ins {

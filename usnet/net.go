@@ -420,10 +420,10 @@ type listener struct {
 	port    uint16
 	matches []control.Match
 
-	mu       sync.Mutex
-	closed   bool
-	accepts  sync.WaitGroup // Accept calls in progress
-	closeErr error
+	mu      sync.Mutex
+	closed  bool
+	accepts sync.WaitGroup // Accept calls in progress
+
 }
 
 func (l *listener) Addr() net.Addr { return l.l.Addr() }

@@ -279,8 +279,3 @@ func tcpAddr(a netip.Addr) tcpip.Address {
 	}
 	return tcpip.AddrFrom16(a.As16())
 }
-
-func netipAddr(a tcpip.Address) netip.Addr {
-	ip, _ := netip.AddrFromSlice(a.AsSlice())
-	return ip.Unmap()
-}

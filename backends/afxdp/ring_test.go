@@ -30,7 +30,6 @@ func (k kernelSide) cons() uint32         { return atomic.LoadUint32(k.r.consume
 func (k kernelSide) setProd(v uint32)     { atomic.StoreUint32(k.r.producer, v) }
 func (k kernelSide) setCons(v uint32)     { atomic.StoreUint32(k.r.consumer, v) }
 func (k kernelSide) setFlags(v uint32)    { atomic.StoreUint32(k.r.flags, v) }
-func (k kernelSide) slot(i uint32) uint32 { return i & k.r.mask }
 
 func TestRingIndices(t *testing.T) {
 	var r umemRing

@@ -4,11 +4,11 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"go/build"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -42,7 +42,7 @@ func labBinary(t *testing.T) string {
 	buildOnce.Do(func() {
 		gobin, err := exec.LookPath("go")
 		if err != nil {
-			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+			gobin = filepath.Join(build.Default.GOROOT, "bin", "go")
 		}
 		if binDir, buildErr = os.MkdirTemp("", "usnetd-lab-test-"); buildErr != nil {
 			return
