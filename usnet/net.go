@@ -423,7 +423,6 @@ type listener struct {
 	mu      sync.Mutex
 	closed  bool
 	accepts sync.WaitGroup // Accept calls in progress
-
 }
 
 func (l *listener) Addr() net.Addr { return l.l.Addr() }
