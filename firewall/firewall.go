@@ -52,6 +52,9 @@ const (
 const (
 	DefaultMaxRules   = 16384
 	DefaultMaxLearned = 65536
+	// DefaultMaxEndpointRules bounds the endpoints' rules the firewall
+	// knows (AddEndpointPort).
+	DefaultMaxEndpointRules = 65536
 	// DefaultMinIdle is how long ExpireLearned keeps a learned entry
 	// after the kernel's traffic last refreshed it, socket or not.
 	DefaultMinIdle = 30 * time.Second
@@ -93,8 +96,10 @@ type Options struct {
 	Queues int
 
 	// MaxRules and MaxLearned size the registered and learned maps; 0
-	// means DefaultMaxRules and DefaultMaxLearned.
-	MaxRules, MaxLearned int
+	// means DefaultMaxRules and DefaultMaxLearned. MaxEndpointRules sizes
+	// the endpoints' rules (AddEndpointPort); 0 means
+	// DefaultMaxEndpointRules.
+	MaxRules, MaxLearned, MaxEndpointRules int
 
 	// Allow is put into the registered map before the programs go live,
 	// so that a restart never closes, even for a moment, the ports the
@@ -144,10 +149,15 @@ type Firewall struct {
 
 	mu     sync.RWMutex
 	closed bool
-	objs   bpfObjects
-	in     link.Link // the ingress hook's: XDP, or TCX ingress
-	tcx    link.Link // the egress learner's; nil with NoHostRings
-	lock   *os.File  // flock on dir: one live Firewall per directory
+	// epMu serialises the endpoint-rule updates (under mu's read lock);
+	// epProtos counts the endpoint rules per (local, proto), the values
+	// of the endpoint_protos map.
+	epMu     sync.Mutex
+	epProtos map[bpfEpProtoKey]uint32
+	objs     bpfObjects
+	in       link.Link // the ingress hook's: XDP, or TCX ingress
+	tcx      link.Link // the egress learner's; nil with NoHostRings
+	lock     *os.File  // flock on dir: one live Firewall per directory
 }
 
 // Attach loads the firewall's eBPF objects and attaches them to one
@@ -195,7 +205,7 @@ func Attach(opts Options) (_ *Firewall, err error) {
 	if opts.Hook == HookTC && opts.XDPMode != "" {
 		return nil, fmt.Errorf("firewall: XDP mode %q with hook %q", opts.XDPMode, opts.Hook)
 	}
-	if opts.Queues < 0 || opts.MaxRules < 0 || opts.MaxLearned < 0 {
+	if opts.Queues < 0 || opts.MaxRules < 0 || opts.MaxLearned < 0 || opts.MaxEndpointRules < 0 {
 		return nil, fmt.Errorf("firewall: negative size in options")
 	}
 	for _, a := range opts.Allow {
@@ -209,13 +219,14 @@ func Attach(opts Options) (_ *Firewall, err error) {
 	}
 	root = filepath.Clean(root)
 	fw := &Firewall{
-		log:     opts.Log.With().Str("interface", attrs.Name).Int("ifindex", attrs.Index).Logger(),
-		ifname:  attrs.Name,
-		ifindex: attrs.Index,
-		root:    root,
-		dir:     filepath.Join(root, attrs.Name),
-		hook:    opts.Hook,
-		minIdle: opts.MinIdle,
+		log:      opts.Log.With().Str("interface", attrs.Name).Int("ifindex", attrs.Index).Logger(),
+		ifname:   attrs.Name,
+		ifindex:  attrs.Index,
+		root:     root,
+		dir:      filepath.Join(root, attrs.Name),
+		hook:     opts.Hook,
+		minIdle:  opts.MinIdle,
+		epProtos: map[bpfEpProtoKey]uint32{},
 	}
 	if fw.minIdle == 0 {
 		fw.minIdle = DefaultMinIdle
@@ -405,6 +416,10 @@ func configure(spec *ebpf.CollectionSpec, opts Options, attrs *netlink.LinkAttrs
 	if opts.MaxLearned > 0 {
 		spec.Maps["kernel_learned"].MaxEntries = uint32(opts.MaxLearned)
 	}
+	if opts.MaxEndpointRules > 0 {
+		spec.Maps["endpoint_rules"].MaxEntries = uint32(opts.MaxEndpointRules)
+		spec.Maps["endpoint_protos"].MaxEntries = uint32(opts.MaxEndpointRules)
+	}
 	return nil
 }
 
@@ -585,11 +600,13 @@ func pinReplacing(obj pinner, path string) error {
 
 func (fw *Firewall) maps() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
-		"kernel_rules":   fw.objs.KernelRules,
-		"kernel_learned": fw.objs.KernelLearned,
-		"frag_kernel":    fw.objs.FragKernel,
-		"xsks":           fw.objs.Xsks,
-		"counters":       fw.objs.Counters,
+		"kernel_rules":    fw.objs.KernelRules,
+		"kernel_learned":  fw.objs.KernelLearned,
+		"frag_verdicts":   fw.objs.FragVerdicts,
+		"endpoint_rules":  fw.objs.EndpointRules,
+		"endpoint_protos": fw.objs.EndpointProtos,
+		"xsks":            fw.objs.Xsks,
+		"counters":        fw.objs.Counters,
 	}
 }
 

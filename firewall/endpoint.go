@@ -1,0 +1,120 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cilium/ebpf"
+
+	l4 "github.com/usnetd/usnetd/switch"
+)
+
+// The endpoints' rules, for the kernel side: the control plane adds each
+// rule an endpoint registers (AddMatch) before it answers OK, and removes
+// it with the rule (RemoveMatch, the endpoint's end). With them the
+// programs keep the kernel and the endpoints apart both ways:
+//
+//   - ingress: a frame whose lookup (the three steps of l4.Table, over
+//     the endpoints' and the kernel's entries at once) ends in an
+//     endpoint's rule is never the kernel's, whatever learned or
+//     registered kernel entry a later step holds;
+//   - egress: a frame the kernel sends from an endpoint's flow (a kernel
+//     socket bound to an endpoint's port, on the host's address: its
+//     replies would find the endpoint's rule) is dropped and counted as
+//     egress_endpoint_dropped, and never learned, so the kernel can
+//     neither answer into the endpoint's connections (RSTs) nor open the
+//     endpoint's port to itself by sending first.
+
+// AddEndpointPort tells the firewall that an endpoint holds the rule k
+// (l4.Key as registered: listening, or with a remote side). Adding a key
+// the firewall knows already is a no-op. A full map gives an error
+// wrapping unix.E2BIG: the control plane then refuses the rule.
+func (fw *Firewall) AddEndpointPort(k l4.Key) error {
+	if err := checkKey(k); err != nil {
+		return err
+	}
+	if err := fw.rlock(); err != nil {
+		return err
+	}
+	defer fw.mu.RUnlock()
+	fw.epMu.Lock()
+	defer fw.epMu.Unlock()
+	bk := keyOf(k)
+	err := fw.objs.EndpointRules.Update(bk, uint32(0), ebpf.UpdateNoExist)
+	if errors.Is(err, ebpf.ErrKeyExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("firewall: endpoint rule %v on %s: %w", k, fw.ifname, err)
+	}
+	pk := protoKeyOf(k)
+	if err := fw.objs.EndpointProtos.Put(pk, fw.epProtos[pk]+1); err != nil {
+		_ = fw.objs.EndpointRules.Delete(bk)
+		return fmt.Errorf("firewall: endpoint rule %v on %s: %w", k, fw.ifname, err)
+	}
+	fw.epProtos[pk]++
+	fw.log.Debug().Stringer("key", k).Msg("firewall: endpoint rule added")
+	return nil
+}
+
+// RemoveEndpointPort forgets the endpoint rule k. An absent key gives an
+// error wrapping ebpf.ErrKeyNotExist.
+func (fw *Firewall) RemoveEndpointPort(k l4.Key) error {
+	if err := fw.rlock(); err != nil {
+		return err
+	}
+	defer fw.mu.RUnlock()
+	fw.epMu.Lock()
+	defer fw.epMu.Unlock()
+	if err := fw.objs.EndpointRules.Delete(keyOf(k)); err != nil {
+		return fmt.Errorf("firewall: removing endpoint rule %v on %s: %w", k, fw.ifname, err)
+	}
+	pk := protoKeyOf(k)
+	n := fw.epProtos[pk]
+	var err error
+	switch {
+	case n <= 1:
+		delete(fw.epProtos, pk)
+		err = fw.objs.EndpointProtos.Delete(pk)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			err = nil
+		}
+	default:
+		fw.epProtos[pk] = n - 1
+		err = fw.objs.EndpointProtos.Put(pk, n-1)
+	}
+	if err != nil {
+		return fmt.Errorf("firewall: removing endpoint rule %v on %s: %w", k, fw.ifname, err)
+	}
+	fw.log.Debug().Stringer("key", k).Msg("firewall: endpoint rule removed")
+	return nil
+}
+
+// EndpointPorts returns the endpoint rules the firewall holds, sorted.
+func (fw *Firewall) EndpointPorts() ([]l4.Key, error) {
+	if err := fw.rlock(); err != nil {
+		return nil, err
+	}
+	defer fw.mu.RUnlock()
+	var (
+		out []l4.Key
+		k   bpfFwKey
+		v   uint32
+	)
+	it := fw.objs.EndpointRules.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, l4Key(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("firewall: reading endpoint rules on %s: %w", fw.ifname, err)
+	}
+	sortKeys(out)
+	return out, nil
+}
+
+func protoKeyOf(k l4.Key) bpfEpProtoKey {
+	return bpfEpProtoKey{Local: k.Local, Proto: k.Proto}
+}
+
+func sortKeys(ks []l4.Key) { slices.SortFunc(ks, compareKeys) }
