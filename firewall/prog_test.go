@@ -67,7 +67,7 @@ func (h hookProg) verdict(t *testing.T, objs *bpfObjects, frame []byte) (bool, m
 }
 
 // loadObjects loads the programs and maps without attaching them.
-func loadObjects(t *testing.T, noHostRings bool) *bpfObjects {
+func loadObjects(t testing.TB, noHostRings bool) *bpfObjects {
 	t.Helper()
 	netlab.Require(t) // root: loading programs needs CAP_BPF and CAP_NET_ADMIN
 	spec, err := loadBpf()
