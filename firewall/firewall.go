@@ -87,7 +87,8 @@ type Options struct {
 
 	// NoHostRings gives the kernel nothing from the NIC (NO_HOST_RINGS):
 	// every frame goes to the AF_XDP sockets (HookXDP) or is dropped
-	// (HookTC), ARP included, and the egress learner is not attached.
+	// (HookTC), ARP included. The egress program is attached all the
+	// same: it keeps the kernel from sending from the endpoints' flows.
 	NoHostRings bool
 
 	// Queues is the number of entries of the XSKMAP (one per RX queue);
@@ -156,7 +157,7 @@ type Firewall struct {
 	epProtos map[bpfEpProtoKey]uint32
 	objs     bpfObjects
 	in       link.Link // the ingress hook's: XDP, or TCX ingress
-	tcx      link.Link // the egress learner's; nil with NoHostRings
+	tcx      link.Link // the egress program's
 	lock     *os.File  // flock on dir: one live Firewall per directory
 }
 
@@ -317,23 +318,20 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		}
 	}
 
-	// The egress learner.
-	if opts.NoHostRings {
-		fw.dropPinnedLink(pinTCXLink)
-	} else {
-		fw.tcx, fresh, err = fw.updateOrAttach(pinTCXLink, fw.objs.UsnetdLearn, "", func() (link.Link, error) {
-			return link.AttachTCX(link.TCXOptions{
-				Interface: fw.ifindex,
-				Program:   fw.objs.UsnetdLearn,
-				Attach:    ebpf.AttachTCXEgress,
-			})
+	// The egress program: also with NoHostRings, where it learns in vain
+	// but keeps the kernel from sending from the endpoints' flows.
+	fw.tcx, fresh, err = fw.updateOrAttach(pinTCXLink, fw.objs.UsnetdLearn, "", func() (link.Link, error) {
+		return link.AttachTCX(link.TCXOptions{
+			Interface: fw.ifindex,
+			Program:   fw.objs.UsnetdLearn,
+			Attach:    ebpf.AttachTCXEgress,
 		})
-		if err != nil {
-			return nil, err
-		}
-		if fresh {
-			newLinks = append(newLinks, fw.tcx)
-		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if fresh {
+		newLinks = append(newLinks, fw.tcx)
 	}
 
 	// Pins: the maps replace those of an earlier instance, then the new
