@@ -13,11 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type bpfEpProtoKey struct {
+type bpfEpPortKey struct {
 	_     structs.HostLayout
 	Local [16]uint8
+	Lport uint16
 	Proto uint8
-	Pad   [3]uint8
+	Any   uint8
 }
 
 type bpfFragKey struct {
@@ -86,7 +87,7 @@ type bpfFwValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapCounters         = "counters"
-	bpfMapEndpointProtos   = "endpoint_protos"
+	bpfMapEndpointPorts    = "endpoint_ports"
 	bpfMapEndpointRules    = "endpoint_rules"
 	bpfMapFragVerdicts     = "frag_verdicts"
 	bpfMapKernelLearned    = "kernel_learned"
@@ -150,13 +151,13 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Counters       *ebpf.MapSpec `ebpf:"counters"`
-	EndpointProtos *ebpf.MapSpec `ebpf:"endpoint_protos"`
-	EndpointRules  *ebpf.MapSpec `ebpf:"endpoint_rules"`
-	FragVerdicts   *ebpf.MapSpec `ebpf:"frag_verdicts"`
-	KernelLearned  *ebpf.MapSpec `ebpf:"kernel_learned"`
-	KernelRules    *ebpf.MapSpec `ebpf:"kernel_rules"`
-	Xsks           *ebpf.MapSpec `ebpf:"xsks"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	EndpointPorts *ebpf.MapSpec `ebpf:"endpoint_ports"`
+	EndpointRules *ebpf.MapSpec `ebpf:"endpoint_rules"`
+	FragVerdicts  *ebpf.MapSpec `ebpf:"frag_verdicts"`
+	KernelLearned *ebpf.MapSpec `ebpf:"kernel_learned"`
+	KernelRules   *ebpf.MapSpec `ebpf:"kernel_rules"`
+	Xsks          *ebpf.MapSpec `ebpf:"xsks"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -187,19 +188,19 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Counters       *ebpf.Map `ebpf:"counters"`
-	EndpointProtos *ebpf.Map `ebpf:"endpoint_protos"`
-	EndpointRules  *ebpf.Map `ebpf:"endpoint_rules"`
-	FragVerdicts   *ebpf.Map `ebpf:"frag_verdicts"`
-	KernelLearned  *ebpf.Map `ebpf:"kernel_learned"`
-	KernelRules    *ebpf.Map `ebpf:"kernel_rules"`
-	Xsks           *ebpf.Map `ebpf:"xsks"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	EndpointPorts *ebpf.Map `ebpf:"endpoint_ports"`
+	EndpointRules *ebpf.Map `ebpf:"endpoint_rules"`
+	FragVerdicts  *ebpf.Map `ebpf:"frag_verdicts"`
+	KernelLearned *ebpf.Map `ebpf:"kernel_learned"`
+	KernelRules   *ebpf.Map `ebpf:"kernel_rules"`
+	Xsks          *ebpf.Map `ebpf:"xsks"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Counters,
-		m.EndpointProtos,
+		m.EndpointPorts,
 		m.EndpointRules,
 		m.FragVerdicts,
 		m.KernelLearned,

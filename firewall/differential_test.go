@@ -117,13 +117,7 @@ func newDiffHarness(t testing.TB) *diffHarness {
 		case "endpoint":
 			err = h.table.Insert(l4.Rule{Key: r.key, Owner: endpointOwner, Kind: l4.Registered})
 			if err == nil {
-				err = objs.EndpointRules.Put(keyOf(r.key), uint32(0))
-			}
-			if err == nil {
-				pk := protoKeyOf(r.key)
-				var n uint32
-				_ = objs.EndpointProtos.Lookup(pk, &n)
-				err = objs.EndpointProtos.Put(pk, n+1)
+				endpointRule(t, objs, r.key)
 			}
 		}
 		if err != nil {

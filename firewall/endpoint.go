@@ -48,12 +48,16 @@ func (fw *Firewall) AddEndpointPort(k l4.Key) error {
 	if err != nil {
 		return fmt.Errorf("firewall: endpoint rule %v on %s: %w", k, fw.ifname, err)
 	}
-	pk := protoKeyOf(k)
-	if err := fw.objs.EndpointProtos.Put(pk, fw.epProtos[pk]+1); err != nil {
-		_ = fw.objs.EndpointRules.Delete(bk)
-		return fmt.Errorf("firewall: endpoint rule %v on %s: %w", k, fw.ifname, err)
+	for i, pk := range portKeysOf(k) {
+		if err := fw.objs.EndpointPorts.Put(pk, fw.epPorts[pk]+1); err != nil {
+			if i == 1 {
+				_ = fw.countDown(portKeysOf(k)[0])
+			}
+			_ = fw.objs.EndpointRules.Delete(bk)
+			return fmt.Errorf("firewall: endpoint rule %v on %s: %w", k, fw.ifname, err)
+		}
+		fw.epPorts[pk]++
 	}
-	fw.epProtos[pk]++
 	fw.log.Debug().Stringer("key", k).Msg("firewall: endpoint rule added")
 	return nil
 }
@@ -70,22 +74,10 @@ func (fw *Firewall) RemoveEndpointPort(k l4.Key) error {
 	if err := fw.objs.EndpointRules.Delete(keyOf(k)); err != nil {
 		return fmt.Errorf("firewall: removing endpoint rule %v on %s: %w", k, fw.ifname, err)
 	}
-	pk := protoKeyOf(k)
-	n := fw.epProtos[pk]
-	var err error
-	switch {
-	case n <= 1:
-		delete(fw.epProtos, pk)
-		err = fw.objs.EndpointProtos.Delete(pk)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			err = nil
+	for _, pk := range portKeysOf(k) {
+		if err := fw.countDown(pk); err != nil {
+			return fmt.Errorf("firewall: removing endpoint rule %v on %s: %w", k, fw.ifname, err)
 		}
-	default:
-		fw.epProtos[pk] = n - 1
-		err = fw.objs.EndpointProtos.Put(pk, n-1)
-	}
-	if err != nil {
-		return fmt.Errorf("firewall: removing endpoint rule %v on %s: %w", k, fw.ifname, err)
 	}
 	fw.log.Debug().Stringer("key", k).Msg("firewall: endpoint rule removed")
 	return nil
@@ -113,8 +105,27 @@ func (fw *Firewall) EndpointPorts() ([]l4.Key, error) {
 	return out, nil
 }
 
-func protoKeyOf(k l4.Key) bpfEpProtoKey {
-	return bpfEpProtoKey{Local: k.Local, Proto: k.Proto}
+// countDown takes one rule off pk's count in endpoint_ports (epMu held).
+func (fw *Firewall) countDown(pk bpfEpPortKey) error {
+	n := fw.epPorts[pk]
+	if n > 1 {
+		fw.epPorts[pk] = n - 1
+		return fw.objs.EndpointPorts.Put(pk, n-1)
+	}
+	delete(fw.epPorts, pk)
+	if err := fw.objs.EndpointPorts.Delete(pk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// portKeysOf returns the endpoint_ports keys that count the rule k:
+// (local, proto, lport) and (local, proto, any port).
+func portKeysOf(k l4.Key) [2]bpfEpPortKey {
+	return [2]bpfEpPortKey{
+		{Local: k.Local, Lport: k.LocalPort, Proto: k.Proto},
+		{Local: k.Local, Proto: k.Proto, Any: 1},
+	}
 }
 
 func sortKeys(ks []l4.Key) { slices.SortFunc(ks, compareKeys) }

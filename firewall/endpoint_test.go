@@ -33,15 +33,26 @@ func TestEndpointPorts(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("endpoint ports %v, want %v", got, want)
 	}
+	// The count of UDP rules on the address, whatever the port.
 	protoCount := func(k l4.Key) uint32 {
 		var n uint32
-		if err := fw.objs.EndpointProtos.Lookup(protoKeyOf(k), &n); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := fw.objs.EndpointPorts.Lookup(portKeysOf(k)[1], &n); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Fatal(err)
+		}
+		return n
+	}
+	portCount := func(k l4.Key) uint32 {
+		var n uint32
+		if err := fw.objs.EndpointPorts.Lookup(portKeysOf(k)[0], &n); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			t.Fatal(err)
 		}
 		return n
 	}
 	if n := protoCount(udp); n != 2 {
 		t.Errorf("UDP rules on %v: %d, want 2", l.h4, n)
+	}
+	if n, m := portCount(udp), portCount(conn); n != 1 || m != 1 {
+		t.Errorf("UDP rules on ports 5000 and 5001: %d, %d, want 1, 1", n, m)
 	}
 	if err := fw.AddEndpointPort(l4.ListenKey(la(l.h4), l4.ProtoUDP, 5002)); !errors.Is(err, unix.E2BIG) {
 		t.Errorf("a fourth rule in a map of three: %v, want E2BIG", err)
@@ -58,7 +69,7 @@ func TestEndpointPorts(t *testing.T) {
 	if err := fw.RemoveEndpointPort(conn); err != nil {
 		t.Fatal(err)
 	}
-	if n := protoCount(udp); n != 0 {
+	if n := protoCount(udp); n != 0 || portCount(udp) != 0 || portCount(conn) != 0 {
 		t.Errorf("UDP rules after both removals: %d, want 0 (no entry)", n)
 	}
 	if err := fw.RemoveEndpointPort(conn); !errors.Is(err, ebpf.ErrKeyNotExist) {

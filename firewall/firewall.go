@@ -151,14 +151,14 @@ type Firewall struct {
 	mu     sync.RWMutex
 	closed bool
 	// epMu serialises the endpoint-rule updates (under mu's read lock);
-	// epProtos counts the endpoint rules per (local, proto), the values
-	// of the endpoint_protos map.
-	epMu     sync.Mutex
-	epProtos map[bpfEpProtoKey]uint32
-	objs     bpfObjects
-	in       link.Link // the ingress hook's: XDP, or TCX ingress
-	tcx      link.Link // the egress program's
-	lock     *os.File  // flock on dir: one live Firewall per directory
+	// epPorts holds the values of the endpoint_ports map: the endpoint
+	// rules per (local, proto, lport) and per (local, proto).
+	epMu    sync.Mutex
+	epPorts map[bpfEpPortKey]uint32
+	objs    bpfObjects
+	in      link.Link // the ingress hook's: XDP, or TCX ingress
+	tcx     link.Link // the egress program's
+	lock    *os.File  // flock on dir: one live Firewall per directory
 }
 
 // Attach loads the firewall's eBPF objects and attaches them to one
@@ -220,14 +220,14 @@ func Attach(opts Options) (_ *Firewall, err error) {
 	}
 	root = filepath.Clean(root)
 	fw := &Firewall{
-		log:      opts.Log.With().Str("interface", attrs.Name).Int("ifindex", attrs.Index).Logger(),
-		ifname:   attrs.Name,
-		ifindex:  attrs.Index,
-		root:     root,
-		dir:      filepath.Join(root, attrs.Name),
-		hook:     opts.Hook,
-		minIdle:  opts.MinIdle,
-		epProtos: map[bpfEpProtoKey]uint32{},
+		log:     opts.Log.With().Str("interface", attrs.Name).Int("ifindex", attrs.Index).Logger(),
+		ifname:  attrs.Name,
+		ifindex: attrs.Index,
+		root:    root,
+		dir:     filepath.Join(root, attrs.Name),
+		hook:    opts.Hook,
+		minIdle: opts.MinIdle,
+		epPorts: map[bpfEpPortKey]uint32{},
 	}
 	if fw.minIdle == 0 {
 		fw.minIdle = DefaultMinIdle
@@ -416,7 +416,7 @@ func configure(spec *ebpf.CollectionSpec, opts Options, attrs *netlink.LinkAttrs
 	}
 	if opts.MaxEndpointRules > 0 {
 		spec.Maps["endpoint_rules"].MaxEntries = uint32(opts.MaxEndpointRules)
-		spec.Maps["endpoint_protos"].MaxEntries = uint32(opts.MaxEndpointRules)
+		spec.Maps["endpoint_ports"].MaxEntries = 2 * uint32(opts.MaxEndpointRules)
 	}
 	return nil
 }
@@ -598,13 +598,13 @@ func pinReplacing(obj pinner, path string) error {
 
 func (fw *Firewall) maps() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
-		"kernel_rules":    fw.objs.KernelRules,
-		"kernel_learned":  fw.objs.KernelLearned,
-		"frag_verdicts":   fw.objs.FragVerdicts,
-		"endpoint_rules":  fw.objs.EndpointRules,
-		"endpoint_protos": fw.objs.EndpointProtos,
-		"xsks":            fw.objs.Xsks,
-		"counters":        fw.objs.Counters,
+		"kernel_rules":   fw.objs.KernelRules,
+		"kernel_learned": fw.objs.KernelLearned,
+		"frag_verdicts":  fw.objs.FragVerdicts,
+		"endpoint_rules": fw.objs.EndpointRules,
+		"endpoint_ports": fw.objs.EndpointPorts,
+		"xsks":           fw.objs.Xsks,
+		"counters":       fw.objs.Counters,
 	}
 }
 

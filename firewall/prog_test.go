@@ -138,7 +138,7 @@ func learn(t *testing.T, objs *bpfObjects, k l4.Key) {
 
 // endpointRule puts k into the endpoint maps as Firewall.AddEndpointPort
 // does.
-func endpointRule(t *testing.T, objs *bpfObjects, k l4.Key) {
+func endpointRule(t testing.TB, objs *bpfObjects, k l4.Key) {
 	t.Helper()
 	if err := checkKey(k); err != nil {
 		t.Fatal(err)
@@ -146,11 +146,12 @@ func endpointRule(t *testing.T, objs *bpfObjects, k l4.Key) {
 	if err := objs.EndpointRules.Put(keyOf(k), uint32(0)); err != nil {
 		t.Fatal(err)
 	}
-	pk := protoKeyOf(k)
-	var n uint32
-	_ = objs.EndpointProtos.Lookup(pk, &n)
-	if err := objs.EndpointProtos.Put(pk, n+1); err != nil {
-		t.Fatal(err)
+	for _, pk := range portKeysOf(k) {
+		var n uint32
+		_ = objs.EndpointPorts.Lookup(pk, &n)
+		if err := objs.EndpointPorts.Put(pk, n+1); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -102,10 +102,11 @@ static __always_inline __u32 later_fragment(const struct ip_info *in)
 	struct frag_verdict *fv = bpf_map_lookup_elem(&frag_verdicts, &fk);
 	if (fv && bpf_ktime_get_ns() - fv->seen_ns < FRAG_TIMEOUT_NS)
 		return fv->kernel ? CNT_PASS_FRAGMENT : CNT_FRAGMENT_TO_XSK;
-	struct ep_proto_key pk = {};
+	struct ep_port_key pk = {};
 	__builtin_memcpy(pk.local, in->dst, 16);
 	pk.proto = in->frag_proto;
-	if (!bpf_map_lookup_elem(&endpoint_protos, &pk))
+	pk.any = 1;
+	if (!bpf_map_lookup_elem(&endpoint_ports, &pk))
 		return CNT_PASS_FRAGMENT_EARLY;
 	return CNT_FRAGMENT_TO_XSK;
 }

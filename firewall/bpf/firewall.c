@@ -93,11 +93,14 @@ struct frag_verdict {
 	__u32 pad;
 };
 
-/* (local address, protocol): the key of endpoint_protos. */
-struct ep_proto_key {
+/* The key of endpoint_ports: (local address, protocol, local port) of the
+ * endpoints' rules (port 0 for protocols without ports), and with any = 1
+ * (local address, protocol) whatever the port. */
+struct ep_port_key {
 	__u8 local[16];
+	__u16 lport; /* host byte order */
 	__u8 proto;
-	__u8 pad[3];
+	__u8 any;
 };
 
 /* Counter indexes; the Go side names them (counterNames in firewall.go). */
@@ -169,15 +172,18 @@ struct {
 	__type(value, __u32);
 } endpoint_rules SEC(".maps");
 
-/* How many endpoint rules each (local address, protocol) has: a later
- * fragment that comes before its first fragment can only be an endpoint's
- * when this is not 0. Kept by the loader with endpoint_rules. */
+/* How many endpoint rules each (local address, protocol, local port) and
+ * each (local address, protocol) has, kept by the loader with
+ * endpoint_rules: a lookup asks endpoint_rules only when an endpoint has a
+ * rule on the tuple's local port (one probe for the kernel's flows instead
+ * of three), and a later fragment that comes before its first fragment can
+ * only be an endpoint's when its (destination, protocol) has a rule. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct ep_proto_key);
+	__uint(max_entries, 131072);
+	__type(key, struct ep_port_key);
 	__type(value, __u32);
-} endpoint_protos SEC(".maps");
+} endpoint_ports SEC(".maps");
 
 /* The verdicts of first fragments, so that their later fragments (which
  * carry no ports) follow them. */
@@ -235,13 +241,14 @@ static __always_inline void put_v4(__u8 *dst, __be32 a)
 #define OWNER_KERNEL 1
 #define OWNER_ENDPOINT 2
 
-/* One step of the lookup: an endpoint's rule, a learned kernel flow (only
- * when learned is given: learned entries have the exact step's shape), a
- * registered kernel rule. A key is in at most one of them (the Go table
- * holds each key once). *learned is set when the learned map has it. */
-static __always_inline int lookup_step(const struct fw_key *k, struct fw_value **learned)
+/* One step of the lookup: an endpoint's rule (when ep: an endpoint has a
+ * rule on the local port), a learned kernel flow (only when learned is
+ * given: learned entries have the exact step's shape), a registered kernel
+ * rule. A key is in at most one of them (the Go table holds each key
+ * once). *learned is set when the learned map has it. */
+static __always_inline int lookup_step(const struct fw_key *k, struct fw_value **learned, int ep)
 {
-	if (bpf_map_lookup_elem(&endpoint_rules, k))
+	if (ep && bpf_map_lookup_elem(&endpoint_rules, k))
 		return OWNER_ENDPOINT;
 	if (learned) {
 		struct fw_value *v = bpf_map_lookup_elem(&kernel_learned, k);
@@ -268,30 +275,39 @@ static __always_inline int lookup_owner(const struct fw_key *full, struct fw_val
 	struct fw_value *dummy = NULL;
 	struct fw_value **lp = learned ? learned : &dummy;
 	int o;
+	int ported = has_ports(k.proto);
 
-	if (has_ports(k.proto)) {
+	if (!ported) {
+		k.lport = 0;
+		k.rport = 0;
+	}
+	struct ep_port_key pk = {};
+	__builtin_memcpy(pk.local, k.local, 16);
+	pk.lport = k.lport;
+	pk.proto = k.proto;
+	int ep = bpf_map_lookup_elem(&endpoint_ports, &pk) != NULL;
+
+	if (ported) {
 		k.flags = KEY_LPORT | KEY_REMOTE | KEY_RPORT;
-		o = lookup_step(&k, lp);
+		o = lookup_step(&k, lp, ep);
 		if (o)
 			return o;
 		k.rport = 0;
 		k.flags = KEY_LPORT | KEY_REMOTE;
-		o = lookup_step(&k, NULL);
+		o = lookup_step(&k, NULL, ep);
 		if (o)
 			return o;
 		__builtin_memset(k.remote, 0, 16);
 		k.flags = KEY_LPORT;
-		return lookup_step(&k, NULL);
+		return lookup_step(&k, NULL, ep);
 	}
-	k.lport = 0;
-	k.rport = 0;
 	k.flags = KEY_REMOTE;
-	o = lookup_step(&k, lp);
+	o = lookup_step(&k, lp, ep);
 	if (o)
 		return o;
 	__builtin_memset(k.remote, 0, 16);
 	k.flags = 0;
-	return lookup_step(&k, NULL);
+	return lookup_step(&k, NULL, ep);
 }
 
 /* ---------------------------------------------------------------------- */
