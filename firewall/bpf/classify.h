@@ -57,7 +57,16 @@ struct ip_info {
 	__u8 frag_proto; /* the protocol the fragment header names: the same in every fragment */
 	__u8 frag;       /* enum frag_state */
 	__u8 v6;
+	/* The first four bytes of the L4 header, when the load of the IP
+	 * header brought them along (no IPv4 options or IPv6 extension
+	 * headers): one load call less for the ports. */
+	__u8 l4head_ok;
+	__u8 l4head[4];
 };
+
+/* The first four bytes of the L4 header (ports, or ICMP type and code). */
+#define L4HEAD(ctx, in, p) \
+	((in)->l4head_ok ? (__builtin_memcpy(p, (in)->l4head, 4), 0) : CLS_LOAD(ctx, (in)->l4off, p, 4))
 
 /* IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) must never be on the wire
  * (RFC 4291 2.5.5.2); here they would alias the IPv4 keys. */
@@ -128,8 +137,11 @@ static __always_inline int CLS_NAME(parse_ip)(CLS_CTX *ctx, __u32 l3, __u32 room
 	if (room > 0xffff)
 		room = 0xffff;
 	if (ethtype == ETH_P_IP_) {
-		__u8 ip[20];
-		if (room < 20 || CLS_LOAD(ctx, l3, ip, 20) < 0)
+		__u8 ip[24];
+		int big = room >= 24;
+		if (room < 20)
+			return 0;
+		if (big ? CLS_LOAD(ctx, l3, ip, 24) < 0 : CLS_LOAD(ctx, l3, ip, 20) < 0)
 			return 0;
 		if ((ip[0] >> 4) != 4)
 			return 0;
@@ -155,6 +167,10 @@ static __always_inline int CLS_NAME(parse_ip)(CLS_CTX *ctx, __u32 l3, __u32 room
 		info->v6 = 0;
 		info->l4off = l3 + ihl;
 		info->l4room = lim - ihl;
+		if (big && ihl == 20 && lim >= 24) {
+			__builtin_memcpy(info->l4head, ip + 20, 4);
+			info->l4head_ok = 1;
+		}
 		__u16 fo = ((__u16)ip[6] << 8) | ip[7];
 		info->frag_id = ((__u32)ip[4] << 8) | ip[5];
 		if (fo & 0x1fff) {
@@ -166,8 +182,11 @@ static __always_inline int CLS_NAME(parse_ip)(CLS_CTX *ctx, __u32 l3, __u32 room
 	}
 
 	/* IPv6 */
-	__u8 ip[40];
-	if (room < 40 || CLS_LOAD(ctx, l3, ip, 40) < 0)
+	__u8 ip[44];
+	int big = room >= 44;
+	if (room < 40)
+		return 0;
+	if (big ? CLS_LOAD(ctx, l3, ip, 44) < 0 : CLS_LOAD(ctx, l3, ip, 40) < 0)
 		return 0;
 	if ((ip[0] >> 4) != 6)
 		return 0;
@@ -228,6 +247,10 @@ static __always_inline int CLS_NAME(parse_ip)(CLS_CTX *ctx, __u32 l3, __u32 room
 			info->proto = nh;
 			info->l4off = l3 + off;
 			info->l4room = lim - off;
+			if (big && off == 40 && lim >= 44) {
+				__builtin_memcpy(info->l4head, ip + 40, 4);
+				info->l4head_ok = 1;
+			}
 			return 1;
 		}
 	}
@@ -252,7 +275,7 @@ static __always_inline int CLS_NAME(quote_owner)(CLS_CTX *ctx, __u32 l4, __u32 l
 	__builtin_memcpy(k.remote, in.dst, 16);
 	k.proto = in.proto;
 	__u8 p[4];
-	if (ok && has_ports(in.proto) && in.l4room >= 4 && CLS_LOAD(ctx, in.l4off, p, 4) == 0) {
+	if (ok && has_ports(in.proto) && in.l4room >= 4 && L4HEAD(ctx, &in, p) == 0) {
 		k.lport = ((__u16)p[0] << 8) | p[1];
 		k.rport = ((__u16)p[2] << 8) | p[3];
 	}
@@ -274,7 +297,7 @@ static __always_inline __u32 CLS_NAME(classify_ip)(CLS_CTX *ctx, __u32 l3, __u32
 	__u8 type = 0;
 	__u8 p[4];
 	if (ok && (has_ports(in.proto) || icmp)) {
-		if (in.l4room < 4 || CLS_LOAD(ctx, in.l4off, p, 4) < 0)
+		if (in.l4room < 4 || L4HEAD(ctx, &in, p) < 0)
 			return CNT_PARSE_ERROR;
 		if (icmp) {
 			type = p[0];
@@ -334,8 +357,12 @@ static __noinline __u32 CLS_NAME(classify)(CLS_CTX *ctx, __u32 len)
 {
 	if (cfg_no_host_rings)
 		return CNT_NO_HOST_RINGS;
-	__u8 eth[4];
-	if (len < ETH_HLEN || CLS_LOAD(ctx, 12, eth, 2) < 0)
+	/* The EtherType and, in the same load, the 802.1Q tag's. */
+	__u8 eth[6];
+	int tagged = len >= ETH_HLEN + 4;
+	if (len < ETH_HLEN)
+		return CNT_PARSE_ERROR;
+	if (tagged ? CLS_LOAD(ctx, 12, eth, 6) < 0 : CLS_LOAD(ctx, 12, eth, 2) < 0)
 		return CNT_PARSE_ERROR;
 	__u16 ethtype = ((__u16)eth[0] << 8) | eth[1];
 	__u32 l3 = ETH_HLEN;
@@ -343,9 +370,9 @@ static __noinline __u32 CLS_NAME(classify)(CLS_CTX *ctx, __u32 len)
 	/* One 802.1Q tag, as l4. (802.1ad is not parsed there either: such
 	 * frames are nobody's.) */
 	if (ethtype == ETH_P_8021Q_) {
-		if (room < 4 || CLS_LOAD(ctx, l3, eth, 4) < 0)
+		if (!tagged)
 			return CNT_PARSE_ERROR;
-		ethtype = ((__u16)eth[2] << 8) | eth[3];
+		ethtype = ((__u16)eth[4] << 8) | eth[5];
 		l3 += 4;
 		room -= 4;
 	}
