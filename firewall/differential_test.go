@@ -418,14 +418,28 @@ func v6FragDestOpts(t testing.TB, src, dst string, sport, dport uint16, id uint3
 func TestDifferential(t *testing.T) {
 	h := newDiffHarness(t)
 	singles, seqs := diffCorpus(t)
-	kernel := 0
+	kernel, tcRuns := 0, 0
 	for _, fr := range singles {
 		for _, line := range h.runSeq(t, [][]byte{fr}) {
 			t.Error(line)
 		}
-		if k, _, _ := h.xdp(t, fr); k {
+		// The TC hook shares the decision: the same verdict, where the
+		// test run can build the skb.
+		h.reset(t)
+		xk, _, _ := h.xdp(t, fr)
+		if xk {
 			kernel++
 		}
+		h.reset(t)
+		if ret, err := h.objs.UsnetdTcIngress.Run(&ebpf.RunOptions{Data: fr}); err == nil {
+			tcRuns++
+			if (ret == tcxNext) != xk {
+				t.Errorf("TC returned %#x, XDP kernel=%v: %x", ret, xk, fr)
+			}
+		}
+	}
+	if tcRuns < len(singles)/2 {
+		t.Errorf("the TC hook ran on %d of %d frames only", tcRuns, len(singles))
 	}
 	for i, seq := range seqs {
 		for _, line := range h.runSeq(t, seq) {
