@@ -84,7 +84,8 @@
 //   - endpoint_rules (BPF_MAP_TYPE_HASH, 65536 by default): the rules the
 //     endpoints registered, AddEndpointPort and RemoveEndpointPort (the
 //     control plane calls them with AddMatch and the rule's end; a full
-//     map refuses the rule). endpoint_ports counts them per (local
+//     map refuses the rule; adding one removes the learned flows it
+//     covers, whose sockets are gone). endpoint_ports counts them per (local
 //     address, protocol, local port), so that a lookup asks endpoint_rules
 //     only where an endpoint has a rule on the local port, and per (local
 //     address, protocol), for the early later fragments.

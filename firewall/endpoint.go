@@ -58,8 +58,47 @@ func (fw *Firewall) AddEndpointPort(k l4.Key) error {
 		}
 		fw.epPorts[pk]++
 	}
-	fw.log.Debug().Stringer("key", k).Msg("firewall: endpoint rule added")
+	n, err := fw.purgeLearned(k)
+	if err != nil {
+		return fmt.Errorf("firewall: endpoint rule %v on %s: %w", k, fw.ifname, err)
+	}
+	fw.log.Debug().Stringer("key", k).Int("learned_removed", n).Msg("firewall: endpoint rule added")
 	return nil
+}
+
+// purgeLearned removes the learned kernel flows that the endpoint rule k
+// covers: flows of a kernel socket that is gone (the control plane gives
+// no port a live kernel socket holds), whose exact entries would otherwise
+// take the first lookup step from the endpoint's rule until they expire.
+// It walks the learned map: at most MaxLearned entries, once per rule.
+func (fw *Firewall) purgeLearned(k l4.Key) (int, error) {
+	var (
+		bk   bpfFwKey
+		v    bpfFwValue
+		dead []bpfFwKey
+	)
+	it := fw.objs.KernelLearned.Iterate()
+	for it.Next(&bk, &v) {
+		lk := l4Key(bk)
+		if lk.Local != k.Local || lk.Proto != k.Proto || lk.LocalPort != k.LocalPort ||
+			k.Flags&l4.KeyRemote != 0 && lk.Remote != k.Remote ||
+			k.Flags&l4.KeyRemotePort != 0 && lk.RemotePort != k.RemotePort {
+			continue
+		}
+		dead = append(dead, bk)
+	}
+	if err := it.Err(); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, d := range dead {
+		if err := fw.objs.KernelLearned.Delete(d); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // RemoveEndpointPort forgets the endpoint rule k. An absent key gives an

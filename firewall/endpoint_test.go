@@ -19,6 +19,15 @@ func TestEndpointPorts(t *testing.T) {
 	udp := l4.ListenKey(la(l.h4), l4.ProtoUDP, 5000)
 	conn := l4.FlowKey(la(l.h4), 5001, la(l.p4), 53, l4.ProtoUDP)
 	tcp := l4.ListenKey(la(l.h4), l4.ProtoTCP, 5000)
+	// Learned flows of kernel sockets gone: those on the endpoint's port
+	// go with its rule, the others stay.
+	stale := l4.FlowKey(la(l.h4), 5000, la(l.p4), 53, l4.ProtoUDP)
+	other := l4.FlowKey(la(l.h4), 5002, la(l.p4), 53, l4.ProtoUDP)
+	for _, k := range []l4.Key{stale, other} {
+		if err := fw.objs.KernelLearned.Put(keyOf(k), valueOf(false, true, monotonicNow())); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, k := range []l4.Key{udp, conn, tcp, udp} { // the second udp: a no-op
 		if err := fw.AddEndpointPort(k); err != nil {
 			t.Fatalf("add %v: %v", k, err)
@@ -27,6 +36,13 @@ func TestEndpointPorts(t *testing.T) {
 	got, err := fw.EndpointPorts()
 	if err != nil {
 		t.Fatal(err)
+	}
+	es := entries(t, fw)
+	if _, ok := findEntry(es, stale); ok {
+		t.Errorf("the learned flow %v on the endpoint's port stayed", stale)
+	}
+	if _, ok := findEntry(es, other); !ok {
+		t.Errorf("the learned flow %v on another port went", other)
 	}
 	want := []l4.Key{udp, conn, tcp}
 	sortKeys(want)
