@@ -9,7 +9,9 @@
 // "$" with a channel descriptor, or JSON). RequestUDS attaches a packet
 // channel (backends/uds) to a NIC's pipeline; AddMatch registers rules for
 // it in that NIC's table, as l4.Registered rules owned by the channel's
-// port; the data path does the rest.
+// port, and in the kernel side's copy (Interface.EndpointPorts: the eBPF
+// firewall, which then keeps the kernel off those flows both ways) before
+// it answers OK; the data path does the rest.
 //
 // It must never trust a client's word for who it is (credentials come from
 // the kernel with every message), never let a client take traffic that

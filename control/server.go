@@ -55,6 +55,19 @@ type Interface struct {
 	Backend  string       // for QueryStatus, e.g. "afxdp"
 	XDPMode  string       // for QueryStatus; "" when not XDP
 	Addrs    []netip.Addr // the interface's addresses: QueryUsedPorts lists a kernel socket bound to the wildcard address under each
+	// EndpointPorts, if set, is the kernel side's copy of the endpoints'
+	// rules (the eBPF firewall of afxdp and afpacket): each rule AddMatch
+	// registers goes there before the answer is OK (if it cannot, the
+	// answer is ER), and leaves it with the rule. nil where the switch
+	// alone keeps the kernel out (macvtap) and in tests without one.
+	EndpointPorts EndpointPorts
+}
+
+// EndpointPorts is told the rules endpoints hold, so that the kernel can
+// neither get their frames nor send from their flows.
+type EndpointPorts interface {
+	AddEndpointPort(k l4.Key) error
+	RemoveEndpointPort(k l4.Key) error
 }
 
 // ServerConfig configures a Server. Zero values mean the defaults.
@@ -594,6 +607,13 @@ func (s *Server) addMatch(key epKey, m Match, log zerolog.Logger) answer {
 		log.Info().Err(err).Msg("AddMatch: insert")
 		return answerER
 	}
+	if fw := ep.ifc.EndpointPorts; fw != nil {
+		if err := fw.AddEndpointPort(k); err != nil {
+			ep.ifc.table.Remove(k, ep.channels[0].owner.Port)
+			log.Error().Err(err).Msg("AddMatch: the kernel firewall cannot take the rule; refusing")
+			return answerER
+		}
+	}
 	ep.rules = append(ep.rules, k)
 	log.Info().Msg("rule added")
 	return answerOK
@@ -618,6 +638,7 @@ func (s *Server) removeMatch(key epKey, m Match, log zerolog.Logger) {
 	}
 	ep.ifc.table.Remove(k, r.Owner.Port)
 	ep.rules = slices.DeleteFunc(ep.rules, func(x l4.Key) bool { return x == k })
+	ep.forgetInFirewall(k)
 	log.Info().Stringer("rule", k).Msg("rule removed")
 }
 
@@ -645,11 +666,25 @@ func (s *Server) removeChannel(ep *endpoint, ch *channel, why string) {
 	ep.channels = slices.Delete(ep.channels, i, i+1)
 	if i == 0 && len(ep.rules) > 0 {
 		ep.log.Info().Int("rules", len(ep.rules)).Msg("the registered rules went with the oldest channel")
+		ep.forgetInFirewall(ep.rules...)
 		ep.rules = nil
 	}
 	ep.log.Info().Str("why", why).Uint32("port", uint32(ch.owner.Port)).Int("channels", len(ep.channels)).Msg("channel detached")
 	if len(ep.channels) == 0 {
 		s.removeEndpoint(ep, why)
+	}
+}
+
+// forgetInFirewall removes ep's rules ks from the kernel side's copy.
+func (ep *endpoint) forgetInFirewall(ks ...l4.Key) {
+	fw := ep.ifc.EndpointPorts
+	if fw == nil {
+		return
+	}
+	for _, k := range ks {
+		if err := fw.RemoveEndpointPort(k); err != nil {
+			ep.log.Error().Err(err).Stringer("rule", k).Msg("removing the rule from the kernel firewall")
+		}
 	}
 }
 
@@ -666,6 +701,7 @@ func (s *Server) removeEndpoint(ep *endpoint, why string) {
 		ch.port.Close()
 		delete(ep.ifc.learned, ch.owner.Port)
 	}
+	ep.forgetInFirewall(ep.rules...)
 	ep.channels, ep.rules = nil, nil
 	unix.Close(ep.pidfd)
 	if why != "" {

@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfEpPortKey struct {
+	_     structs.HostLayout
+	Local [16]uint8
+	Lport uint16
+	Proto uint8
+	Any   uint8
+}
+
 type bpfFragKey struct {
 	_     structs.HostLayout
 	Src   [16]uint8
@@ -22,30 +30,38 @@ type bpfFragKey struct {
 	Pad   [3]uint8
 }
 
+type bpfFragVerdict struct {
+	_      structs.HostLayout
+	SeenNs uint64
+	Kernel uint32
+	Pad    uint32
+}
+
 type bpfFwCounter uint32
 
 const (
-	bpfFwCounterCNT_PASS_KERNEL     bpfFwCounter = 0
-	bpfFwCounterCNT_TO_XSK          bpfFwCounter = 1
-	bpfFwCounterCNT_DROPPED_NO_XSK  bpfFwCounter = 2
-	bpfFwCounterCNT_PASS_ALLOWED    bpfFwCounter = 3
-	bpfFwCounterCNT_PASS_ARP        bpfFwCounter = 4
-	bpfFwCounterCNT_PASS_EAPOL      bpfFwCounter = 5
-	bpfFwCounterCNT_PASS_DHCP       bpfFwCounter = 6
-	bpfFwCounterCNT_PASS_NDP        bpfFwCounter = 7
-	bpfFwCounterCNT_PASS_ICMP_ERROR bpfFwCounter = 8
-	bpfFwCounterCNT_PASS_FRAGMENT   bpfFwCounter = 9
-	bpfFwCounterCNT_PARSE_ERROR     bpfFwCounter = 10
-	bpfFwCounterCNT_FRAGMENT_TO_XSK bpfFwCounter = 11
-	bpfFwCounterCNT_NO_HOST_RINGS   bpfFwCounter = 12
-	bpfFwCounterCNT_LEARN_NEW       bpfFwCounter = 13
-	bpfFwCounterCNT_LEARN_REFRESH   bpfFwCounter = 14
-	bpfFwCounterCNT_LEARN_COVERED   bpfFwCounter = 15
-	bpfFwCounterCNT_LEARN_SKIPPED   bpfFwCounter = 16
-	bpfFwCounterCNT_LEARN_FAILED    bpfFwCounter = 17
-	bpfFwCounterCNT_TC_DROPPED      bpfFwCounter = 18
-	bpfFwCounterCNT_TC_PULLED       bpfFwCounter = 19
-	bpfFwCounterCNT_MAX             bpfFwCounter = 20
+	bpfFwCounterCNT_PASS_KERNEL         bpfFwCounter = 0
+	bpfFwCounterCNT_TO_XSK              bpfFwCounter = 1
+	bpfFwCounterCNT_DROPPED_NO_XSK      bpfFwCounter = 2
+	bpfFwCounterCNT_PASS_ALLOWED        bpfFwCounter = 3
+	bpfFwCounterCNT_PASS_ARP            bpfFwCounter = 4
+	bpfFwCounterCNT_PASS_EAPOL          bpfFwCounter = 5
+	bpfFwCounterCNT_PASS_DHCP           bpfFwCounter = 6
+	bpfFwCounterCNT_PASS_NDP            bpfFwCounter = 7
+	bpfFwCounterCNT_PASS_ICMP_ERROR     bpfFwCounter = 8
+	bpfFwCounterCNT_PASS_FRAGMENT       bpfFwCounter = 9
+	bpfFwCounterCNT_PASS_FRAGMENT_EARLY bpfFwCounter = 10
+	bpfFwCounterCNT_PARSE_ERROR         bpfFwCounter = 11
+	bpfFwCounterCNT_FRAGMENT_TO_XSK     bpfFwCounter = 12
+	bpfFwCounterCNT_NO_HOST_RINGS       bpfFwCounter = 13
+	bpfFwCounterCNT_LEARN_NEW           bpfFwCounter = 14
+	bpfFwCounterCNT_LEARN_REFRESH       bpfFwCounter = 15
+	bpfFwCounterCNT_LEARN_COVERED       bpfFwCounter = 16
+	bpfFwCounterCNT_LEARN_SKIPPED       bpfFwCounter = 17
+	bpfFwCounterCNT_LEARN_FAILED        bpfFwCounter = 18
+	bpfFwCounterCNT_TC_DROPPED          bpfFwCounter = 19
+	bpfFwCounterCNT_EGRESS_ENDPOINT     bpfFwCounter = 20
+	bpfFwCounterCNT_MAX                 bpfFwCounter = 21
 )
 
 type bpfFwKey struct {
@@ -71,7 +87,9 @@ type bpfFwValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapCounters         = "counters"
-	bpfMapFragKernel       = "frag_kernel"
+	bpfMapEndpointPorts    = "endpoint_ports"
+	bpfMapEndpointRules    = "endpoint_rules"
+	bpfMapFragVerdicts     = "frag_verdicts"
 	bpfMapKernelLearned    = "kernel_learned"
 	bpfMapKernelRules      = "kernel_rules"
 	bpfMapXsks             = "xsks"
@@ -134,7 +152,9 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Counters      *ebpf.MapSpec `ebpf:"counters"`
-	FragKernel    *ebpf.MapSpec `ebpf:"frag_kernel"`
+	EndpointPorts *ebpf.MapSpec `ebpf:"endpoint_ports"`
+	EndpointRules *ebpf.MapSpec `ebpf:"endpoint_rules"`
+	FragVerdicts  *ebpf.MapSpec `ebpf:"frag_verdicts"`
 	KernelLearned *ebpf.MapSpec `ebpf:"kernel_learned"`
 	KernelRules   *ebpf.MapSpec `ebpf:"kernel_rules"`
 	Xsks          *ebpf.MapSpec `ebpf:"xsks"`
@@ -169,7 +189,9 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Counters      *ebpf.Map `ebpf:"counters"`
-	FragKernel    *ebpf.Map `ebpf:"frag_kernel"`
+	EndpointPorts *ebpf.Map `ebpf:"endpoint_ports"`
+	EndpointRules *ebpf.Map `ebpf:"endpoint_rules"`
+	FragVerdicts  *ebpf.Map `ebpf:"frag_verdicts"`
 	KernelLearned *ebpf.Map `ebpf:"kernel_learned"`
 	KernelRules   *ebpf.Map `ebpf:"kernel_rules"`
 	Xsks          *ebpf.Map `ebpf:"xsks"`
@@ -178,7 +200,9 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Counters,
-		m.FragKernel,
+		m.EndpointPorts,
+		m.EndpointRules,
+		m.FragVerdicts,
 		m.KernelLearned,
 		m.KernelRules,
 		m.Xsks,

@@ -14,41 +14,55 @@
 // taps run before tc ingress), and the TCX ingress program lets the
 // kernel's frames go on (TCX_NEXT) and drops the rest (TC_ACT_SHOT). It
 // never lets the kernel see a frame that no kernel rule allows, apart from
-// the link's housekeeping listed below, and never touches eBPF objects
-// other than those under its own pin directory.
+// the link's housekeeping listed below, nor one that an endpoint's rule
+// claims, and never touches eBPF objects other than those under its own
+// pin directory.
 //
 // # Verdicts of the classifier
 //
 // Both hooks run one decision (bpf/classify.h), so they cannot drift
-// apart; the tests run one table of frames through both.
+// apart; the tests run one table of frames through both. That decision is
+// l4's (Parse, then Switch.Decide for a frame from the NIC) reduced to "the
+// kernel's or not": differential_test.go runs a corpus and FuzzDifferential
+// through the XDP program and through l4 with the same rules and requires
+// the same verdict (the two divergences it allows are named there).
 //
 //   - NO_HOST_RINGS: nothing for the kernel.
-//   - ARP, EAPOL, DHCP answers (UDP 67→68; DHCPv6 547→546), IPv6
-//     neighbour discovery (ICMPv6 133–137) and MLD (130–132, 143): kernel.
-//   - IPv4/IPv6 (after one 802.1Q/802.1ad tag, IPv4 options, up to six
-//     IPv6 extension headers) whose (local = destination, remote = source)
-//     tuple finds a kernel entry: kernel. The lookup is l4.Table's three
-//     steps on the registered map (exact 5-tuple; local, proto, lport,
-//     remote; local, proto, lport; for protocols without ports: local,
-//     proto, remote; local, proto), plus the exact step on the learned map.
-//     Ports count for TCP, UDP, DCCP, SCTP and UDP-Lite, as in l4.
-//   - ICMP/ICMPv6 errors whose quoted packet (sent by us) is a kernel flow:
-//     kernel.
-//   - Later fragments (no ports): kernel if the first fragment of the same
-//     datagram (source, destination, id, protocol) went to the kernel less
-//     than 30 s before, else userspace, where the Go switch holds and
-//     routes them (also those that arrive before their first fragment).
-//   - Everything else, truncated and malformed frames included, is not
-//     the kernel's. XDP: bpf_redirect_map into the XSKMAP at the RX queue;
-//     with no socket there, XDP_DROP, never the kernel. TC: TC_ACT_SHOT.
+//   - ARP, EAPOL and IPv6 neighbour discovery (ICMPv6 133–137): kernel.
+//   - Malformed as l4.Parse sees it (headers cut short, IP length fields
+//     past the frame, more than eight IPv6 extension headers, IPv6 with
+//     IPv4-mapped addresses, an 802.1ad tag or an unknown EtherType), or to
+//     a loopback address: not the kernel's.
+//   - IPv4/IPv6 (after one 802.1Q tag, IPv4 options, up to eight IPv6
+//     extension headers): an ICMP/ICMPv6 error goes the way of the flow it
+//     quotes (a packet we sent), if that is anyone's; otherwise the
+//     (local = destination, remote = source) tuple is looked up with
+//     l4.Table's three steps (exact 5-tuple; local, proto, lport, remote;
+//     local, proto, lport; for protocols without ports: local, proto,
+//     remote; local, proto) over the endpoints' rules, the registered
+//     kernel entries and, at the exact step, the learned ones. The first
+//     step that finds an entry decides: a kernel entry is the kernel's, an
+//     endpoint's rule is not. Ports count for TCP, UDP, DCCP, SCTP and
+//     UDP-Lite, as in l4.
+//   - No entry at all: DHCP answers (UDP 67→68; DHCPv6 547→546) and MLD
+//     (130–132, 143) are the kernel's, the rest is not.
+//   - Later fragments (no ports) take their first fragment's verdict
+//     (source, destination, id and the protocol the fragment header names)
+//     if it came less than 30 s before. One that comes first goes to the
+//     kernel when no endpoint has a rule on its (destination, protocol)
+//     (pass_fragment_early: the kernel reassembles nothing without a first
+//     fragment the classifier passed), else to userspace, where the Go
+//     switch holds it for its first fragment.
+//   - Not the kernel's: XDP: bpf_redirect_map into the XSKMAP at the RX
+//     queue; with no socket there, XDP_DROP, never the kernel. TC:
+//     TC_ACT_SHOT.
 //
-// XDP sees the whole frame. The TC hook sees an skb, whose linear data may
-// end before the headers do (an skb built from page fragments can keep
-// just the Ethernet header there): then it pulls up to 512 bytes into the
-// linear data (bpf_skb_pull_data, counted as tc_pulled) and decides again;
-// headers past that count as a truncated frame. The TC hook sees frames
-// after the kernel took out a VLAN tag into the skb (the decision then
-// sees the inner EtherType, as XDP does after skipping the tag).
+// The decision reads the frame with bpf_xdp_load_bytes or
+// bpf_skb_load_bytes at offsets: the TC hook's skb may keep its headers
+// outside its linear data, and offsets keep the verifier's states few. The
+// TC hook sees frames after the kernel took out a VLAN tag into the skb
+// (the decision then sees the inner EtherType, as XDP does after skipping
+// the tag).
 //
 // Every frame counts in exactly one of the counters pass_kernel, to_xsk,
 // dropped_no_xsk (XDP) or pass_kernel, tc_dropped (TC), and pass_kernel is
@@ -57,8 +71,9 @@
 // # The kernel-allow maps
 //
 // Keys have l4.Key's layout: 16-byte addresses (IPv4 mapped), ports in
-// host byte order, protocol, the Key* flags. Two maps, so that learned
-// entries can never push out registered ones:
+// host byte order, protocol, the Key* flags. Two maps for the kernel, so
+// that learned entries can never push out registered ones, and one for
+// the endpoints:
 //
 //   - kernel_rules (BPF_MAP_TYPE_HASH, 16384 by default): registered
 //     entries, AllowKernel and Options.Allow (DEBUG_PORTS). Never evicted,
@@ -66,11 +81,25 @@
 //   - kernel_learned (BPF_MAP_TYPE_LRU_HASH, 65536 by default): what the
 //     egress learner wrote. When full, the least recently used learned
 //     flow makes room; XDP lookups keep live flows recent.
+//   - endpoint_rules (BPF_MAP_TYPE_HASH, 65536 by default): the rules the
+//     endpoints registered, AddEndpointPort and RemoveEndpointPort (the
+//     control plane calls them with AddMatch and the rule's end; a full
+//     map refuses the rule; adding one removes the learned flows it
+//     covers, whose sockets are gone). endpoint_ports counts them per (local
+//     address, protocol, local port), so that a lookup asks endpoint_rules
+//     only where an endpoint has a rule on the local port, and per (local
+//     address, protocol), for the early later fragments.
 //
-// The egress learner (TCX, egress of the same interface) takes each frame
-// the kernel sends and writes its reverse tuple (local = source address
-// and port, remote = destination) with BPF_NOEXIST, unless a registered
-// entry already covers it (replies of a DEBUG_PORTS service teach nothing).
+// The egress program (TCX, egress of the same interface; attached with
+// NO_HOST_RINGS too) first looks up each frame the kernel sends the way its
+// reply would be looked up: when that ends in an endpoint's rule (a kernel
+// socket bound to an endpoint's port), the frame is dropped and counted as
+// egress_endpoint_dropped, and nothing is learned. ICMP errors, later
+// fragments and frames from 0.0.0.0 or :: are not judged, as in l4's
+// learning. Otherwise it learns: it writes the reverse tuple (local =
+// source address and port, remote = destination) with BPF_NOEXIST, unless
+// a registered entry already covers it (replies of a DEBUG_PORTS service
+// teach nothing).
 // For protocols without ports it learns (local, proto, remote), for ICMP
 // and ICMPv6 only from echo requests. It skips later fragments, TCP RSTs,
 // frames from 0.0.0.0 or :: and to multicast or broadcast groups. A

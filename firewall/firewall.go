@@ -52,6 +52,9 @@ const (
 const (
 	DefaultMaxRules   = 16384
 	DefaultMaxLearned = 65536
+	// DefaultMaxEndpointRules bounds the endpoints' rules the firewall
+	// knows (AddEndpointPort).
+	DefaultMaxEndpointRules = 65536
 	// DefaultMinIdle is how long ExpireLearned keeps a learned entry
 	// after the kernel's traffic last refreshed it, socket or not.
 	DefaultMinIdle = 30 * time.Second
@@ -84,7 +87,8 @@ type Options struct {
 
 	// NoHostRings gives the kernel nothing from the NIC (NO_HOST_RINGS):
 	// every frame goes to the AF_XDP sockets (HookXDP) or is dropped
-	// (HookTC), ARP included, and the egress learner is not attached.
+	// (HookTC), ARP included. The egress program is attached all the
+	// same: it keeps the kernel from sending from the endpoints' flows.
 	NoHostRings bool
 
 	// Queues is the number of entries of the XSKMAP (one per RX queue);
@@ -93,8 +97,10 @@ type Options struct {
 	Queues int
 
 	// MaxRules and MaxLearned size the registered and learned maps; 0
-	// means DefaultMaxRules and DefaultMaxLearned.
-	MaxRules, MaxLearned int
+	// means DefaultMaxRules and DefaultMaxLearned. MaxEndpointRules sizes
+	// the endpoints' rules (AddEndpointPort); 0 means
+	// DefaultMaxEndpointRules.
+	MaxRules, MaxLearned, MaxEndpointRules int
 
 	// Allow is put into the registered map before the programs go live,
 	// so that a restart never closes, even for a moment, the ports the
@@ -144,10 +150,15 @@ type Firewall struct {
 
 	mu     sync.RWMutex
 	closed bool
-	objs   bpfObjects
-	in     link.Link // the ingress hook's: XDP, or TCX ingress
-	tcx    link.Link // the egress learner's; nil with NoHostRings
-	lock   *os.File  // flock on dir: one live Firewall per directory
+	// epMu serialises the endpoint-rule updates (under mu's read lock);
+	// epPorts holds the values of the endpoint_ports map: the endpoint
+	// rules per (local, proto, lport) and per (local, proto).
+	epMu    sync.Mutex
+	epPorts map[bpfEpPortKey]uint32
+	objs    bpfObjects
+	in      link.Link // the ingress hook's: XDP, or TCX ingress
+	tcx     link.Link // the egress program's
+	lock    *os.File  // flock on dir: one live Firewall per directory
 }
 
 // Attach loads the firewall's eBPF objects and attaches them to one
@@ -195,7 +206,7 @@ func Attach(opts Options) (_ *Firewall, err error) {
 	if opts.Hook == HookTC && opts.XDPMode != "" {
 		return nil, fmt.Errorf("firewall: XDP mode %q with hook %q", opts.XDPMode, opts.Hook)
 	}
-	if opts.Queues < 0 || opts.MaxRules < 0 || opts.MaxLearned < 0 {
+	if opts.Queues < 0 || opts.MaxRules < 0 || opts.MaxLearned < 0 || opts.MaxEndpointRules < 0 {
 		return nil, fmt.Errorf("firewall: negative size in options")
 	}
 	for _, a := range opts.Allow {
@@ -216,6 +227,7 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		dir:     filepath.Join(root, attrs.Name),
 		hook:    opts.Hook,
 		minIdle: opts.MinIdle,
+		epPorts: map[bpfEpPortKey]uint32{},
 	}
 	if fw.minIdle == 0 {
 		fw.minIdle = DefaultMinIdle
@@ -306,23 +318,20 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		}
 	}
 
-	// The egress learner.
-	if opts.NoHostRings {
-		fw.dropPinnedLink(pinTCXLink)
-	} else {
-		fw.tcx, fresh, err = fw.updateOrAttach(pinTCXLink, fw.objs.UsnetdLearn, "", func() (link.Link, error) {
-			return link.AttachTCX(link.TCXOptions{
-				Interface: fw.ifindex,
-				Program:   fw.objs.UsnetdLearn,
-				Attach:    ebpf.AttachTCXEgress,
-			})
+	// The egress program: also with NoHostRings, where it learns in vain
+	// but keeps the kernel from sending from the endpoints' flows.
+	fw.tcx, fresh, err = fw.updateOrAttach(pinTCXLink, fw.objs.UsnetdLearn, "", func() (link.Link, error) {
+		return link.AttachTCX(link.TCXOptions{
+			Interface: fw.ifindex,
+			Program:   fw.objs.UsnetdLearn,
+			Attach:    ebpf.AttachTCXEgress,
 		})
-		if err != nil {
-			return nil, err
-		}
-		if fresh {
-			newLinks = append(newLinks, fw.tcx)
-		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if fresh {
+		newLinks = append(newLinks, fw.tcx)
 	}
 
 	// Pins: the maps replace those of an earlier instance, then the new
@@ -404,6 +413,10 @@ func configure(spec *ebpf.CollectionSpec, opts Options, attrs *netlink.LinkAttrs
 	}
 	if opts.MaxLearned > 0 {
 		spec.Maps["kernel_learned"].MaxEntries = uint32(opts.MaxLearned)
+	}
+	if opts.MaxEndpointRules > 0 {
+		spec.Maps["endpoint_rules"].MaxEntries = uint32(opts.MaxEndpointRules)
+		spec.Maps["endpoint_ports"].MaxEntries = 2 * uint32(opts.MaxEndpointRules)
 	}
 	return nil
 }
@@ -587,7 +600,9 @@ func (fw *Firewall) maps() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"kernel_rules":   fw.objs.KernelRules,
 		"kernel_learned": fw.objs.KernelLearned,
-		"frag_kernel":    fw.objs.FragKernel,
+		"frag_verdicts":  fw.objs.FragVerdicts,
+		"endpoint_rules": fw.objs.EndpointRules,
+		"endpoint_ports": fw.objs.EndpointPorts,
 		"xsks":           fw.objs.Xsks,
 		"counters":       fw.objs.Counters,
 	}

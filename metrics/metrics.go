@@ -19,6 +19,9 @@ import (
 type Domain struct {
 	Interface string
 	Pipeline  *l4.Pipeline
+	// Firewall, if set, reads the eBPF firewall's counters (by name, as
+	// firewall.CounterNames); nil where there is none (macvtap).
+	Firewall func() (map[string]uint64, error)
 }
 
 // Collector reads the counters of every domain when Prometheus scrapes.
@@ -63,6 +66,7 @@ var (
 	descFragHeld   = prometheus.NewDesc("usnetd_fragment_datagrams", "IP datagrams whose fragments the switch is following or holding.", []string{"interface"}, nil)
 	descPcapFrames = prometheus.NewDesc("usnetd_pcap_frames_total", "Switched frames handed to the PCAP_LOG writer.", nil, nil)
 	descPcapDrops  = prometheus.NewDesc("usnetd_pcap_dropped_total", "Switched frames not written to PCAP_LOG because the writer (the disk) fell behind.", nil, nil)
+	descFirewall   = prometheus.NewDesc("usnetd_firewall_frames_total", "Frames the eBPF firewall judged, by counter (see the README: pass_kernel, to_xsk, egress_endpoint_dropped, ...).", []string{"interface", "counter"}, nil)
 	descCollectDur = prometheus.NewDesc("usnetd_scrape_duration_seconds", "Time the collector took to read the counters.", nil, nil)
 )
 
@@ -70,7 +74,7 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPortRxPackets, descPortRxBytes, descPortRxErrors, descPortTxPackets,
 		descPortTxBytes, descPortTxErrors, descPortDrops, descPortQueues, descPortQueueRx, descRingPushed, descRingDrops, descRingHigh,
-		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descCollectDur, descPcapFrames, descPcapDrops} {
+		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descFirewall, descCollectDur, descPcapFrames, descPcapDrops} {
 		ch <- d
 	}
 }
@@ -128,6 +132,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPoolEmpty, st.Pool.Exhausted, ifc)
 		gauge(descLocalMACs, float64(sw.MACs.Len()), ifc)
 		gauge(descFragHeld, float64(sw.FragLen()), ifc)
+		if dom.Firewall != nil {
+			if cs, err := dom.Firewall(); err == nil {
+				for name, n := range cs {
+					counter(descFirewall, n, ifc, name)
+				}
+			}
+		}
 	}
 	if c.tap != nil {
 		ts := c.tap.Stats()

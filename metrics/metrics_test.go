@@ -55,7 +55,10 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 	if !ep.WaitSent(2, 10*time.Second) {
 		t.Fatal("frames not delivered")
 	}
-	c := NewCollector(func() []Domain { return []Domain{{Interface: "eth0", Pipeline: p}} })
+	fwCounters := func() (map[string]uint64, error) {
+		return map[string]uint64{"pass_kernel": 5, "egress_endpoint_dropped": 2}, nil
+	}
+	c := NewCollector(func() []Domain { return []Domain{{Interface: "eth0", Pipeline: p, Firewall: fwCounters}} })
 	reg := NewRegistry(c)
 
 	// Wait for the RX worker's counters of the batch (written after the flush).
@@ -94,6 +97,8 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		"usnetd_rules,interface=eth0,kind=registered":                                               1,
 		"usnetd_ring_capacity,from=eth0,from_id=1,interface=eth0,queue=0,to=endpoint-1,to_id=2":     1024,
 		"usnetd_port_rx_bytes_total,interface=eth0,kind=nic,port=eth0,port_id=1":                    180,
+		"usnetd_firewall_frames_total,counter=egress_endpoint_dropped,interface=eth0":               2,
+		"usnetd_firewall_frames_total,counter=pass_kernel,interface=eth0":                           5,
 	} {
 		got, ok := values[key]
 		if !ok || got != v {

@@ -12,7 +12,9 @@
 //     allocating: 802.1Q, ARP, EAPOL, IPv4 (options, fragments), IPv6
 //     (extension headers, fragments), the ports of TCP, UDP, DCCP, SCTP and
 //     UDP-Lite, ICMP/ICMPv6 type and, for errors, the quoted flow, DHCP.
-//     A malformed frame yields a DropReason (drop.go), never a panic.
+//     A malformed frame yields a DropReason (drop.go), never a panic. The
+//     eBPF classifier (firewall/bpf/classify.h) is this decision's kernel
+//     side; firewall/differential_test.go holds the two to one verdict.
 //   - Table (table.go, snapshot.go) holds the rules (rule.go): sharded
 //     copy-on-write snapshots, read without locks in three lookup steps.
 //   - Switch.Decide (decide.go) is the forwarding decision of the original,

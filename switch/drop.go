@@ -15,6 +15,7 @@ const (
 	DropBadLength        // IPv4 total length below its header length
 	DropBadExtHeader     // IPv6 extension header chain truncated or too long
 	DropTruncatedL4      // first fragment or packet too short for its ports or ICMP header
+	DropMappedAddr       // IPv6 packet with an IPv4-mapped source or destination (::ffff:a.b.c.d)
 	// Decision.
 	DropLoopback     // IP destination in 127.0.0.0/8 or ::1
 	DropNoMatch      // no rule claims the frame
@@ -44,6 +45,7 @@ var dropNames = [numDropReasons]string{
 	DropBadLength:        "bad_length",
 	DropBadExtHeader:     "bad_ext_header",
 	DropTruncatedL4:      "truncated_l4",
+	DropMappedAddr:       "mapped_addr",
 	DropLoopback:         "loopback",
 	DropNoMatch:          "no_match",
 	DropSpoof:            "spoof",

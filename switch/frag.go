@@ -58,7 +58,7 @@ func newFragTable() *fragTable {
 }
 
 func keyOfFrag(f *Frame) fragKey {
-	return fragKey{src: f.Src, dst: f.Dst, id: f.FragID, proto: f.Proto}
+	return fragKey{src: f.Src, dst: f.Dst, id: f.FragID, proto: f.FragProto}
 }
 
 func (k *fragKey) shard() int {

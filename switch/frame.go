@@ -97,6 +97,11 @@ type Frame struct {
 	MoreFrags  bool
 	DontFrag   bool   // IPv4 DF bit
 	FragID     uint32 // IPv4 identification (16 bits) or IPv6 fragment id
+	// FragProto is the protocol that the fragment header names (IPv4: the
+	// protocol field): the same in every fragment of a datagram, unlike
+	// Proto, which for a first IPv6 fragment is the protocol after any
+	// extension header that follows the fragment header.
+	FragProto uint8
 
 	// ICMP (IPv4) or ICMPv6 type and code, when Proto is ICMP or ICMPv6
 	// and the header could be read.
@@ -205,6 +210,7 @@ func parseIPv4(b []byte, off int, f *Frame) DropReason {
 	f.MoreFrags = ff&0x2000 != 0
 	f.FragOffset = (ff & 0x1fff) << 3
 	f.FragID = uint32(binary.BigEndian.Uint16(h[4:6]))
+	f.FragProto = f.Proto
 	f.Fragment = f.MoreFrags || f.FragOffset != 0
 	if f.FragOffset != 0 {
 		return DropNone // a later fragment: no transport header to read
@@ -230,6 +236,11 @@ func parseIPv6(b []byte, off int, f *Frame) DropReason {
 	h = h[:40+plen]
 	f.Src = addrFrom16Slice(h[8:24])
 	f.Dst = addrFrom16Slice(h[24:40])
+	if f.Src.Is4() || f.Dst.Is4() {
+		// IPv4-mapped addresses never appear on the wire (RFC 4291
+		// 2.5.5.2); here they would alias the IPv4 rules.
+		return DropMappedAddr
+	}
 	next, l4, reason := walkIPv6(h, f, true)
 	if reason != DropNone {
 		return reason
@@ -286,6 +297,7 @@ func walkIPv6(h []byte, f *Frame, outer bool) (proto uint8, l4 int, reason DropR
 				f.FragOffset = offset
 				f.MoreFrags = more
 				f.FragID = id
+				f.FragProto = next
 			}
 			if offset != 0 {
 				return next, -1, DropNone
@@ -375,6 +387,9 @@ func parseInner6(h []byte, in *Flow) bool {
 	}
 	in.Src = addrFrom16Slice(h[8:24])
 	in.Dst = addrFrom16Slice(h[24:40])
+	if in.Src.Is4() || in.Dst.Is4() {
+		return false // IPv4-mapped: as for the packet itself
+	}
 	next, l4, reason := walkIPv6(h, nil, false)
 	if reason != DropNone {
 		return false

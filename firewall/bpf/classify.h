@@ -5,36 +5,44 @@
 // Shared by both ingress hooks of firewall.c, so that they cannot drift
 // apart: the XDP classifier (AF_XDP backend) and the TCX ingress program
 // (AF_PACKET backend). Included by firewall.c after the maps, count(),
-// has_ports(), put_v4() and lookup_kernel().
+// has_ports(), put_v4() and lookup_owner(), once per hook, with CLS_CTX
+// (the program's context), CLS_LOAD (bpf_xdp_load_bytes or
+// bpf_skb_load_bytes) and CLS_NAME (a suffix for the functions) defined.
 //
-// classify() looks at the frame between data and end and returns a code:
+// The frame is read with the load helpers at offsets, never through
+// packet pointers: the TC hook's skb may keep its headers outside the
+// linear data, and offsets the verifier need not track precisely keep the
+// extension-header walk's states few (packet pointers made it explode).
 //
-//   - a CNT_PASS_* counter index (CNT_PASS_ALLOWED .. CNT_PASS_FRAGMENT):
+// classify() returns a code:
+//
+//   - a CNT_PASS_* counter index (CNT_PASS_ALLOWED .. CNT_PASS_FRAGMENT_EARLY):
 //     the kernel may see the frame, for that reason;
 //   - CNT_PARSE_ERROR, CNT_FRAGMENT_TO_XSK or CNT_NO_HOST_RINGS: not the
 //     kernel's, and the counter that says why;
-//   - CLS_USERSPACE: not the kernel's, nothing to note;
-//   - CLS_NEED_MORE: the headers go on past end, and end is not the end of
-//     the packet (complete == 0): the caller makes more of the packet
-//     readable and asks again. Only the TC hook, whose skb may keep part of
-//     the headers outside its linear data, ever gets it.
+//   - CLS_USERSPACE: not the kernel's, nothing to note.
 //
-// It counts nothing itself (the caller counts the verdict and the code), so
-// that a second call after CLS_NEED_MORE counts a frame once. Its only side
-// effect is the frag_kernel entry of a first fragment that goes to the
-// kernel, and that happens on final verdicts only.
+// It counts nothing itself (the caller counts the verdict and the code).
+// Its only side effect is the frag_verdicts entry of a first fragment.
+//
+// It is l4's decision (Parse, then Switch.Decide for a frame from the NIC)
+// reduced to "the kernel's or not", over the kernel's and the endpoints'
+// entries: the same parser limits, the same lookup order, ICMP errors by
+// their quote first. firewall/differential_test.go holds the two to that.
+
+#ifndef CLASSIFY_COMMON
+#define CLASSIFY_COMMON
 
 #define CLS_USERSPACE CNT_MAX
-#define CLS_NEED_MORE (CNT_MAX + 1)
 
 static __always_inline int cls_kernel(__u32 code)
 {
-	return code >= CNT_PASS_ALLOWED && code <= CNT_PASS_FRAGMENT;
+	return code >= CNT_PASS_ALLOWED && code <= CNT_PASS_FRAGMENT_EARLY;
 }
 
 enum frag_state {
 	FRAG_NONE = 0,
-	FRAG_FIRST, /* offset 0, more to come: has the L4 header */
+	FRAG_FIRST, /* offset 0 of a fragmented datagram: has the L4 header */
 	FRAG_LATER, /* offset > 0: no L4 header */
 };
 
@@ -43,12 +51,22 @@ struct ip_info {
 	__u8 src[16];
 	__u8 dst[16];
 	__u32 frag_id;
-	__u8 proto;
-	__u8 frag_proto; /* the fragment's protocol: the same in every fragment */
+	__u32 l4off;  /* offset of the L4 header in the frame */
+	__u32 l4room; /* bytes from the L4 header to the end of the IP packet */
+	__u8 proto;      /* the upper-layer protocol; a later fragment's: frag_proto */
+	__u8 frag_proto; /* the protocol the fragment header names: the same in every fragment */
 	__u8 frag;       /* enum frag_state */
 	__u8 v6;
-	__u8 trunc; /* parsing stopped at end (rather than at a malformed header) */
+	/* The first four bytes of the L4 header, when the load of the IP
+	 * header brought them along (no IPv4 options or IPv6 extension
+	 * headers): one load call less for the ports. */
+	__u8 l4head_ok;
+	__u8 l4head[4];
 };
+
+/* The first four bytes of the L4 header (ports, or ICMP type and code). */
+#define L4HEAD(ctx, in, p) \
+	((in)->l4head_ok ? (__builtin_memcpy(p, (in)->l4head, 4), 0) : CLS_LOAD(ctx, (in)->l4off, p, 4))
 
 /* IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) must never be on the wire
  * (RFC 4291 2.5.5.2); here they would alias the IPv4 keys. */
@@ -61,136 +79,15 @@ static __always_inline int is_v4mapped(const __u8 *a)
 	return hi == 0 && mid == bpf_htonl(0x0000ffff);
 }
 
-static __always_inline void *truncated(struct ip_info *info)
+/* 127.0.0.0/8 (in its mapped form) or ::1, as l4.Addr.IsLoopback. */
+static __always_inline int is_loopback(const __u8 *a, int v6)
 {
-	info->trunc = 1;
-	return NULL;
-}
-
-/* Parses the IPv4 or IPv6 header at l3 and returns the L4 header, or NULL
- * when the packet is malformed or truncated (info->trunc set) or a later
- * fragment (info->frag == FRAG_LATER). Only headers the program reads are
- * checked. */
-static __always_inline void *parse_ip(void *l3, void *end, __u16 ethtype, struct ip_info *info)
-{
-	if (ethtype == ETH_P_IP_) {
-		__u8 *ip = l3;
-		if (l3 + 20 > end)
-			return truncated(info);
-		if ((ip[0] >> 4) != 4)
-			return NULL;
-		__u32 ihl = (ip[0] & 0x0f) * 4;
-		if (ihl < 20)
-			return NULL;
-		void *l4 = l3 + ihl;
-		if (l4 > end)
-			return truncated(info);
-		__be32 a;
-		__builtin_memcpy(&a, ip + 12, 4);
-		put_v4(info->src, a);
-		__builtin_memcpy(&a, ip + 16, 4);
-		put_v4(info->dst, a);
-		info->proto = ip[9];
-		info->frag_proto = ip[9];
-		info->v6 = 0;
-		__u16 fo = ((__u16)ip[6] << 8) | ip[7];
-		info->frag_id = ((__u32)ip[4] << 8) | ip[5];
-		if (fo & 0x1fff) {
-			info->frag = FRAG_LATER;
-			return NULL;
-		}
-		info->frag = (fo & 0x2000) ? FRAG_FIRST : FRAG_NONE;
-		return l4;
-	}
-
-	/* IPv6 */
-	__u8 *ip = l3;
-	if (l3 + 40 > end)
-		return truncated(info);
-	if ((ip[0] >> 4) != 6)
-		return NULL;
-	__builtin_memcpy(info->src, ip + 8, 16);
-	__builtin_memcpy(info->dst, ip + 24, 16);
-	if (is_v4mapped(info->src) || is_v4mapped(info->dst))
-		return NULL;
-	info->v6 = 1;
-	info->frag = FRAG_NONE;
-	__u8 nh = ip[6];
-	void *cur = l3 + 40;
-
-#pragma unroll
-	for (int i = 0; i < MAX_EXT_HDRS; i++) {
-		__u8 *h = cur;
-		switch (nh) {
-		case 0:   /* hop-by-hop options */
-		case 43:  /* routing */
-		case 60:  /* destination options */
-		case 135: /* mobility */
-		case 139: /* HIP */
-		case 140: /* shim6 */
-			if (cur + 2 > end)
-				return truncated(info);
-			nh = h[0];
-			cur += ((__u32)h[1] + 1) * 8;
-			break;
-		case 51: /* AH: length in 4-octet units, minus 2 */
-			if (cur + 2 > end)
-				return truncated(info);
-			nh = h[0];
-			cur += ((__u32)h[1] + 2) * 4;
-			break;
-		case 44: /* fragment */
-			if (cur + 8 > end)
-				return truncated(info);
-			nh = h[0];
-			{
-				__u16 fo = ((__u16)h[2] << 8) | h[3];
-				info->frag_id = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) |
-						((__u32)h[6] << 8) | h[7];
-				info->proto = nh;
-				info->frag_proto = nh;
-				if (fo & 0xfff8) {
-					info->frag = FRAG_LATER;
-					return NULL;
-				}
-				info->frag = (fo & 1) ? FRAG_FIRST : FRAG_NONE;
-			}
-			cur += 8;
-			break;
-		default:
-			info->proto = nh;
-			if (cur > end)
-				return truncated(info);
-			return cur;
-		}
-	}
-	return NULL; /* too many extension headers */
-}
-
-/* An ICMP or ICMPv6 error quotes the packet that caused it: a packet we
- * sent, so its source is our side. Returns 1 when that packet belongs to a
- * kernel flow (found with the same three-step lookup), 0 when not (a quote
- * too short for its ports is none of the kernel's), -1 when the quote goes
- * on past end and end is not the end of the packet. */
-static __always_inline int icmp_error_of_kernel(void *l4, void *end, int v6, int complete)
-{
-	void *inner = l4 + 8;
-	struct ip_info in = {};
-	void *il4 = parse_ip(inner, end, v6 ? ETH_P_IPV6_ : ETH_P_IP_, &in);
-	if (!il4)
-		return in.trunc && !complete ? -1 : 0;
-	struct fw_key k = {};
-	__builtin_memcpy(k.local, in.src, 16);
-	__builtin_memcpy(k.remote, in.dst, 16);
-	k.proto = in.proto;
-	if (has_ports(in.proto)) {
-		__u8 *p = il4;
-		if (il4 + 4 > end)
-			return complete ? 0 : -1;
-		k.lport = ((__u16)p[0] << 8) | p[1];
-		k.rport = ((__u16)p[2] << 8) | p[3];
-	}
-	return lookup_kernel(&k, 1) != NULL;
+	if (!v6)
+		return a[12] == 127;
+	__u64 hi, lo;
+	__builtin_memcpy(&hi, a, 8);
+	__builtin_memcpy(&lo, a + 8, 8);
+	return hi == 0 && lo == bpf_cpu_to_be64(1);
 }
 
 static __always_inline void frag_key_of(struct frag_key *fk, const struct ip_info *in)
@@ -201,108 +98,297 @@ static __always_inline void frag_key_of(struct frag_key *fk, const struct ip_inf
 	fk->proto = in->frag_proto;
 }
 
-/* The code for a packet cut short at end: a parse error if that is the
- * packet's end, else a request for more. */
-static __always_inline __u32 short_packet(int complete)
+/* A later fragment: its first fragment's verdict when that came less than
+ * FRAG_TIMEOUT_NS ago. One that comes first (reordering) goes to the
+ * kernel when no endpoint has a rule on its (destination, protocol), since
+ * then the datagram cannot be an endpoint's, and the kernel reassembles
+ * nothing without a first fragment that the classifier passed; otherwise
+ * to userspace, where the Go switch holds it for its first fragment. */
+static __always_inline __u32 later_fragment(const struct ip_info *in)
 {
-	return complete ? CNT_PARSE_ERROR : CLS_NEED_MORE;
+	struct frag_key fk = {};
+	frag_key_of(&fk, in);
+	struct frag_verdict *fv = bpf_map_lookup_elem(&frag_verdicts, &fk);
+	if (fv && bpf_ktime_get_ns() - fv->seen_ns < FRAG_TIMEOUT_NS)
+		return fv->kernel ? CNT_PASS_FRAGMENT : CNT_FRAGMENT_TO_XSK;
+	struct ep_port_key pk = {};
+	__builtin_memcpy(pk.local, in->dst, 16);
+	pk.proto = in->frag_proto;
+	pk.any = 1;
+	if (!bpf_map_lookup_elem(&endpoint_ports, &pk))
+		return CNT_PASS_FRAGMENT_EARLY;
+	return CNT_FRAGMENT_TO_XSK;
 }
 
-/* The code of an IP packet (see classify). */
-static __always_inline __u32 classify_ip(void *l3, void *end, __u16 ethtype, int complete)
-{
-	struct ip_info in = {};
-	void *l4 = parse_ip(l3, end, ethtype, &in);
+#endif /* CLASSIFY_COMMON */
 
-	if (!l4) {
-		if (in.frag != FRAG_LATER)
-			return in.trunc ? short_packet(complete) : CNT_PARSE_ERROR;
-		struct frag_key fk = {};
-		frag_key_of(&fk, &in);
-		__u64 *seen = bpf_map_lookup_elem(&frag_kernel, &fk);
-		if (seen && bpf_ktime_get_ns() - *seen < FRAG_TIMEOUT_NS)
-			return CNT_PASS_FRAGMENT;
-		return CNT_FRAGMENT_TO_XSK;
+/* Parses the IPv4 or IPv6 header at offset l3, as l4.Parse does, and
+ * returns 1 with info->l4off set, 0 when the packet is malformed (l4 would
+ * drop it) or a later fragment (info->frag == FRAG_LATER).
+ *
+ * room is how many bytes the packet has from l3 on. A packet (quote == 0)
+ * must fit its length fields into room and ends where they say (Ethernet
+ * padding is not part of it); an ICMP error's quote (quote == 1) is cut
+ * short by design, so its length fields are not read and it ends at room,
+ * as in l4's parseInner4/parseInner6. */
+static __always_inline int CLS_NAME(parse_ip)(CLS_CTX *ctx, __u32 l3, __u32 room, __u16 ethtype,
+					      struct ip_info *info, int quote)
+{
+	if (room > 0xffff)
+		room = 0xffff;
+	if (ethtype == ETH_P_IP_) {
+		__u8 ip[24];
+		int big = room >= 24;
+		if (room < 20)
+			return 0;
+		if (big ? CLS_LOAD(ctx, l3, ip, 24) < 0 : CLS_LOAD(ctx, l3, ip, 20) < 0)
+			return 0;
+		if ((ip[0] >> 4) != 4)
+			return 0;
+		__u32 ihl = (ip[0] & 0x0f) * 4;
+		if (ihl < 20)
+			return 0;
+		__u32 lim = room;
+		if (!quote) {
+			__u32 total = ((__u32)ip[2] << 8) | ip[3];
+			if (total < ihl || total > room)
+				return 0;
+			lim = total;
+		}
+		if (ihl > lim)
+			return 0;
+		__be32 a;
+		__builtin_memcpy(&a, ip + 12, 4);
+		put_v4(info->src, a);
+		__builtin_memcpy(&a, ip + 16, 4);
+		put_v4(info->dst, a);
+		info->proto = ip[9];
+		info->frag_proto = ip[9];
+		info->v6 = 0;
+		info->l4off = l3 + ihl;
+		info->l4room = lim - ihl;
+		if (big && ihl == 20 && lim >= 24) {
+			__builtin_memcpy(info->l4head, ip + 20, 4);
+			info->l4head_ok = 1;
+		}
+		__u16 fo = ((__u16)ip[6] << 8) | ip[7];
+		info->frag_id = ((__u32)ip[4] << 8) | ip[5];
+		if (fo & 0x1fff) {
+			info->frag = FRAG_LATER;
+			return 0;
+		}
+		info->frag = (fo & 0x2000) ? FRAG_FIRST : FRAG_NONE;
+		return 1;
 	}
 
+	/* IPv6 */
+	__u8 ip[44];
+	int big = room >= 44;
+	if (room < 40)
+		return 0;
+	if (big ? CLS_LOAD(ctx, l3, ip, 44) < 0 : CLS_LOAD(ctx, l3, ip, 40) < 0)
+		return 0;
+	if ((ip[0] >> 4) != 6)
+		return 0;
+	__builtin_memcpy(info->src, ip + 8, 16);
+	__builtin_memcpy(info->dst, ip + 24, 16);
+	if (is_v4mapped(info->src) || is_v4mapped(info->dst))
+		return 0;
+	__u32 lim = room;
+	if (!quote) {
+		__u32 plen = ((__u32)ip[4] << 8) | ip[5];
+		if (40 + plen > room)
+			return 0;
+		lim = 40 + plen;
+	}
+	info->v6 = 1;
+	info->frag = FRAG_NONE;
+	__u8 nh = ip[6];
+	__u32 off = 40;
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < MAX_EXT_HDRS; i++) {
+		__u8 h[8];
+		switch (nh) {
+		case 0:   /* hop-by-hop options */
+		case 43:  /* routing */
+		case 60:  /* destination options */
+		case 135: /* mobility */
+		case 139: /* HIP */
+		case 140: /* shim6 */
+		case 51:  /* AH: length in 4-octet units, minus 2 */
+			if (off + 8 > lim || CLS_LOAD(ctx, l3 + off, h, 2) < 0)
+				return 0;
+			{
+				__u32 n = nh == 51 ? ((__u32)h[1] + 2) * 4 : ((__u32)h[1] + 1) * 8;
+				if (off + n > lim)
+					return 0;
+				nh = h[0];
+				off += n;
+			}
+			break;
+		case 44: /* fragment */
+			if (off + 8 > lim || CLS_LOAD(ctx, l3 + off, h, 8) < 0)
+				return 0;
+			nh = h[0];
+			info->frag_id = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) | ((__u32)h[6] << 8) | h[7];
+			info->frag_proto = nh;
+			if ((((__u16)h[2] << 8) | h[3]) & 0xfff8) {
+				info->proto = nh;
+				info->frag = FRAG_LATER;
+				return 0;
+			}
+			/* Offset 0, even without M (an atomic fragment): l4
+			 * remembers its verdict too. */
+			info->frag = FRAG_FIRST;
+			off += 8;
+			break;
+		default:
+			info->proto = nh;
+			info->l4off = l3 + off;
+			info->l4room = lim - off;
+			if (big && off == 40 && lim >= 44) {
+				__builtin_memcpy(info->l4head, ip + 40, 4);
+				info->l4head_ok = 1;
+			}
+			return 1;
+		}
+	}
+	return 0; /* too many extension headers */
+}
+
+/* An ICMP or ICMPv6 error quotes the packet that caused it: a packet we
+ * sent, so its source is our side. Returns whose flow that packet is
+ * (OWNER_*, the same lookup as for the packet itself; a quote without
+ * ports for a protocol with ports looks up ports 0, as l4 does). l4 and
+ * l4room: the ICMP message's offset and length. */
+static __always_inline int CLS_NAME(quote_owner)(CLS_CTX *ctx, __u32 l4, __u32 l4room, int v6)
+{
+	if (l4room < 8)
+		return OWNER_NONE; /* no quote: l4 does not read one either */
+	struct ip_info in = {};
+	int ok = CLS_NAME(parse_ip)(ctx, l4 + 8, l4room - 8, v6 ? ETH_P_IPV6_ : ETH_P_IP_, &in, 1);
+	if (!ok && in.frag != FRAG_LATER)
+		return OWNER_NONE;
 	struct fw_key k = {};
+	__builtin_memcpy(k.local, in.src, 16);
+	__builtin_memcpy(k.remote, in.dst, 16);
+	k.proto = in.proto;
+	__u8 p[4];
+	if (ok && has_ports(in.proto) && in.l4room >= 4 && L4HEAD(ctx, &in, p) == 0) {
+		k.lport = ((__u16)p[0] << 8) | p[1];
+		k.rport = ((__u16)p[2] << 8) | p[3];
+	}
+	return lookup_owner(&k, NULL);
+}
+
+/* The code of an IP packet at offset l3 (see classify). room: bytes from
+ * l3 to the end of the frame. */
+static __always_inline __u32 CLS_NAME(classify_ip)(CLS_CTX *ctx, __u32 l3, __u32 room, __u16 ethtype)
+{
+	struct ip_info in = {};
+	int ok = CLS_NAME(parse_ip)(ctx, l3, room, ethtype, &in, 0);
+
+	if (!ok && in.frag != FRAG_LATER)
+		return CNT_PARSE_ERROR;
+
+	int icmp = (!in.v6 && in.proto == PROTO_ICMP) || (in.v6 && in.proto == PROTO_ICMPV6);
+	struct fw_key k = {};
+	__u8 type = 0;
+	__u8 p[4];
+	if (ok && (has_ports(in.proto) || icmp)) {
+		if (in.l4room < 4 || L4HEAD(ctx, &in, p) < 0)
+			return CNT_PARSE_ERROR;
+		if (icmp) {
+			type = p[0];
+			/* IPv6's ARP goes to every port, before anything else. */
+			if (in.v6 && type >= 133 && type <= 137)
+				return CNT_PASS_NDP;
+		} else {
+			k.rport = ((__u16)p[0] << 8) | p[1];
+			k.lport = ((__u16)p[2] << 8) | p[3];
+		}
+	}
+	if (is_loopback(in.dst, in.v6))
+		return CLS_USERSPACE; /* l4 drops it */
+	if (!ok)
+		return later_fragment(&in);
+
 	__builtin_memcpy(k.local, in.dst, 16);
 	__builtin_memcpy(k.remote, in.src, 16);
 	k.proto = in.proto;
 	__u32 why = CLS_USERSPACE;
+	int owner = OWNER_NONE;
 
-	if (has_ports(in.proto)) {
-		__u8 *p = l4;
-		if (l4 + 4 > end)
-			return short_packet(complete);
-		k.rport = ((__u16)p[0] << 8) | p[1];
-		k.lport = ((__u16)p[2] << 8) | p[3];
+	/* An ICMP error goes the way of the flow it quotes, if that is anyone's. */
+	if (icmp && ((!in.v6 && (type == 3 || type == 4 || type == 5 || type == 11 || type == 12)) ||
+		     (in.v6 && type >= 1 && type <= 4))) {
+		owner = CLS_NAME(quote_owner)(ctx, in.l4off, in.l4room, in.v6);
+		if (owner == OWNER_KERNEL)
+			why = CNT_PASS_ICMP_ERROR;
+	}
+	if (owner == OWNER_NONE) {
+		owner = lookup_owner(&k, NULL);
+		if (owner == OWNER_KERNEL)
+			why = CNT_PASS_ALLOWED;
+	}
+	/* The link's own business, when no rule claims it: DHCP answers and
+	 * MLD go to the kernel (the daemon copies them to the endpoints). */
+	if (owner == OWNER_NONE) {
 		if (in.proto == PROTO_UDP &&
-		    ((!in.v6 && k.rport == 67 && k.lport == 68) ||
-		     (in.v6 && k.rport == 547 && k.lport == 546)))
+		    ((!in.v6 && k.rport == 67 && k.lport == 68) || (in.v6 && k.rport == 547 && k.lport == 546)))
 			why = CNT_PASS_DHCP;
-		else if (lookup_kernel(&k, 1))
-			why = CNT_PASS_ALLOWED;
-	} else {
-		__u8 type = 0;
-		int icmp = (!in.v6 && in.proto == PROTO_ICMP) || (in.v6 && in.proto == PROTO_ICMPV6);
-		if (icmp) {
-			if (l4 + 8 > end)
-				return short_packet(complete);
-			type = *(__u8 *)l4;
-		}
-		if (icmp && in.v6 && ((type >= 133 && type <= 137) || /* NDP */
-				      (type >= 130 && type <= 132) || type == 143 /* MLD */))
+		else if (icmp && in.v6 && ((type >= 130 && type <= 132) || type == 143))
 			why = CNT_PASS_NDP;
-		else if (lookup_kernel(&k, 1))
-			why = CNT_PASS_ALLOWED;
-		else if (icmp && ((!in.v6 && (type == 3 || type == 4 || type == 11 || type == 12)) ||
-				  (in.v6 && type >= 1 && type <= 4))) {
-			int r = icmp_error_of_kernel(l4, end, in.v6, complete);
-			if (r < 0)
-				return CLS_NEED_MORE;
-			if (r)
-				why = CNT_PASS_ICMP_ERROR;
-		}
 	}
 
-	if (why != CLS_USERSPACE && in.frag == FRAG_FIRST) {
+	if (in.frag == FRAG_FIRST) {
 		struct frag_key fk = {};
 		frag_key_of(&fk, &in);
-		__u64 now = bpf_ktime_get_ns();
-		bpf_map_update_elem(&frag_kernel, &fk, &now, BPF_ANY);
+		struct frag_verdict fv = {.seen_ns = bpf_ktime_get_ns(), .kernel = why != CLS_USERSPACE};
+		bpf_map_update_elem(&frag_verdicts, &fk, &fv, BPF_ANY);
 	}
 	return why;
 }
 
-/* The decision for one Ethernet frame from data to end; complete says
- * whether end is the end of the packet. A function of its own (not
- * inlined), so that the TC hook, which may call it twice, carries one copy. */
-static __noinline __u32 classify(void *data, void *end, int complete)
+/* The decision for one Ethernet frame of len bytes. A function of its own
+ * (not inlined) per hook. */
+static __noinline __u32 CLS_NAME(classify)(CLS_CTX *ctx, __u32 len)
 {
 	if (cfg_no_host_rings)
 		return CNT_NO_HOST_RINGS;
-	if (data + ETH_HLEN > end)
-		return short_packet(complete);
-	__u8 *eth = data;
-	__u16 ethtype = ((__u16)eth[12] << 8) | eth[13];
-	void *l3 = data + ETH_HLEN;
-	if (ethtype == ETH_P_8021Q_ || ethtype == ETH_P_8021AD_) {
-		if (l3 + 4 > end)
-			return short_packet(complete);
-		__u8 *tag = l3;
-		ethtype = ((__u16)tag[2] << 8) | tag[3];
+	/* The EtherType and, in the same load, the 802.1Q tag's. */
+	__u8 eth[6];
+	int tagged = len >= ETH_HLEN + 4;
+	if (len < ETH_HLEN)
+		return CNT_PARSE_ERROR;
+	if (tagged ? CLS_LOAD(ctx, 12, eth, 6) < 0 : CLS_LOAD(ctx, 12, eth, 2) < 0)
+		return CNT_PARSE_ERROR;
+	__u16 ethtype = ((__u16)eth[0] << 8) | eth[1];
+	__u32 l3 = ETH_HLEN;
+	__u32 room = len - ETH_HLEN;
+	/* One 802.1Q tag, as l4. (802.1ad is not parsed there either: such
+	 * frames are nobody's.) */
+	if (ethtype == ETH_P_8021Q_) {
+		if (!tagged)
+			return CNT_PARSE_ERROR;
+		ethtype = ((__u16)eth[4] << 8) | eth[5];
 		l3 += 4;
+		room -= 4;
 	}
 
 	switch (ethtype) {
 	case ETH_P_ARP_:
+		if (room < 28)
+			return CNT_PARSE_ERROR;
 		return CNT_PASS_ARP;
 	case ETH_P_PAE_:
+		if (room < 4)
+			return CNT_PARSE_ERROR;
 		return CNT_PASS_EAPOL;
 	case ETH_P_IP_:
 	case ETH_P_IPV6_:
-		return classify_ip(l3, end, ethtype, complete);
+		return CLS_NAME(classify_ip)(ctx, l3, room, ethtype);
 	}
 	return CLS_USERSPACE;
 }

@@ -49,8 +49,9 @@
 #define FW_STICKY 1  /* registered and never expired (DEBUG_PORTS) */
 #define FW_LEARNED 2 /* written by the egress learner */
 
-/* How many IPv6 extension headers the parsers walk before giving up. */
-#define MAX_EXT_HDRS 6
+/* The IPv6 header walk's steps: up to eight extension headers and then the
+ * upper-layer header, as l4's parser (maxExtHeaders). */
+#define MAX_EXT_HDRS 9
 
 /* Learned entries get their last_seen refreshed at most this often. */
 #define REFRESH_NS 1000000000ULL
@@ -74,13 +75,32 @@ struct fw_value {
 	__u32 pad;
 };
 
-/* A fragmented datagram: the fields the kernel reassembles by. */
+/* A fragmented datagram: the fields the kernel reassembles by. proto is
+ * the protocol the fragment header names (IPv4: the protocol field), the
+ * same in every fragment of the datagram. */
 struct frag_key {
 	__u8 src[16];
 	__u8 dst[16];
 	__u32 id;
 	__u8 proto;
 	__u8 pad[3];
+};
+
+/* The verdict of a datagram's first fragment, for its later fragments. */
+struct frag_verdict {
+	__u64 seen_ns; /* bpf_ktime_get_ns of the first fragment */
+	__u32 kernel;  /* 1: the kernel's */
+	__u32 pad;
+};
+
+/* The key of endpoint_ports: (local address, protocol, local port) of the
+ * endpoints' rules (port 0 for protocols without ports), and with any = 1
+ * (local address, protocol) whatever the port. */
+struct ep_port_key {
+	__u8 local[16];
+	__u16 lport; /* host byte order */
+	__u8 proto;
+	__u8 any;
 };
 
 /* Counter indexes; the Go side names them (counterNames in firewall.go). */
@@ -98,6 +118,7 @@ enum fw_counter {
 	CNT_PASS_NDP,
 	CNT_PASS_ICMP_ERROR,
 	CNT_PASS_FRAGMENT,
+	CNT_PASS_FRAGMENT_EARLY,
 	/* Notes on frames that went to userspace (or were kept from the kernel). */
 	CNT_PARSE_ERROR,
 	CNT_FRAGMENT_TO_XSK,
@@ -111,9 +132,9 @@ enum fw_counter {
 	/* TC ingress verdict (AF_PACKET backend): every frame counts in
 	 * exactly one of CNT_PASS_KERNEL and this. */
 	CNT_TC_DROPPED,
-	/* TC ingress: frames whose headers had to be pulled into the linear
-	 * data first. */
-	CNT_TC_PULLED,
+	/* Egress: frames the kernel sent from an endpoint's registered flow
+	 * (a local port that an endpoint holds), dropped. */
+	CNT_EGRESS_ENDPOINT,
 	CNT_MAX,
 };
 
@@ -138,14 +159,40 @@ struct {
 	__type(value, struct fw_value);
 } kernel_learned SEC(".maps");
 
-/* First fragments that went to the kernel, so that their later fragments
- * (which carry no ports) follow them. Value: bpf_ktime_get_ns. */
+/* The endpoints' registered rules (AddMatch), with l4.Key's shapes: the
+ * control plane writes them before it answers OK and removes them with the
+ * rule. A frame whose lookup ends in one of them is never the kernel's, and
+ * the kernel's frames that such a rule would answer are dropped at egress.
+ * A plain hash: never evicted; when full, the control plane refuses the
+ * rule. Value unused (0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fw_key);
+	__type(value, __u32);
+} endpoint_rules SEC(".maps");
+
+/* How many endpoint rules each (local address, protocol, local port) and
+ * each (local address, protocol) has, kept by the loader with
+ * endpoint_rules: a lookup asks endpoint_rules only when an endpoint has a
+ * rule on the tuple's local port (one probe for the kernel's flows instead
+ * of three), and a later fragment that comes before its first fragment can
+ * only be an endpoint's when its (destination, protocol) has a rule. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct ep_port_key);
+	__type(value, __u32);
+} endpoint_ports SEC(".maps");
+
+/* The verdicts of first fragments, so that their later fragments (which
+ * carry no ports) follow them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct frag_key);
-	__type(value, __u64);
-} frag_kernel SEC(".maps");
+	__type(value, struct frag_verdict);
+} frag_verdicts SEC(".maps");
 
 /* AF_XDP sockets by RX queue id; max_entries is set at load. */
 struct {
@@ -190,55 +237,97 @@ static __always_inline void put_v4(__u8 *dst, __be32 a)
 	__builtin_memcpy(dst + 12, &a, 4);
 }
 
-/* The kernel's three-step lookup, as l4.Table.Lookup: the exact 5-tuple,
- * then (local, proto, lport, remote), then (local, proto, lport); for
- * protocols without ports (local, proto, remote), then (local, proto).
- * k holds the full tuple; flags and the fields the steps drop are set here
- * on a copy. Learned entries only ever have the first step's shape. */
-static __always_inline struct fw_value *lookup_kernel(const struct fw_key *full, int learned_too)
+#define OWNER_NONE 0
+#define OWNER_KERNEL 1
+#define OWNER_ENDPOINT 2
+
+/* One step of the lookup: an endpoint's rule (when ep: an endpoint has a
+ * rule on the local port), a learned kernel flow (only when learned is
+ * given: learned entries have the exact step's shape), a registered kernel
+ * rule. A key is in at most one of them (the Go table holds each key
+ * once). *learned is set when the learned map has it. */
+static __always_inline int lookup_step(const struct fw_key *k, struct fw_value **learned, int ep)
+{
+	if (ep && bpf_map_lookup_elem(&endpoint_rules, k))
+		return OWNER_ENDPOINT;
+	if (learned) {
+		struct fw_value *v = bpf_map_lookup_elem(&kernel_learned, k);
+		if (v) {
+			*learned = v;
+			return OWNER_KERNEL;
+		}
+	}
+	if (bpf_map_lookup_elem(&kernel_rules, k))
+		return OWNER_KERNEL;
+	return OWNER_NONE;
+}
+
+/* l4.Table.Lookup's three steps over the endpoints' and the kernel's
+ * entries: the exact 5-tuple, then (local, proto, lport, remote), then
+ * (local, proto, lport); for protocols without ports (local, proto,
+ * remote), then (local, proto). The first step that finds an entry decides
+ * whose the tuple is (OWNER_*), as in Go. full holds the whole tuple;
+ * flags and the fields a step drops are set here on a copy. learned, if
+ * not NULL, receives the learned entry that decided. */
+static __always_inline int lookup_owner(const struct fw_key *full, struct fw_value **learned)
 {
 	struct fw_key k = *full;
-	struct fw_value *v;
+	struct fw_value *dummy = NULL;
+	struct fw_value **lp = learned ? learned : &dummy;
+	int o;
+	int ported = has_ports(k.proto);
 
-	if (has_ports(k.proto)) {
+	if (!ported) {
+		k.lport = 0;
+		k.rport = 0;
+	}
+	struct ep_port_key pk = {};
+	__builtin_memcpy(pk.local, k.local, 16);
+	pk.lport = k.lport;
+	pk.proto = k.proto;
+	int ep = bpf_map_lookup_elem(&endpoint_ports, &pk) != NULL;
+
+	if (ported) {
 		k.flags = KEY_LPORT | KEY_REMOTE | KEY_RPORT;
-		if (learned_too) {
-			v = bpf_map_lookup_elem(&kernel_learned, &k);
-			if (v)
-				return v;
-		}
-		v = bpf_map_lookup_elem(&kernel_rules, &k);
-		if (v)
-			return v;
+		o = lookup_step(&k, lp, ep);
+		if (o)
+			return o;
 		k.rport = 0;
 		k.flags = KEY_LPORT | KEY_REMOTE;
-		v = bpf_map_lookup_elem(&kernel_rules, &k);
-		if (v)
-			return v;
+		o = lookup_step(&k, NULL, ep);
+		if (o)
+			return o;
 		__builtin_memset(k.remote, 0, 16);
 		k.flags = KEY_LPORT;
-		return bpf_map_lookup_elem(&kernel_rules, &k);
+		return lookup_step(&k, NULL, ep);
 	}
-	k.lport = 0;
-	k.rport = 0;
 	k.flags = KEY_REMOTE;
-	if (learned_too) {
-		v = bpf_map_lookup_elem(&kernel_learned, &k);
-		if (v)
-			return v;
-	}
-	v = bpf_map_lookup_elem(&kernel_rules, &k);
-	if (v)
-		return v;
+	o = lookup_step(&k, lp, ep);
+	if (o)
+		return o;
 	__builtin_memset(k.remote, 0, 16);
 	k.flags = 0;
-	return bpf_map_lookup_elem(&kernel_rules, &k);
+	return lookup_step(&k, NULL, ep);
 }
 
 /* ---------------------------------------------------------------------- */
 /* The decision, shared by both ingress hooks                              */
 
+#define CLS_CTX struct xdp_md
+#define CLS_LOAD bpf_xdp_load_bytes
+#define CLS_NAME(f) f##_xdp
 #include "classify.h"
+#undef CLS_CTX
+#undef CLS_LOAD
+#undef CLS_NAME
+
+#define CLS_CTX struct __sk_buff
+#define CLS_LOAD bpf_skb_load_bytes
+#define CLS_NAME(f) f##_tc
+#include "classify.h"
+#undef CLS_CTX
+#undef CLS_LOAD
+#undef CLS_NAME
 
 /* ---------------------------------------------------------------------- */
 /* XDP classifier (AF_XDP backend)                                         */
@@ -260,11 +349,8 @@ static __always_inline int to_xsk(struct xdp_md *ctx)
 SEC("xdp")
 int usnetd_xdp(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-
 	/* Loaded without BPF_F_XDP_HAS_FRAGS: the whole frame is linear. */
-	__u32 code = classify(data, end, 1);
+	__u32 code = classify_xdp(ctx, bpf_xdp_get_buff_len(ctx));
 	if (cls_kernel(code))
 		return pass(code);
 	if (code < CNT_MAX)
@@ -275,36 +361,14 @@ int usnetd_xdp(struct xdp_md *ctx)
 /* ---------------------------------------------------------------------- */
 /* TCX ingress filter (AF_PACKET backend)                                  */
 
-/* What the TC hook makes readable when the headers go on past the skb's
- * linear data (an skb built from page fragments keeps as little as the
- * Ethernet header there: a TPACKET TX ring on the other end of a veth, say).
- * Headers past it count as a truncated packet, as in XDP. */
-#define TC_PULL_MAX 512
-
 /* AF_PACKET taps run before tc ingress: usnetd has seen the frame already.
- * This program only decides whether the kernel sees it too. */
+ * This program only decides whether the kernel sees it too. The skb may
+ * keep its headers outside the linear data: the decision reads them with
+ * bpf_skb_load_bytes, wherever they are. */
 SEC("tcx/ingress")
 int usnetd_tc_ingress(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	/* Is the whole packet linear? (Asked without subtracting packet
-	 * pointers, which the verifier allows only with CAP_PERFMON; len is
-	 * bounded first so that data + len is a valid packet pointer.) */
-	__u32 len = skb->len;
-	int complete = len <= 0xffff && data + len <= end;
-	__u32 code = classify(data, end, complete);
-	if (code == CLS_NEED_MORE) {
-		__u32 want = skb->len < TC_PULL_MAX ? skb->len : TC_PULL_MAX;
-		if (bpf_skb_pull_data(skb, want) == 0) {
-			data = (void *)(long)skb->data;
-			end = (void *)(long)skb->data_end;
-			code = classify(data, end, 1);
-		} else {
-			code = CNT_PARSE_ERROR;
-		}
-		count(CNT_TC_PULLED);
-	}
+	__u32 code = classify_tc(skb, skb->len);
 	if (cls_kernel(code)) {
 		count(CNT_PASS_KERNEL);
 		count(code);
@@ -319,13 +383,23 @@ int usnetd_tc_ingress(struct __sk_buff *skb)
 /* ---------------------------------------------------------------------- */
 /* TCX egress learner                                                      */
 
-/* Reads the IP header of an outgoing frame with bpf_skb_load_bytes (the
- * skb may be non-linear) and fills the learned key: local = source,
- * remote = destination. Returns 0 when there is nothing to learn. */
-static __always_inline int learn_key(struct __sk_buff *skb, struct fw_key *k)
+/* What egress_key found besides the key. */
+struct out_info {
+	__u8 learn; /* the frame may open a way back */
+};
+
+/* Reads the headers of an outgoing frame with bpf_skb_load_bytes (the skb
+ * may be non-linear) and fills the key of its way back: local = source,
+ * remote = destination, as l4's learn. Returns 0 when the frame has no such
+ * key to judge (not IP, a later fragment, from 0.0.0.0 or ::, an ICMP
+ * error: an error is about a flow, it does not open one); o->learn says
+ * whether the learner may write the key (not to multicast or broadcast,
+ * not a TCP RST, for ICMP only echo requests). */
+static __always_inline int egress_key(struct __sk_buff *skb, struct fw_key *k, struct out_info *o)
 {
 	__u32 off = ETH_HLEN;
 	__be16 et;
+	o->learn = 1;
 	if (bpf_skb_load_bytes(skb, 12, &et, 2) < 0)
 		return 0;
 	__u16 ethtype = bpf_ntohs(et);
@@ -344,7 +418,7 @@ static __always_inline int learn_key(struct __sk_buff *skb, struct fw_key *k)
 		if ((ip[0] >> 4) != 4 || (ip[0] & 0x0f) < 5)
 			return 0;
 		if ((((__u16)ip[6] << 8) | ip[7]) & 0x1fff)
-			return 0; /* later fragment: the first one taught us */
+			return 0; /* later fragment: no ports; the first one was judged */
 		__be32 a;
 		__builtin_memcpy(&a, ip + 12, 4);
 		if (a == 0)
@@ -352,7 +426,7 @@ static __always_inline int learn_key(struct __sk_buff *skb, struct fw_key *k)
 		put_v4(k->local, a);
 		__builtin_memcpy(&a, ip + 16, 4);
 		if (ip[16] >= 224)
-			return 0; /* multicast, broadcast, class E: no reply comes from there */
+			o->learn = 0; /* multicast, broadcast, class E: no reply comes from there */
 		put_v4(k->remote, a);
 		proto = ip[9];
 		off += (ip[0] & 0x0f) * 4;
@@ -360,8 +434,10 @@ static __always_inline int learn_key(struct __sk_buff *skb, struct fw_key *k)
 		__u8 ip[40];
 		if (bpf_skb_load_bytes(skb, off, ip, 40) < 0)
 			return 0;
-		if ((ip[0] >> 4) != 6 || ip[24] == 0xff)
-			return 0; /* not IPv6, or to a multicast group */
+		if ((ip[0] >> 4) != 6)
+			return 0;
+		if (ip[24] == 0xff)
+			o->learn = 0; /* to a multicast group */
 		__builtin_memcpy(k->local, ip + 8, 16);
 		__builtin_memcpy(k->remote, ip + 24, 16);
 		if (is_v4mapped(k->local) || is_v4mapped(k->remote))
@@ -374,7 +450,7 @@ static __always_inline int learn_key(struct __sk_buff *skb, struct fw_key *k)
 		proto = ip[6];
 		off += 40;
 		int done = 0;
-#pragma unroll
+#pragma clang loop unroll(disable)
 		for (int i = 0; i < MAX_EXT_HDRS; i++) {
 			__u8 h[4];
 			switch (proto) {
@@ -423,7 +499,7 @@ static __always_inline int learn_key(struct __sk_buff *skb, struct fw_key *k)
 			if (bpf_skb_load_bytes(skb, off, l4, 14) < 0)
 				return 0;
 			if (l4[13] & 0x04)
-				return 0; /* RST: the kernel is closing, not opening */
+				o->learn = 0; /* RST: the kernel is closing, not opening */
 		} else if (bpf_skb_load_bytes(skb, off, l4, 4) < 0) {
 			return 0;
 		}
@@ -436,24 +512,42 @@ static __always_inline int learn_key(struct __sk_buff *skb, struct fw_key *k)
 		__u8 type;
 		if (bpf_skb_load_bytes(skb, off, &type, 1) < 0)
 			return 0;
+		if ((proto == PROTO_ICMP && ethtype == ETH_P_IP_ &&
+		     (type == 3 || type == 4 || type == 5 || type == 11 || type == 12)) ||
+		    (proto == PROTO_ICMPV6 && ethtype == ETH_P_IPV6_ && type >= 1 && type <= 4))
+			return 0; /* an error: judged by nobody, as in l4 */
 		if (!((proto == PROTO_ICMP && ethtype == ETH_P_IP_ && type == 8) ||
 		      (proto == PROTO_ICMPV6 && ethtype == ETH_P_IPV6_ && type == 128)))
-			return 0; /* only echo requests open a way back */
+			o->learn = 0; /* only echo requests open a way back */
 	}
 	k->flags = KEY_REMOTE;
 	return 1;
 }
 
+/* The egress program: the kernel may not send from an endpoint's flow (its
+ * replies would go to the endpoint, or, once learned, take the endpoint's
+ * traffic: a kernel socket bound to an endpoint's port), so such frames
+ * are dropped and counted; for the others it learns the way back. */
 SEC("tcx/egress")
 int usnetd_learn(struct __sk_buff *skb)
 {
 	struct fw_key k = {};
-	if (!learn_key(skb, &k)) {
+	struct out_info o = {};
+	if (!egress_key(skb, &k, &o)) {
+		count(CNT_LEARN_SKIPPED);
+		return TCX_NEXT;
+	}
+	struct fw_value *v = NULL;
+	int owner = lookup_owner(&k, &v);
+	if (owner == OWNER_ENDPOINT) {
+		count(CNT_EGRESS_ENDPOINT);
+		return TC_ACT_SHOT;
+	}
+	if (!o.learn) {
 		count(CNT_LEARN_SKIPPED);
 		return TCX_NEXT;
 	}
 	__u64 now = bpf_ktime_get_ns();
-	struct fw_value *v = bpf_map_lookup_elem(&kernel_learned, &k);
 	if (v) {
 		if (now - v->last_seen_ns > REFRESH_NS) {
 			v->last_seen_ns = now;
@@ -461,7 +555,7 @@ int usnetd_learn(struct __sk_buff *skb)
 		}
 		return TCX_NEXT;
 	}
-	if (lookup_kernel(&k, 0)) {
+	if (owner == OWNER_KERNEL) {
 		/* A registered rule covers the way back already (a reply
 		 * from a DEBUG_PORTS service, say). */
 		count(CNT_LEARN_COVERED);

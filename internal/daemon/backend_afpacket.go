@@ -108,3 +108,5 @@ func afxdpUnavailable(err error) bool {
 		errors.Is(err, unix.EAFNOSUPPORT) ||
 		errors.Is(err, unix.EOPNOTSUPP)
 }
+
+func (b *afpacketBackend) firewall() *firewall.Firewall { return b.fw }

@@ -146,3 +146,5 @@ func newInventory() (func(l4.Key) bool, error) {
 	}
 	return inv.IsOpen, nil
 }
+
+func (b *afxdpBackend) firewall() *firewall.Firewall { return b.fw }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/config"
 	"github.com/usnetd/usnetd/internal/pcap"
 	"github.com/usnetd/usnetd/metrics"
@@ -77,6 +78,13 @@ type nicBackend interface {
 // the table for Expire.
 type kernelPortBackend interface {
 	AttachKernel(p *l4.Pipeline) (l4.Owner, error)
+}
+
+// firewallBackend is a nicBackend with an eBPF firewall (afxdp,
+// afpacket): the control plane keeps the endpoints' rules in it, and
+// /metrics shows its counters.
+type firewallBackend interface {
+	firewall() *firewall.Firewall
 }
 
 // Run claims the NICs, serves until ctx is done, then gives everything back.
@@ -173,7 +181,11 @@ type daemon struct {
 func (d *daemon) metricDomains() []metrics.Domain {
 	ds := make([]metrics.Domain, 0, len(d.domains))
 	for _, dom := range d.domains {
-		ds = append(ds, metrics.Domain{Interface: dom.ifname, Pipeline: dom.p})
+		md := metrics.Domain{Interface: dom.ifname, Pipeline: dom.p}
+		if fb, ok := dom.nic.(firewallBackend); ok {
+			md.Firewall = fb.firewall().Counters
+		}
+		ds = append(ds, md)
 	}
 	return ds
 }
@@ -454,6 +466,9 @@ func (d *daemon) startControl() error {
 		in := control.Interface{Name: dom.ifname, Pipeline: dom.p, Backend: dom.nic.Describe()}
 		if m, ok := dom.nic.(interface{ XDPMode() string }); ok {
 			in.XDPMode = m.XDPMode()
+		}
+		if fb, ok := dom.nic.(firewallBackend); ok {
+			in.EndpointPorts = fb.firewall()
 		}
 		if dom.addrs.v4.IsValid() {
 			in.Addrs = append(in.Addrs, dom.addrs.v4)

@@ -2,7 +2,9 @@
 // the interface through a backend, builds the switch domain and its
 // pipeline, installs the kernel's rules, and runs the control socket, the
 // metrics server and the housekeeping until it is told to stop; then it
-// gives everything back.
+// gives everything back. With an eBPF firewall (afxdp, afpacket) the
+// control socket keeps the endpoints' rules in it (control.Interface's
+// EndpointPorts), and /metrics shows its counters.
 //
 // It must never leave anything behind on a clean stop (XDP programs, TCX
 // links, pins, socket files, routes), and never start half-way: a NIC that
