@@ -126,7 +126,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descBuffers, float64(st.Pool.Bufs), ifc, "total")
 		gauge(descBuffers, float64(st.Pool.SharedFree), ifc, "free_shared")
 		counter(descPoolEmpty, st.Pool.Exhausted, ifc)
-		gauge(descLocalMACs, float64(sw.MACs.Len()), ifc)
+		macs, _ := sw.Local()
+		gauge(descLocalMACs, float64(len(macs)), ifc)
 		gauge(descFragHeld, float64(sw.FragLen()), ifc)
 	}
 	if c.tap != nil {
