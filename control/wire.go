@@ -297,6 +297,7 @@ type EndpointStatus struct {
 	RxPackets uint64  // "rx_packets": frames delivered to the endpoint
 	TxPackets uint64  // "tx_packets": frames the endpoint sent
 	Drops     uint64  // "drops": frames dropped on the way to the endpoint
+	Refused   uint64  // "refused": frames the endpoint sent that the isolation checks dropped (spoofed sources, foreign flows, ...)
 }
 
 // The values of RuleStatus.Kind.
@@ -868,6 +869,8 @@ func EncodeStatus(s Status) ([]byte, error) {
 		b = strconv.AppendUint(b, e.TxPackets, 10)
 		b = append(b, `,"drops":`...)
 		b = strconv.AppendUint(b, e.Drops, 10)
+		b = append(b, `,"refused":`...)
+		b = strconv.AppendUint(b, e.Refused, 10)
 		b = append(b, '}')
 	}
 	b = append(b, `],"rules":[`...)
@@ -1121,6 +1124,7 @@ func (r *reader) status() (Status, error) {
 					"rx_packets": r.uintInto(1<<64-1, "u64", func(v uint64) { e.RxPackets = v }),
 					"tx_packets": r.uintInto(1<<64-1, "u64", func(v uint64) { e.TxPackets = v }),
 					"drops":      r.uintInto(1<<64-1, "u64", func(v uint64) { e.Drops = v }),
+					"refused":    r.uintInto(1<<64-1, "u64", func(v uint64) { e.Refused = v }),
 				})
 				s.Endpoints = append(s.Endpoints, e)
 				return err

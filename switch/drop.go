@@ -82,3 +82,10 @@ func (r DropReason) String() string {
 	}
 	return "unknown"
 }
+
+// Isolation reports whether r is the verdict of a check on what an
+// endpoint may send (isolate.go; DropSpoof included): the frame was the
+// sender's fault, not the network's.
+func (r DropReason) Isolation() bool {
+	return r == DropSpoof || r >= DropSrcMAC && r <= DropHostConfig
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -167,6 +168,7 @@ type endpointJSON struct {
 	RxPackets uint64      `json:"rx_packets"`
 	TxPackets uint64      `json:"tx_packets"`
 	Drops     uint64      `json:"drops"`
+	Refused   uint64      `json:"refused"`
 }
 
 type interfaceJSON struct {
@@ -211,7 +213,7 @@ func statusOut(st control.Status, socket string, asJSON bool, w io.Writer) any {
 		}
 		for _, e := range st.Endpoints {
 			ej := endpointJSON{ID: e.ID, PID: e.PID, UID: e.UID, Address: e.Address, Interface: e.Interface,
-				Channels: e.Channels, Rules: []matchJSON{}, RxPackets: e.RxPackets, TxPackets: e.TxPackets, Drops: e.Drops}
+				Channels: e.Channels, Rules: []matchJSON{}, RxPackets: e.RxPackets, TxPackets: e.TxPackets, Drops: e.Drops, Refused: e.Refused}
 			for _, m := range e.Rules {
 				ej.Rules = append(ej.Rules, toMatchJSON(m))
 			}
@@ -232,12 +234,15 @@ func statusOut(st control.Status, socket string, asJSON bool, w io.Writer) any {
 		return nil
 	}
 	t = table(w)
-	fmt.Fprintln(t, "ENDPOINT\tPID\tUID\tINTERFACE\tCHANNELS\tRULES\tRX\tTX\tDROPS\tADDRESS")
+	fmt.Fprintln(t, "ENDPOINT\tPID\tUID\tINTERFACE\tCHANNELS\tRULES\tRX\tTX\tDROPS\tREFUSED\tADDRESS")
 	for _, e := range st.Endpoints {
-		fmt.Fprintf(t, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", e.ID, e.PID, e.UID, e.Interface, e.Channels,
-			len(e.Rules), e.RxPackets, e.TxPackets, e.Drops, e.Address)
+		fmt.Fprintf(t, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", e.ID, e.PID, e.UID, e.Interface, e.Channels,
+			len(e.Rules), e.RxPackets, e.TxPackets, e.Drops, e.Refused, e.Address)
 	}
 	t.Flush()
+	if slices.ContainsFunc(st.Endpoints, func(e control.EndpointStatus) bool { return e.Refused > 0 }) {
+		fmt.Fprintln(w, "\nREFUSED: frames an endpoint sent that it may not send (spoofed source, another's flow, ...);\nby reason: usnetd_port_drops_total on /metrics")
+	}
 	return nil
 }
 
