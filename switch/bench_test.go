@@ -74,36 +74,65 @@ func (l *loop) Next() bool { l.i++; return l.i <= l.n }
 
 // BenchmarkClassify is the per-frame work of an RX worker: parse a 64-byte
 // frame, look it up and decide, over 10,000 flows to listening and learned
-// rules, on one goroutine.
+// rules, on one goroutine. "from=nic" are frames from the wire to their
+// owners; "from=endpoint" are the owners' frames out (from their listening
+// ports and their learned connections), with the isolation checks
+// (checks=on) and without them (checks=off, the baseline that shows what
+// the checks cost).
 func BenchmarkClassify(b *testing.B) {
+	b.Run("from=nic", func(b *testing.B) { benchClassify(b, false, true) })
+	b.Run("from=endpoint/checks=off", func(b *testing.B) { benchClassify(b, true, false) })
+	b.Run("from=endpoint/checks=on", func(b *testing.B) { benchClassify(b, true, true) })
+}
+
+func benchClassify(b *testing.B, fromEndpoint, checks bool) {
 	s := NewSwitch(NewTable())
+	s.SetLocal([]MAC{macNIC}, []Addr{MustParseAddr(ipLocal)})
+	SetIsolation(s, checks)
 	flows := populate(b, s.Table, 10000)
 	frames := make([][]byte, 0, len(flows))
+	from := make([]Owner, 0, len(flows))
 	for i, fl := range flows {
 		r := fmt.Sprintf("198.19.%d.%d", byte(fl[0]>>8), byte(fl[0]))
-		p := tcp4(macRemote, macNIC, r, uint16(fl[2]), ipLocal, uint16(fl[1]))
-		if i%2 == 1 { // every other frame goes to a listening rule
-			p.dport = uint16(8000 + i%16)
+		owner := Owner{Port: PortID(10 + fl[0]%16), Kind: PortEndpoint}
+		var p pkt
+		if fromEndpoint {
+			p = tcp4(macNIC, macRemote, ipLocal, uint16(fl[1]), r, uint16(fl[2]))
+			if i%2 == 1 { // every other frame from a listening port
+				p.sport = uint16(8000 + i%16)
+				owner.Port = PortID(10 + i%16)
+			}
+		} else {
+			p = tcp4(macRemote, macNIC, r, uint16(fl[2]), ipLocal, uint16(fl[1]))
+			if i%2 == 1 { // every other frame goes to a listening rule
+				p.dport = uint16(8000 + i%16)
+			}
+			owner = nic
 		}
 		fr := p.build(b)
 		frames = append(frames, fr[:64:64])
+		from = append(from, owner)
+	}
+	want := ActForward
+	if fromEndpoint {
+		want = ActUplink
 	}
 	var f Frame
 	b.ReportAllocs()
 	b.ResetTimer()
 	dropped := 0
 	for i := range b.N {
-		fr := frames[i%len(frames)]
-		if Parse(fr, &f) != DropNone {
+		j := i % len(frames)
+		if Parse(frames[j], &f) != DropNone {
 			dropped++
 			continue
 		}
-		if s.Decide(nic, &f, 0).Action != ActForward {
+		if s.Decide(from[j], &f, 0).Action != want {
 			dropped++
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds()/1e6, "Mpps")
 	if dropped != 0 {
-		b.Fatalf("%d frames not forwarded", dropped)
+		b.Fatalf("%d frames not switched", dropped)
 	}
 }
