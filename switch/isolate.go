@@ -23,7 +23,9 @@ package l4
 //   - ICMP errors about its own flows only (the quoted packet must have
 //     been one that its rules brought it), DropICMPErrorForeign;
 //   - later fragments only of a datagram whose first fragment it sent and
-//     that passed, DropFragForeign;
+//     that passed, DropFragForeign (its first fragment is remembered in the
+//     fragment memory with its sender; when that memory is full, the later
+//     fragments are dropped too: fail closed);
 //   - ARP and neighbour discovery only with its MACs and addresses as
 //     sender and link-layer addresses (a neighbour advertisement only for
 //     an address it may use), DropNeighSpoof;

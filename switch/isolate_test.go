@@ -134,6 +134,10 @@ func TestIsolation(t *testing.T) {
 		{name: "spoof ok: epA's own listening port", from: epA, p: tcp4(macNIC, macGateway, ipLocal, 80, ipRemote, 50000), want: uplink},
 		{name: "flow_foreign: local frame into epB's connection from a free source", from: epA,
 			p: udp4(macNIC, macNIC, ipLocal, 6000, ipLocal, 40001), want: drop(DropFlowForeign)},
+		{name: "flow_foreign: forged DNS answer even from a granted address, with CAP_NET_BIND_SERVICE", from: epA, setup: func(t *testing.T, s *Switch) {
+			s.SetLocal([]MAC{macNIC, macEP}, []Addr{MustParseAddr(ipLocal), MustParseAddr(ipResolver)})
+			s.SetPortPolicy(epA.Port, PortPolicy{BindPrivileged: true})
+		}, p: dnsForged, want: drop(DropFlowForeign)},
 		{name: "flow_foreign ok: from a source epA holds", from: epA, setup: func(t *testing.T, s *Switch) {
 			must(t, s.Table.Insert(reg(ListenKey(MustParseAddr(ipLocal), ProtoUDP, 6000), epA)))
 		}, p: udp4(macNIC, macNIC, ipLocal, 6000, ipLocal, 40001), want: fwd(epB)},
