@@ -42,9 +42,9 @@ func BenchmarkPipeline(b *testing.B) {
 // the isolation checks (checks=on) and without them (checks=off, the
 // baseline that shows what they cost on the whole path).
 func BenchmarkPipelineFromEndpoint(b *testing.B) {
-	for _, checks := range []string{"off", "on"} {
-		for _, workers := range []int{1, 2} {
-			b.Run(fmt.Sprintf("checks=%s/workers=%d", checks, workers), func(b *testing.B) {
+	for _, workers := range []int{1, 2} {
+		for _, checks := range []string{"off", "on"} {
+			b.Run(fmt.Sprintf("workers=%d/checks=%s", workers, checks), func(b *testing.B) {
 				benchPipelineFromEndpoint(b, checks == "on", workers)
 			})
 		}
