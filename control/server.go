@@ -922,8 +922,12 @@ func (s *Server) status() Status {
 						es.TxPackets += p.RxPackets // from the endpoint
 						es.Drops += p.TxErrors
 						for r, n := range p.Drops {
-							if l4.DropReason(r).Isolation() {
+							if l4.DropReason(r).Isolation() && n > 0 {
 								es.Refused += n
+								if es.RefusedBy == nil {
+									es.RefusedBy = map[string]uint64{}
+								}
+								es.RefusedBy[l4.DropReason(r).String()] += n
 							}
 						}
 					}

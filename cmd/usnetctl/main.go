@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -158,17 +159,18 @@ func toMatchJSON(m control.Match) matchJSON {
 }
 
 type endpointJSON struct {
-	ID        uint64      `json:"id"`
-	PID       int32       `json:"pid"`
-	UID       uint32      `json:"uid"`
-	Address   string      `json:"address"`
-	Interface string      `json:"interface"`
-	Channels  int         `json:"channels"`
-	Rules     []matchJSON `json:"rules"`
-	RxPackets uint64      `json:"rx_packets"`
-	TxPackets uint64      `json:"tx_packets"`
-	Drops     uint64      `json:"drops"`
-	Refused   uint64      `json:"refused"`
+	ID        uint64            `json:"id"`
+	PID       int32             `json:"pid"`
+	UID       uint32            `json:"uid"`
+	Address   string            `json:"address"`
+	Interface string            `json:"interface"`
+	Channels  int               `json:"channels"`
+	Rules     []matchJSON       `json:"rules"`
+	RxPackets uint64            `json:"rx_packets"`
+	TxPackets uint64            `json:"tx_packets"`
+	Drops     uint64            `json:"drops"`
+	Refused   uint64            `json:"refused"`
+	RefusedBy map[string]uint64 `json:"refused_by"`
 }
 
 type interfaceJSON struct {
@@ -213,7 +215,10 @@ func statusOut(st control.Status, socket string, asJSON bool, w io.Writer) any {
 		}
 		for _, e := range st.Endpoints {
 			ej := endpointJSON{ID: e.ID, PID: e.PID, UID: e.UID, Address: e.Address, Interface: e.Interface,
-				Channels: e.Channels, Rules: []matchJSON{}, RxPackets: e.RxPackets, TxPackets: e.TxPackets, Drops: e.Drops, Refused: e.Refused}
+				Channels: e.Channels, Rules: []matchJSON{}, RxPackets: e.RxPackets, TxPackets: e.TxPackets, Drops: e.Drops, Refused: e.Refused, RefusedBy: e.RefusedBy}
+			if ej.RefusedBy == nil {
+				ej.RefusedBy = map[string]uint64{}
+			}
 			for _, m := range e.Rules {
 				ej.Rules = append(ej.Rules, toMatchJSON(m))
 			}
@@ -241,7 +246,17 @@ func statusOut(st control.Status, socket string, asJSON bool, w io.Writer) any {
 	}
 	t.Flush()
 	if slices.ContainsFunc(st.Endpoints, func(e control.EndpointStatus) bool { return e.Refused > 0 }) {
-		fmt.Fprintln(w, "\nREFUSED: frames an endpoint sent that it may not send (spoofed source, another's flow, ...);\nby reason: usnetd_port_drops_total on /metrics")
+		fmt.Fprintln(w, "\nREFUSED: frames an endpoint sent that it may not send, by reason:")
+		for _, e := range st.Endpoints {
+			if e.Refused == 0 {
+				continue
+			}
+			var parts []string
+			for _, r := range slices.Sorted(maps.Keys(e.RefusedBy)) {
+				parts = append(parts, fmt.Sprintf("%s %d", r, e.RefusedBy[r]))
+			}
+			fmt.Fprintf(w, "  endpoint %d: %s\n", e.ID, strings.Join(parts, ", "))
+		}
 	}
 	return nil
 }
