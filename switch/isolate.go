@@ -11,7 +11,7 @@ package l4
 //     a MAC of its own must be listed there), DropSrcMAC;
 //   - from an address it may use only (the interface's addresses and those
 //     granted by ENDPOINT_ADDRS; 0.0.0.0 only for a DHCP request, :: only
-//     for ICMPv6 such as duplicate address detection), DropSrcIP;
+//     for duplicate address detection and MLD), DropSrcIP;
 //   - from a source (address, protocol, port) that is free or its own: the
 //     reverse tuple of its frame must not be another owner's (DropSpoof,
 //     learn), and a frame switched locally that lands in another owner's
@@ -73,13 +73,15 @@ func checkEndpoint(loc *localSet, f *Frame) DropReason {
 var v4Unspecified = Addr{10: 0xff, 11: 0xff}
 
 // unspecifiedSourceOK reports whether f may come from the unspecified
-// address: a DHCP request from 0.0.0.0, ICMPv6 (other than an error) from ::.
+// address: a DHCP request from 0.0.0.0, a multicast listener message
+// (MLD, ICMPv6 130-132 and 143) from :: while the stack's address is
+// tentative. (Neighbour solicitations from :: are checkND's.)
 func unspecifiedSourceOK(f *Frame) bool {
 	switch f.Src {
 	case v4Unspecified:
 		return f.DHCP == DHCPRequest
 	case Addr{}:
-		return f.Proto == ProtoICMPv6 && !f.ICMPError
+		return f.Proto == ProtoICMPv6 && (f.ICMPType >= 130 && f.ICMPType <= 132 || f.ICMPType == 143)
 	}
 	return false
 }

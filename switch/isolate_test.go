@@ -124,6 +124,10 @@ func TestIsolation(t *testing.T) {
 		{name: "src_ip: tcp from 0.0.0.0", from: epA, p: tcp4(macNIC, macGateway, "0.0.0.0", 50000, ipRemote, 443), want: drop(DropSrcIP)},
 		{name: "src_ip ok: dhcp request from 0.0.0.0", from: epA, p: udp4(macNIC, macBcast, "0.0.0.0", 68, "255.255.255.255", 67), want: uplink},
 		{name: "src_ip: tcp from ::", from: epA, p: tcp6(macNIC, macGateway, "::", 50000, ip6Remote, 443), want: drop(DropSrcIP)},
+		{name: "src_ip: ICMPv6 echo from ::", from: epA, p: pkt{src: macNIC, dst: macGateway, ethType: layers.EthernetTypeIPv6, srcIP: "::", dstIP: ip6Remote,
+			proto: layers.IPProtocolICMPv6, icmpType: 128}, want: drop(DropSrcIP)},
+		{name: "src_ip ok: MLDv2 report from ::", from: epA, p: pkt{src: macNIC, dst: MAC{0x33, 0x33, 0, 0, 0, 0x16}, ethType: layers.EthernetTypeIPv6, srcIP: "::", dstIP: "ff02::16",
+			proto: layers.IPProtocolICMPv6, icmpType: 143}, want: uplink},
 		{name: "src_ip: granted address after SetLocal", from: epA, setup: func(t *testing.T, s *Switch) {
 			s.SetLocal([]MAC{macNIC}, []Addr{MustParseAddr(ipLocal), MustParseAddr(ipForeign)})
 		}, p: tcp4(macNIC, macGateway, ipForeign, 8443, ipRemote, 50000), want: uplink},
