@@ -11,7 +11,13 @@
 // it in that NIC's table, as l4.Registered rules owned by the channel's
 // port, and in the kernel side's copy (Interface.EndpointPorts: the eBPF
 // firewall, which then keeps the kernel off those flows both ways) before
-// it answers OK; the data path does the rest.
+// it answers OK; the data path does the rest. AddMatch takes a local
+// address only among the interface's addresses (Interface.Addrs, read
+// under the server's lock at each request) and those granted
+// (Interface.Granted, ENDPOINT_ADDRS); Refused counts the others. A
+// channel's port gets its l4.PortPolicy when it attaches: whether the
+// client may send from a privileged source port (uid 0 or
+// CAP_NET_BIND_SERVICE).
 //
 // It must never trust a client's word for who it is (credentials come from
 // the kernel with every message), never let a client take traffic that

@@ -91,6 +91,7 @@ func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, served: make(chan error, 1)}
 	e.sockets.Store(&[]firewall.Socket{})
 	e.sw = l4.NewSwitch(l4.NewTable(), l4.MAC(macNIC))
+	e.sw.SetLocal([]l4.MAC{l4.MAC(macNIC)}, []l4.Addr{l4.MustParseAddr(localIP)})
 	pl, err := l4.NewPipeline(e.sw, l4.PipelineConfig{Buffers: 2048})
 	if err != nil {
 		t.Fatal(err)

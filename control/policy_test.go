@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -295,5 +297,120 @@ func TestHijackBySpoofedFrame(t *testing.T) {
 	}
 	if _, ok := readFrame(t, chB, 100*time.Millisecond); ok {
 		t.Error("b got a frame")
+	}
+}
+
+// TestAddMatchLocalAddressOnly: an endpoint may register rules only for
+// the interface's addresses and those granted (ENDPOINT_ADDRS); any other
+// local address (one that is not the host's, e.g. a remote service's)
+// answers ER, is logged and counted. Interface.Addrs is read at each
+// AddMatch, under the server's lock.
+func TestAddMatchLocalAddressOnly(t *testing.T) {
+	e := newEnv(t, func(c *ServerConfig) { c.Interfaces[0].Granted = []netip.Addr{ip("198.18.0.9")} })
+	a := newRawClient(t, e.path, e.dir)
+	a.requestUDS("eth0", os.Getpid())
+	if got := a.ask(matchJSON("AddMatch", "203.0.113.7", 8443, "", -1, 6)); got != "ER" {
+		t.Errorf("AddMatch for a foreign address: %q, want ER", got)
+	}
+	if got := a.ask(matchJSON("AddMatch", "198.18.1.2", 8443, "", -1, 17)); got != "ER" {
+		t.Errorf("AddMatch for the peer's address: %q, want ER", got)
+	}
+	if n := e.srv.Refused()["address"]; n != 2 {
+		t.Errorf("refused (address) = %d, want 2", n)
+	}
+	if !strings.Contains(e.logs.String(), "not one of the interface's") {
+		t.Error("no warning about the refused address")
+	}
+	// The interface's address and a granted one work.
+	if got := a.ask(matchJSON("AddMatch", localIP, 8443, "", -1, 6)); got != "OK" {
+		t.Errorf("AddMatch for the interface's address: %q, want OK", got)
+	}
+	if got := a.ask(matchJSON("AddMatch", "198.18.0.9", 8443, "", -1, 6)); got != "OK" {
+		t.Errorf("AddMatch for a granted address: %q, want OK", got)
+	}
+	// An address the interface gains later (address following updates
+	// Addrs under the server's lock) is taken from then on.
+	e.srv.mu.Lock()
+	e.srv.ifaces["eth0"].Addrs = append(e.srv.ifaces["eth0"].Addrs, ip("198.18.0.5"))
+	e.srv.mu.Unlock()
+	if got := a.ask(matchJSON("AddMatch", "198.18.0.5", 8443, "", -1, 6)); got != "OK" {
+		t.Errorf("AddMatch for an address added later: %q, want OK", got)
+	}
+	if n := e.srv.Refused()["address"]; n != 2 {
+		t.Errorf("refused (address) = %d, want still 2", n)
+	}
+}
+
+// TestChannelPolicyPrivilegedSource: the channel's policy comes from the
+// attaching process: root may send from a privileged source port; the
+// frame leaves.
+func TestChannelPolicyPrivilegedSource(t *testing.T) {
+	e := newEnv(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the test process attaches as root to get CAP_NET_BIND_SERVICE")
+	}
+	a := newRawClient(t, e.path, e.dir)
+	ch := a.requestUDS("eth0", os.Getpid())
+	if _, err := ch.Write(tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 700, 2049)); err != nil {
+		t.Fatal(err)
+	}
+	if !e.nic.WaitSent(1, 2*time.Second) {
+		t.Fatalf("root's frame from port 700 did not leave; drops %v", e.pl.Stats().Drops)
+	}
+}
+
+// TestChannelPolicyUnprivileged: a client without uid 0 or
+// CAP_NET_BIND_SERVICE gets a channel whose frames from a privileged
+// source port are dropped (src_port_privileged) and never leave; its
+// frames from an unprivileged port, and from its registered port, do.
+func TestChannelPolicyUnprivileged(t *testing.T) {
+	requirePrivileged(t)
+	name := fmt.Sprintf("@usnetd-test-polpriv-%d", os.Getpid())
+	e := newEnv(t, func(c *ServerConfig) { c.SocketPath, c.AllowGID, c.HasAllowGID = name, nobody, true })
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	carrier := os.NewFile(uintptr(pair[1]), "carrier")
+	h := startHelper(t, "handover", e.path, true, carrier)
+	carrier.Close()
+	if got := h.readUntil(helperHello); got["uds"] != "$" || got["match"] != "OK" {
+		t.Fatalf("helper: %v", got)
+	}
+	oob := make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := unix.Recvmsg(pair[0], make([]byte, 1), oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cms, _ := unix.ParseSocketControlMessage(oob[:oobn])
+	fds, err := unix.ParseUnixRights(&cms[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatal(fds, err)
+	}
+	ch := os.NewFile(uintptr(fds[0]), "channel")
+	defer ch.Close()
+	// The attack: NFS trusts source ports below 1024.
+	if _, err := ch.Write(tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 700, 2049)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "a src_port_privileged drop", func() bool { return e.pl.Stats().Drops[l4.DropSrcPortPrivileged] == 1 })
+	// The legitimate frames: from an ephemeral port, from its registered port 7000.
+	for _, f := range [][]byte{
+		tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 40000, 2049),
+		tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 7000, 41000),
+	} {
+		if _, err := ch.Write(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !e.nic.WaitSent(2, 2*time.Second) || e.nic.SentCount() != 2 {
+		t.Fatalf("the NIC sent %d frames, want the 2 legitimate ones", e.nic.SentCount())
+	}
+	// No rule was learned for port 700: its reply would not reach the client.
+	for _, r := range e.rules() {
+		if r.LocalPort == 700 {
+			t.Errorf("learned %v", r)
+		}
 	}
 }

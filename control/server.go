@@ -55,6 +55,10 @@ type Interface struct {
 	Backend  string       // for QueryStatus, e.g. "afxdp"
 	XDPMode  string       // for QueryStatus; "" when not XDP
 	Addrs    []netip.Addr // the interface's addresses: QueryUsedPorts lists a kernel socket bound to the wildcard address under each
+	// Granted are the addresses that endpoints may use besides Addrs
+	// (ENDPOINT_ADDRS). AddMatch takes a local address among Addrs and
+	// Granted only.
+	Granted []netip.Addr
 	// EndpointPorts, if set, is the kernel side's copy of the endpoints'
 	// rules (the eBPF firewall of afxdp and afpacket): each rule AddMatch
 	// registers goes there before the answer is OK (if it cannot, the
@@ -151,6 +155,10 @@ type Server struct {
 	endpoints map[epKey]*endpoint
 	nextID    uint64
 	closed    bool
+
+	// refusedAddr counts AddMatch requests refused because the local
+	// address is not one that endpoints may use (Refused).
+	refusedAddr atomic.Uint64
 
 	kick      chan struct{} // wakes the janitor
 	done      chan struct{} // closed by Close
@@ -540,10 +548,37 @@ func (s *Server) requestUDS(m message, key epKey, v RequestUDS, log zerolog.Logg
 		s.dropIfEmpty(ep)
 		return answerER
 	}
+	// What the client may do, for the checks on every frame it sends: a
+	// privileged source port needs uid 0 or CAP_NET_BIND_SERVICE, read now
+	// from the process (as bind(2) would at the time of the call).
+	pol := l4.PortPolicy{}
+	if st, err := readProcStatus(s.cfg.procDir, key.pid); err == nil && st.Tgid == key.pid && pidfdAlive(ep.pidfd) {
+		pol.BindPrivileged = mayBindPrivileged(ep.uid, st)
+	}
+	if err := ifc.Pipeline.SetPortPolicy(owner.Port, pol); err != nil {
+		_ = ifc.Pipeline.RemovePort(owner.Port)
+		peer.Close()
+		log.Error().Err(err).Msg("RequestUDS: setting the channel's policy")
+		s.dropIfEmpty(ep)
+		return answerER
+	}
 	ch := &channel{port: port, owner: owner}
 	ep.channels = append(ep.channels, ch)
 	ep.log.Info().Str("interface", ifc.Name).Uint32("port", uint32(owner.Port)).Int("channels", len(ep.channels)).Msg("channel attached")
 	return answer{data: []byte(RawFD), file: peer, undo: func() { s.removeChannel(ep, ch, "the answer could not be sent") }}
+}
+
+// mayUse reports whether endpoints on the interface may use local address
+// a: one of the interface's addresses or one granted. The caller holds the
+// server's lock, under which Addrs changes.
+func (ifc *ifaceState) mayUse(a netip.Addr) bool {
+	return slices.Contains(ifc.Addrs, a) || slices.Contains(ifc.Granted, a)
+}
+
+// Refused returns how many requests the server refused, by reason: "address"
+// counts AddMatch requests for a local address that endpoints may not use.
+func (s *Server) Refused() map[string]uint64 {
+	return map[string]uint64{"address": s.refusedAddr.Load()}
 }
 
 // dropIfEmpty forgets an endpoint that has no channel (after a RequestUDS
@@ -577,6 +612,11 @@ func (s *Server) addMatch(key epKey, m Match, log zerolog.Logger) answer {
 		return answerER
 	}
 	log = log.With().Stringer("rule", k).Logger()
+	if !ep.ifc.mayUse(k.Local.Netip()) {
+		s.refusedAddr.Add(1)
+		log.Warn().Msg("AddMatch refused: the local address is not one of the interface's nor granted by ENDPOINT_ADDRS")
+		return answerER
+	}
 	if l4.HasPorts(k.Proto) && k.LocalPort < s.cfg.PrivilegedPorts {
 		st, err := readProcStatus(s.cfg.procDir, key.pid)
 		if err != nil || !pidfdAlive(ep.pidfd) || !mayBindPrivileged(ep.uid, st) {
@@ -917,6 +957,15 @@ func (s *Server) status() Status {
 						es.RxPackets += p.TxPackets // into the endpoint
 						es.TxPackets += p.RxPackets // from the endpoint
 						es.Drops += p.TxErrors
+						for r, n := range p.Drops {
+							if l4.DropReason(r).Isolation() && n > 0 {
+								es.Refused += n
+								if es.RefusedBy == nil {
+									es.RefusedBy = map[string]uint64{}
+								}
+								es.RefusedBy[l4.DropReason(r).String()] += n
+							}
+						}
 					}
 				}
 				for _, r := range ps.Rings {

@@ -77,8 +77,10 @@ package control
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 )
@@ -297,6 +299,10 @@ type EndpointStatus struct {
 	RxPackets uint64  // "rx_packets": frames delivered to the endpoint
 	TxPackets uint64  // "tx_packets": frames the endpoint sent
 	Drops     uint64  // "drops": frames dropped on the way to the endpoint
+	Refused   uint64  // "refused": frames the endpoint sent that the isolation checks dropped (spoofed sources, foreign flows, ...)
+	// "refused_by": Refused by reason (the drop reasons' names, e.g.
+	// "src_ip"), an object; reasons with no frames are left out.
+	RefusedBy map[string]uint64
 }
 
 // The values of RuleStatus.Kind.
@@ -868,7 +874,18 @@ func EncodeStatus(s Status) ([]byte, error) {
 		b = strconv.AppendUint(b, e.TxPackets, 10)
 		b = append(b, `,"drops":`...)
 		b = strconv.AppendUint(b, e.Drops, 10)
-		b = append(b, '}')
+		b = append(b, `,"refused":`...)
+		b = strconv.AppendUint(b, e.Refused, 10)
+		b = append(b, `,"refused_by":{`...)
+		for j, reason := range slices.Sorted(maps.Keys(e.RefusedBy)) {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, reason)
+			b = append(b, ':')
+			b = strconv.AppendUint(b, e.RefusedBy[reason], 10)
+		}
+		b = append(b, `}}`...)
 	}
 	b = append(b, `],"rules":[`...)
 	for i, rs := range s.Rules {
@@ -1121,6 +1138,25 @@ func (r *reader) status() (Status, error) {
 					"rx_packets": r.uintInto(1<<64-1, "u64", func(v uint64) { e.RxPackets = v }),
 					"tx_packets": r.uintInto(1<<64-1, "u64", func(v uint64) { e.TxPackets = v }),
 					"drops":      r.uintInto(1<<64-1, "u64", func(v uint64) { e.Drops = v }),
+					"refused":    r.uintInto(1<<64-1, "u64", func(v uint64) { e.Refused = v }),
+					"refused_by": func() error {
+						if isNull, err := r.null(); err != nil || isNull {
+							return err
+						}
+						return r.object(func(key string, keyOff int) error {
+							if _, dup := e.RefusedBy[key]; dup {
+								return r.errAt(keyOff, ErrDuplicateField, "duplicate field %q", key)
+							}
+							v, err := r.uint(1<<64-1, "u64")
+							if err == nil {
+								if e.RefusedBy == nil {
+									e.RefusedBy = map[string]uint64{}
+								}
+								e.RefusedBy[key] = v
+							}
+							return err
+						})
+					},
 				})
 				s.Endpoints = append(s.Endpoints, e)
 				return err

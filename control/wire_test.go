@@ -415,7 +415,7 @@ func TestDecodeAnswerTolerant(t *testing.T) {
 		{`{"QueryStatusAnswer":{"future":[1],"version":"x"}}`,
 			`{"QueryStatusAnswer":{"version":"x","interfaces":[],"endpoints":[],"rules":[]}}`},
 		{`{"QueryStatusAnswer":{"interfaces":null,"endpoints":[{}]}}`,
-			`{"QueryStatusAnswer":{"version":"","interfaces":[],"endpoints":[{"id":0,"pid":0,"uid":0,"address":"","interface":"","rules":[],"channels":0,"rx_packets":0,"tx_packets":0,"drops":0}],"rules":[]}}`},
+			`{"QueryStatusAnswer":{"version":"","interfaces":[],"endpoints":[{"id":0,"pid":0,"uid":0,"address":"","interface":"","rules":[],"channels":0,"rx_packets":0,"tx_packets":0,"drops":0,"refused":0,"refused_by":{}}],"rules":[]}}`},
 	} {
 		a, err := DecodeAnswer([]byte(c.in))
 		if err != nil {
@@ -458,6 +458,10 @@ func TestDecodeAnswerRejects(t *testing.T) {
 		{"status rule without match", `{"QueryStatusAnswer":{"rules":[{"owner":"x"}]}}`, ErrMissingField},
 		{"status sticky string", `{"QueryStatusAnswer":{"rules":[{"match":{"dst_addr":{"Ipv4":"198.18.0.1"},"protocol":6},"sticky":"yes"}]}}`, ErrWrongType},
 		{"status as array", `{"QueryStatusAnswer":[]}`, ErrWrongType},
+		{"refused_by as list", `{"QueryStatusAnswer":{"endpoints":[{"refused_by":[]}]}}`, ErrWrongType},
+		{"refused_by string count", `{"QueryStatusAnswer":{"endpoints":[{"refused_by":{"src_ip":"1"}}]}}`, ErrWrongType},
+		{"refused_by negative", `{"QueryStatusAnswer":{"endpoints":[{"refused_by":{"src_ip":-1}}]}}`, ErrOutOfRange},
+		{"refused_by duplicate", `{"QueryStatusAnswer":{"endpoints":[{"refused_by":{"src_ip":1,"src_ip":2}}]}}`, ErrDuplicateField},
 		{"invalid UTF-8", "{\"QueryStatusAnswer\":{\"version\":\"\xff\"}}", ErrInvalidUTF8},
 		{"too large", `{"QueryStatusAnswer":{"version":"` + strings.Repeat("a", MaxAnswerSize) + `"}}`, ErrTooLarge},
 	} {
@@ -481,7 +485,8 @@ var goldenStatus = Status{
 	Endpoints: []EndpointStatus{{
 		ID: 3, PID: 4242, UID: 1000, Address: "/run/user/1000/usnet-client-4242-x", Interface: "eth0",
 		Rules:    []Match{{DstAddr: ip("198.18.0.1"), DstPort: p16(8080), Protocol: 6}},
-		Channels: 1, RxPackets: 10, TxPackets: 18446744073709551615, Drops: 2,
+		Channels: 1, RxPackets: 10, TxPackets: 18446744073709551615, Drops: 2, Refused: 5,
+		RefusedBy: map[string]uint64{"src_ip": 4, "neigh_spoof": 1},
 	}},
 	Rules: []RuleStatus{
 		{Match: Match{DstAddr: ip("198.18.0.1"), DstPort: p16(8080), Protocol: 6}, Owner: "endpoint 3", Kind: RuleRegistered},
@@ -493,7 +498,7 @@ const goldenStatusWire = `{"QueryStatusAnswer":{"version":"0.1.0",` +
 	`"interfaces":[{"name":"eth0","backend":"xdp","queues":4,"xdp_mode":"native"},{"name":"veth1","backend":"memory","queues":1,"xdp_mode":""}],` +
 	`"endpoints":[{"id":3,"pid":4242,"uid":1000,"address":"/run/user/1000/usnet-client-4242-x","interface":"eth0",` +
 	`"rules":[{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":8080,"src_addr":null,"src_port":null,"protocol":6}],` +
-	`"channels":1,"rx_packets":10,"tx_packets":18446744073709551615,"drops":2}],` +
+	`"channels":1,"rx_packets":10,"tx_packets":18446744073709551615,"drops":2,"refused":5,"refused_by":{"neigh_spoof":1,"src_ip":4}}],` +
 	`"rules":[{"match":{"dst_addr":{"Ipv4":"198.18.0.1"},"dst_port":8080,"src_addr":null,"src_port":null,"protocol":6},"owner":"endpoint 3","kind":"registered","sticky":false},` +
 	`{"match":{"dst_addr":{"Ipv6":"2001:db8::1"},"dst_port":22,"src_addr":{"Ipv6":"2001:db8::2"},"src_port":50000,"protocol":6},"owner":"kernel eth0","kind":"learned","sticky":true}]}}`
 

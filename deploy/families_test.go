@@ -68,6 +68,7 @@ func scrapeFamilies() (map[string]family, string) {
 
 	c := metrics.NewCollector(func() []metrics.Domain { return []metrics.Domain{{Interface: "eth0", Pipeline: p}} })
 	c.SetTap(tap)
+	c.SetControl(func() map[string]uint64 { return map[string]uint64{"address": 0} })
 	reg := metrics.NewRegistry(c)
 	mfs, err := reg.Gather()
 	if err != nil {

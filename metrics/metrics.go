@@ -29,10 +29,15 @@ type Domain struct {
 type Collector struct {
 	domains func() []Domain
 	tap     *l4.Tap
+	refused func() map[string]uint64
 }
 
 // SetTap adds the PCAP_LOG tap's counters to what the collector exports.
 func (c *Collector) SetTap(t *l4.Tap) { c.tap = t }
+
+// SetControl adds the control server's refusal counters (by reason, e.g.
+// control.Server.Refused) to what the collector exports.
+func (c *Collector) SetControl(refused func() map[string]uint64) { c.refused = refused }
 
 // NewCollector returns a collector over the domains that domains() returns
 // at each scrape (domains come and go with NICs).
@@ -67,6 +72,7 @@ var (
 	descPcapFrames = prometheus.NewDesc("usnetd_pcap_frames_total", "Switched frames handed to the PCAP_LOG writer.", nil, nil)
 	descPcapDrops  = prometheus.NewDesc("usnetd_pcap_dropped_total", "Switched frames not written to PCAP_LOG because the writer (the disk) fell behind.", nil, nil)
 	descFirewall   = prometheus.NewDesc("usnetd_firewall_frames_total", "Frames the eBPF firewall judged, by counter (see the README: pass_kernel, to_xsk, egress_endpoint_dropped, ...).", []string{"interface", "counter"}, nil)
+	descRefused    = prometheus.NewDesc("usnetd_control_refused_total", "Control requests the server refused, by reason (address: AddMatch for a local address that endpoints may not use).", []string{"reason"}, nil)
 	descCollectDur = prometheus.NewDesc("usnetd_scrape_duration_seconds", "Time the collector took to read the counters.", nil, nil)
 )
 
@@ -74,7 +80,7 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPortRxPackets, descPortRxBytes, descPortRxErrors, descPortTxPackets,
 		descPortTxBytes, descPortTxErrors, descPortDrops, descPortQueues, descPortQueueRx, descRingPushed, descRingDrops, descRingHigh,
-		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descFirewall, descCollectDur, descPcapFrames, descPcapDrops} {
+		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descFirewall, descCollectDur, descPcapFrames, descPcapDrops, descRefused} {
 		ch <- d
 	}
 }
@@ -130,7 +136,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descBuffers, float64(st.Pool.Bufs), ifc, "total")
 		gauge(descBuffers, float64(st.Pool.SharedFree), ifc, "free_shared")
 		counter(descPoolEmpty, st.Pool.Exhausted, ifc)
-		gauge(descLocalMACs, float64(sw.MACs.Len()), ifc)
+		macs, _ := sw.Local()
+		gauge(descLocalMACs, float64(len(macs)), ifc)
 		gauge(descFragHeld, float64(sw.FragLen()), ifc)
 		if dom.Firewall != nil {
 			if cs, err := dom.Firewall(); err == nil {
@@ -144,6 +151,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ts := c.tap.Stats()
 		counter(descPcapFrames, ts.Pushed)
 		counter(descPcapDrops, ts.Dropped)
+	}
+	if c.refused != nil {
+		for reason, n := range c.refused() {
+			counter(descRefused, n, reason)
+		}
 	}
 	gauge(descCollectDur, time.Since(start).Seconds())
 }

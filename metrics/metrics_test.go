@@ -58,12 +58,16 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 	fwCounters := func() (map[string]uint64, error) {
 		return map[string]uint64{"pass_kernel": 5, "egress_endpoint_dropped": 2}, nil
 	}
+	// The endpoint sends a frame from a MAC that is not local: an
+	// isolation drop, counted under its own reason.
+	ep.Inject(0, udpFrame(53))
 	c := NewCollector(func() []Domain { return []Domain{{Interface: "eth0", Pipeline: p, Firewall: fwCounters}} })
+	c.SetControl(func() map[string]uint64 { return map[string]uint64{"address": 2} })
 	reg := NewRegistry(c)
 
-	// Wait for the RX worker's counters of the batch (written after the flush).
+	// Wait for the RX workers' counters of the batch (written after the flush).
 	deadline := time.Now().Add(10 * time.Second)
-	for p.Stats().Drops[l4.DropNoMatch] != 1 && time.Now().Before(deadline) {
+	for (p.Stats().Drops[l4.DropNoMatch] != 1 || p.Stats().Drops[l4.DropSrcMAC] != 1) && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	n, err := testutil.GatherAndCount(reg, "usnetd_port_rx_packets_total")
@@ -89,16 +93,19 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		}
 	}
 	for key, v := range map[string]float64{
-		"usnetd_port_rx_packets_total,interface=eth0,kind=nic,port=eth0,port_id=1":                  3,
-		"usnetd_port_tx_packets_total,interface=eth0,kind=endpoint,port=endpoint-1,port_id=2":       2,
-		"usnetd_port_drops_total,interface=eth0,kind=nic,port=eth0,port_id=1,reason=no_match":       1,
-		"usnetd_drops_total,interface=eth0,reason=no_match":                                         1,
-		"usnetd_ring_pushed_total,from=eth0,from_id=1,interface=eth0,queue=0,to=endpoint-1,to_id=2": 2,
-		"usnetd_rules,interface=eth0,kind=registered":                                               1,
-		"usnetd_ring_capacity,from=eth0,from_id=1,interface=eth0,queue=0,to=endpoint-1,to_id=2":     1024,
-		"usnetd_port_rx_bytes_total,interface=eth0,kind=nic,port=eth0,port_id=1":                    180,
-		"usnetd_firewall_frames_total,counter=egress_endpoint_dropped,interface=eth0":               2,
-		"usnetd_firewall_frames_total,counter=pass_kernel,interface=eth0":                           5,
+		"usnetd_port_rx_packets_total,interface=eth0,kind=nic,port=eth0,port_id=1":                      3,
+		"usnetd_port_tx_packets_total,interface=eth0,kind=endpoint,port=endpoint-1,port_id=2":           2,
+		"usnetd_port_drops_total,interface=eth0,kind=nic,port=eth0,port_id=1,reason=no_match":           1,
+		"usnetd_drops_total,interface=eth0,reason=no_match":                                             1,
+		"usnetd_port_drops_total,interface=eth0,kind=endpoint,port=endpoint-1,port_id=2,reason=src_mac": 1,
+		"usnetd_drops_total,interface=eth0,reason=src_mac":                                              1,
+		"usnetd_control_refused_total,reason=address":                                                   2,
+		"usnetd_ring_pushed_total,from=eth0,from_id=1,interface=eth0,queue=0,to=endpoint-1,to_id=2":     2,
+		"usnetd_rules,interface=eth0,kind=registered":                                                   1,
+		"usnetd_ring_capacity,from=eth0,from_id=1,interface=eth0,queue=0,to=endpoint-1,to_id=2":         1024,
+		"usnetd_port_rx_bytes_total,interface=eth0,kind=nic,port=eth0,port_id=1":                        180,
+		"usnetd_firewall_frames_total,counter=egress_endpoint_dropped,interface=eth0":                   2,
+		"usnetd_firewall_frames_total,counter=pass_kernel,interface=eth0":                               5,
 	} {
 		got, ok := values[key]
 		if !ok || got != v {

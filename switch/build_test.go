@@ -42,6 +42,8 @@ type pkt struct {
 	ipv4Options    []layers.IPv4Option
 	v6ext          []gopacket.SerializableLayer // extension headers between IPv6 and L4
 	v6next         *layers.IPProtocol           // IPv6 next header when v6ext is set
+	arp            *layers.ARP                  // an ARP message of its own (else a request from ipRemote)
+	nd             gopacket.SerializableLayer   // ICMPv6: the neighbour discovery body after the ICMPv6 header
 }
 
 func (p pkt) build(t testing.TB) []byte {
@@ -57,6 +59,9 @@ func (p pkt) build(t testing.TB) []byte {
 	var netl gopacket.NetworkLayer
 	switch p.ethType {
 	case layers.EthernetTypeARP:
+		if p.arp != nil {
+			return serialize(t, append(ls, p.arp)...)
+		}
 		ls = append(ls, &layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4,
 			HwAddressSize: 6, ProtAddressSize: 4, Operation: layers.ARPRequest,
 			SourceHwAddress: hw(p.src), SourceProtAddress: net.ParseIP(ipRemote).To4(),
@@ -109,6 +114,9 @@ func (p pkt) build(t testing.TB) []byte {
 	case layers.IPProtocolICMPv6:
 		icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(p.icmpType, p.code)}
 		_ = icmp.SetNetworkLayerForChecksum(netl)
+		if p.nd != nil {
+			return serialize(t, append(ls, icmp, p.nd)...)
+		}
 		ls = append(ls, icmp, gopacket.Payload(make([]byte, 4)))
 		ls = append(ls, p.inner...)
 	default: // DCCP, SCTP, UDP-Lite and others: ports by hand

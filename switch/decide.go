@@ -43,21 +43,31 @@ type Verdict struct {
 func drop(r DropReason) Verdict { return Verdict{Action: ActDrop, Reason: r} }
 
 // Switch is one switch domain: a NIC and the ports attached to it (the
-// kernel path, endpoints), with its rule table, its local-MAC set, its
-// fragment memory and its DHCP relay mark.
+// kernel path, endpoints), with its rule table, its local identity (local
+// MACs and the addresses endpoints may use, local.go), the policies of its
+// endpoint ports, its fragment memory and its DHCP relay mark.
 type Switch struct {
 	// Table holds the rules; it may be shared with the control plane,
 	// which adds and removes registered rules.
-	Table *Table
-	// MACs is the local-MAC set.
-	MACs  *MACSet
-	frags *fragTable
-	dhcp  atomic.Uint64 // owner waiting for the next DHCP answer: port<<8 | kind; 0 none
+	Table  *Table
+	local  atomic.Pointer[localSet]
+	pol    policies
+	polMap atomic.Pointer[map[PortID]PortPolicy]
+	frags  *fragTable
+	dhcp   atomic.Uint64 // owner waiting for the next DHCP answer: port<<8 | kind; 0 none
+	// noIsolation turns the checks on endpoints' frames off: benchmarks
+	// use it for the baseline that shows what the checks cost.
+	noIsolation bool
 }
 
-// NewSwitch returns a domain over table t with the local MACs macs (ADD_MACS).
+// NewSwitch returns a domain over table t with the local MACs macs (the
+// NIC's and ADD_MACS) and no address that endpoints may use yet: see
+// SetLocal.
 func NewSwitch(t *Table, macs ...MAC) *Switch {
-	return &Switch{Table: t, MACs: NewMACSet(macs...), frags: newFragTable()}
+	s := &Switch{Table: t, frags: newFragTable()}
+	s.SetLocal(macs, nil)
+	s.polMap.Store(&map[PortID]PortPolicy{})
+	return s
 }
 
 // Decide is the forwarding decision of docs/switching.md for frame f
@@ -67,18 +77,25 @@ func NewSwitch(t *Table, macs ...MAC) *Switch {
 // caller must not free the buffer; it gets h back from TakeHeld or
 // FragSweep.
 //
-// Decide changes the domain's state the way the original did: a frame that
-// a non-NIC port sends teaches the local-MAC set its source MAC and the
-// table its reverse tuple (see learn, where the anti-hijack check lives);
-// a DHCP request marks its sender; a first fragment's verdict is
-// remembered. Everything else is a pure function of the frame and the state.
-// It does not allocate on the path of unfragmented frames.
+// A frame from an endpoint (PortEndpoint) first passes the isolation
+// checks (isolate.go): what it may send, whatever it writes into its
+// channel. Decide then changes the domain's state the way the original
+// did, except that no frame adds to the local-MAC set: a frame that a
+// non-NIC port sends teaches the table its reverse tuple (see learn, where
+// the anti-hijack check lives); a DHCP request marks its sender; a first
+// fragment's verdict is remembered. Everything else is a pure function of
+// the frame and the state. It does not allocate on the path of
+// unfragmented frames.
 func (s *Switch) Decide(in Owner, f *Frame, h uint64) Verdict {
+	loc := s.local.Load()
+	ep := in.Kind == PortEndpoint && !s.noIsolation
+	if ep {
+		if r := checkEndpoint(loc, f); r != DropNone {
+			return drop(r)
+		}
+	}
 	// 1. ARP, EAPOL and IPv6 neighbour discovery go to every other port.
 	if f.Kind == KindARP || f.Kind == KindEAPOL || f.NeighborDiscovery {
-		if in.Kind != PortNIC {
-			s.learnMAC(f.SrcMAC)
-		}
 		return Verdict{Action: ActFlood}
 	}
 	// 2. Nothing goes to a loopback address.
@@ -87,11 +104,31 @@ func (s *Switch) Decide(in Owner, f *Frame, h uint64) Verdict {
 	}
 	// 3. A frame that an endpoint or the kernel sends.
 	if in.Kind != PortNIC {
-		s.learnMAC(f.SrcMAC)
-		if r := s.learn(in, f); r != DropNone {
+		local := loc.macs.has(f.DstMAC)
+		if ep {
+			if f.Fragment && f.FragOffset != 0 {
+				return s.frags.sentBy(f, in.Port)
+			}
+			if f.ICMPError {
+				if r := s.checkICMPError(in, f); r != DropNone {
+					return drop(r)
+				}
+			}
+		}
+		if r := s.learn(in, f, ep, local); r != DropNone {
 			return drop(r)
 		}
-		if !s.MACs.Has(f.DstMAC) {
+		if ep && f.Fragment {
+			// An endpoint's first fragment: its later fragments follow
+			// only as long as this one passed, and only from this port.
+			v := Verdict{Action: ActUplink}
+			if local {
+				v = s.match(in, f)
+			}
+			v.Release = s.frags.remember(f, v, in.Port)
+			return v
+		}
+		if !local {
 			return Verdict{Action: ActUplink}
 		}
 	}
@@ -105,7 +142,7 @@ func (s *Switch) Decide(in Owner, f *Frame, h uint64) Verdict {
 	}
 	v := s.match(in, f)
 	if f.Fragment {
-		v.Release = s.frags.remember(f, v)
+		v.Release = s.frags.remember(f, v, in.Port)
 	}
 	return v
 }
@@ -122,12 +159,6 @@ func (s *Switch) FragSweep(expired func(h uint64)) { s.frags.sweep(expired) }
 
 // FragLen returns how many datagrams the fragment memory holds.
 func (s *Switch) FragLen() int { return s.frags.len() }
-
-func (s *Switch) learnMAC(m MAC) {
-	if !m.IsMulticast() && !m.IsZero() && !s.MACs.Has(m) {
-		s.MACs.Add(m)
-	}
-}
 
 // match finds the port that owns an incoming (or locally switched) frame.
 // A match owned by a NIC or by the sender itself is no match.
@@ -164,7 +195,13 @@ func valid(o, in Owner) bool { return o.Kind != PortNIC && o.Port != in.Port }
 // reply would be; if the reply would reach an owner other than the sender,
 // the sender has no business sending the frame, and the frame is dropped.
 // Table.Insert adds to this that a learned rule never replaces any rule.
-func (s *Switch) learn(in Owner, f *Frame) DropReason {
+//
+// For an endpoint (ep) whose source the table does not give it yet, two
+// more checks come before the rule is learned (isolate.go): a privileged
+// source port needs its port's policy (DropSrcPortPrivileged), and a frame
+// switched locally (local) must not land in another owner's connection
+// (DropFlowForeign).
+func (s *Switch) learn(in Owner, f *Frame, ep, local bool) DropReason {
 	if f.Fragment && f.FragOffset != 0 {
 		return DropNone // later fragments carry no ports: the first one taught us
 	}
@@ -186,6 +223,11 @@ func (s *Switch) learn(in Owner, f *Frame) DropReason {
 			return DropNone // known already
 		}
 		return DropSpoof
+	}
+	if ep {
+		if r := s.checkNewSource(in, f, local); r != DropNone {
+			return r
+		}
 	}
 	// Insert never replaces: losing a race to another owner is fine, the
 	// next frame of this flow finds its rule and is dropped as a spoof.

@@ -20,11 +20,18 @@ func parsed(t testing.TB, p pkt) *Frame {
 func newTestSwitch(t testing.TB) *Switch {
 	t.Helper()
 	s := NewSwitch(NewTable())
+	localTo(s, macNIC, macEP)
 	l := MustParseAddr(ipLocal)
 	must(t, s.Table.Insert(Rule{Key: ListenKey(l, ProtoTCP, 22), Owner: kernel, Kind: Registered, Sticky: true}))
 	must(t, s.Table.Insert(reg(ListenKey(l, ProtoTCP, 80), epA)))
 	must(t, s.Table.Insert(reg(ListenKey(MustParseAddr(ip6Local), ProtoTCP, 80), epA)))
 	return s
+}
+
+// localTo makes macs the domain's local MACs and ipLocal, ip6Local and
+// fe80::1 the addresses its endpoints may use.
+func localTo(s *Switch, macs ...MAC) {
+	s.SetLocal(macs, []Addr{MustParseAddr(ipLocal), MustParseAddr(ip6Local), MustParseAddr("fe80::1")})
 }
 
 func wantVerdict(t *testing.T, got Verdict, want Verdict) {
@@ -42,11 +49,13 @@ func TestStep1ARPAndEAPOLMirrored(t *testing.T) {
 	wantVerdict(t, s.Decide(nic, parsed(t, arp), 0), Verdict{Action: ActFlood})
 	eapol := pkt{src: macRemote, dst: macNIC, ethType: layers.EthernetTypeEAPOL}
 	wantVerdict(t, s.Decide(nic, parsed(t, eapol), 0), Verdict{Action: ActFlood})
-	// An endpoint's ARP is mirrored too, and teaches the switch its MAC.
-	arp.src = macEP
+	// An endpoint's ARP is mirrored too (when it claims what is its own,
+	// see isolate_test.go), and teaches the switch nothing.
+	s.SetLocal([]MAC{macNIC}, []Addr{MustParseAddr(ipRemote)})
+	arp.src = macNIC
 	wantVerdict(t, s.Decide(epA, parsed(t, arp), 0), Verdict{Action: ActFlood})
-	if !s.MACs.Has(macEP) {
-		t.Fatal("endpoint MAC not learned from its ARP")
+	if macs, _ := s.Local(); len(macs) != 1 || macs[0] != macNIC {
+		t.Fatalf("local MACs after an endpoint's ARP: %v", macs)
 	}
 }
 
@@ -63,20 +72,22 @@ func TestStep2LoopbackDropped(t *testing.T) {
 	wantVerdict(t, s.Decide(epA, parsed(t, tcp6(macEP, macNIC, ip6Local, 1, "::1", 22)), 0), drop(DropLoopback))
 }
 
-func TestStep3SourceMACJoinsLocalSet(t *testing.T) {
-	s := newTestSwitch(t)
-	s.Decide(epA, parsed(t, tcp4(macEP, macRemote, ipLocal, 80, ipRemote, 999)), 0)
-	if !s.MACs.Has(macEP) {
-		t.Fatal("unicast source MAC of an endpoint not learned")
-	}
+func TestStep3NoFrameJoinsTheLocalSet(t *testing.T) {
+	s := NewSwitch(NewTable(), macNIC)
+	s.SetLocal([]MAC{macNIC}, []Addr{MustParseAddr(ipLocal)})
+	// Not the kernel's, not the NIC's, not an endpoint's source MAC, not
+	// even an ARP's sender: the set is the NIC's and ADD_MACS.
+	s.Decide(kernel, parsed(t, tcp4(macEP, macRemote, ipLocal, 80, ipRemote, 999)), 0)
+	s.Decide(epA, parsed(t, tcp4(macRemote, macRemote, ipLocal, 80, ipRemote, 999)), 0)
 	s.Decide(nic, parsed(t, tcp4(macRemote, macNIC, ipRemote, 999, ipLocal, 80)), 0)
-	if s.MACs.Has(macRemote) {
-		t.Fatal("a NIC frame's source MAC joined the local set")
+	s.Decide(epA, parsed(t, pkt{src: macRemote, dst: macBcast, ethType: layers.EthernetTypeARP}), 0)
+	for _, m := range []MAC{macEP, macRemote} {
+		if s.IsLocalMAC(m) {
+			t.Fatalf("%v joined the local set", m)
+		}
 	}
-	mc := MAC{0x03, 0, 0, 0, 0, 7}
-	s.Decide(epA, parsed(t, tcp4(mc, macRemote, ipLocal, 80, ipRemote, 999)), 0)
-	if s.MACs.Has(mc) {
-		t.Fatal("multicast source MAC learned")
+	if !s.IsLocalMAC(macNIC) {
+		t.Fatal("the NIC's MAC is not local")
 	}
 }
 
@@ -143,7 +154,8 @@ func TestStep3DHCPRequestMarksReceiverOfAnswer(t *testing.T) {
 }
 
 func TestStep3LocalMACSwitching(t *testing.T) {
-	s := NewSwitch(NewTable(), macNIC) // ADD_MACS=macNIC
+	s := NewSwitch(NewTable())
+	localTo(s, macNIC, macEP)
 	l := MustParseAddr(ipLocal)
 	must(t, s.Table.Insert(reg(ListenKey(l, ProtoTCP, 8080), epA)))
 	// epB connects to epA on the same IP through the NIC's (local) MAC.
@@ -155,7 +167,8 @@ func TestStep3LocalMACSwitching(t *testing.T) {
 }
 
 func TestStep4MatchOwnedByNICOrSenderIsNoMatch(t *testing.T) {
-	s := NewSwitch(NewTable(), macNIC)
+	s := NewSwitch(NewTable())
+	localTo(s, macNIC, macEP)
 	l := MustParseAddr(ipLocal)
 	must(t, s.Table.Insert(reg(ListenKey(l, ProtoUDP, 7), nic)))
 	must(t, s.Table.Insert(reg(ListenKey(l, ProtoUDP, 8), epA)))
@@ -269,10 +282,11 @@ func TestStep4ICMPErrorGoesToTheFlowOwner(t *testing.T) {
 	ptb := pkt{src: macRemote, dst: macNIC, ethType: layers.EthernetTypeIPv6, srcIP: "2001:db8:9::9", dstIP: ip6Local,
 		proto: layers.IPProtocolICMPv6, icmpType: 2, inner: quoted6(t, layers.IPProtocolTCP, ip6Local, 41000, ip6Remote, 443)}
 	wantVerdict(t, s.Decide(nic, parsed(t, ptb), 0), fwd(epB))
-	// An endpoint's ICMP error is not learned and not a spoof.
+	// An endpoint's ICMP error about its own flow is not learned and not
+	// a spoof.
 	before := s.Table.Len()
 	unreach := pkt{src: macEP, dst: macRemote, ethType: layers.EthernetTypeIPv4, srcIP: ipLocal, dstIP: ipRemote,
-		proto: layers.IPProtocolICMPv4, icmpType: 3, code: 3, inner: quoted4(t, layers.IPProtocolUDP, ipRemote, 5000, ipLocal, 9)}
+		proto: layers.IPProtocolICMPv4, icmpType: 3, code: 3, inner: quoted4(t, layers.IPProtocolTCP, ipRemote, 5000, ipLocal, 80)}
 	wantVerdict(t, s.Decide(epA, parsed(t, unreach), 0), Verdict{Action: ActUplink})
 	if s.Table.Len() != before {
 		t.Fatal("an ICMP error learned a rule")

@@ -19,7 +19,13 @@
 //     copy-on-write snapshots, read without locks in three lookup steps.
 //   - Switch.Decide (decide.go) is the forwarding decision of the original,
 //     with learning, the anti-hijack check, the DHCP relay, local switching
-//     by the local-MAC set (macset.go), fragments (frag.go) and ICMP errors.
+//     by the local-MAC set (local.go), fragments (frag.go) and ICMP errors.
+//     Before it, every frame an endpoint sends passes the isolation checks
+//     (isolate.go): source MAC, source address, source port and its
+//     privilege, ICMP errors and fragments of its own flows only, ARP and
+//     neighbour discovery for its own addresses only, nothing that
+//     configures hosts. The local identity (local MACs: the NIC's and
+//     ADD_MACS; the addresses endpoints may use) comes from SetLocal only.
 //   - Pipeline (pipeline.go, worker.go) runs it: an RX worker per port
 //     queue, batches per destination, an SPSC Ring (ring.go) per (worker,
 //     port) pair, a TX goroutine per port waking on a Waker (wait.go), Bufs
@@ -36,7 +42,8 @@
 //   - block a producer on a full ring, or panic on any input.
 //
 // Concurrency contract: Parse and Decide are safe from any number of
-// goroutines. Table and MACSet readers take no lock and write no shared
-// memory; writers serialise per shard. Rings, caches and wakers have one
+// goroutines. Table readers and the local identity's take no lock and
+// write no shared memory; writers serialise per shard (SetLocal swaps one
+// snapshot). Rings, caches and wakers have one
 // owner per end (see ring.go). Pipeline methods are safe from any goroutine.
 package l4

@@ -29,6 +29,16 @@ const (
 	DropTooBig   // the frame does not fit a buffer
 	DropPortGone // the destination port was detached
 	DropTxError  // the backend failed to send
+	// Isolation: what an endpoint (a PortEndpoint port) may not send
+	// (isolate.go). The kernel port and the NIC are not checked.
+	DropSrcMAC            // source MAC neither the NIC's nor one of ADD_MACS
+	DropSrcIP             // source IP not one the endpoint may use
+	DropSrcPortPrivileged // source port below 1024 without CAP_NET_BIND_SERVICE, not a registered port
+	DropFlowForeign       // into another owner's connection, from a source the sender does not hold
+	DropICMPErrorForeign  // ICMP error about a flow that is not the sender's
+	DropFragForeign       // later fragment whose first fragment the sender did not send
+	DropNeighSpoof        // ARP or neighbour discovery claiming a MAC or address not the endpoint's
+	DropHostConfig        // router advertisement, redirect, DHCP/DHCPv6 server message or EAPOL
 	numDropReasons
 )
 
@@ -37,26 +47,34 @@ const (
 const NumDropReasons = int(numDropReasons)
 
 var dropNames = [numDropReasons]string{
-	DropNone:             "none",
-	DropTruncated:        "truncated",
-	DropUnknownEtherType: "unknown_ethertype",
-	DropBadVersion:       "bad_ip_version",
-	DropBadIHL:           "bad_ihl",
-	DropBadLength:        "bad_length",
-	DropBadExtHeader:     "bad_ext_header",
-	DropTruncatedL4:      "truncated_l4",
-	DropMappedAddr:       "mapped_addr",
-	DropLoopback:         "loopback",
-	DropNoMatch:          "no_match",
-	DropSpoof:            "spoof",
-	DropFragNoFirst:      "frag_no_first",
-	DropFragHoldFull:     "frag_hold_full",
-	DropNoKernel:         "no_kernel",
-	DropRingFull:         "ring_full",
-	DropNoBuffer:         "no_buffer",
-	DropTooBig:           "too_big",
-	DropPortGone:         "port_gone",
-	DropTxError:          "tx_error",
+	DropNone:              "none",
+	DropTruncated:         "truncated",
+	DropUnknownEtherType:  "unknown_ethertype",
+	DropBadVersion:        "bad_ip_version",
+	DropBadIHL:            "bad_ihl",
+	DropBadLength:         "bad_length",
+	DropBadExtHeader:      "bad_ext_header",
+	DropTruncatedL4:       "truncated_l4",
+	DropMappedAddr:        "mapped_addr",
+	DropLoopback:          "loopback",
+	DropNoMatch:           "no_match",
+	DropSpoof:             "spoof",
+	DropFragNoFirst:       "frag_no_first",
+	DropFragHoldFull:      "frag_hold_full",
+	DropNoKernel:          "no_kernel",
+	DropRingFull:          "ring_full",
+	DropNoBuffer:          "no_buffer",
+	DropTooBig:            "too_big",
+	DropPortGone:          "port_gone",
+	DropTxError:           "tx_error",
+	DropSrcMAC:            "src_mac",
+	DropSrcIP:             "src_ip",
+	DropSrcPortPrivileged: "src_port_privileged",
+	DropFlowForeign:       "flow_foreign",
+	DropICMPErrorForeign:  "icmp_error_foreign",
+	DropFragForeign:       "frag_foreign",
+	DropNeighSpoof:        "neigh_spoof",
+	DropHostConfig:        "host_config",
 }
 
 // String returns the reason's metric label, e.g. "truncated".
@@ -65,4 +83,11 @@ func (r DropReason) String() string {
 		return dropNames[r]
 	}
 	return "unknown"
+}
+
+// Isolation reports whether r is the verdict of a check on what an
+// endpoint may send (isolate.go; DropSpoof included): the frame was the
+// sender's fault, not the network's.
+func (r DropReason) Isolation() bool {
+	return r == DropSpoof || r >= DropSrcMAC && r <= DropHostConfig
 }

@@ -35,6 +35,7 @@ type fragKey struct {
 type fragEntry struct {
 	decided bool
 	verdict Verdict
+	from    PortID // the port whose first fragment decided
 	tick    uint32
 	nheld   uint8
 	held    [FragHoldPerDatagram]uint64
@@ -67,9 +68,9 @@ func (k *fragKey) shard() int {
 
 func (t *fragTable) now() uint32 { return t.tick.Load() }
 
-// remember stores the first fragment's verdict and reports whether later
-// fragments are held and wait for TakeHeld.
-func (t *fragTable) remember(f *Frame, v Verdict) (release bool) {
+// remember stores the verdict of the first fragment that port from sent,
+// and reports whether later fragments are held and wait for TakeHeld.
+func (t *fragTable) remember(f *Frame, v Verdict, from PortID) (release bool) {
 	k := keyOfFrag(f)
 	now := t.now()
 	sh := &t.shards[k.shard()]
@@ -83,8 +84,26 @@ func (t *fragTable) remember(f *Frame, v Verdict) (release bool) {
 		e = &fragEntry{tick: now}
 		sh.m[k] = e
 	}
-	e.decided, e.verdict = true, v
+	e.decided, e.verdict, e.from = true, v, from
 	return e.nheld > 0
+}
+
+// sentBy returns the verdict of a later fragment f that port from sent: its
+// datagram's, when from sent the first fragment (which passed the
+// checks); otherwise
+// DropFragForeign (an endpoint's fragments are never held: it sends its
+// first fragment first).
+func (t *fragTable) sentBy(f *Frame, from PortID) Verdict {
+	k := keyOfFrag(f)
+	sh := &t.shards[k.shard()]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := sh.m[k]; e != nil && e.decided && e.from == from {
+		v := e.verdict
+		v.Release = false
+		return v
+	}
+	return drop(DropFragForeign)
 }
 
 // follow returns the verdict of f's datagram, or holds f (as handle h) when

@@ -118,6 +118,20 @@ type Frame struct {
 	// advertisement and redirect (types 133..137): IPv6's ARP.
 	NeighborDiscovery bool
 
+	// What an ARP or neighbour discovery message claims, for the checks on
+	// endpoints (isolate.go). For ARP, Src and Dst are the sender's and the
+	// target's protocol (IPv4) address, NeighMAC the sender's hardware
+	// address. For neighbour discovery, NeighTarget is the target address
+	// of a solicitation, advertisement or redirect, and NeighMAC the
+	// link-layer address of its source or target link-layer address option
+	// (NeighMACSet when there is one). NeighBad: not ARP for IPv4 over
+	// Ethernet, or a neighbour discovery message that is truncated, has a
+	// malformed option or link-layer options with different addresses.
+	NeighMAC    MAC
+	NeighMACSet bool
+	NeighBad    bool
+	NeighTarget Addr
+
 	DHCP DHCP
 }
 
@@ -162,6 +176,7 @@ func Parse(b []byte, f *Frame) DropReason {
 		if len(b) < off+28 {
 			return DropTruncated
 		}
+		parseARP(b[off:off+28], f)
 		return DropNone
 	case EtherTypeEAPOL:
 		f.Kind = KindEAPOL
@@ -338,6 +353,9 @@ func parseL4(t []byte, f *Frame, v6 bool) DropReason {
 		if v6 {
 			f.NeighborDiscovery = f.ICMPType >= 133 && f.ICMPType <= 137
 			f.ICMPError = f.ICMPType >= 1 && f.ICMPType <= 4
+			if f.NeighborDiscovery {
+				parseND(t, f)
+			}
 		} else {
 			switch f.ICMPType {
 			case 3, 4, 5, 11, 12: // unreachable, source quench, redirect, time exceeded, parameter problem
@@ -353,6 +371,61 @@ func parseL4(t []byte, f *Frame, v6 bool) DropReason {
 		}
 	}
 	return DropNone
+}
+
+// parseARP reads what the ARP message a (28 bytes) claims.
+func parseARP(a []byte, f *Frame) {
+	if binary.BigEndian.Uint16(a[0:2]) != 1 || binary.BigEndian.Uint16(a[2:4]) != EtherTypeIPv4 || a[4] != 6 || a[5] != 4 {
+		f.NeighBad = true // not IPv4 over Ethernet
+		return
+	}
+	copy(f.NeighMAC[:], a[8:14])
+	f.NeighMACSet = true
+	f.Src = addrFrom4Slice(a[14:18])
+	f.Dst = addrFrom4Slice(a[24:28])
+}
+
+// parseND reads what the ICMPv6 neighbour discovery message t (from its
+// type on) claims: the target address and the link-layer address options
+// (RFC 4861 section 4). The option walk is bounded by t: each option is at
+// least 8 bytes.
+func parseND(t []byte, f *Frame) {
+	opts := 8 // router solicitation
+	switch f.ICMPType {
+	case 134: // router advertisement
+		opts = 16
+	case 135, 136: // neighbour solicitation, advertisement
+		opts = 24
+	case 137: // redirect
+		opts = 40
+	}
+	if len(t) < opts {
+		f.NeighBad = true
+		return
+	}
+	if opts >= 24 {
+		f.NeighTarget = addrFrom16Slice(t[8:24])
+	}
+	for o := t[opts:]; len(o) > 0; {
+		if len(o) < 8 || o[1] == 0 || len(o) < int(o[1])*8 {
+			f.NeighBad = true
+			return
+		}
+		n := int(o[1]) * 8
+		if o[0] == 1 || o[0] == 2 { // source, target link-layer address
+			if n != 8 {
+				f.NeighBad = true // an Ethernet address is one 8-byte unit
+				return
+			}
+			m := MAC(o[2:8])
+			if f.NeighMACSet && m != f.NeighMAC {
+				f.NeighBad = true
+				return
+			}
+			f.NeighMAC, f.NeighMACSet = m, true
+		}
+		o = o[n:]
+	}
 }
 
 // parseInner4 reads the IPv4 header (and ports) that an ICMP error quotes.

@@ -17,6 +17,7 @@ func FuzzParse(f *testing.F) {
 		f.Add(seed.frame)
 	}
 	s := NewSwitch(NewTable(), macNIC)
+	localTo(s, macNIC, macEP)
 	l := MustParseAddr(ipLocal)
 	_ = s.Table.Insert(reg(ListenKey(l, ProtoTCP, 80), epA))
 	_ = s.Table.Insert(reg(ListenKey(l, ProtoICMP, 0), kernel))
@@ -95,7 +96,42 @@ func fuzzSeeds(tb testing.TB) []namedFrame {
 		{"icmpv6 neighbour solicitation", build(pkt{src: macRemote, dst: MAC{0x33, 0x33, 0xff, 0, 0, 1}, ethType: layers.EthernetTypeIPv6, srcIP: ip6Remote,
 			dstIP: "ff02::1:ff00:1", proto: layers.IPProtocolICMPv6, icmpType: 135})},
 		{"loopback destination", build(tcp4(macRemote, macNIC, ipRemote, 1, "127.0.0.1", 22))},
+		{"arp reply claiming an address", build(arpPkt(macNIC, macRemote, ipRemote, ipLocal))},
+		{"arp not ipv4 over ethernet", arpOther(build(arpPkt(macNIC, macNIC, ipLocal, ipRemote)))},
+		{"nd neighbour advertisement with target lla", build(ndPkt(macNIC, ip6Local, 136, ip6Local, &macNIC))},
+		{"nd neighbour solicitation with source lla", build(ndPkt(macNIC, "fe80::1", 135, ip6Remote, &macNIC))},
+		{"nd router advertisement", build(ndPkt(macRemote, "fe80::99", 134, "", &macRemote))},
+		{"nd redirect", build(ndPkt(macRemote, "fe80::99", 137, ip6Remote, nil))},
+		{"nd option of length 0", ndOptions(tb, 136, []byte{2, 0, 0, 0, 0, 0, 0, 0})},
+		{"nd two different link-layer options", ndOptions(tb, 136, []byte{2, 1, 2, 0, 0, 0, 0, 1, 2, 1, 2, 0, 0, 0, 0, 0x99})},
+		{"nd link-layer option of 16 bytes", ndOptions(tb, 135, []byte{1, 2, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0})},
+		{"nd option cut short", ndOptions(tb, 135, []byte{1, 1, 2, 0})},
+		{"nd neighbour advertisement without target", ndCut(ndOptions(tb, 136, nil), 8)},
 	}
+}
+
+// ndCut cuts an ICMPv6 frame to n bytes of ICMPv6, lengths fixed.
+func ndCut(b []byte, n int) []byte {
+	b = b[:14+40+n]
+	b[14+4], b[14+5] = byte(n>>8), byte(n)
+	return b
+}
+
+// arpOther turns an ARP frame into one for another protocol type.
+func arpOther(b []byte) []byte {
+	b[14+2], b[14+3] = 0x86, 0xdd
+	return b
+}
+
+// ndOptions is a neighbour solicitation (135) or advertisement (136) for
+// ip6Local from ip6Local with the raw options opts.
+func ndOptions(tb testing.TB, typ uint8, opts []byte) []byte {
+	p := ndPkt(macNIC, ip6Local, typ, ip6Local, nil)
+	b := p.build(tb)
+	b = append(b, opts...)
+	plen := len(b) - 14 - 40
+	b[14+4], b[14+5] = byte(plen>>8), byte(plen)
+	return b
 }
 
 // TestFuzzSeedsParse keeps the corpus honest: every seed but the ones named

@@ -216,6 +216,20 @@ func (p *Pipeline) AddPort(port Port) (Owner, error) {
 // ErrNoSuchPort is returned by RemovePort for a port that is not attached.
 var ErrNoSuchPort = errors.New("no such port")
 
+// SetPortPolicy sets what the client behind port id may do (PortPolicy),
+// for the checks on the frames the port sends; until it is set, the port
+// has the strictest policy. Set it right after AddPort, before the client
+// gets the port's other end.
+func (p *Pipeline) SetPortPolicy(id PortID, pol PortPolicy) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.topo.Load().ports[id] == nil {
+		return ErrNoSuchPort
+	}
+	p.sw.SetPortPolicy(id, pol)
+	return nil
+}
+
 // RemovePort detaches the port, removes every rule it holds, closes it and
 // frees every frame still queued for it (counted as DropPortGone).
 func (p *Pipeline) RemovePort(id PortID) error {
@@ -227,6 +241,7 @@ func (p *Pipeline) RemovePort(id PortID) error {
 		return ErrNoSuchPort
 	}
 	p.sw.Table.RemoveOwner(id)
+	p.sw.SetPortPolicy(id, PortPolicy{})
 	n := &topology{ports: make(map[PortID]*portState, len(old.ports)), nic: old.nic}
 	for pid, s := range old.ports {
 		if pid != id {

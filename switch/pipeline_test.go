@@ -67,6 +67,7 @@ func newLab(t *testing.T, cfg l4.PipelineConfig, nicQueues int) *lab {
 	t.Helper()
 	before := runtime.NumGoroutine()
 	sw := l4.NewSwitch(l4.NewTable(), macNIC)
+	sw.SetLocal([]l4.MAC{macNIC}, []l4.Addr{local})
 	p, err := l4.NewPipeline(sw, cfg)
 	if err != nil {
 		t.Fatal(err)

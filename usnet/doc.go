@@ -26,6 +26,10 @@
 //	USNET_MTU        default: the NIC's MTU
 //	USNET_LOOPBACK   true: also listen on 127.0.0.1 through the kernel
 //
+// A MAC of the stack's own must be in usnetd's ADD_MACS, and addresses of
+// its own in ENDPOINT_ADDRS: usnetd drops an endpoint's frames from any
+// other source MAC or address.
+//
 // or set the same in a Config and call its methods. Clients dial through
 // the stack with usnet.Dial or, for net/http,
 // http.Transport{DialContext: usnet.DialContext}.

@@ -22,6 +22,7 @@ func TestPipeline(t *testing.T) {
 	var mac l4.MAC
 	copy(mac[:], tl.veth.A.MAC)
 	sw := l4.NewSwitch(l4.NewTable(), mac)
+	sw.SetLocal([]l4.MAC{mac}, []l4.Addr{l4.AddrFromNetip(tl.hostIP)}) // what the endpoint may send from
 	pl, err := l4.NewPipeline(sw, l4.PipelineConfig{})
 	if err != nil {
 		t.Fatal(err)

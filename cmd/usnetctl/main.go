@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -157,16 +159,18 @@ func toMatchJSON(m control.Match) matchJSON {
 }
 
 type endpointJSON struct {
-	ID        uint64      `json:"id"`
-	PID       int32       `json:"pid"`
-	UID       uint32      `json:"uid"`
-	Address   string      `json:"address"`
-	Interface string      `json:"interface"`
-	Channels  int         `json:"channels"`
-	Rules     []matchJSON `json:"rules"`
-	RxPackets uint64      `json:"rx_packets"`
-	TxPackets uint64      `json:"tx_packets"`
-	Drops     uint64      `json:"drops"`
+	ID        uint64            `json:"id"`
+	PID       int32             `json:"pid"`
+	UID       uint32            `json:"uid"`
+	Address   string            `json:"address"`
+	Interface string            `json:"interface"`
+	Channels  int               `json:"channels"`
+	Rules     []matchJSON       `json:"rules"`
+	RxPackets uint64            `json:"rx_packets"`
+	TxPackets uint64            `json:"tx_packets"`
+	Drops     uint64            `json:"drops"`
+	Refused   uint64            `json:"refused"`
+	RefusedBy map[string]uint64 `json:"refused_by"`
 }
 
 type interfaceJSON struct {
@@ -211,7 +215,10 @@ func statusOut(st control.Status, socket string, asJSON bool, w io.Writer) any {
 		}
 		for _, e := range st.Endpoints {
 			ej := endpointJSON{ID: e.ID, PID: e.PID, UID: e.UID, Address: e.Address, Interface: e.Interface,
-				Channels: e.Channels, Rules: []matchJSON{}, RxPackets: e.RxPackets, TxPackets: e.TxPackets, Drops: e.Drops}
+				Channels: e.Channels, Rules: []matchJSON{}, RxPackets: e.RxPackets, TxPackets: e.TxPackets, Drops: e.Drops, Refused: e.Refused, RefusedBy: e.RefusedBy}
+			if ej.RefusedBy == nil {
+				ej.RefusedBy = map[string]uint64{}
+			}
 			for _, m := range e.Rules {
 				ej.Rules = append(ej.Rules, toMatchJSON(m))
 			}
@@ -232,12 +239,25 @@ func statusOut(st control.Status, socket string, asJSON bool, w io.Writer) any {
 		return nil
 	}
 	t = table(w)
-	fmt.Fprintln(t, "ENDPOINT\tPID\tUID\tINTERFACE\tCHANNELS\tRULES\tRX\tTX\tDROPS\tADDRESS")
+	fmt.Fprintln(t, "ENDPOINT\tPID\tUID\tINTERFACE\tCHANNELS\tRULES\tRX\tTX\tDROPS\tREFUSED\tADDRESS")
 	for _, e := range st.Endpoints {
-		fmt.Fprintf(t, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", e.ID, e.PID, e.UID, e.Interface, e.Channels,
-			len(e.Rules), e.RxPackets, e.TxPackets, e.Drops, e.Address)
+		fmt.Fprintf(t, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", e.ID, e.PID, e.UID, e.Interface, e.Channels,
+			len(e.Rules), e.RxPackets, e.TxPackets, e.Drops, e.Refused, e.Address)
 	}
 	t.Flush()
+	if slices.ContainsFunc(st.Endpoints, func(e control.EndpointStatus) bool { return e.Refused > 0 }) {
+		fmt.Fprintln(w, "\nREFUSED: frames an endpoint sent that it may not send, by reason:")
+		for _, e := range st.Endpoints {
+			if e.Refused == 0 {
+				continue
+			}
+			var parts []string
+			for _, r := range slices.Sorted(maps.Keys(e.RefusedBy)) {
+				parts = append(parts, fmt.Sprintf("%s %d", r, e.RefusedBy[r]))
+			}
+			fmt.Fprintf(w, "  endpoint %d: %s\n", e.ID, strings.Join(parts, ", "))
+		}
+	}
 	return nil
 }
 

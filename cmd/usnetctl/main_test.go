@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -66,7 +68,7 @@ func startServer(t *testing.T, dir string) string {
 	sw.Table.Insert(l4.Rule{Key: l4.ListenKey(l4.MustParseAddr("198.18.0.1"), l4.ProtoTCP, 22), Owner: kernel, Kind: l4.Registered, Sticky: true})
 	srv, err := control.NewServer(control.ServerConfig{
 		SocketPath:  path,
-		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory"}},
+		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.1")}}},
 		KernelPorts: func() ([]firewall.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "1.2.3",
@@ -93,6 +95,20 @@ func startServer(t *testing.T, dir string) string {
 	if err := c.AddMatch(m); err != nil {
 		t.Fatal(err)
 	}
+	// The endpoint sends one frame from a MAC that is not local: refused.
+	f := make([]byte, 60)
+	copy(f[0:12], []byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0x99})
+	f[12], f[13], f[14], f[23] = 0x08, 0x00, 0x45, 17
+	f[17] = 28
+	copy(f[26:34], []byte{198, 18, 0, 1, 198, 18, 1, 2})
+	if _, err := ch.Write(f); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); srv.Status().Endpoints[0].Refused != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the endpoint's frame from a foreign MAC was not refused")
+		}
+	}
 	return path
 }
 
@@ -110,7 +126,8 @@ func TestCommands(t *testing.T) {
 	code, out, errs := runCtl(env, "status")
 	t.Logf("usnetctl status:\n%s", out)
 	if code != 0 || !strings.Contains(out, "usnetd 1.2.3 at "+path) || !strings.Contains(out, "eth0       memory") ||
-		!strings.Contains(out, fmt.Sprintf("1         %d", os.Getpid())) {
+		!strings.Contains(out, fmt.Sprintf("1         %d", os.Getpid())) || !strings.Contains(out, "REFUSED") ||
+		!strings.Contains(out, "  endpoint 1: src_mac 1\n") {
 		t.Errorf("status: %d\n%s%s", code, out, errs)
 	}
 	code, out, errs = runCtl(env, "ports")
@@ -129,7 +146,8 @@ func TestCommands(t *testing.T) {
 	code, out, errs = runCtl([]string{"SOCKET_PATH=/nonexistent"}, "status", "--json", "--socket", path)
 	var st statusJSON
 	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Version != "1.2.3" || len(st.Endpoints) != 1 ||
-		st.Endpoints[0].Rules[0].DstAddr != "198.18.0.1" || *st.Endpoints[0].Rules[0].DstPort != 8080 {
+		st.Endpoints[0].Rules[0].DstAddr != "198.18.0.1" || *st.Endpoints[0].Rules[0].DstPort != 8080 ||
+		st.Endpoints[0].Refused != 1 || st.Endpoints[0].RefusedBy["src_mac"] != 1 {
 		t.Errorf("status --json: %d %+v\n%s%s", code, st, out, errs)
 	}
 	code, out, _ = runCtl(env, "--json", "ports")

@@ -2,6 +2,7 @@ package config
 
 import (
 	"io"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -21,9 +22,11 @@ type Config struct {
 	DebugPorts  []PortSpec // DEBUG_PORTS: sticky kernel rules
 	StaticPipes []PortSpec // STATIC_PIPES: one static channel per item
 	AddMACs     []l4.MAC   // ADD_MACS: unicast, no duplicates
-	NoHostRings bool       // NO_HOST_RINGS: no kernel path at all
-	NoZeroCopy  bool       // NO_ZERO_COPY: always copy frames
-	PCAPLog     string     // PCAP_LOG: pcap file path, "" for none
+	// ENDPOINT_ADDRS: addresses granted to endpoints, per interface.
+	EndpointAddrs []IfAddr
+	NoHostRings   bool   // NO_HOST_RINGS: no kernel path at all
+	NoZeroCopy    bool   // NO_ZERO_COPY: always copy frames
+	PCAPLog       string // PCAP_LOG: pcap file path, "" for none
 
 	LogLevel  zerolog.Level // LOG_LEVEL, else RUST_LOG, else info
 	LogFormat LogFormat     // LOG_FORMAT, resolved: never empty
@@ -40,6 +43,23 @@ type Config struct {
 
 	MaxRulesPerClient    int // MAX_RULES_PER_CLIENT
 	MaxChannelsPerClient int // MAX_CHANNELS_PER_CLIENT
+}
+
+// IfAddr is an address on an interface (ENDPOINT_ADDRS).
+type IfAddr struct {
+	Interface string
+	Addr      netip.Addr // unicast, unmapped, no zone
+}
+
+// EndpointAddrsOf returns the addresses ENDPOINT_ADDRS grants on ifname.
+func (c *Config) EndpointAddrsOf(ifname string) []netip.Addr {
+	var as []netip.Addr
+	for _, a := range c.EndpointAddrs {
+		if a.Interface == ifname {
+			as = append(as, a.Addr)
+		}
+	}
+	return as
 }
 
 // Backend is the way frames are moved between the NIC and usnetd.

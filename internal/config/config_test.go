@@ -98,6 +98,10 @@ func TestGoodValues(t *testing.T) {
 
 		{"ADD_MACS=02:00:00:00:00:01,02-00-00-00-00-0A", func(c *Config) any { return c.AddMACs },
 			[]l4.MAC{mac("02:00:00:00:00:01"), mac("02:00:00:00:00:0a")}},
+		{"ENDPOINT_ADDRS=eth0:198.18.0.9,eth1:2001:db8::9,eth0:[fe80::9],eth0:::ffff:198.18.0.10", func(c *Config) any { return c.EndpointAddrs },
+			[]IfAddr{{"eth0", netip.MustParseAddr("198.18.0.9")}, {"eth1", netip.MustParseAddr("2001:db8::9")},
+				{"eth0", netip.MustParseAddr("fe80::9")}, {"eth0", netip.MustParseAddr("198.18.0.10")}}},
+		{"ENDPOINT_ADDRS=eth0:198.18.0.9,eth1:198.18.0.9", func(c *Config) any { return c.EndpointAddrsOf("eth1") }, []netip.Addr{netip.MustParseAddr("198.18.0.9")}},
 
 		{"NO_HOST_RINGS=true", func(c *Config) any { return c.NoHostRings }, true},
 		{"NO_HOST_RINGS=YES", func(c *Config) any { return c.NoHostRings }, true},
@@ -216,6 +220,16 @@ func TestBadValues(t *testing.T) {
 		{"ADD_MACS=01:00:5e:00:00:01", "ADD_MACS", "01:00:5e:00:00:01", "not a unicast MAC address"},
 		{"ADD_MACS=00:00:00:00:00:00", "ADD_MACS", "00:00:00:00:00:00", "not a unicast MAC address"},
 		{"ADD_MACS=02:00:00:00:00:01,02-00-00-00-00-01", "ADD_MACS", "02-00-00-00-00-01", "listed twice"},
+		{"ENDPOINT_ADDRS=198.18.0.9", "ENDPOINT_ADDRS", "198.18.0.9", "not IF:ADDR"},
+		{"ENDPOINT_ADDRS=eth0:", "ENDPOINT_ADDRS", "eth0:", "empty address after ':'"},
+		{"ENDPOINT_ADDRS=eth0:198.18.0.256", "ENDPOINT_ADDRS", "eth0:198.18.0.256", "not an IPv4 or IPv6 address after ':'"},
+		{"ENDPOINT_ADDRS=eth0:[198.18.0.9]", "ENDPOINT_ADDRS", "eth0:[198.18.0.9]", "brackets are for IPv6 only"},
+		{"ENDPOINT_ADDRS=eth0:fe80::9%eth0", "ENDPOINT_ADDRS", "eth0:fe80::9%eth0", "address must not have a zone"},
+		{"ENDPOINT_ADDRS=eth0:0.0.0.0", "ENDPOINT_ADDRS", "eth0:0.0.0.0", "not a unicast address"},
+		{"ENDPOINT_ADDRS=eth0:127.0.0.1", "ENDPOINT_ADDRS", "eth0:127.0.0.1", "not a unicast address"},
+		{"ENDPOINT_ADDRS=eth0:ff02::1", "ENDPOINT_ADDRS", "eth0:ff02::1", "not a unicast address"},
+		{"ENDPOINT_ADDRS=eth2:198.18.0.9", "ENDPOINT_ADDRS", "eth2:198.18.0.9", `interface "eth2" is not in INTERFACES`},
+		{"ENDPOINT_ADDRS=eth0:198.18.0.9,eth0:::ffff:198.18.0.9", "ENDPOINT_ADDRS", "eth0:::ffff:198.18.0.9", "listed twice"},
 
 		{"NO_HOST_RINGS=on", "NO_HOST_RINGS", "on", "not a boolean"},
 		{"NO_ZERO_COPY=2", "NO_ZERO_COPY", "2", "not a boolean"},

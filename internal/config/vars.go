@@ -91,9 +91,15 @@ var variables = []variable{
 	},
 	{
 		Name:    "ADD_MACS",
-		Allowed: "comma-separated unicast MACs aa:bb:cc:dd:ee:ff (or with '-'), no duplicates",
-		Meaning: "MACs added to the local-MAC set up front, for endpoints that never send first",
+		Allowed: fmt.Sprintf("comma-separated unicast MACs aa:bb:cc:dd:ee:ff (or with '-'), no duplicates, at most %d", l4.MaxLocalMACs-1),
+		Meaning: "MACs of endpoints with a MAC of their own: frames to them are switched locally, and only with one of these (or the NIC's) as source MAC may an endpoint send",
 		parse:   parseMACs,
+	},
+	{
+		Name:    "ENDPOINT_ADDRS",
+		Allowed: "comma-separated IF:ADDR, ADDR a unicast IPv4 or IPv6 address (bare or in [brackets], no zone), IF one of INTERFACES, no duplicates",
+		Meaning: "addresses that endpoints on IF may use besides the interface's own (AddMatch, source address), for endpoints with an address of their own",
+		parse:   parseEndpointAddrs,
 	},
 	{
 		Name:    "NO_HOST_RINGS",
@@ -346,6 +352,8 @@ func parseMACs(st *state, v string) *Error {
 	for _, it := range items {
 		m, err := l4.ParseMAC(it)
 		switch {
+		case len(macs) >= l4.MaxLocalMACs-1: // the NIC's MAC is one too
+			return &Error{Value: it, Reason: fmt.Sprintf("more than %d MACs", l4.MaxLocalMACs-1)}
 		case err != nil:
 			return &Error{Value: it, Reason: "not a MAC address"}
 		case m.IsMulticast() || m.IsZero():
@@ -356,6 +364,51 @@ func parseMACs(st *state, v string) *Error {
 		macs = append(macs, m)
 	}
 	st.cfg.AddMACs = macs
+	return nil
+}
+
+func parseEndpointAddrs(st *state, v string) *Error {
+	items, e := splitList(v)
+	if e != nil {
+		return e
+	}
+	var addrs []IfAddr
+	for _, it := range items {
+		ifname, a, ok := strings.Cut(it, ":")
+		if !ok {
+			return &Error{Value: it, Reason: "not IF:ADDR"}
+		}
+		bare := a
+		bracketed := len(a) >= 2 && a[0] == '[' && a[len(a)-1] == ']'
+		if bracketed {
+			bare = a[1 : len(a)-1]
+		}
+		ip, err := netip.ParseAddr(bare)
+		reason := ""
+		switch {
+		case a == "":
+			reason = "empty address after ':'"
+		case err != nil:
+			reason = "not an IPv4 or IPv6 address after ':'"
+		case bracketed && ip.Is4():
+			reason = "brackets are for IPv6 only"
+		case ip.Zone() != "":
+			reason = "address must not have a zone"
+		case ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() || ip.Unmap().IsLoopback() || ip.Unmap().IsMulticast():
+			reason = "not a unicast address"
+		case !slices.Contains(st.cfg.Interfaces, ifname):
+			reason = fmt.Sprintf("interface %q is not in INTERFACES", ifname)
+		case slices.Contains(addrs, IfAddr{ifname, ip.Unmap()}):
+			reason = "listed twice"
+		case len(addrs) >= l4.MaxLocalAddrs/2:
+			reason = fmt.Sprintf("more than %d addresses", l4.MaxLocalAddrs/2)
+		}
+		if reason != "" {
+			return &Error{Value: it, Reason: reason}
+		}
+		addrs = append(addrs, IfAddr{ifname, ip.Unmap()})
+	}
+	st.cfg.EndpointAddrs = addrs
 	return nil
 }
 

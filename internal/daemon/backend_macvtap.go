@@ -42,10 +42,9 @@ func (b *macvtapBackend) Describe() string {
 
 func (b *macvtapBackend) Port() l4.Port { return b.claim.NIC() }
 
-// AttachKernel adds the TAP's port to the pipeline, and the NIC's MAC (the
-// TAP's) to the local-MAC set: endpoints' frames to the kernel are
-// switched locally from the start, not only once the kernel has sent a
-// frame. Without a kernel path (NO_HOST_RINGS) there is no port, and the
+// AttachKernel adds the TAP's port to the pipeline. The TAP has the NIC's
+// MAC, which claim puts in the local-MAC set: endpoints' frames to the
+// kernel are switched locally from the start. Without a kernel path (NO_HOST_RINGS) there is no port, and the
 // kernel's rules stay l4.KernelOwner's: frames for them are dropped.
 func (b *macvtapBackend) AttachKernel(p *l4.Pipeline) (l4.Owner, error) {
 	if b.claim.Kernel() == nil {
@@ -55,9 +54,6 @@ func (b *macvtapBackend) AttachKernel(p *l4.Pipeline) (l4.Owner, error) {
 	if err != nil {
 		return l4.Owner{}, fmt.Errorf("macvtap: kernel port: %w", err)
 	}
-	var mac l4.MAC
-	copy(mac[:], b.claim.MAC())
-	p.Switch().MACs.Add(mac)
 	b.table, b.kernel = p.Switch().Table, o
 	return o, nil
 }

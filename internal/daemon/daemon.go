@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,6 +122,7 @@ func Run(ctx context.Context, opt Options) (err error) {
 	}
 	if cfg.MetricsAddr != "" {
 		c := metrics.NewCollector(d.metricDomains)
+		c.SetControl(d.ctl.Refused)
 		if d.tap != nil {
 			c.SetTap(d.tap)
 		}
@@ -213,7 +215,18 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 			_ = nic.Close()
 		}
 	}()
-	sw := l4.NewSwitch(l4.NewTable(), d.cfg.AddMACs...)
+	sw := l4.NewSwitch(l4.NewTable())
+	// The local identity: the NIC's MAC (the kernel's, and that of every
+	// endpoint without one of its own) and ADD_MACS; the interface's
+	// addresses and ENDPOINT_ADDRS for endpoints. Nothing else becomes
+	// local, whatever a port sends.
+	var nicMAC l4.MAC
+	copy(nicMAC[:], link.Attrs().HardwareAddr)
+	var local []l4.Addr
+	for _, a := range append(slices.Clone(addrs.all), d.cfg.EndpointAddrsOf(ifname)...) {
+		local = append(local, l4.AddrFromNetip(a))
+	}
+	sw.SetLocal(append([]l4.MAC{nicMAC}, d.cfg.AddMACs...), local)
 	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
 		RingSize:      d.cfg.RingSize,
 		BatchSize:     d.cfg.BatchSize,
@@ -268,6 +281,7 @@ func linkAddrs(link netlink.Link) (ifAddrs, error) {
 			continue
 		}
 		ip = ip.Unmap()
+		a.all = append(a.all, ip)
 		switch {
 		case ip.Is4() && !a.v4.IsValid():
 			a.v4 = ip
@@ -470,10 +484,8 @@ func (d *daemon) startControl() error {
 		if fb, ok := dom.nic.(firewallBackend); ok {
 			in.EndpointPorts = fb.firewall()
 		}
-		if dom.addrs.v4.IsValid() {
-			in.Addrs = append(in.Addrs, dom.addrs.v4)
-		}
-		in.Addrs = append(in.Addrs, dom.addrs.v6...)
+		in.Addrs = slices.Clone(dom.addrs.all)
+		in.Granted = d.cfg.EndpointAddrsOf(dom.ifname)
 		ifaces = append(ifaces, in)
 	}
 	srv, err := control.NewServer(control.ServerConfig{

@@ -11,8 +11,9 @@ import (
 // ifAddrs are the addresses of a claimed interface that the kernel's rules
 // are made for.
 type ifAddrs struct {
-	v4 netip.Addr   // the first IPv4 address, as in the original
-	v6 []netip.Addr // global IPv6 addresses
+	v4  netip.Addr   // the first IPv4 address, as in the original
+	v6  []netip.Addr // global IPv6 addresses
+	all []netip.Addr // every address, IPv6 link-local included: endpoints may use them
 }
 
 // kernelRules turns the DEBUG_PORTS entries for interface ifname into
