@@ -46,7 +46,7 @@ func startServer(t *testing.T, path string) (*control.Server, *l4.Table) {
 	}
 	srv, err := control.NewServer(control.ServerConfig{
 		SocketPath:  path,
-		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory"}},
+		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{m8080.DstAddr}}},
 		KernelPorts: func() ([]firewall.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "test",
