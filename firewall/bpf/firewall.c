@@ -257,14 +257,25 @@ static __always_inline int to_xsk(struct xdp_md *ctx)
 	return ret;
 }
 
-SEC("xdp")
+/* Multi-buffer aware (BPF_F_XDP_HAS_FRAGS): a jumbo frame may come in
+ * several buffers, and data..end is only the first one. A veth refuses a
+ * program without the flag above an MTU of about 3,500 bytes. The headers
+ * are in the first buffer on every driver usnetd has met; a frame whose
+ * headers go on past it is not classified (CNT_PARSE_ERROR) and goes to
+ * usnetd, which reads the whole frame. */
+SEC("xdp.frags")
 int usnetd_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
+	/* Is the whole frame in the first buffer? (Asked without subtracting
+	 * packet pointers, as in the TC hook below.) */
+	__u64 len = bpf_xdp_get_buff_len(ctx);
+	int complete = len <= 0xffff && data + len <= end;
 
-	/* Loaded without BPF_F_XDP_HAS_FRAGS: the whole frame is linear. */
-	__u32 code = classify(data, end, 1);
+	__u32 code = classify(data, end, complete);
+	if (code == CLS_NEED_MORE)
+		code = CNT_PARSE_ERROR;
 	if (cls_kernel(code))
 		return pass(code);
 	if (code < CNT_MAX)
