@@ -29,6 +29,8 @@ var (
 	ErrNotSupported = errors.New("afpacket: not supported by the kernel")
 	// ErrOptions: an Options field is out of range.
 	ErrOptions = errors.New("afpacket: invalid options")
+	// ErrFrameSize: Options.MaxFrame does not fit a ring block.
+	ErrFrameSize = errors.New("afpacket: frame size not supported")
 )
 
 // Options configure a Port. Zero values mean the defaults.
@@ -52,6 +54,12 @@ type Options struct {
 	// block. A frame longer than a block can hold arrives cut short and
 	// is dropped (RxTruncated).
 	BlockSize int
+	// MaxFrame is the longest Ethernet frame the port must carry (the
+	// NIC's MTU, its header and a VLAN tag); default 1518. It must fit a
+	// block with the kernel's per-frame header; Open refuses it otherwise
+	// (ErrFrameSize). Recv drops a longer frame (RxOversize); Send
+	// refuses one the device does not take (TxStats.Dropped).
+	MaxFrame int
 	// Blocks is the number of blocks of each worker's ring; default 32
 	// (8 MiB per worker with the default block size).
 	Blocks int
@@ -72,6 +80,11 @@ const (
 	maxBlockSize        = 64 << 20
 	maxBlocks           = 1 << 16
 	maxWorkers          = 256 // PACKET_FANOUT's default group size
+	defaultMaxFrame     = 1518
+	// frameOverhead is what the kernel puts in a block in front of a
+	// frame, rounded up generously: tpacket3_hdr, sockaddr_ll, alignment,
+	// and a virtio-net header.
+	frameOverhead = 128
 )
 
 func (o *Options) fill() error {
@@ -84,10 +97,15 @@ func (o *Options) fill() error {
 	if o.BlockTimeout == 0 {
 		o.BlockTimeout = defaultBlockTimeout
 	}
+	if o.MaxFrame == 0 {
+		o.MaxFrame = defaultMaxFrame
+	}
 	page := unix.Getpagesize()
 	switch {
 	case o.Interface == "":
 		return fmt.Errorf("%w: no interface", ErrOptions)
+	case o.MaxFrame < 0:
+		return fmt.Errorf("%w: max frame %d", ErrOptions, o.MaxFrame)
 	case o.Workers < 0 || o.Workers > maxWorkers:
 		return fmt.Errorf("%w: %d workers: want 0..%d", ErrOptions, o.Workers, maxWorkers)
 	case o.BlockSize < max(page, 8192) || o.BlockSize > maxBlockSize || o.BlockSize&(o.BlockSize-1) != 0:
@@ -96,6 +114,10 @@ func (o *Options) fill() error {
 		return fmt.Errorf("%w: %d blocks: want [2, %d]", ErrOptions, o.Blocks, maxBlocks)
 	case o.BlockTimeout < time.Millisecond || o.BlockTimeout > time.Second || o.BlockTimeout%time.Millisecond != 0:
 		return fmt.Errorf("%w: block timeout %v: want whole milliseconds from 1 ms to 1 s", ErrOptions, o.BlockTimeout)
+	}
+	if lim := o.BlockSize - blkHdrLen - frameOverhead; o.MaxFrame > lim {
+		return fmt.Errorf("%w: frames of %d bytes do not fit a ring block of %d bytes, which holds at most %d; raise BlockSize",
+			ErrFrameSize, o.MaxFrame, o.BlockSize, lim)
 	}
 	return nil
 }
@@ -202,6 +224,9 @@ func (p *Port) Kind() l4.PortKind { return l4.PortNIC }
 // RxQueues implements l4.Port: one queue per worker socket. Queue q is not
 // the NIC's queue q: the fanout group spreads frames by flow hash.
 func (p *Port) RxQueues() int { return len(p.rx) }
+
+// MaxFrame returns the longest frame the port carries (Options.MaxFrame).
+func (p *Port) MaxFrame() int { return p.opt.MaxFrame }
 
 // FanoutID returns the id of the PACKET_FANOUT group of the RX sockets
 // (chosen by the kernel, unique in the network namespace).

@@ -92,8 +92,10 @@ type Options struct {
 	Logger zerolog.Logger
 }
 
+// DefaultFrameSize is the UMEM chunk size of Options.FrameSize 0.
+const DefaultFrameSize = 2048
+
 const (
-	defaultFrameSize = 2048
 	defaultNumFrames = 4096
 	defaultRingSize  = 2048
 	maxRingSize      = 1 << 16
@@ -102,7 +104,7 @@ const (
 
 func (o *Options) fill() error {
 	if o.FrameSize == 0 {
-		o.FrameSize = defaultFrameSize
+		o.FrameSize = DefaultFrameSize
 	}
 	if o.NumFrames == 0 {
 		o.NumFrames = defaultNumFrames

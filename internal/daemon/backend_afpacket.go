@@ -22,7 +22,7 @@ type afpacketBackend struct {
 	port *afpacket.Port
 }
 
-func (d *daemon) openAFPacket(ifname string, rules []l4.Rule) (_ nicBackend, err error) {
+func (d *daemon) openAFPacket(ifname string, rules []l4.Rule, frame int) (_ nicBackend, err error) {
 	allow := make([]firewall.Allowed, 0, len(rules))
 	for _, r := range rules {
 		allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
@@ -45,8 +45,12 @@ func (d *daemon) openAFPacket(ifname string, rules []l4.Rule) (_ nicBackend, err
 	port, err := afpacket.Open(afpacket.Options{
 		Interface: ifname,
 		Workers:   d.cfg.Workers, // any number: the fanout group spreads flows over them
+		MaxFrame:  frame,
 		Logger:    d.log,
 	})
+	if errors.Is(err, afpacket.ErrFrameSize) {
+		return nil, fmt.Errorf("AF_PACKET: %w: MTU %d: %w", ErrMTU, frame-ethHeader-vlanTag, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("AF_PACKET: %w", err)
 	}
@@ -59,6 +63,8 @@ func (b *afpacketBackend) Describe() string {
 }
 
 func (b *afpacketBackend) Port() l4.Port { return b.port }
+
+func (b *afpacketBackend) MaxFrame() int { return b.port.MaxFrame() }
 
 func (b *afpacketBackend) LearnedKernel() ([]l4.Key, error) { return learnedKernel(b.fw) }
 

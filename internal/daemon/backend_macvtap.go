@@ -42,6 +42,10 @@ func (b *macvtapBackend) Describe() string {
 
 func (b *macvtapBackend) Port() l4.Port { return b.claim.NIC() }
 
+// MaxFrame: a read takes as much as the buffer holds, and a longer frame
+// is counted (RxTooLong); only the buffers bound it.
+func (b *macvtapBackend) MaxFrame() int { return 0 }
+
 // AttachKernel adds the TAP's port to the pipeline, and the NIC's MAC (the
 // TAP's) to the local-MAC set: endpoints' frames to the kernel are
 // switched locally from the start, not only once the kernel has sent a

@@ -50,6 +50,8 @@ type domain struct {
 	sw     *l4.Switch
 	p      *l4.Pipeline
 	nic    nicBackend
+	mtu    atomic.Int64 // the NIC's MTU as last learned (MTUChanged)
+	maxMTU int          // the largest MTU whose frames the buffers and the backend carry
 }
 
 // nicBackend is a way of claiming a NIC: it gives the pipeline its NIC port
@@ -66,6 +68,9 @@ type nicBackend interface {
 	// Expire removes learned kernel entries whose socket isOpen says is
 	// gone, and returns how many.
 	Expire(isOpen func(l4.Key) bool) (int, error)
+	// MaxFrame is the longest frame the backend carries (Ethernet header
+	// included), or 0 when only the pipeline's buffers bound it.
+	MaxFrame() int
 	// Close gives the NIC back.
 	Close() error
 }
@@ -192,7 +197,11 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	if err != nil {
 		return nil, err
 	}
-	nic, err := d.openBackend(ifname, rules)
+	mtu := link.Attrs().MTU
+	if mtu < 68 {
+		return nil, fmt.Errorf("MTU %d: below the minimum of 68", mtu)
+	}
+	nic, err := d.openBackend(ifname, rules, frameBytes(mtu))
 	if err != nil {
 		return nil, err
 	}
@@ -202,9 +211,19 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 		}
 	}()
 	sw := l4.NewSwitch(l4.NewTable(), d.cfg.AddMACs...)
+	bufSize := bufSizeFor(mtu)
+	maxFrame := bufSize
+	if m := nic.MaxFrame(); m > 0 {
+		maxFrame = min(maxFrame, m)
+	}
+	if maxFrame < frameBytes(mtu) {
+		return nil, fmt.Errorf("%w: MTU %d needs frames of %d bytes; %s carries at most %d (MTU %d)",
+			ErrMTU, mtu, frameBytes(mtu), nic.Describe(), maxFrame, maxFrame-ethHeader-vlanTag)
+	}
 	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
 		RingSize:      d.cfg.RingSize,
 		BatchSize:     d.cfg.BatchSize,
+		BufSize:       bufSize,
 		Tap:           d.tap,
 		OnThreadStart: d.pin.hook(ifname),
 	})
@@ -229,9 +248,12 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 			return nil, fmt.Errorf("DEBUG_PORTS rule %v: %w", r.Key, err)
 		}
 	}
-	dom = &domain{ifname: ifname, addrs: addrs, mac: link.Attrs().HardwareAddr, sw: sw, p: p, nic: nic}
+	dom = &domain{ifname: ifname, addrs: addrs, mac: link.Attrs().HardwareAddr, sw: sw, p: p, nic: nic,
+		maxMTU: maxFrame - ethHeader - vlanTag}
+	dom.mtu.Store(int64(mtu))
 	ev := d.log.Info().Str("interface", ifname).Str("backend", nic.Describe()).
-		Str("mac", dom.mac.String()).Int("kernel_rules", len(rules))
+		Str("mac", dom.mac.String()).Int("kernel_rules", len(rules)).
+		Int("mtu", mtu).Int("buffer_size", bufSize)
 	if addrs.v4.IsValid() {
 		ev = ev.Str("ipv4", addrs.v4.String())
 	}
@@ -241,6 +263,9 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	ev.Msg("interface claimed")
 	return dom, nil
 }
+
+// currentMTU is the NIC's MTU as usnetd carries it now (QueryStatus).
+func (dom *domain) currentMTU() int { return int(dom.mtu.Load()) }
 
 // linkAddrs reads the interface's first IPv4 address and its global IPv6
 // addresses.
@@ -451,7 +476,7 @@ var Version = "dev"
 func (d *daemon) startControl() error {
 	ifaces := make([]control.Interface, 0, len(d.domains))
 	for _, dom := range d.domains {
-		in := control.Interface{Name: dom.ifname, Pipeline: dom.p, Backend: dom.nic.Describe()}
+		in := control.Interface{Name: dom.ifname, Pipeline: dom.p, Backend: dom.nic.Describe(), MTU: dom.currentMTU}
 		if m, ok := dom.nic.(interface{ XDPMode() string }); ok {
 			in.XDPMode = m.XDPMode()
 		}
