@@ -107,9 +107,12 @@ func learnedKernel(fw *firewall.Firewall) ([]l4.Key, error) {
 //     and generic mode, or another program holds the interface's XDP hook
 //     (firewall.ErrAttachXDP);
 //   - the driver refused the AF_XDP socket (EOPNOTSUPP from bind or a
-//     socket option).
+//     socket option);
+//   - AF_XDP cannot carry the NIC's frames (afxdp.ErrFrameSize: an MTU
+//     above what multi-buffer sockets hold, or a driver without them).
 func afxdpUnavailable(err error) bool {
 	return errors.Is(err, afxdp.ErrNotSupported) ||
+		errors.Is(err, afxdp.ErrFrameSize) ||
 		errors.Is(err, firewall.ErrAttachXDP) ||
 		errors.Is(err, unix.EAFNOSUPPORT) ||
 		errors.Is(err, unix.EOPNOTSUPP)
