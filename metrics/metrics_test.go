@@ -55,7 +55,10 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 	if !ep.WaitSent(2, 10*time.Second) {
 		t.Fatal("frames not delivered")
 	}
-	c := NewCollector(func() []Domain { return []Domain{{Interface: "eth0", Pipeline: p}} })
+	c := NewCollector(func() []Domain {
+		return []Domain{{Interface: "eth0", Pipeline: p, Backend: "afpacket",
+			BackendDrops: func() map[string]uint64 { return map[string]uint64{"rx_oversize": 3, "rx_ring_full": 0} }}}
+	})
 	reg := NewRegistry(c)
 
 	// Wait for the RX worker's counters of the batch (written after the flush).
@@ -94,6 +97,8 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		"usnetd_rules,interface=eth0,kind=registered":                                               1,
 		"usnetd_ring_capacity,from=eth0,from_id=1,interface=eth0,queue=0,to=endpoint-1,to_id=2":     1024,
 		"usnetd_port_rx_bytes_total,interface=eth0,kind=nic,port=eth0,port_id=1":                    180,
+		"usnetd_backend_drops_total,backend=afpacket,interface=eth0,reason=rx_oversize":             3,
+		"usnetd_backend_drops_total,backend=afpacket,interface=eth0,reason=rx_ring_full":            0,
 	} {
 		got, ok := values[key]
 		if !ok || got != v {

@@ -66,6 +66,24 @@ func (b *afpacketBackend) Port() l4.Port { return b.port }
 
 func (b *afpacketBackend) MaxFrame() int { return b.port.MaxFrame() }
 
+func (b *afpacketBackend) Name() string { return "afpacket" }
+
+// Drops: the packet sockets' kernel counter (PACKET_STATISTICS tp_drops:
+// the ring was full) and the port's own.
+func (b *afpacketBackend) Drops() map[string]uint64 {
+	st := b.port.Stats()
+	d := map[string]uint64{}
+	for _, q := range st.Queues {
+		d["rx_ring_full"] += q.Drops
+		d["rx_oversize"] += q.RxOversize
+		d["rx_truncated"] += q.RxTruncated
+		d["rx_bad_frame"] += q.RxBadFrame
+	}
+	d["tx_dropped"] = st.Tx.Dropped
+	d["tx_full"] = st.Tx.Full
+	return d
+}
+
 func (b *afpacketBackend) LearnedKernel() ([]l4.Key, error) { return learnedKernel(b.fw) }
 
 func (b *afpacketBackend) Expire(isOpen func(l4.Key) bool) (int, error) {

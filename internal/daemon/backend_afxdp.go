@@ -117,6 +117,28 @@ func (b *afxdpBackend) Port() l4.Port { return b.neigh }
 
 func (b *afxdpBackend) MaxFrame() int { return b.port.MaxFrame() }
 
+func (b *afxdpBackend) Name() string { return "afxdp" }
+
+// Drops: the sockets' kernel counters (XDP_STATISTICS) and the port's own,
+// and the frames the XDP program had no socket for.
+func (b *afxdpBackend) Drops() map[string]uint64 {
+	d := map[string]uint64{}
+	for _, q := range b.port.Stats() {
+		d["rx_kernel_dropped"] += q.RxDropped
+		d["rx_ring_full"] += q.RxRingFull
+		d["rx_invalid_desc"] += q.RxInvalidDescs + q.RxBadDesc
+		d["rx_oversize"] += q.RxOversize
+		d["tx_invalid_desc"] += q.TxInvalidDescs
+		d["tx_dropped"] += q.TxDropped
+		d["tx_full"] += q.TxFull
+	}
+	d["no_socket"] = 0
+	if c, err := b.fw.Counters(); err == nil {
+		d["no_socket"] = c["dropped_no_xsk"]
+	}
+	return d
+}
+
 // XDPMode is the XDP attach mode in use ("native" or "generic").
 func (b *afxdpBackend) XDPMode() string { return b.fw.Mode() }
 

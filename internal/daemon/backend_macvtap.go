@@ -46,6 +46,25 @@ func (b *macvtapBackend) Port() l4.Port { return b.claim.NIC() }
 // is counted (RxTooLong); only the buffers bound it.
 func (b *macvtapBackend) MaxFrame() int { return 0 }
 
+func (b *macvtapBackend) Name() string { return "macvtap" }
+
+// Drops: the macvtap's (from and to the NIC) and the TAP's (from and to
+// the kernel) counters.
+func (b *macvtapBackend) Drops() map[string]uint64 {
+	d := map[string]uint64{}
+	add := func(prefix string, st macvtap.Stats) {
+		d[prefix+"rx_too_long"] += st.RxTooLong
+		d[prefix+"rx_error"] += st.RxErrors
+		d[prefix+"tx_dropped"] += st.TxDropped
+		d[prefix+"tx_error"] += st.TxErrors
+	}
+	add("", b.claim.NIC().Stats())
+	if k := b.claim.Kernel(); k != nil {
+		add("kernel_", k.Stats())
+	}
+	return d
+}
+
 // AttachKernel adds the TAP's port to the pipeline, and the NIC's MAC (the
 // TAP's) to the local-MAC set: endpoints' frames to the kernel are
 // switched locally from the start, not only once the kernel has sent a

@@ -68,6 +68,11 @@ type nicBackend interface {
 	// Expire removes learned kernel entries whose socket isOpen says is
 	// gone, and returns how many.
 	Expire(isOpen func(l4.Key) bool) (int, error)
+	// Name is the backend's name for metrics: "afxdp", "afpacket", "macvtap".
+	Name() string
+	// Drops returns the frames the backend (and the kernel below it)
+	// dropped, by reason, as running totals (usnetd_backend_drops_total).
+	Drops() map[string]uint64
 	// MaxFrame is the longest frame the backend carries (Ethernet header
 	// included), or 0 when only the pipeline's buffers bound it.
 	MaxFrame() int
@@ -178,7 +183,7 @@ type daemon struct {
 func (d *daemon) metricDomains() []metrics.Domain {
 	ds := make([]metrics.Domain, 0, len(d.domains))
 	for _, dom := range d.domains {
-		ds = append(ds, metrics.Domain{Interface: dom.ifname, Pipeline: dom.p})
+		ds = append(ds, metrics.Domain{Interface: dom.ifname, Pipeline: dom.p, Backend: dom.nic.Name(), BackendDrops: dom.nic.Drops})
 	}
 	return ds
 }
