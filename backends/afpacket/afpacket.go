@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
@@ -68,6 +69,12 @@ type Options struct {
 	// frame at a low rate pays. It has millisecond resolution; default
 	// 1 ms, the shortest there is. See doc.go.
 	BlockTimeout time.Duration
+	// Filter, if set, is a socket filter program (BPF_PROG_TYPE_SOCKET_FILTER,
+	// e.g. firewall.SocketFilter's) attached to every RX socket with
+	// SO_ATTACH_BPF once the sockets are in their fanout group: frames it
+	// drops are never copied into a ring nor counted. The sockets hold
+	// their own reference; the caller may close it after Open.
+	Filter *ebpf.Program
 	// Logger gets one line per port opened and closed; the zero Logger
 	// is silent.
 	Logger zerolog.Logger
@@ -198,8 +205,12 @@ func Open(opt Options) (*Port, error) {
 	if p.fanoutID, err = joinFanout(p.rx); err != nil {
 		return fail(err)
 	}
+	filterFD := -1
+	if opt.Filter != nil {
+		filterFD = opt.Filter.FD()
+	}
 	for _, s := range p.rx {
-		if err := s.open(); err != nil {
+		if err := s.open(filterFD); err != nil {
 			return fail(err)
 		}
 	}
@@ -210,7 +221,8 @@ func Open(opt Options) (*Port, error) {
 	p.log.Info().Str("interface", opt.Interface).Int("ifindex", ifi.Index).
 		Int("workers", workers).Int("interface_queues", have).Str("queue_count_from", how).
 		Int("fanout_group", int(p.fanoutID)).Int("block_size", opt.BlockSize).Int("blocks", opt.Blocks).
-		Dur("block_timeout", opt.BlockTimeout).Str("tx", "sendmmsg").
+		Dur("block_timeout", opt.BlockTimeout).Str("tx", "sendmmsg").Int("max_frame", opt.MaxFrame).
+		Bool("socket_filter", opt.Filter != nil).
 		Msg("afpacket: port open")
 	return p, nil
 }

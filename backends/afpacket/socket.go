@@ -159,8 +159,16 @@ func joinFanout(socks []*rxSock) (uint16, error) {
 	return id, nil
 }
 
-// open removes the drop-all filter: the socket gets frames from now on.
-func (s *rxSock) open() error {
+// open replaces the drop-all filter with the eBPF filter (filterFD, which
+// keeps the kernel's own frames out) or, with filterFD < 0, removes it: the
+// socket gets frames from now on.
+func (s *rxSock) open(filterFD int) error {
+	if filterFD >= 0 {
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ATTACH_BPF, filterFD); err != nil {
+			return fmt.Errorf("worker %d: SO_ATTACH_BPF: %w", s.queue, err)
+		}
+		return nil
+	}
 	if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0); err != nil {
 		return fmt.Errorf("worker %d: SO_DETACH_FILTER: %w", s.queue, err)
 	}

@@ -42,7 +42,16 @@ func (d *daemon) openAFPacket(ifname string, rules []l4.Rule, frame int) (_ nicB
 			_ = fw.Close()
 		}
 	}()
+	// The kernel's own frames stay out of the packet sockets: a socket
+	// filter over the firewall's kernel maps drops them before they are
+	// copied (the sockets keep the program; the loader's reference goes).
+	sf, err := fw.SocketFilter()
+	if err != nil {
+		return nil, fmt.Errorf("eBPF socket filter: %w", err)
+	}
+	defer sf.Close()
 	port, err := afpacket.Open(afpacket.Options{
+		Filter:    sf.Program(),
 		Interface: ifname,
 		Workers:   d.cfg.Workers, // any number: the fanout group spreads flows over them
 		MaxFrame:  frame,
