@@ -264,8 +264,11 @@ type QueueStats struct {
 	RxOversize    uint64 // frames dropped: longer than the caller's buffer (GRO? see doc.go)
 	RxTruncated   uint64 // frames dropped: cut short by the ring (tp_snaplen < tp_len)
 	RxBadFrame    uint64 // frame headers pointing outside their block (a kernel bug): rest of the block skipped
-	RxCsumPartial uint64 // frames whose L4 checksum the sender left to offload (TP_STATUS_CSUMNOTREADY); passed on as they are
+	RxCsumPartial uint64 // frames whose L4 checksum the sender left to offload, completed here
 	RxVLAN        uint64 // frames whose VLAN tag the kernel had taken out, put back in
+	RxGSO         uint64 // GRO/LRO super-frames cut back into segments
+	RxGSOSegments uint64 // the segments they made (counted in RxFrames too)
+	RxGSOBad      uint64 // super-frames dropped: a GSO type or headers this port does not cut
 }
 
 // TxStats are the TX socket's counters.
@@ -312,6 +315,9 @@ func (p *Port) collect() Stats {
 			RxBadFrame:    s.c.bad.Load(),
 			RxCsumPartial: s.c.csumPartial.Load(),
 			RxVLAN:        s.c.vlan.Load(),
+			RxGSO:         s.c.gsoFrames.Load(),
+			RxGSOSegments: s.c.gsoSegments.Load(),
+			RxGSOBad:      s.c.gsoBad.Load(),
 		})
 	}
 	if t := p.tx; t != nil {
@@ -344,9 +350,11 @@ func (p *Port) Close() error {
 		p.lifeMu.Lock()
 		st := p.collect()
 		p.final = &st
-		var rx uint64
+		var rx, gso, segs uint64
 		for _, q := range st.Queues {
 			rx += q.RxFrames
+			gso += q.RxGSO
+			segs += q.RxGSOSegments
 		}
 		if err := p.release(); err != nil {
 			p.closeErr = errors.Join(p.closeErr, err)
@@ -357,6 +365,7 @@ func (p *Port) Close() error {
 			s.mu.Unlock()
 		}
 		p.log.Info().Str("interface", p.name).Uint64("rx_frames", rx).Uint64("tx_frames", st.Tx.Frames).
+			Uint64("rx_gso_frames", gso).Uint64("rx_gso_segments", segs).
 			Err(p.closeErr).Msg("afpacket: port closed")
 	})
 	return p.closeErr

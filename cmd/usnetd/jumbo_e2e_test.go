@@ -162,3 +162,62 @@ func TestE2EJumboRefused(t *testing.T) {
 	u.stop(t)
 	l.checkNothingLeft()
 }
+
+// TestE2EGRO: with GRO on the host's NIC (the default on real NICs), a
+// usnet HTTP server takes a 4 MB upload and serves 1 MiB on every
+// backend. afpacket reads the coalesced frames with their virtio-net
+// header and cuts them back into segments (its log says how many);
+// afxdp runs before GRO, and macvtap segments in the kernel.
+func TestE2EGRO(t *testing.T) { forEachBackend(t, testE2EGRO) }
+
+func testE2EGRO(t *testing.T, backend string) {
+	requireTool(t, "curl", "curl")
+	requireTool(t, "ethtool", "ethtool")
+	l := newPeerLab(t)
+	l.backend = backend
+	setGRO(t, l, true)
+	u := l.start()
+	srv := l.startServer("usnet", httpPortEnv+"=8080")
+	h := l.hostIP.String()
+	upload := filepath.Join(t.TempDir(), "upload")
+	if err := os.WriteFile(upload, jumboData(4_000_000, 9), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := l.peer.Command(ctx, "curl", "-sS", "--max-time", "60", "--data-binary", "@"+upload,
+		fmt.Sprintf("http://%s:8080/upload", h)).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "received 4000000") {
+		t.Fatalf("upload of 4 MB with GRO on: %v\n%s\n%s\nusnetd:\n%s", err, out, grepLines(l.scrape(), "drop"), u.logText())
+	}
+	body, err := l.peer.Command(ctx, "curl", "-sS", "--max-time", "60", fmt.Sprintf("http://%s:8080/download", h)).Output()
+	if err != nil || len(body) != downloadSize {
+		t.Fatalf("download of 1 MiB with GRO on: %d bytes, %v", len(body), err)
+	}
+	srv.stop(t)
+	u.stop(t)
+	if backend == "afpacket" {
+		closed := grepLines(u.logText(), "afpacket: port closed")
+		if !strings.Contains(closed, `"rx_gso_frames":`) || strings.Contains(closed, `"rx_gso_frames":0,`) {
+			t.Errorf("no GRO super-frame was cut (is GRO on?): %s", closed)
+		}
+		t.Logf("%s", closed)
+	}
+	l.checkNothingLeft()
+}
+
+// setGRO turns GRO on the host's NIC on or off (ethtool -K IF gro on|off)
+// and checks that it took.
+func setGRO(t testing.TB, l *e2eLab, on bool) {
+	t.Helper()
+	state := map[bool]string{true: "on", false: "off"}[on]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := l.host.Command(ctx, "ethtool", "-K", l.ifname, "gro", state).CombinedOutput(); err != nil {
+		t.Fatalf("ethtool -K %s gro %s: %v\n%s", l.ifname, state, err, out)
+	}
+	out, err := l.host.Command(ctx, "ethtool", "-k", l.ifname).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "generic-receive-offload: "+state) {
+		t.Fatalf("ethtool -k %s: GRO not %s: %v\n%s", l.ifname, state, err, out)
+	}
+}
