@@ -214,8 +214,8 @@ func TestCompleteCsum(t *testing.T) {
 // parse and segment neither panic nor write past a buffer, and every
 // segment fits it.
 func FuzzSegments(f *testing.F) {
-	f.Add(superFrame(f, false, false, false, make([]byte, 3000)), uint8(gsoTCPv4), uint16(1448)) // a TCPv4 super-frame
-	f.Add(superFrame(f, true, true, true, make([]byte, 3000)), uint8(gsoUDPL4), uint16(1000))    // UDPv6, VLAN-tagged
+	f.Add(superFrame(f, false, false, false, make([]byte, 3000)), uint8(gsoTCPv4), uint16(1448))   // a TCPv4 super-frame
+	f.Add(superFrame(f, true, true, true, make([]byte, 3000)), uint8(gsoUDPL4), uint16(1000))      // UDPv6, VLAN-tagged
 	f.Add(superFrame(f, false, false, false, make([]byte, 3000))[:60], uint8(gsoTCPv4), uint16(8)) // cut short
 	f.Fuzz(func(t *testing.T, frame []byte, gsoType uint8, size uint16) {
 		var g gsoFrame
