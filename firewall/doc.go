@@ -42,7 +42,12 @@
 //     the kernel's. XDP: bpf_redirect_map into the XSKMAP at the RX queue;
 //     with no socket there, XDP_DROP, never the kernel. TC: TC_ACT_SHOT.
 //
-// XDP sees the whole frame. The TC hook sees an skb, whose linear data may
+// The XDP program is multi-buffer aware (SEC("xdp.frags"), loaded with
+// BPF_F_XDP_HAS_FRAGS): a veth refuses any other above an MTU of about
+// 3,500 bytes, and a jumbo frame may come in several buffers. It decides
+// on the first buffer, which holds the headers on every driver met so
+// far; a frame whose headers go on past it is not the kernel's
+// (parse_error) and goes to usnetd, which reads it whole. The TC hook sees an skb, whose linear data may
 // end before the headers do (an skb built from page fragments can keep
 // just the Ethernet header there): then it pulls up to 512 bytes into the
 // linear data (bpf_skb_pull_data, counted as tc_pulled) and decides again;
@@ -53,6 +58,24 @@
 // Every frame counts in exactly one of the counters pass_kernel, to_xsk,
 // dropped_no_xsk (XDP) or pass_kernel, tc_dropped (TC), and pass_kernel is
 // split by reason (see CounterNames).
+//
+// # The socket filter of the AF_PACKET backend
+//
+// Packet taps run before tc ingress, so without help the AF_PACKET
+// backend would copy every frame of the kernel's own connections into
+// its rings, and the switch would drop each one (port_gone: there is no
+// kernel port with that backend). Firewall.SocketFilter loads
+// bpf/sockfilter.c, a BPF_PROG_TYPE_SOCKET_FILTER program over this
+// firewall's kernel_rules and kernel_learned maps (so it follows every
+// change at once), for SO_ATTACH_BPF on the backend's sockets. It keeps
+// out an unfragmented TCP, UDP, DCCP, SCTP or UDP-Lite packet, or a
+// non-error ICMP/ICMPv6 one, whose tuple a kernel entry owns (the same
+// lookup as the classifier), and lets everything else through: ARP,
+// EAPOL, DHCP answers, neighbour discovery and ICMP errors, which the
+// switch also gives to endpoints, fragments, IPv6 with extension headers,
+// anything it cannot read. Headers are copied with
+// bpf_skb_load_bytes_relative (a socket filter has no direct packet
+// access). Its counters say how many frames it kept out and let through.
 //
 // # The kernel-allow maps
 //

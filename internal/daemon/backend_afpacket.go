@@ -87,6 +87,7 @@ func (b *afpacketBackend) Drops() map[string]uint64 {
 		d["rx_oversize"] += q.RxOversize
 		d["rx_truncated"] += q.RxTruncated
 		d["rx_bad_frame"] += q.RxBadFrame
+		d["rx_gso_bad"] += q.RxGSOBad
 	}
 	d["tx_dropped"] = st.Tx.Dropped
 	d["tx_full"] = st.Tx.Full
