@@ -42,9 +42,11 @@
 //     the kernel's. XDP: bpf_redirect_map into the XSKMAP at the RX queue;
 //     with no socket there, XDP_DROP, never the kernel. TC: TC_ACT_SHOT.
 //
-// The XDP program is multi-buffer aware (SEC("xdp.frags"), loaded with
-// BPF_F_XDP_HAS_FRAGS): a veth refuses any other above an MTU of about
-// 3,500 bytes, and a jumbo frame may come in several buffers. It decides
+// The XDP program is multi-buffer aware (SEC("xdp.frags")); with
+// Options.MultiBuffer (a jumbo MTU) it is loaded with BPF_F_XDP_HAS_FRAGS,
+// since a veth refuses any other above an MTU of about 3,500 bytes and a
+// jumbo frame may come in several buffers; without, the flag is cleared,
+// because in generic mode it makes the kernel copy every frame. It decides
 // on the first buffer, which holds the headers on every driver met so
 // far; a frame whose headers go on past it is not the kernel's
 // (parse_error) and goes to usnetd, which reads it whole. The TC hook sees an skb, whose linear data may

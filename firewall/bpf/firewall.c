@@ -257,9 +257,11 @@ static __always_inline int to_xsk(struct xdp_md *ctx)
 	return ret;
 }
 
-/* Multi-buffer aware (BPF_F_XDP_HAS_FRAGS): a jumbo frame may come in
- * several buffers, and data..end is only the first one. A veth refuses a
- * program without the flag above an MTU of about 3,500 bytes. The headers
+/* Multi-buffer aware: a jumbo frame may come in several buffers, and
+ * data..end is only the first one. Compiled as xdp.frags; the loader keeps
+ * BPF_F_XDP_HAS_FRAGS only where the MTU needs it (a veth refuses a
+ * program without it above an MTU of about 3,500 bytes), since in generic
+ * mode the flag makes the kernel copy every frame. The headers
  * are in the first buffer on every driver usnetd has met; a frame whose
  * headers go on past it is not classified (CNT_PARSE_ERROR) and goes to
  * usnetd, which reads the whole frame. */

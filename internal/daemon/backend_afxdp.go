@@ -59,9 +59,13 @@ func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, frame int) (_ nicBack
 	case "generic":
 		mode = firewall.ModeGeneric
 	}
+	// Frames longer than a UMEM chunk: multi-buffer sockets, and an XDP
+	// program that takes frames in several buffers.
+	multi := frame > afxdp.DefaultFrameSize-afxdp.Headroom
 	fw, err := firewall.Attach(firewall.Options{
 		Interface:   ifname,
 		XDPMode:     mode,
+		MultiBuffer: multi,
 		NoHostRings: d.cfg.NoHostRings,
 		Allow:       allow,
 		Log:         d.log,
@@ -75,8 +79,8 @@ func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, frame int) (_ nicBack
 		}
 	}()
 	maxFrame := 0 // the default: one UMEM chunk
-	if frame > afxdp.DefaultFrameSize-afxdp.Headroom {
-		maxFrame = frame // multi-buffer sockets
+	if multi {
+		maxFrame = frame
 	}
 	port, err := afxdp.Open(afxdp.Options{
 		Interface: ifname,
