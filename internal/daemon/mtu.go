@@ -46,7 +46,7 @@ var ErrMTU = errors.New("MTU too large")
 // that ask QueryStatus from then on get it. A larger one is refused with
 // an error that names the MTU and the limit; the caller then gives the NIC
 // up (or keeps it and says so), since frames above the limit would be
-// dropped (counted as too_big or as a backend's oversize drop).
+// dropped (counted as the backend's rx_oversize or rx_too_long drop).
 func (d *daemon) MTUChanged(ifname string, mtu int) error {
 	for _, dom := range d.domains {
 		if dom.ifname != ifname {
