@@ -34,3 +34,26 @@ func TestChannelMTU(t *testing.T) {
 		t.Fatalf("the client's own connection after ChannelMTU: %v", err)
 	}
 }
+
+// TestResolveMTUSet: USNET_MTU and Config.MTU are the user's choice, which
+// the channel's MTU never replaces; without them the MTU is a default
+// that it does.
+func TestResolveMTUSet(t *testing.T) {
+	t.Setenv("USNET_INTERFACE", "absent0")
+	t.Setenv("USNET_MAC", "02:00:00:00:00:09")
+	t.Setenv("USNET_IP", "198.18.0.9/24")
+	t.Setenv("USNET_MTU", "")
+	r, err := (&Config{}).resolve()
+	if err != nil || r.mtuSet || r.mtu != 1500 {
+		t.Fatalf("no MTU given: mtu %d, set %v, %v", r.mtu, r.mtuSet, err)
+	}
+	r, err = (&Config{MTU: 4000}).resolve()
+	if err != nil || !r.mtuSet || r.mtu != 4000 {
+		t.Fatalf("Config.MTU 4000: mtu %d, set %v, %v", r.mtu, r.mtuSet, err)
+	}
+	t.Setenv("USNET_MTU", "1400")
+	r, err = (&Config{}).resolve()
+	if err != nil || !r.mtuSet || r.mtu != 1400 {
+		t.Fatalf("USNET_MTU=1400: mtu %d, set %v, %v", r.mtu, r.mtuSet, err)
+	}
+}
