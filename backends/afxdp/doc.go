@@ -54,10 +54,10 @@
 // which a host has to set aside, and unaligned chunks still stop at a
 // page. Multi-buffer works in copy mode on any driver (veth included, in
 // native and generic XDP mode: TestJumboVeth carries 9,018-byte frames
-// both ways); a driver whose zero-copy mode lacks it refuses the bind,
-// and Open fails with ErrFrameSize naming the size and the limit, as it
-// does for a frame of more than MaxChunks chunks (28,672 bytes with 2 KiB
-// chunks). A run cut off by the end of what the RX ring shows waits for
+// both ways); where a driver's zero-copy mode lacks it (the bind fails
+// with EOPNOTSUPP), Open binds again in copy mode. If that fails too, Open
+// fails with ErrFrameSize naming the size and the limit, as it does for a
+// frame of more than MaxChunks chunks (28,672 bytes with 2 KiB chunks). A run cut off by the end of what the RX ring shows waits for
 // the rest; frames longer than the caller's buffer are dropped whole
 // (RxOversize).
 //

@@ -198,6 +198,12 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 	deadline := time.Now().Add(bindRetry)
 	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
 		err = unix.Bind(fd, sa)
+		if s.sg && sa.Flags&unix.XDP_COPY == 0 && errors.Is(err, unix.EOPNOTSUPP) {
+			// A driver whose zero-copy mode has no multi-buffer support
+			// refuses the bind; copy mode has it on every driver.
+			sa.Flags |= unix.XDP_COPY
+			continue
+		}
 		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
 			break
 		}
