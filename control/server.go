@@ -54,6 +54,7 @@ type Interface struct {
 	Pipeline *l4.Pipeline
 	Backend  string       // for QueryStatus, e.g. "afxdp"
 	XDPMode  string       // for QueryStatus; "" when not XDP
+	MTU      func() int   // for QueryStatus: the MTU the channels carry now; nil: not said
 	Addrs    []netip.Addr // the interface's addresses: QueryUsedPorts lists a kernel socket bound to the wildcard address under each
 	// Granted are the addresses that endpoints may use besides Addrs
 	// (ENDPOINT_ADDRS). AddMatch takes a local address among Addrs and
@@ -940,7 +941,11 @@ func (s *Server) status() Status {
 			}
 		}
 		byPort[ifc] = names
-		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: ifc.Name, Backend: ifc.Backend, Queues: queues, XDPMode: ifc.XDPMode})
+		in := InterfaceStatus{Name: ifc.Name, Backend: ifc.Backend, Queues: queues, XDPMode: ifc.XDPMode}
+		if ifc.MTU != nil {
+			in.MTU = ifc.MTU()
+		}
+		st.Interfaces = append(st.Interfaces, in)
 		for _, ep := range s.sortedEndpoints() {
 			if ep.ifc != ifc {
 				continue

@@ -285,6 +285,11 @@ type InterfaceStatus struct {
 	Backend string // "backend": how the NIC is driven, e.g. "xdp", "macvtap", "memory"
 	Queues  int    // "queues": number of queues served, >= 0
 	XDPMode string // "xdp_mode": "native", "generic", ... or "" when not XDP
+	// MTU is "mtu": the largest IP packet the interface's packet channels
+	// carry (the NIC's MTU; a frame adds its Ethernet header and a VLAN
+	// tag). Written only when known (> 0); absent, as from an older
+	// usnetd, it reads as 0, and a client keeps its own default.
+	MTU int
 }
 
 // EndpointStatus describes one attached endpoint.
@@ -836,6 +841,10 @@ func EncodeStatus(s Status) ([]byte, error) {
 		b = strconv.AppendInt(b, int64(in.Queues), 10)
 		b = append(b, `,"xdp_mode":`...)
 		b = appendString(b, in.XDPMode)
+		if in.MTU > 0 {
+			b = append(b, `,"mtu":`...)
+			b = strconv.AppendInt(b, int64(in.MTU), 10)
+		}
 		b = append(b, '}')
 	}
 	b = append(b, `],"endpoints":[`...)
@@ -1113,6 +1122,7 @@ func (r *reader) status() (Status, error) {
 					"backend":  r.strInto(&in.Backend),
 					"queues":   r.uintInto(math.MaxInt, "a count", func(v uint64) { in.Queues = int(v) }),
 					"xdp_mode": r.strInto(&in.XDPMode),
+					"mtu":      r.uintInto(1<<31-1, "an MTU", func(v uint64) { in.MTU = int(v) }),
 				})
 				s.Interfaces = append(s.Interfaces, in)
 				return err

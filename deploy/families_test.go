@@ -66,7 +66,10 @@ func scrapeFamilies() (map[string]family, string) {
 		return nil, "frame not delivered through the pipeline"
 	}
 
-	c := metrics.NewCollector(func() []metrics.Domain { return []metrics.Domain{{Interface: "eth0", Pipeline: p}} })
+	c := metrics.NewCollector(func() []metrics.Domain {
+		return []metrics.Domain{{Interface: "eth0", Pipeline: p, Backend: "afpacket",
+			BackendDrops: func() map[string]uint64 { return map[string]uint64{"rx_oversize": 0} }}}
+	})
 	c.SetTap(tap)
 	c.SetControl(func() map[string]uint64 { return map[string]uint64{"address": 0} })
 	reg := metrics.NewRegistry(c)

@@ -59,14 +59,37 @@
 //
 // The decision reads the frame with bpf_xdp_load_bytes or
 // bpf_skb_load_bytes at offsets: the TC hook's skb may keep its headers
-// outside its linear data, and offsets keep the verifier's states few. The
-// TC hook sees frames after the kernel took out a VLAN tag into the skb
-// (the decision then sees the inner EtherType, as XDP does after skipping
-// the tag).
+// outside its linear data, a jumbo frame may come to XDP in several
+// buffers, and offsets keep the verifier's states few. The XDP program is
+// multi-buffer aware (SEC("xdp.frags")); with Options.MultiBuffer (a jumbo
+// MTU) it is loaded with BPF_F_XDP_HAS_FRAGS, since a veth refuses any
+// other above an MTU of about 3,500 bytes; without, the flag is cleared,
+// because in generic mode it makes the kernel copy every frame. The TC
+// hook sees frames after the kernel took out a VLAN tag into the skb (the
+// decision then sees the inner EtherType, as XDP does after skipping the
+// tag).
 //
 // Every frame counts in exactly one of the counters pass_kernel, to_xsk,
 // dropped_no_xsk (XDP) or pass_kernel, tc_dropped (TC), and pass_kernel is
 // split by reason (see CounterNames).
+//
+// # The socket filter of the AF_PACKET backend
+//
+// Packet taps run before tc ingress, so without help the AF_PACKET
+// backend would copy every frame of the kernel's own connections into
+// its rings, and the switch would drop each one (port_gone: there is no
+// kernel port with that backend). Firewall.SocketFilter loads
+// bpf/sockfilter.c, a BPF_PROG_TYPE_SOCKET_FILTER program over this
+// firewall's kernel_rules and kernel_learned maps (so it follows every
+// change at once), for SO_ATTACH_BPF on the backend's sockets. It keeps
+// out an unfragmented TCP, UDP, DCCP, SCTP or UDP-Lite packet, or a
+// non-error ICMP/ICMPv6 one, whose tuple a kernel entry owns (the same
+// lookup as the classifier), and lets everything else through: ARP,
+// EAPOL, DHCP answers, neighbour discovery and ICMP errors, which the
+// switch also gives to endpoints, fragments, IPv6 with extension headers,
+// anything it cannot read. Headers are copied with
+// bpf_skb_load_bytes_relative (a socket filter has no direct packet
+// access). Its counters say how many frames it kept out and let through.
 //
 // # The kernel-allow maps
 //

@@ -85,6 +85,16 @@ type Options struct {
 	// attaching anew: for that moment the kernel is unfiltered.
 	XDPMode string
 
+	// MultiBuffer loads the XDP program as multi-buffer aware
+	// (BPF_F_XDP_HAS_FRAGS), for an MTU whose frames do not fit one
+	// buffer: a veth (and most drivers) refuse any other XDP program
+	// above an MTU of about 3,500, and AF_XDP multi-buffer sockets need
+	// it. Only then: in generic mode such a program makes the kernel copy
+	// every frame (the kernel's own traffic included) into page-pool
+	// pages, which costs the kernel's TCP about half its rate on a veth
+	// (BENCHMARKS.md). Only with HookXDP.
+	MultiBuffer bool
+
 	// NoHostRings gives the kernel nothing from the NIC (NO_HOST_RINGS):
 	// every frame goes to the AF_XDP sockets (HookXDP) or is dropped
 	// (HookTC), ARP included. The egress program is attached all the
@@ -398,6 +408,9 @@ func ifaceName(opts Options) string {
 
 // configure sets the load-time constants and map sizes.
 func configure(spec *ebpf.CollectionSpec, opts Options, attrs *netlink.LinkAttrs) error {
+	if p := spec.Programs["usnetd_xdp"]; p != nil && !opts.MultiBuffer {
+		p.Flags &^= unix.BPF_F_XDP_HAS_FRAGS // compiled as xdp.frags
+	}
 	if opts.NoHostRings {
 		if err := spec.Variables["cfg_no_host_rings"].Set(uint8(1)); err != nil {
 			return fmt.Errorf("%w: %w", ErrLoad, err)

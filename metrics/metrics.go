@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sort"
 	"strconv"
 	"time"
 
@@ -22,6 +23,12 @@ type Domain struct {
 	// Firewall, if set, reads the eBPF firewall's counters (by name, as
 	// firewall.CounterNames); nil where there is none (macvtap).
 	Firewall func() (map[string]uint64, error)
+	// Backend names the NIC's backend ("afxdp", "afpacket", "macvtap").
+	Backend string
+	// BackendDrops, if set, returns the frames the backend (and the
+	// kernel below it) dropped, by reason, as running totals: what never
+	// reached the pipeline or left it unsent. Called on each scrape.
+	BackendDrops func() map[string]uint64
 }
 
 // Collector reads the counters of every domain when Prometheus scrapes.
@@ -63,24 +70,25 @@ var (
 	descRingLen    = prometheus.NewDesc("usnetd_ring_fill", "Frames in a ring now.", ringLabels, nil)
 	descRingCap    = prometheus.NewDesc("usnetd_ring_capacity", "Slots of a ring.", ringLabels, nil)
 
-	descRules      = prometheus.NewDesc("usnetd_rules", "Rules in a switch domain's table, by kind (registered: AddMatch, DEBUG_PORTS, STATIC_PIPES; learned: from outgoing frames).", []string{"interface", "kind"}, nil)
-	descDrops      = prometheus.NewDesc("usnetd_drops_total", "Frames dropped in a switch domain, by reason, over all ports (removed ones included).", []string{"interface", "reason"}, nil)
-	descBuffers    = prometheus.NewDesc("usnetd_buffers", "Frame buffers of a domain's pool.", []string{"interface", "state"}, nil)
-	descPoolEmpty  = prometheus.NewDesc("usnetd_buffer_pool_exhausted_total", "Times a worker found the buffer pool empty.", []string{"interface"}, nil)
-	descLocalMACs  = prometheus.NewDesc("usnetd_local_macs", "MAC addresses in a domain's local-MAC set.", []string{"interface"}, nil)
-	descFragHeld   = prometheus.NewDesc("usnetd_fragment_datagrams", "IP datagrams whose fragments the switch is following or holding.", []string{"interface"}, nil)
-	descPcapFrames = prometheus.NewDesc("usnetd_pcap_frames_total", "Switched frames handed to the PCAP_LOG writer.", nil, nil)
-	descPcapDrops  = prometheus.NewDesc("usnetd_pcap_dropped_total", "Switched frames not written to PCAP_LOG because the writer (the disk) fell behind.", nil, nil)
-	descFirewall   = prometheus.NewDesc("usnetd_firewall_frames_total", "Frames the eBPF firewall judged, by counter (see the README: pass_kernel, to_xsk, egress_endpoint_dropped, ...).", []string{"interface", "counter"}, nil)
-	descRefused    = prometheus.NewDesc("usnetd_control_refused_total", "Control requests the server refused, by reason (address: AddMatch for a local address that endpoints may not use).", []string{"reason"}, nil)
-	descCollectDur = prometheus.NewDesc("usnetd_scrape_duration_seconds", "Time the collector took to read the counters.", nil, nil)
+	descRules        = prometheus.NewDesc("usnetd_rules", "Rules in a switch domain's table, by kind (registered: AddMatch, DEBUG_PORTS, STATIC_PIPES; learned: from outgoing frames).", []string{"interface", "kind"}, nil)
+	descDrops        = prometheus.NewDesc("usnetd_drops_total", "Frames dropped in a switch domain, by reason, over all ports (removed ones included).", []string{"interface", "reason"}, nil)
+	descBuffers      = prometheus.NewDesc("usnetd_buffers", "Frame buffers of a domain's pool.", []string{"interface", "state"}, nil)
+	descPoolEmpty    = prometheus.NewDesc("usnetd_buffer_pool_exhausted_total", "Times a worker found the buffer pool empty.", []string{"interface"}, nil)
+	descLocalMACs    = prometheus.NewDesc("usnetd_local_macs", "MAC addresses in a domain's local-MAC set.", []string{"interface"}, nil)
+	descFragHeld     = prometheus.NewDesc("usnetd_fragment_datagrams", "IP datagrams whose fragments the switch is following or holding.", []string{"interface"}, nil)
+	descPcapFrames   = prometheus.NewDesc("usnetd_pcap_frames_total", "Switched frames handed to the PCAP_LOG writer.", nil, nil)
+	descPcapDrops    = prometheus.NewDesc("usnetd_pcap_dropped_total", "Switched frames not written to PCAP_LOG because the writer (the disk) fell behind.", nil, nil)
+	descFirewall     = prometheus.NewDesc("usnetd_firewall_frames_total", "Frames the eBPF firewall judged, by counter (see the README: pass_kernel, to_xsk, egress_endpoint_dropped, ...).", []string{"interface", "counter"}, nil)
+	descRefused      = prometheus.NewDesc("usnetd_control_refused_total", "Control requests the server refused, by reason (address: AddMatch for a local address that endpoints may not use).", []string{"reason"}, nil)
+	descBackendDrops = prometheus.NewDesc("usnetd_backend_drops_total", "Frames a NIC backend (or the kernel under it) dropped before the switch saw them or after it sent them, by reason; see the README's table.", []string{"interface", "backend", "reason"}, nil)
+	descCollectDur   = prometheus.NewDesc("usnetd_scrape_duration_seconds", "Time the collector took to read the counters.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPortRxPackets, descPortRxBytes, descPortRxErrors, descPortTxPackets,
 		descPortTxBytes, descPortTxErrors, descPortDrops, descPortQueues, descPortQueueRx, descRingPushed, descRingDrops, descRingHigh,
-		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descFirewall, descCollectDur, descPcapFrames, descPcapDrops, descRefused} {
+		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descFirewall, descCollectDur, descPcapFrames, descPcapDrops, descRefused, descBackendDrops} {
 		ch <- d
 	}
 }
@@ -127,6 +135,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for r, n := range st.Drops {
 			if l4.DropReason(r) != l4.DropNone {
 				counter(descDrops, n, ifc, l4.DropReason(r).String())
+			}
+		}
+		if dom.BackendDrops != nil {
+			drops := dom.BackendDrops()
+			reasons := make([]string, 0, len(drops))
+			for r := range drops {
+				reasons = append(reasons, r)
+			}
+			sort.Strings(reasons)
+			for _, r := range reasons {
+				counter(descBackendDrops, drops[r], ifc, dom.Backend, r)
 			}
 		}
 		sw := dom.Pipeline.Switch()

@@ -61,7 +61,10 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 	// The endpoint sends a frame from a MAC that is not local: an
 	// isolation drop, counted under its own reason.
 	ep.Inject(0, udpFrame(53))
-	c := NewCollector(func() []Domain { return []Domain{{Interface: "eth0", Pipeline: p, Firewall: fwCounters}} })
+	c := NewCollector(func() []Domain {
+		return []Domain{{Interface: "eth0", Pipeline: p, Firewall: fwCounters, Backend: "afpacket",
+			BackendDrops: func() map[string]uint64 { return map[string]uint64{"rx_oversize": 3, "rx_ring_full": 0} }}}
+	})
 	c.SetControl(func() map[string]uint64 { return map[string]uint64{"address": 2} })
 	reg := NewRegistry(c)
 
@@ -106,6 +109,8 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		"usnetd_port_rx_bytes_total,interface=eth0,kind=nic,port=eth0,port_id=1":                        180,
 		"usnetd_firewall_frames_total,counter=egress_endpoint_dropped,interface=eth0":                   2,
 		"usnetd_firewall_frames_total,counter=pass_kernel,interface=eth0":                               5,
+		"usnetd_backend_drops_total,backend=afpacket,interface=eth0,reason=rx_oversize":                 3,
+		"usnetd_backend_drops_total,backend=afpacket,interface=eth0,reason=rx_ring_full":                0,
 	} {
 		got, ok := values[key]
 		if !ok || got != v {

@@ -53,10 +53,63 @@ const controlTimeout = 5 * time.Second
 // failure after it was bound; paths left by processes that were killed are
 // removed by the next DialControl.
 type controlClient struct {
-	mu     sync.Mutex
-	conn   *net.UnixConn
-	path   string
-	broken error
+	mu      sync.Mutex
+	conn    *net.UnixConn
+	path    string
+	socket  string        // usnetd's socket, for ChannelMTU's own connection
+	timeout time.Duration // for an answer; 0: controlTimeout
+	broken  error
+}
+
+// channelMTUer is an Attacher that can say what MTU a channel on an
+// interface carries (0: it does not know).
+type channelMTUer interface {
+	ChannelMTU(iface string) (int, error)
+}
+
+// statusTimeout bounds the wait for a QueryStatus answer: the original
+// usnetd does not know the request and never answers it.
+const statusTimeout = time.Second
+
+// ChannelMTU asks usnetd (QueryStatus) for the MTU its channels on iface
+// carry. It uses a connection of its own, closed afterwards: a server that
+// does not know QueryStatus leaves it unanswered, and a late answer must
+// not be taken for the answer to a later request.
+func (c *controlClient) ChannelMTU(iface string) (int, error) {
+	a, err := DialControl(c.socket)
+	if err != nil {
+		return 0, err
+	}
+	q := a.(*controlClient)
+	q.timeout = statusTimeout
+	defer q.closeQuietly()
+	ans, _, err := q.request(control.QueryStatus{}, true)
+	if err != nil {
+		return 0, err
+	}
+	st, ok := ans.(control.Status)
+	if !ok {
+		return 0, fmt.Errorf("usnet: QueryStatus answered %s", ans.Type())
+	}
+	for _, in := range st.Interfaces {
+		if in.Name == iface {
+			return in.MTU, nil
+		}
+	}
+	return 0, nil
+}
+
+// closeQuietly closes the socket and removes its file without telling
+// usnetd (a connection that never attached has nothing to delete).
+func (c *controlClient) closeQuietly() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		c.conn.Close()
+		c.conn = nil
+		os.Remove(c.path)
+	}
+	c.broken = net.ErrClosed
 }
 
 // DialControl connects to usnetd's control socket at socketPath. It is the
@@ -75,7 +128,7 @@ func DialControl(socketPath string) (Attacher, error) {
 			lastErr = err
 			continue
 		}
-		return &controlClient{conn: conn, path: path}, nil
+		return &controlClient{conn: conn, path: path, socket: socketPath}, nil
 	}
 	return nil, fmt.Errorf("usnet: connect to usnetd at %s: %w", socketPath, lastErr)
 }
@@ -134,7 +187,11 @@ func (c *controlClient) request(req control.Request, want bool) (control.Answer,
 	}
 	buf := make([]byte, control.MaxAnswerSize+1)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	c.conn.SetReadDeadline(time.Now().Add(controlTimeout))
+	timeout := controlTimeout
+	if c.timeout > 0 {
+		timeout = c.timeout
+	}
+	c.conn.SetReadDeadline(time.Now().Add(timeout))
 	n, oobn, _, _, err := c.conn.ReadMsgUnix(buf, oob)
 	if err != nil {
 		c.broken = fmt.Errorf("usnet: no answer from usnetd to %s: %w", req.Type(), err)

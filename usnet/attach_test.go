@@ -33,7 +33,10 @@ type fakeServer struct {
 	chans []*os.File
 	rules []control.Match
 	used  control.UsedPorts
-	done  chan struct{}
+	// status, if set, answers QueryStatus (as this usnetd does); nil
+	// leaves it unanswered, as the original does.
+	status *control.Status
+	done   chan struct{}
 }
 
 func newFakeServer(t *testing.T, chans ...*os.File) *fakeServer {
@@ -98,6 +101,10 @@ func (s *fakeServer) serve() {
 			}
 		case control.QueryUsedPorts:
 			answer = s.used
+		case control.QueryStatus:
+			if s.status != nil {
+				answer = *s.status
+			}
 		}
 		s.mu.Unlock()
 		if answer == nil {

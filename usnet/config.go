@@ -47,7 +47,9 @@ type Config struct {
 	// Gateways are the default routers of static Addrs, at most one per
 	// address family. Env USNET_GATEWAY, comma separated.
 	Gateways []netip.Addr
-	// MTU of the stack. Zero: the NIC's MTU (passthru) or 1500. Env USNET_MTU.
+	// MTU of the stack. Zero: the MTU that usnetd says the channel
+	// carries (QueryStatus), else the NIC's MTU (passthru) or 1500. Env
+	// USNET_MTU.
 	MTU int
 	// Loopback mirrors the stack onto the kernel's loopback, as
 	// usnet_sockets did, so that local programs reach the service: every
@@ -119,6 +121,7 @@ type resolved struct {
 	addrs      []netip.Prefix
 	routes     []route
 	mtu        int
+	mtuSet     bool // Config.MTU or USNET_MTU: the channel's MTU does not replace it
 	loopback   bool
 }
 
@@ -195,6 +198,7 @@ func (c *Config) resolve() (resolved, error) {
 			r.mtu = n
 		}
 	}
+	r.mtuSet = r.mtu != 0
 	if !r.loopback {
 		if v := getenv("USNET_LOOPBACK"); v != "" {
 			b, err := strconv.ParseBool(v)

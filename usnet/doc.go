@@ -23,7 +23,8 @@
 //	USNET_IP         "passthru" (default: the NIC's addresses and the kernel's
 //	                 routes through it) or addresses like 198.18.0.2/24,2001:db8::2/64
 //	USNET_GATEWAY    default routers for static addresses, comma separated
-//	USNET_MTU        default: the NIC's MTU
+//	USNET_MTU        default: what usnetd says the channel carries (its
+//	                 QueryStatus answer), else the NIC's MTU
 //	USNET_LOOPBACK   true: also listen on 127.0.0.1 through the kernel
 //
 // A MAC of the stack's own must be in usnetd's ADD_MACS, and addresses of

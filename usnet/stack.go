@@ -100,6 +100,14 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 			n.teardown()
 		}
 	}()
+	if q, ok := att.(channelMTUer); ok && !res.mtuSet {
+		// What the channel carries: usnetd's buffers and backend are
+		// sized for the NIC's MTU when it claims the NIC. An older
+		// usnetd (or the original) does not say; the NIC's MTU stays.
+		if m, err := q.ChannelMTU(res.iface); err == nil && m >= 576 {
+			res.mtu = m
+		}
+	}
 	f, err := att.RequestUDS(res.iface)
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
@@ -29,6 +30,8 @@ var (
 	ErrNotSupported = errors.New("afpacket: not supported by the kernel")
 	// ErrOptions: an Options field is out of range.
 	ErrOptions = errors.New("afpacket: invalid options")
+	// ErrFrameSize: Options.MaxFrame does not fit a ring block.
+	ErrFrameSize = errors.New("afpacket: frame size not supported")
 )
 
 // Options configure a Port. Zero values mean the defaults.
@@ -52,6 +55,12 @@ type Options struct {
 	// block. A frame longer than a block can hold arrives cut short and
 	// is dropped (RxTruncated).
 	BlockSize int
+	// MaxFrame is the longest Ethernet frame the port must carry (the
+	// NIC's MTU, its header and a VLAN tag); default 1518. It must fit a
+	// block with the kernel's per-frame header; Open refuses it otherwise
+	// (ErrFrameSize). Recv drops a longer frame (RxOversize); Send
+	// refuses one the device does not take (TxStats.Dropped).
+	MaxFrame int
 	// Blocks is the number of blocks of each worker's ring; default 32
 	// (8 MiB per worker with the default block size).
 	Blocks int
@@ -60,6 +69,12 @@ type Options struct {
 	// frame at a low rate pays. It has millisecond resolution; default
 	// 1 ms, the shortest there is. See doc.go.
 	BlockTimeout time.Duration
+	// Filter, if set, is a socket filter program (BPF_PROG_TYPE_SOCKET_FILTER,
+	// e.g. firewall.SocketFilter's) attached to every RX socket with
+	// SO_ATTACH_BPF once the sockets are in their fanout group: frames it
+	// drops are never copied into a ring nor counted. The sockets hold
+	// their own reference; the caller may close it after Open.
+	Filter *ebpf.Program
 	// Logger gets one line per port opened and closed; the zero Logger
 	// is silent.
 	Logger zerolog.Logger
@@ -72,6 +87,11 @@ const (
 	maxBlockSize        = 64 << 20
 	maxBlocks           = 1 << 16
 	maxWorkers          = 256 // PACKET_FANOUT's default group size
+	defaultMaxFrame     = 1518
+	// frameOverhead is what the kernel puts in a block in front of a
+	// frame, rounded up generously: tpacket3_hdr, sockaddr_ll, alignment,
+	// and a virtio-net header.
+	frameOverhead = 128
 )
 
 func (o *Options) fill() error {
@@ -84,10 +104,15 @@ func (o *Options) fill() error {
 	if o.BlockTimeout == 0 {
 		o.BlockTimeout = defaultBlockTimeout
 	}
+	if o.MaxFrame == 0 {
+		o.MaxFrame = defaultMaxFrame
+	}
 	page := unix.Getpagesize()
 	switch {
 	case o.Interface == "":
 		return fmt.Errorf("%w: no interface", ErrOptions)
+	case o.MaxFrame < 0:
+		return fmt.Errorf("%w: max frame %d", ErrOptions, o.MaxFrame)
 	case o.Workers < 0 || o.Workers > maxWorkers:
 		return fmt.Errorf("%w: %d workers: want 0..%d", ErrOptions, o.Workers, maxWorkers)
 	case o.BlockSize < max(page, 8192) || o.BlockSize > maxBlockSize || o.BlockSize&(o.BlockSize-1) != 0:
@@ -96,6 +121,10 @@ func (o *Options) fill() error {
 		return fmt.Errorf("%w: %d blocks: want [2, %d]", ErrOptions, o.Blocks, maxBlocks)
 	case o.BlockTimeout < time.Millisecond || o.BlockTimeout > time.Second || o.BlockTimeout%time.Millisecond != 0:
 		return fmt.Errorf("%w: block timeout %v: want whole milliseconds from 1 ms to 1 s", ErrOptions, o.BlockTimeout)
+	}
+	if lim := o.BlockSize - blkHdrLen - frameOverhead; o.MaxFrame > lim {
+		return fmt.Errorf("%w: frames of %d bytes do not fit a ring block of %d bytes, which holds at most %d; raise BlockSize",
+			ErrFrameSize, o.MaxFrame, o.BlockSize, lim)
 	}
 	return nil
 }
@@ -176,8 +205,12 @@ func Open(opt Options) (*Port, error) {
 	if p.fanoutID, err = joinFanout(p.rx); err != nil {
 		return fail(err)
 	}
+	filterFD := -1
+	if opt.Filter != nil {
+		filterFD = opt.Filter.FD()
+	}
 	for _, s := range p.rx {
-		if err := s.open(); err != nil {
+		if err := s.open(filterFD); err != nil {
 			return fail(err)
 		}
 	}
@@ -188,7 +221,8 @@ func Open(opt Options) (*Port, error) {
 	p.log.Info().Str("interface", opt.Interface).Int("ifindex", ifi.Index).
 		Int("workers", workers).Int("interface_queues", have).Str("queue_count_from", how).
 		Int("fanout_group", int(p.fanoutID)).Int("block_size", opt.BlockSize).Int("blocks", opt.Blocks).
-		Dur("block_timeout", opt.BlockTimeout).Str("tx", "sendmmsg").
+		Dur("block_timeout", opt.BlockTimeout).Str("tx", "sendmmsg").Int("max_frame", opt.MaxFrame).
+		Bool("socket_filter", opt.Filter != nil).
 		Msg("afpacket: port open")
 	return p, nil
 }
@@ -202,6 +236,9 @@ func (p *Port) Kind() l4.PortKind { return l4.PortNIC }
 // RxQueues implements l4.Port: one queue per worker socket. Queue q is not
 // the NIC's queue q: the fanout group spreads frames by flow hash.
 func (p *Port) RxQueues() int { return len(p.rx) }
+
+// MaxFrame returns the longest frame the port carries (Options.MaxFrame).
+func (p *Port) MaxFrame() int { return p.opt.MaxFrame }
 
 // FanoutID returns the id of the PACKET_FANOUT group of the RX sockets
 // (chosen by the kernel, unique in the network namespace).
@@ -227,8 +264,11 @@ type QueueStats struct {
 	RxOversize    uint64 // frames dropped: longer than the caller's buffer (GRO? see doc.go)
 	RxTruncated   uint64 // frames dropped: cut short by the ring (tp_snaplen < tp_len)
 	RxBadFrame    uint64 // frame headers pointing outside their block (a kernel bug): rest of the block skipped
-	RxCsumPartial uint64 // frames whose L4 checksum the sender left to offload (TP_STATUS_CSUMNOTREADY); passed on as they are
+	RxCsumPartial uint64 // frames whose L4 checksum the sender left to offload, completed here
 	RxVLAN        uint64 // frames whose VLAN tag the kernel had taken out, put back in
+	RxGSO         uint64 // GRO/LRO super-frames cut back into segments
+	RxGSOSegments uint64 // the segments they made (counted in RxFrames too)
+	RxGSOBad      uint64 // super-frames dropped: a GSO type or headers this port does not cut
 }
 
 // TxStats are the TX socket's counters.
@@ -275,6 +315,9 @@ func (p *Port) collect() Stats {
 			RxBadFrame:    s.c.bad.Load(),
 			RxCsumPartial: s.c.csumPartial.Load(),
 			RxVLAN:        s.c.vlan.Load(),
+			RxGSO:         s.c.gsoFrames.Load(),
+			RxGSOSegments: s.c.gsoSegments.Load(),
+			RxGSOBad:      s.c.gsoBad.Load(),
 		})
 	}
 	if t := p.tx; t != nil {
@@ -307,9 +350,11 @@ func (p *Port) Close() error {
 		p.lifeMu.Lock()
 		st := p.collect()
 		p.final = &st
-		var rx uint64
+		var rx, gso, segs uint64
 		for _, q := range st.Queues {
 			rx += q.RxFrames
+			gso += q.RxGSO
+			segs += q.RxGSOSegments
 		}
 		if err := p.release(); err != nil {
 			p.closeErr = errors.Join(p.closeErr, err)
@@ -320,6 +365,7 @@ func (p *Port) Close() error {
 			s.mu.Unlock()
 		}
 		p.log.Info().Str("interface", p.name).Uint64("rx_frames", rx).Uint64("tx_frames", st.Tx.Frames).
+			Uint64("rx_gso_frames", gso).Uint64("rx_gso_segments", segs).
 			Err(p.closeErr).Msg("afpacket: port closed")
 	})
 	return p.closeErr

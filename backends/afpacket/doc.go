@@ -30,6 +30,12 @@
 // receives through the group's hook, which the socket option does not
 // reach.
 //
+// Before the ring, each socket gets PACKET_VNET_HDR (a virtio-net header in
+// front of every frame) and, once in the group, the caller's socket filter
+// (Options.Filter, SO_ATTACH_BPF; usnetd's keeps the kernel's own frames
+// out, so they are neither copied nor counted) in place of the drop-all
+// one.
+//
 // Recv copies each frame from the ring into the caller's l4.Buf and gives
 // a block back to the kernel as soon as all its frames are copied (a
 // block is the kernel's unit of handover; the rest of a block waits for
@@ -80,17 +86,28 @@
 // tp_drops, tp_freeze_q_cnt; the kernel resets them on every read, so the
 // port sums them) and the port's own counters, RX and TX.
 //
+// # GRO, LRO and offloaded checksums
+//
+// The taps see frames after GRO and LRO: where the NIC (or a veth with GRO
+// on) coalesced a flow's segments, a frame can be up to 64 KiB. The
+// virtio-net header says so (gso_type, gso_size), and Recv cuts such a
+// super-frame (TCP over IPv4 or IPv6, UDP with UDP_L4 segmentation) back
+// into the segments the wire carried, each in its own buffer with its own
+// IP length, IPv4 ID and header checksum, TCP sequence number and flags
+// (FIN and PSH on the last, CWR on the first) or UDP length, and L4
+// checksum (gso.go). Other GSO types are dropped and counted (RxGSOBad).
+// When the buffers of a Recv run out in the middle of a super-frame, the
+// next Recv goes on with the next segment. So GRO can stay on for the
+// kernel. A frame whose L4 checksum a local sender left to offload
+// (CHECKSUM_PARTIAL, a veth peer's kernel) is completed from csum_start
+// and csum_offset, as the NIC it never met would have (RxCsumPartial).
+//
 // # Limits
 //
-//   - The taps see frames after GRO and LRO: where the NIC (or a veth with
-//     GRO turned on) coalesces TCP segments, a frame can be longer than a
-//     buffer, and is dropped (RxOversize). Turn GRO and LRO off on a NIC
-//     that usnetd claims with this backend (`ethtool -K IF gro off lro
-//     off`); veth has them off by default.
-//   - A frame that a local sender left with its checksum to be filled in
-//     by offload (TP_STATUS_CSUMNOTREADY: a veth peer's kernel does that)
-//     is passed on as it is, and counted (RxCsumPartial); frames from a
-//     real wire always carry their checksum.
+//   - A frame (or segment) longer than the caller's buffer is dropped
+//     (RxOversize); Options.MaxFrame (the NIC's MTU, its header and a
+//     VLAN tag) must fit a ring block, or Open fails with ErrFrameSize.
+//   - Cutting super-frames costs a checksum over each segment.
 //
 // # Namespaces and lifetime
 //

@@ -33,6 +33,9 @@ type rxSock struct {
 	left    uint32 // frames of blk not yet read
 	off     uint32 // offset in blk of the next frame's header
 	pollfds [2]unix.PollFd
+	vnet    bool     // frames come with a virtio-net header (PACKET_VNET_HDR)
+	seg     int      // next segment of the super-frame at off (0: none begun)
+	gso     gsoFrame // that super-frame's headers
 
 	c rxCounters
 	k kernelStats
@@ -41,6 +44,7 @@ type rxSock struct {
 // rxCounters are written by the Recv caller and read by Stats.
 type rxCounters struct {
 	frames, blocks, oversize, truncated, bad, csumPartial, vlan atomic.Uint64
+	gsoFrames, gsoSegments, gsoBad                              atomic.Uint64
 }
 
 // kernelStats sum the kernel's PACKET_STATISTICS, which it resets on each
@@ -111,6 +115,12 @@ func newRxSock(ifindex, q int, o *Options) (s *rxSock, err error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		return s, fmt.Errorf("worker %d: PACKET_IGNORE_OUTGOING: %w: %w", q, ErrNotSupported, err)
 	}
+	// Before the ring: a virtio-net header in front of each frame says
+	// which are GRO/LRO super-frames and which lack their checksum.
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+		return s, fmt.Errorf("worker %d: PACKET_VNET_HDR: %w: %w", q, ErrNotSupported, err)
+	}
+	s.vnet = true
 	req := unix.TpacketReq3{
 		Block_size:     uint32(o.BlockSize),
 		Block_nr:       uint32(o.Blocks),
@@ -159,8 +169,16 @@ func joinFanout(socks []*rxSock) (uint16, error) {
 	return id, nil
 }
 
-// open removes the drop-all filter: the socket gets frames from now on.
-func (s *rxSock) open() error {
+// open replaces the drop-all filter with the eBPF filter (filterFD, which
+// keeps the kernel's own frames out) or, with filterFD < 0, removes it: the
+// socket gets frames from now on.
+func (s *rxSock) open(filterFD int) error {
+	if filterFD >= 0 {
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ATTACH_BPF, filterFD); err != nil {
+			return fmt.Errorf("worker %d: SO_ATTACH_BPF: %w", s.queue, err)
+		}
+		return nil
+	}
 	if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0); err != nil {
 		return fmt.Errorf("worker %d: SO_DETACH_FILTER: %w", s.queue, err)
 	}

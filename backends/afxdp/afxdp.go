@@ -33,7 +33,22 @@ var (
 	ErrQueueBusy = errors.New("afxdp: queue busy")
 	// ErrOptions: an Options field is out of range.
 	ErrOptions = errors.New("afxdp: invalid options")
+	// ErrFrameSize: the port cannot carry frames of Options.MaxFrame
+	// bytes: more chunks than MaxChunks, or the kernel or the driver
+	// refused multi-buffer sockets (XDP_USE_SG).
+	ErrFrameSize = errors.New("afxdp: frame size not supported")
 )
+
+// MaxChunks bounds the UMEM chunks of one frame with XDP_USE_SG. The kernel
+// builds a multi-buffer frame as one skb (copy mode) or one xdp_buff with
+// at most MAX_SKB_FRAGS (17) fragments besides the first buffer; 16 keeps
+// clear of that limit: 16 × (2048-256) = 28,672 bytes with the default
+// chunk, far above a 9,000-byte MTU.
+const MaxChunks = 16
+
+// Headroom is what the kernel keeps in front of a received frame in its
+// UMEM chunk (XDP_PACKET_HEADROOM).
+const Headroom = 256
 
 // Options configure a Port. Zero values mean the defaults.
 type Options struct {
@@ -46,10 +61,19 @@ type Options struct {
 	// interface's queues (its combined plus RX-only channels, from
 	// ETHTOOL_GCHANNELS, else the netlink RX queue count).
 	Queues int
-	// FrameSize is the UMEM frame size: a power of two from 2048 to the
-	// page size; default 2048. A frame holds at most FrameSize-256 bytes
-	// in copy mode (the kernel keeps XDP_PACKET_HEADROOM in front).
+	// FrameSize is the UMEM frame (chunk) size: a power of two from 2048
+	// to the page size; default 2048. A chunk holds at most FrameSize-256
+	// bytes on receive (the kernel keeps XDP_PACKET_HEADROOM in front).
 	FrameSize int
+	// MaxFrame is the longest Ethernet frame (headers included, FCS not)
+	// that the port must carry both ways; default FrameSize-256, what one
+	// chunk holds. Longer than that, the sockets are bound with
+	// XDP_USE_SG (multi-buffer): the kernel spreads a frame over several
+	// chunks, Recv joins them into one buffer and Send splits a buffer
+	// into chunks. At most MaxChunks chunks per frame; a MaxFrame that
+	// needs more, or a kernel or driver that refuses multi-buffer, makes
+	// Open fail with ErrFrameSize, naming the size and the limit.
+	MaxFrame int
 	// NumFrames is the number of RX frames in each socket's UMEM; default
 	// 4096. The transmitting socket has RingSize TX frames besides.
 	NumFrames int
@@ -68,8 +92,10 @@ type Options struct {
 	Logger zerolog.Logger
 }
 
+// DefaultFrameSize is the UMEM chunk size of Options.FrameSize 0.
+const DefaultFrameSize = 2048
+
 const (
-	defaultFrameSize = 2048
 	defaultNumFrames = 4096
 	defaultRingSize  = 2048
 	maxRingSize      = 1 << 16
@@ -78,7 +104,7 @@ const (
 
 func (o *Options) fill() error {
 	if o.FrameSize == 0 {
-		o.FrameSize = defaultFrameSize
+		o.FrameSize = DefaultFrameSize
 	}
 	if o.NumFrames == 0 {
 		o.NumFrames = defaultNumFrames
@@ -98,6 +124,15 @@ func (o *Options) fill() error {
 		return fmt.Errorf("%w: ring size %d: want a power of two in [64, %d]", ErrOptions, o.RingSize, maxRingSize)
 	case o.NumFrames < 128 || o.NumFrames > maxNumFrames:
 		return fmt.Errorf("%w: %d frames: want [128, %d]", ErrOptions, o.NumFrames, maxNumFrames)
+	case o.MaxFrame < 0:
+		return fmt.Errorf("%w: max frame %d", ErrOptions, o.MaxFrame)
+	}
+	if o.MaxFrame == 0 {
+		o.MaxFrame = o.FrameSize - Headroom
+	}
+	if lim := MaxChunks * (o.FrameSize - Headroom); o.MaxFrame > lim {
+		return fmt.Errorf("%w: frames of %d bytes need more than %d chunks of %d bytes; afxdp carries at most %d",
+			ErrFrameSize, o.MaxFrame, MaxChunks, o.FrameSize-Headroom, lim)
 	}
 	return nil
 }
@@ -182,7 +217,8 @@ func Open(opt Options) (*Port, error) {
 	p.log.Info().Str("interface", opt.Interface).Int("ifindex", ifi.Index).
 		Int("queues", nq).Int("interface_queues", have).Str("queue_count_from", how).
 		Str("mode", p.Mode()).Bool("force_copy", opt.ForceCopy).
-		Int("frame_size", opt.FrameSize).Int("frames_per_queue", opt.NumFrames).Int("ring_size", opt.RingSize).
+		Int("frame_size", opt.FrameSize).Int("max_frame", opt.MaxFrame).Bool("multi_buffer", p.MultiBuffer()).
+		Int("frames_per_queue", opt.NumFrames).Int("ring_size", opt.RingSize).
 		Int("tx_queue", p.txs.queue).Bool("xskmap", opt.XSKMap != nil).
 		Msg("afxdp: port open")
 	return p, nil
@@ -215,6 +251,13 @@ func (p *Port) Mode() string {
 	}
 	return "mixed"
 }
+
+// MultiBuffer reports whether the sockets are bound with XDP_USE_SG: a
+// frame may span several UMEM chunks (Options.MaxFrame above one chunk).
+func (p *Port) MultiBuffer() bool { return p.opt.MaxFrame > p.opt.FrameSize-Headroom }
+
+// MaxFrame returns the longest frame the port carries (Options.MaxFrame).
+func (p *Port) MaxFrame() int { return p.opt.MaxFrame }
 
 // TxQueue returns the queue whose socket transmits (see doc.go).
 func (p *Port) TxQueue() int { return p.txs.queue }
@@ -252,6 +295,7 @@ type QueueStats struct {
 	// The port's own.
 	RxFrames   uint64 // frames handed to Recv's caller
 	RxOversize uint64 // frames dropped: longer than the caller's buffer
+	RxPartial  uint64 // multi-buffer frames dropped: a chunk of them was bad
 	RxBadDesc  uint64 // RX descriptors pointing outside our UMEM frames (kernel bug)
 	RxWakeups  uint64 // recvfrom kicks of the fill ring (need_wakeup)
 	TxFrames   uint64 // frames queued on the TX ring
@@ -281,6 +325,7 @@ func (p *Port) collect() []QueueStats {
 			ZeroCopy:   s.zeroCopy,
 			RxFrames:   s.c.rxFrames.Load(),
 			RxOversize: s.c.rxOversize.Load(),
+			RxPartial:  s.c.rxPartial.Load(),
 			RxBadDesc:  s.c.rxBadDesc.Load(),
 			RxWakeups:  s.c.rxWakeups.Load(),
 			TxFrames:   s.c.txFrames.Load(),

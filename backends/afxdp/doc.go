@@ -39,6 +39,28 @@
 // copy costs far less than the syscalls around it; the benchmark measures
 // what the copy costs.
 //
+// # Jumbo frames: multi-buffer sockets
+//
+// A UMEM chunk is at most a page (4 KiB) in aligned mode, and 256 bytes of
+// it are the kernel's headroom on receive. A frame longer than a chunk
+// (Options.MaxFrame above FrameSize-256: any MTU above 1,774 with the
+// default 2 KiB chunks) needs multi-buffer sockets: Open binds with
+// XDP_USE_SG, the kernel spreads a frame over several chunks (every
+// descriptor but the last flagged XDP_PKT_CONTD), Recv copies the run into
+// one buffer, and Send writes a long frame as a run of chunks. The XDP
+// program in front must be multi-buffer aware (BPF_F_XDP_HAS_FRAGS; a
+// veth refuses any other above an MTU of about 3,500). Larger chunks were
+// the other way: above a page they need a UMEM of huge pages (Linux 6.6),
+// which a host has to set aside, and unaligned chunks still stop at a
+// page. Multi-buffer works in copy mode on any driver (veth included, in
+// native and generic XDP mode: TestJumboVeth carries 9,018-byte frames
+// both ways); where a driver's zero-copy mode lacks it (the bind fails
+// with EOPNOTSUPP), Open binds again in copy mode. If that fails too, Open
+// fails with ErrFrameSize naming the size and the limit, as it does for a
+// frame of more than MaxChunks chunks (28,672 bytes with 2 KiB chunks). A run cut off by the end of what the RX ring shows waits for
+// the rest; frames longer than the caller's buffer are dropped whole
+// (RxOversize).
+//
 // # Modes
 //
 // Open binds without a mode flag, so the kernel uses zero-copy where the

@@ -13,6 +13,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/internal/netlab"
 	l4 "github.com/usnetd/usnetd/switch"
@@ -42,6 +43,14 @@ type testLab struct {
 // loads the XDP program (not attached yet: see attach).
 func newTestLab(t testing.TB, queues int) *testLab {
 	t.Helper()
+	return newTestLabMTU(t, queues, 0)
+}
+
+// newTestLabMTU is newTestLab with both veth ends at mtu (0: 1500), and an
+// XDP program that takes multi-buffer frames (BPF_F_XDP_HAS_FRAGS: a veth
+// refuses any other above an MTU of about 3,500 in native mode).
+func newTestLabMTU(t testing.TB, queues, mtu int) *testLab {
+	t.Helper()
 	lab, err := netlab.New(t, "")
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +63,7 @@ func newTestLab(t testing.TB, queues int) *testLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := lab.Veth(host, "eth0", peer, "eth0", netlab.VethOpts{Queues: queues, Up: true})
+	v, err := lab.Veth(host, "eth0", peer, "eth0", netlab.VethOpts{Queues: queues, MTU: mtu, Up: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +88,7 @@ func newTestLab(t testing.TB, queues int) *testLab {
 	if err != nil {
 		t.Fatalf("neighbour entry in peer: %v", err)
 	}
-	tl.xsks, tl.prog = redirectProgram(t)
+	tl.xsks, tl.prog = redirectProgram(t, mtu > 0)
 	return tl
 }
 
@@ -88,7 +97,7 @@ func newTestLab(t testing.TB, queues int) *testLab {
 // kernel when there is none:
 //
 //	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-func redirectProgram(t testing.TB) (*ebpf.Map, *ebpf.Program) {
+func redirectProgram(t testing.TB, frags bool) (*ebpf.Map, *ebpf.Program) {
 	t.Helper()
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "xsks", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: 64})
 	if err != nil {
@@ -97,7 +106,12 @@ func redirectProgram(t testing.TB) (*ebpf.Map, *ebpf.Program) {
 	t.Cleanup(func() { m.Close() })
 	const rxQueueIndex = 16 // offsetof(struct xdp_md, rx_queue_index)
 	const xdpPass = 2
+	var flags uint32
+	if frags {
+		flags = unix.BPF_F_XDP_HAS_FRAGS
+	}
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Flags:   flags,
 		Name:    "xsk_redirect",
 		Type:    ebpf.XDP,
 		License: "GPL",

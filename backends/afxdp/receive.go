@@ -42,36 +42,79 @@ func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 }
 
 // receive moves up to len(bufs) frames from the RX ring into bufs and their
-// frames back to the fill ring; it returns how many buffers it filled. The
+// chunks back to the fill ring; it returns how many buffers it filled. The
 // caller owns the RX side (rxMu).
+//
+// With XDP_USE_SG a frame is a run of descriptors, each but the last
+// flagged XDP_PKT_CONTD; their chunks are joined into one buffer. The
+// kernel publishes a frame's descriptors together, so a run that is cut
+// off by the end of what the ring shows is left there for the next call.
 func (s *xsk) receive(bufs []*l4.Buf) int {
-	n := s.rx.avail(uint32(len(bufs)))
+	n := s.rx.avail(s.rx.size)
 	if n == 0 {
 		s.refill()
 		return 0
 	}
 	got := 0
+	used := uint32(0)
 	umemLen := uint64(len(s.umem))
 	rxEnd := uint64(s.rxFrames) * s.frame
-	for i := range n {
-		d := &s.rx.descs[(s.rx.local+i)&s.rx.mask]
-		addr, l := d.Addr, uint64(d.Len)
-		base := addr &^ (s.frame - 1) // copy mode: addr includes the headroom
-		if addr >= rxEnd || addr+l > umemLen || addr-base+l > s.frame {
-			s.c.rxBadDesc.Add(1)
-			continue // not one of our RX frames: never recycle it
+	var oversize, bad, partial uint64
+	for used < n && got < len(bufs) {
+		last := used
+		if s.sg {
+			for last < n && s.rx.descs[(s.rx.local+last)&s.rx.mask].Options&unix.XDP_PKT_CONTD != 0 {
+				last++
+			}
+			if last == n {
+				if m := s.rx.reload(); m > n {
+					n = m
+					continue // more was published meanwhile: scan again
+				}
+				if n < s.rx.size && last-used <= MaxChunks+2 {
+					break // the rest of the frame is not published yet
+				}
+				last = n - 1 // a run longer than any frame: take it as a bad frame
+			}
 		}
-		if b := bufs[got]; int(l) <= b.Cap() {
-			b.SetLen(copy(b.Data(), s.umem[addr:addr+l]))
+		b := bufs[got]
+		off, ok := 0, true
+		for i := used; i <= last; i++ {
+			d := &s.rx.descs[(s.rx.local+i)&s.rx.mask]
+			addr, l := d.Addr, uint64(d.Len)
+			base := addr &^ (s.frame - 1) // copy mode: addr includes the headroom
+			if addr >= rxEnd || addr+l > umemLen || addr-base+l > s.frame {
+				bad++
+				if ok && last > used {
+					partial++
+				}
+				ok = false
+				continue // not one of our RX frames: never recycle it
+			}
+			if ok {
+				if off+int(l) <= b.Cap() {
+					off += copy(b.Data()[off:], s.umem[addr:addr+l])
+				} else {
+					oversize++
+					ok = false
+				}
+			}
+			s.spare = append(s.spare, base)
+		}
+		used = last + 1
+		if ok {
+			b.SetLen(off)
 			got++
-		} else {
-			s.c.rxOversize.Add(1)
 		}
-		s.spare = append(s.spare, base)
 	}
-	s.rx.release(n)
+	s.rx.release(used)
 	s.refill()
 	s.c.rxFrames.Add(uint64(got))
+	if oversize+bad+partial > 0 {
+		s.c.rxOversize.Add(oversize)
+		s.c.rxBadDesc.Add(bad)
+		s.c.rxPartial.Add(partial)
+	}
 	return got
 }
 

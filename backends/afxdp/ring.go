@@ -133,6 +133,13 @@ func (r *ring) avail(want uint32) uint32 {
 	return min(n, want)
 }
 
+// reload reads the kernel's producer index afresh and returns how many
+// slots a consumer may read now (consumer side).
+func (r *ring) reload() uint32 {
+	r.cached = atomic.LoadUint32(r.producer)
+	return r.cached - r.local
+}
+
 // release gives n read slots back to the kernel (consumer side).
 func (r *ring) release(n uint32) {
 	if n == 0 {

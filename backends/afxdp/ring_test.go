@@ -93,7 +93,7 @@ func TestRingIndices(t *testing.T) {
 // for RX (pre-filled as newXSK does) and txFrames for TX.
 func fakeXSK(t *testing.T, frames, txFrames uint32) *xsk {
 	t.Helper()
-	s := &xsk{fd: -1, frame: 2048, rxFrames: frames, txFrames: txFrames}
+	s := &xsk{fd: -1, frame: 2048, rxFrames: frames, txFrames: txFrames, maxTx: 2048}
 	s.umem = make([]byte, uint64(frames+txFrames)*s.frame)
 	ok := s.fill.init(fakeMem(pow2(frames), 8), fakeOff, pow2(frames), true) &&
 		s.rx.init(fakeMem(pow2(frames), 16), fakeOff, pow2(frames), false) &&

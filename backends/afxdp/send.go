@@ -22,7 +22,9 @@ const kickTries = 4
 // kernel when the ring asks for it (in copy mode it always does, and the
 // sendto transmits synchronously). It returns how many frames it queued:
 // fewer than len(bufs) when the ring or the TX frames ran out (counted as
-// TxFull) or a frame was empty or too long for a UMEM frame (TxDropped).
+// TxFull) or a frame was empty or longer than the port carries
+// (TxDropped). With XDP_USE_SG a frame longer than a chunk goes out as a
+// run of chunks, each but the last flagged XDP_PKT_CONTD.
 // It never waits for the device.
 func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 	p.txMu.Lock()
@@ -34,7 +36,7 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 	queued, i := 0, 0
 	for round := 0; i < len(bufs) && round < sendRounds; round++ {
 		s.reclaim()
-		room := s.tx.free(uint32(min(len(bufs)-i, len(s.txFree))))
+		room := s.tx.free(uint32(len(s.txFree))) // in chunks: a frame may take several
 		if room == 0 {
 			if round > 0 || s.tx.pending() == 0 {
 				break
@@ -42,22 +44,36 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 			s.kick() // frames from before still wait in the ring
 			continue
 		}
-		k := uint32(0)
-		for ; i < len(bufs) && k < room; i++ {
+		k, frames := uint32(0), 0
+		for ; i < len(bufs); i++ {
 			b := bufs[i]
 			l := b.Len()
-			if l == 0 || l > int(s.frame) {
+			if l == 0 || l > s.maxTx {
 				s.c.txDropped.Add(1)
 				continue
 			}
-			addr := s.txFree[len(s.txFree)-1]
-			s.txFree = s.txFree[:len(s.txFree)-1]
-			copy(s.umem[addr:addr+uint64(l)], b.Bytes())
-			s.tx.descs[(s.tx.local+k)&s.tx.mask] = unix.XDPDesc{Addr: addr, Len: uint32(l)}
-			k++
+			need := uint32((uint64(l) + s.frame - 1) / s.frame)
+			if need > room-k {
+				break
+			}
+			f := b.Bytes()
+			for off := 0; off < l; {
+				c := min(int(s.frame), l-off)
+				addr := s.txFree[len(s.txFree)-1]
+				s.txFree = s.txFree[:len(s.txFree)-1]
+				copy(s.umem[addr:addr+uint64(c)], f[off:off+c])
+				off += c
+				var opts uint32
+				if off < l {
+					opts = unix.XDP_PKT_CONTD // more chunks of this frame follow
+				}
+				s.tx.descs[(s.tx.local+k)&s.tx.mask] = unix.XDPDesc{Addr: addr, Len: uint32(c), Options: opts}
+				k++
+			}
+			frames++
 		}
 		s.tx.submit(k)
-		queued += int(k)
+		queued += frames
 		s.kick()
 	}
 	if full := len(bufs) - i; full > 0 {

@@ -25,6 +25,8 @@ type xsk struct {
 	zeroCopy bool
 	umem     []byte
 	frame    uint64 // frame size, a power of two
+	sg       bool   // bound with XDP_USE_SG: frames may span chunks
+	maxTx    int    // longest frame Send takes
 	rxFrames uint32
 	txFrames uint32
 
@@ -47,6 +49,7 @@ type xsk struct {
 // counters are written by the owning goroutine and read by Stats.
 type counters struct {
 	rxFrames, rxOversize, rxBadDesc, rxWakeups atomic.Uint64
+	rxPartial                                  atomic.Uint64
 	txFrames, txDropped, txFull, txWakeups     atomic.Uint64
 	txErrors                                   atomic.Uint64
 }
@@ -69,7 +72,10 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 		}
 		return nil, fmt.Errorf("afxdp: socket(AF_XDP): %w", err)
 	}
-	s = &xsk{queue: q, fd: fd, frame: uint64(o.FrameSize)}
+	s = &xsk{queue: q, fd: fd, frame: uint64(o.FrameSize), sg: o.MaxFrame > o.FrameSize-Headroom, maxTx: o.FrameSize}
+	if s.sg {
+		s.maxTx = MaxChunks * o.FrameSize
+	}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -185,10 +191,19 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 	if o.ForceCopy {
 		flags |= unix.XDP_COPY
 	}
+	if s.sg {
+		flags |= unix.XDP_USE_SG
+	}
 	sa := &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(ifindex), QueueID: uint32(q)}
 	deadline := time.Now().Add(bindRetry)
 	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
 		err = unix.Bind(fd, sa)
+		if s.sg && sa.Flags&unix.XDP_COPY == 0 && errors.Is(err, unix.EOPNOTSUPP) {
+			// A driver whose zero-copy mode has no multi-buffer support
+			// refuses the bind; copy mode has it on every driver.
+			sa.Flags |= unix.XDP_COPY
+			continue
+		}
 		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
 			break
 		}
@@ -198,6 +213,11 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 	if err != nil {
 		if errors.Is(err, unix.EBUSY) {
 			return s, fmt.Errorf("afxdp: bind queue %d: %w: %w", q, ErrQueueBusy, err)
+		}
+		if s.sg && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
+			return s, fmt.Errorf("afxdp: bind queue %d: %w: frames of %d bytes span several %d-byte chunks, "+
+				"and the kernel or the driver refused multi-buffer AF_XDP (XDP_USE_SG): %w; "+
+				"afxdp carries at most %d bytes per frame here", q, ErrFrameSize, o.MaxFrame, o.FrameSize, err, o.FrameSize-Headroom)
 		}
 		return s, fmt.Errorf("afxdp: bind queue %d of ifindex %d: %w", q, ifindex, err)
 	}

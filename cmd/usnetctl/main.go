@@ -178,6 +178,7 @@ type interfaceJSON struct {
 	Backend string `json:"backend"`
 	Queues  int    `json:"queues"`
 	XDPMode string `json:"xdp_mode"`
+	MTU     int    `json:"mtu,omitempty"`
 }
 
 type statusJSON struct {

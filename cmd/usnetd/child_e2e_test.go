@@ -48,13 +48,38 @@ const (
 )
 
 // e2eHandler is the HTTP handler of every variant: a short fixed body;
-// the header says who served it.
+// the header says who served it. /upload reads the request body and
+// answers "received N"; /download answers downloadSize bytes of
+// downloadByte(i).
 func e2eHandler(stack string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Stack", stack)
-		io.WriteString(w, "hello, world\n")
+		switch r.URL.Path {
+		case "/upload":
+			n, err := io.Copy(io.Discard, r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			fmt.Fprintf(w, "received %d\n", n)
+		case "/download":
+			w.Header().Set("Content-Length", fmt.Sprint(downloadSize))
+			buf := make([]byte, downloadSize)
+			for i := range buf {
+				buf[i] = downloadByte(i)
+			}
+			w.Write(buf)
+		default:
+			io.WriteString(w, "hello, world\n")
+		}
 	})
 }
+
+// downloadSize is the size of /download: 1 MiB.
+const downloadSize = 1 << 20
+
+// downloadByte is byte i of /download.
+func downloadByte(i int) byte { return byte(i*31 + i>>8) }
 
 // serverMain is the child's main; it returns the exit status.
 func serverMain() int {

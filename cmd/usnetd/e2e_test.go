@@ -104,6 +104,13 @@ func forEachBackend(t *testing.T, body func(t *testing.T, backend string)) {
 
 func newE2ELab(t testing.TB, queues int) *e2eLab {
 	t.Helper()
+	return newE2ELabMTU(t, queues, 0)
+}
+
+// newE2ELabMTU is newE2ELab with both veth ends at mtu (0: the default,
+// 1500).
+func newE2ELabMTU(t testing.TB, queues, mtu int) *e2eLab {
+	t.Helper()
 	lab, err := netlab.New(t, "")
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +126,7 @@ func newE2ELab(t testing.TB, queues int) *e2eLab {
 	// The pin directory is named after the interface: a lab-unique name
 	// keeps parallel test runs apart.
 	ifname := lab.Name()
-	if _, err := lab.Veth(host, ifname, peer, "eth0", netlab.VethOpts{Queues: queues, Up: true}); err != nil {
+	if _, err := lab.Veth(host, ifname, peer, "eth0", netlab.VethOpts{Queues: queues, MTU: mtu, Up: true}); err != nil {
 		t.Fatal(err)
 	}
 	sn := lab.Subnet()
@@ -687,7 +694,7 @@ func (n *notifySocket) expect(state string) {
 func udpResponder(t *testing.T, ch *os.File, mac net.HardwareAddr, port uint16) *atomic.Int64 {
 	var answered atomic.Int64
 	go func() {
-		buf := make([]byte, 2048)
+		buf := make([]byte, 65536)
 		for {
 			n, err := ch.Read(buf)
 			if err != nil {

@@ -346,10 +346,16 @@ static __always_inline int to_xsk(struct xdp_md *ctx)
 	return ret;
 }
 
-SEC("xdp")
+/* Multi-buffer aware: a jumbo frame may come in several buffers. The
+ * decision reads the frame with bpf_xdp_load_bytes at offsets, which reads
+ * across buffers, and bpf_xdp_get_buff_len gives the whole length, so a
+ * jumbo frame is judged whole. Compiled as xdp.frags; the loader keeps
+ * BPF_F_XDP_HAS_FRAGS only where the MTU needs it (a veth refuses a
+ * program without it above an MTU of about 3,500 bytes), since in generic
+ * mode the flag makes the kernel copy every frame. */
+SEC("xdp.frags")
 int usnetd_xdp(struct xdp_md *ctx)
 {
-	/* Loaded without BPF_F_XDP_HAS_FRAGS: the whole frame is linear. */
 	__u32 code = classify_xdp(ctx, bpf_xdp_get_buff_len(ctx));
 	if (cls_kernel(code))
 		return pass(code);

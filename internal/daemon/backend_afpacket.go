@@ -22,7 +22,7 @@ type afpacketBackend struct {
 	port *afpacket.Port
 }
 
-func (d *daemon) openAFPacket(ifname string, rules []l4.Rule) (_ nicBackend, err error) {
+func (d *daemon) openAFPacket(ifname string, rules []l4.Rule, frame int) (_ nicBackend, err error) {
 	allow := make([]firewall.Allowed, 0, len(rules))
 	for _, r := range rules {
 		allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
@@ -42,11 +42,24 @@ func (d *daemon) openAFPacket(ifname string, rules []l4.Rule) (_ nicBackend, err
 			_ = fw.Close()
 		}
 	}()
+	// The kernel's own frames stay out of the packet sockets: a socket
+	// filter over the firewall's kernel maps drops them before they are
+	// copied (the sockets keep the program; the loader's reference goes).
+	sf, err := fw.SocketFilter()
+	if err != nil {
+		return nil, fmt.Errorf("eBPF socket filter: %w", err)
+	}
+	defer sf.Close()
 	port, err := afpacket.Open(afpacket.Options{
+		Filter:    sf.Program(),
 		Interface: ifname,
 		Workers:   d.cfg.Workers, // any number: the fanout group spreads flows over them
+		MaxFrame:  frame,
 		Logger:    d.log,
 	})
+	if errors.Is(err, afpacket.ErrFrameSize) {
+		return nil, fmt.Errorf("AF_PACKET: %w: MTU %d: %w", ErrMTU, frame-ethHeader-vlanTag, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("AF_PACKET: %w", err)
 	}
@@ -59,6 +72,27 @@ func (b *afpacketBackend) Describe() string {
 }
 
 func (b *afpacketBackend) Port() l4.Port { return b.port }
+
+func (b *afpacketBackend) MaxFrame() int { return b.port.MaxFrame() }
+
+func (b *afpacketBackend) Name() string { return "afpacket" }
+
+// Drops: the packet sockets' kernel counter (PACKET_STATISTICS tp_drops:
+// the ring was full) and the port's own.
+func (b *afpacketBackend) Drops() map[string]uint64 {
+	st := b.port.Stats()
+	d := map[string]uint64{}
+	for _, q := range st.Queues {
+		d["rx_ring_full"] += q.Drops
+		d["rx_oversize"] += q.RxOversize
+		d["rx_truncated"] += q.RxTruncated
+		d["rx_bad_frame"] += q.RxBadFrame
+		d["rx_gso_bad"] += q.RxGSOBad
+	}
+	d["tx_dropped"] = st.Tx.Dropped
+	d["tx_full"] = st.Tx.Full
+	return d
+}
 
 func (b *afpacketBackend) LearnedKernel() ([]l4.Key, error) { return learnedKernel(b.fw) }
 
@@ -101,9 +135,12 @@ func learnedKernel(fw *firewall.Firewall) ([]l4.Key, error) {
 //     and generic mode, or another program holds the interface's XDP hook
 //     (firewall.ErrAttachXDP);
 //   - the driver refused the AF_XDP socket (EOPNOTSUPP from bind or a
-//     socket option).
+//     socket option);
+//   - AF_XDP cannot carry the NIC's frames (afxdp.ErrFrameSize: an MTU
+//     above what multi-buffer sockets hold, or a driver without them).
 func afxdpUnavailable(err error) bool {
 	return errors.Is(err, afxdp.ErrNotSupported) ||
+		errors.Is(err, afxdp.ErrFrameSize) ||
 		errors.Is(err, firewall.ErrAttachXDP) ||
 		errors.Is(err, unix.EAFNOSUPPORT) ||
 		errors.Is(err, unix.EOPNOTSUPP)

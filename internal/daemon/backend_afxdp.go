@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net"
 
@@ -13,22 +14,25 @@ import (
 // openBackend claims ifname the way BACKEND says. BACKEND=auto tries
 // afxdp and falls back to afpacket where AF_XDP is not available (see
 // afxdpUnavailable), saying why in the log.
-func (d *daemon) openBackend(ifname string, rules []l4.Rule) (nicBackend, error) {
+//
+// frame is the longest frame the NIC's MTU makes: the backend carries it
+// or fails saying so.
+func (d *daemon) openBackend(ifname string, rules []l4.Rule, frame int) (nicBackend, error) {
 	switch d.cfg.Backend {
 	case config.BackendAFXDP:
-		return d.openAFXDP(ifname, rules)
+		return d.openAFXDP(ifname, rules, frame)
 	case config.BackendMacvtap:
 		return d.openMacvtap(ifname)
 	case config.BackendAFPacket:
-		return d.openAFPacket(ifname, rules)
+		return d.openAFPacket(ifname, rules, frame)
 	case config.BackendAuto:
-		b, err := d.openAFXDP(ifname, rules)
+		b, err := d.openAFXDP(ifname, rules, frame)
 		if err == nil || !afxdpUnavailable(err) {
 			return b, err
 		}
 		d.log.Warn().Str("interface", ifname).Str("reason", err.Error()).
 			Msg("AF_XDP is not available on this interface: falling back to BACKEND=afpacket")
-		return d.openAFPacket(ifname, rules)
+		return d.openAFPacket(ifname, rules, frame)
 	default:
 		return nil, fmt.Errorf("BACKEND=%s is not available in this version of usnetd (use afxdp, afpacket, macvtap or auto)", d.cfg.Backend)
 	}
@@ -43,7 +47,7 @@ type afxdpBackend struct {
 	neigh *neighPort // port with the neighbour tap as its last queue
 }
 
-func (d *daemon) openAFXDP(ifname string, rules []l4.Rule) (_ nicBackend, err error) {
+func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, frame int) (_ nicBackend, err error) {
 	allow := make([]firewall.Allowed, 0, len(rules))
 	for _, r := range rules {
 		allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
@@ -55,9 +59,13 @@ func (d *daemon) openAFXDP(ifname string, rules []l4.Rule) (_ nicBackend, err er
 	case "generic":
 		mode = firewall.ModeGeneric
 	}
+	// Frames longer than a UMEM chunk: multi-buffer sockets, and an XDP
+	// program that takes frames in several buffers.
+	multi := frame > afxdp.DefaultFrameSize-afxdp.Headroom
 	fw, err := firewall.Attach(firewall.Options{
 		Interface:   ifname,
 		XDPMode:     mode,
+		MultiBuffer: multi,
 		NoHostRings: d.cfg.NoHostRings,
 		Allow:       allow,
 		Log:         d.log,
@@ -70,12 +78,20 @@ func (d *daemon) openAFXDP(ifname string, rules []l4.Rule) (_ nicBackend, err er
 			_ = fw.Close()
 		}
 	}()
+	maxFrame := 0 // the default: one UMEM chunk
+	if multi {
+		maxFrame = frame
+	}
 	port, err := afxdp.Open(afxdp.Options{
 		Interface: ifname,
+		MaxFrame:  maxFrame,
 		XSKMap:    fw.XSKMap(),
 		ForceCopy: d.cfg.NoZeroCopy,
 		Logger:    d.log,
 	})
+	if errors.Is(err, afxdp.ErrFrameSize) {
+		return nil, fmt.Errorf("AF_XDP: %w: MTU %d: %w", ErrMTU, frame-ethHeader-vlanTag, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("AF_XDP: %w", err)
 	}
@@ -102,6 +118,30 @@ func (b *afxdpBackend) Describe() string {
 }
 
 func (b *afxdpBackend) Port() l4.Port { return b.neigh }
+
+func (b *afxdpBackend) MaxFrame() int { return b.port.MaxFrame() }
+
+func (b *afxdpBackend) Name() string { return "afxdp" }
+
+// Drops: the sockets' kernel counters (XDP_STATISTICS) and the port's own,
+// and the frames the XDP program had no socket for.
+func (b *afxdpBackend) Drops() map[string]uint64 {
+	d := map[string]uint64{}
+	for _, q := range b.port.Stats() {
+		d["rx_kernel_dropped"] += q.RxDropped
+		d["rx_ring_full"] += q.RxRingFull
+		d["rx_invalid_desc"] += q.RxInvalidDescs + q.RxBadDesc
+		d["rx_oversize"] += q.RxOversize
+		d["tx_invalid_desc"] += q.TxInvalidDescs
+		d["tx_dropped"] += q.TxDropped
+		d["tx_full"] += q.TxFull
+	}
+	d["no_socket"] = 0
+	if c, err := b.fw.Counters(); err == nil {
+		d["no_socket"] = c["dropped_no_xsk"]
+	}
+	return d
+}
 
 // XDPMode is the XDP attach mode in use ("native" or "generic").
 func (b *afxdpBackend) XDPMode() string { return b.fw.Mode() }

@@ -42,6 +42,29 @@ func (b *macvtapBackend) Describe() string {
 
 func (b *macvtapBackend) Port() l4.Port { return b.claim.NIC() }
 
+// MaxFrame: a read takes as much as the buffer holds, and a longer frame
+// is counted (RxTooLong); only the buffers bound it.
+func (b *macvtapBackend) MaxFrame() int { return 0 }
+
+func (b *macvtapBackend) Name() string { return "macvtap" }
+
+// Drops: the macvtap's (from and to the NIC) and the TAP's (from and to
+// the kernel) counters.
+func (b *macvtapBackend) Drops() map[string]uint64 {
+	d := map[string]uint64{}
+	add := func(prefix string, st macvtap.Stats) {
+		d[prefix+"rx_too_long"] += st.RxTooLong
+		d[prefix+"rx_error"] += st.RxErrors
+		d[prefix+"tx_dropped"] += st.TxDropped
+		d[prefix+"tx_error"] += st.TxErrors
+	}
+	add("", b.claim.NIC().Stats())
+	if k := b.claim.Kernel(); k != nil {
+		add("kernel_", k.Stats())
+	}
+	return d
+}
+
 // AttachKernel adds the TAP's port to the pipeline. The TAP has the NIC's
 // MAC, which claim puts in the local-MAC set: endpoints' frames to the
 // kernel are switched locally from the start. Without a kernel path (NO_HOST_RINGS) there is no port, and the

@@ -52,6 +52,8 @@ type domain struct {
 	sw     *l4.Switch
 	p      *l4.Pipeline
 	nic    nicBackend
+	mtu    atomic.Int64 // the NIC's MTU as last learned (MTUChanged)
+	maxMTU int          // the largest MTU whose frames the buffers and the backend carry
 }
 
 // nicBackend is a way of claiming a NIC: it gives the pipeline its NIC port
@@ -68,6 +70,14 @@ type nicBackend interface {
 	// Expire removes learned kernel entries whose socket isOpen says is
 	// gone, and returns how many.
 	Expire(isOpen func(l4.Key) bool) (int, error)
+	// Name is the backend's name for metrics: "afxdp", "afpacket", "macvtap".
+	Name() string
+	// Drops returns the frames the backend (and the kernel below it)
+	// dropped, by reason, as running totals (usnetd_backend_drops_total).
+	Drops() map[string]uint64
+	// MaxFrame is the longest frame the backend carries (Ethernet header
+	// included), or 0 when only the pipeline's buffers bound it.
+	MaxFrame() int
 	// Close gives the NIC back.
 	Close() error
 }
@@ -183,7 +193,7 @@ type daemon struct {
 func (d *daemon) metricDomains() []metrics.Domain {
 	ds := make([]metrics.Domain, 0, len(d.domains))
 	for _, dom := range d.domains {
-		md := metrics.Domain{Interface: dom.ifname, Pipeline: dom.p}
+		md := metrics.Domain{Interface: dom.ifname, Pipeline: dom.p, Backend: dom.nic.Name(), BackendDrops: dom.nic.Drops}
 		if fb, ok := dom.nic.(firewallBackend); ok {
 			md.Firewall = fb.firewall().Counters
 		}
@@ -206,7 +216,11 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	if err != nil {
 		return nil, err
 	}
-	nic, err := d.openBackend(ifname, rules)
+	mtu := link.Attrs().MTU
+	if mtu < 68 {
+		return nil, fmt.Errorf("MTU %d: below the minimum of 68", mtu)
+	}
+	nic, err := d.openBackend(ifname, rules, frameBytes(mtu))
 	if err != nil {
 		return nil, err
 	}
@@ -227,9 +241,19 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 		local = append(local, l4.AddrFromNetip(a))
 	}
 	sw.SetLocal(append([]l4.MAC{nicMAC}, d.cfg.AddMACs...), local)
+	bufSize := bufSizeFor(mtu)
+	maxFrame := bufSize
+	if m := nic.MaxFrame(); m > 0 {
+		maxFrame = min(maxFrame, m)
+	}
+	if maxFrame < frameBytes(mtu) {
+		return nil, fmt.Errorf("%w: MTU %d needs frames of %d bytes; %s carries at most %d (MTU %d)",
+			ErrMTU, mtu, frameBytes(mtu), nic.Describe(), maxFrame, maxFrame-ethHeader-vlanTag)
+	}
 	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
 		RingSize:      d.cfg.RingSize,
 		BatchSize:     d.cfg.BatchSize,
+		BufSize:       bufSize,
 		Tap:           d.tap,
 		OnThreadStart: d.pin.hook(ifname),
 	})
@@ -254,9 +278,12 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 			return nil, fmt.Errorf("DEBUG_PORTS rule %v: %w", r.Key, err)
 		}
 	}
-	dom = &domain{ifname: ifname, addrs: addrs, mac: link.Attrs().HardwareAddr, sw: sw, p: p, nic: nic}
+	dom = &domain{ifname: ifname, addrs: addrs, mac: link.Attrs().HardwareAddr, sw: sw, p: p, nic: nic,
+		maxMTU: maxFrame - ethHeader - vlanTag}
+	dom.mtu.Store(int64(mtu))
 	ev := d.log.Info().Str("interface", ifname).Str("backend", nic.Describe()).
-		Str("mac", dom.mac.String()).Int("kernel_rules", len(rules))
+		Str("mac", dom.mac.String()).Int("kernel_rules", len(rules)).
+		Int("mtu", mtu).Int("buffer_size", bufSize)
 	if addrs.v4.IsValid() {
 		ev = ev.Str("ipv4", addrs.v4.String())
 	}
@@ -266,6 +293,9 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	ev.Msg("interface claimed")
 	return dom, nil
 }
+
+// currentMTU is the NIC's MTU as usnetd carries it now (QueryStatus).
+func (dom *domain) currentMTU() int { return int(dom.mtu.Load()) }
 
 // linkAddrs reads the interface's first IPv4 address and its global IPv6
 // addresses.
@@ -477,7 +507,7 @@ var Version = "dev"
 func (d *daemon) startControl() error {
 	ifaces := make([]control.Interface, 0, len(d.domains))
 	for _, dom := range d.domains {
-		in := control.Interface{Name: dom.ifname, Pipeline: dom.p, Backend: dom.nic.Describe()}
+		in := control.Interface{Name: dom.ifname, Pipeline: dom.p, Backend: dom.nic.Describe(), MTU: dom.currentMTU}
 		if m, ok := dom.nic.(interface{ XDPMode() string }); ok {
 			in.XDPMode = m.XDPMode()
 		}

@@ -10,4 +10,10 @@
 // links, pins, socket files, routes), and never start half-way: a NIC that
 // cannot be claimed stops the start with an error naming it, after undoing
 // what was done.
+//
+// Frames are sized by each NIC's MTU, read when it is claimed (mtu.go):
+// the pipeline's buffers, the backend and the endpoints' channels carry
+// frames of that size, and a backend that cannot makes the claim fail
+// with one line naming the MTU and the limit (ErrMTU). MTUChanged is the
+// entry point for link following.
 package daemon
