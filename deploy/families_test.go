@@ -68,7 +68,8 @@ func scrapeFamilies() (map[string]family, string) {
 
 	c := metrics.NewCollector(func() []metrics.Domain {
 		return []metrics.Domain{{Interface: "eth0", Pipeline: p, Backend: "afpacket",
-			BackendDrops: func() map[string]uint64 { return map[string]uint64{"rx_oversize": 0} }}}
+			BackendDrops: func() map[string]uint64 { return map[string]uint64{"rx_oversize": 0} },
+			Firewall:     func() (map[string]uint64, error) { return map[string]uint64{"pass_kernel": 0}, nil }}}
 	})
 	c.SetTap(tap)
 	c.SetControl(func() map[string]uint64 { return map[string]uint64{"address": 0} })

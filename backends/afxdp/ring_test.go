@@ -25,11 +25,11 @@ func fakeMem(size uint32, elem uint64) []byte {
 // kernelSide is the other end of a fake ring.
 type kernelSide struct{ r *ring }
 
-func (k kernelSide) prod() uint32         { return atomic.LoadUint32(k.r.producer) }
-func (k kernelSide) cons() uint32         { return atomic.LoadUint32(k.r.consumer) }
-func (k kernelSide) setProd(v uint32)     { atomic.StoreUint32(k.r.producer, v) }
-func (k kernelSide) setCons(v uint32)     { atomic.StoreUint32(k.r.consumer, v) }
-func (k kernelSide) setFlags(v uint32)    { atomic.StoreUint32(k.r.flags, v) }
+func (k kernelSide) prod() uint32      { return atomic.LoadUint32(k.r.producer) }
+func (k kernelSide) cons() uint32      { return atomic.LoadUint32(k.r.consumer) }
+func (k kernelSide) setProd(v uint32)  { atomic.StoreUint32(k.r.producer, v) }
+func (k kernelSide) setCons(v uint32)  { atomic.StoreUint32(k.r.consumer, v) }
+func (k kernelSide) setFlags(v uint32) { atomic.StoreUint32(k.r.flags, v) }
 
 func TestRingIndices(t *testing.T) {
 	var r umemRing

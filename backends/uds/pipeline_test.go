@@ -49,7 +49,9 @@ func readTimeout(fd int, b []byte, d time.Duration) (int, error) {
 // TestInPipeline: a uds port as an endpoint of a switch domain with an
 // in-memory NIC: frames flow both ways; the peer's close detaches it.
 func TestInPipeline(t *testing.T) {
-	sw := l4.NewSwitch(l4.NewTable(), l4.MAC(macNIC))
+	sw := l4.NewSwitch(l4.NewTable())
+	// What the endpoint may send from: the NIC's MAC and address.
+	sw.SetLocal([]l4.MAC{l4.MAC(macNIC)}, []l4.Addr{l4.MustParseAddr("198.18.0.1")})
 	pl, err := l4.NewPipeline(sw, l4.PipelineConfig{Buffers: 1024})
 	if err != nil {
 		t.Fatal(err)
