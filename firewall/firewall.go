@@ -596,7 +596,8 @@ func (fw *Firewall) maps() map[string]*ebpf.Map {
 // Close detaches both programs, unpins and closes every map and link, and
 // removes the interface's pin directory (and PinRoot, if that is then
 // empty). The kernel then sees the interface's traffic unfiltered. Close
-// is idempotent.
+// is idempotent. Release is the alternative that leaves the firewall
+// attached.
 func (fw *Firewall) Close() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -639,6 +640,48 @@ func (fw *Firewall) Close() error {
 		err = fmt.Errorf("firewall: close %s: %w", fw.ifname, err)
 	}
 	fw.log.Info().Err(err).Msg("firewall: detached")
+	return err
+}
+
+// Release closes the process's references to the firewall's programs,
+// maps and links and releases the pin directory's lock, but unpins and
+// detaches nothing: the programs stay attached through their pinned
+// links, with the maps as they are, and the kernel stays filtered while no
+// process holds the firewall (fail closed). The next Attach on the
+// interface takes the pins over (see Attach: Restart). Frames that the
+// classifier gives to usnetd find no AF_XDP socket in the XSKMAP (HookXDP)
+// or are dropped (HookTC): only the kernel's traffic flows.
+//
+// To remove such a firewall without a usnetd, delete the pin directory
+// (PinDir): with the last reference gone, the kernel detaches the links.
+// Release and Close are idempotent, and after either the other does
+// nothing.
+func (fw *Firewall) Release() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.closed {
+		return nil
+	}
+	fw.closed = true
+	var errs []error
+	for _, l := range []link.Link{fw.tcx, fw.in} {
+		if l != nil {
+			if err := l.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := fw.objs.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := fw.lock.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		err = fmt.Errorf("firewall: release %s: %w", fw.ifname, err)
+	}
+	fw.log.Info().Err(err).Str("pins", fw.dir).Msg("firewall: released, left attached and pinned")
 	return err
 }
 
