@@ -15,15 +15,16 @@ import (
 // Config is the validated configuration of usnetd. Load fills every field,
 // defaults included; vars.go says what each variable accepts.
 type Config struct {
-	Interfaces  []string   // INTERFACES: at least one, no duplicates
-	AllowGID    uint32     // ALLOW_GID, valid when HasAllowGID
-	HasAllowGID bool       // ALLOW_GID was given
-	DebugPorts  []PortSpec // DEBUG_PORTS: sticky kernel rules
-	StaticPipes []PortSpec // STATIC_PIPES: one static channel per item
-	AddMACs     []l4.MAC   // ADD_MACS: unicast, no duplicates
-	NoHostRings bool       // NO_HOST_RINGS: no kernel path at all
-	NoZeroCopy  bool       // NO_ZERO_COPY: always copy frames
-	PCAPLog     string     // PCAP_LOG: pcap file path, "" for none
+	Interfaces   []string   // INTERFACES: at least one, no duplicates
+	AllowGID     uint32     // ALLOW_GID, valid when HasAllowGID
+	HasAllowGID  bool       // ALLOW_GID was given
+	DebugPorts   []PortSpec // DEBUG_PORTS: sticky kernel rules
+	StaticPipes  []PortSpec // STATIC_PIPES: one static channel per item
+	AddMACs      []l4.MAC   // ADD_MACS: unicast, no duplicates
+	NoHostRings  bool       // NO_HOST_RINGS: no kernel path at all
+	NoZeroCopy   bool       // NO_ZERO_COPY: always copy frames
+	KeepFirewall bool       // KEEP_FIREWALL: leave the firewall attached after a clean stop
+	PCAPLog      string     // PCAP_LOG: pcap file path, "" for none
 
 	LogLevel  zerolog.Level // LOG_LEVEL, else RUST_LOG, else info
 	LogFormat LogFormat     // LOG_FORMAT, resolved: never empty
