@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/backends/afpacket"
@@ -39,7 +40,7 @@ func (d *daemon) openAFPacket(ifname string, rules []l4.Rule) (_ nicBackend, err
 	}
 	defer func() {
 		if err != nil {
-			_ = fw.Close()
+			_ = fw.Release() // fail closed
 		}
 	}()
 	port, err := afpacket.Open(afpacket.Options{
@@ -66,6 +67,23 @@ func (b *afpacketBackend) Expire(isOpen func(l4.Key) bool) (int, error) {
 	return b.fw.ExpireLearned(isOpen)
 }
 
+func (b *afpacketBackend) AllowKernel(k l4.Key, sticky bool) error {
+	return b.fw.AllowKernel(k, sticky)
+}
+
+func (b *afpacketBackend) RevokeKernel(k l4.Key) error { return revokeKernel(b.fw, k) }
+
+// Release closes the packet sockets and leaves the firewall attached: its
+// TCX ingress program drops what is not the kernel's.
+func (b *afpacketBackend) Release() error {
+	perr := b.port.Close()
+	ferr := b.fw.Release()
+	if perr != nil {
+		return perr
+	}
+	return ferr
+}
+
 func (b *afpacketBackend) Close() error {
 	perr := b.port.Close()
 	ferr := b.fw.Close()
@@ -73,6 +91,15 @@ func (b *afpacketBackend) Close() error {
 		return perr
 	}
 	return ferr
+}
+
+// revokeKernel removes k from the firewall's maps; an absent key is no
+// error (it is gone either way).
+func revokeKernel(fw *firewall.Firewall, k l4.Key) error {
+	if err := fw.RevokeKernel(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
 }
 
 // learnedKernel returns the keys the firewall's egress learner wrote.

@@ -67,7 +67,7 @@ func (d *daemon) openAFXDP(ifname string, rules []l4.Rule) (_ nicBackend, err er
 	}
 	defer func() {
 		if err != nil {
-			_ = fw.Close()
+			_ = fw.Release() // fail closed; with BACKEND=auto, afpacket takes it over
 		}
 	}()
 	port, err := afxdp.Open(afxdp.Options{
@@ -122,6 +122,21 @@ func (b *afxdpBackend) LearnedKernel() ([]l4.Key, error) {
 
 func (b *afxdpBackend) Expire(isOpen func(l4.Key) bool) (int, error) {
 	return b.fw.ExpireLearned(isOpen)
+}
+
+func (b *afxdpBackend) AllowKernel(k l4.Key, sticky bool) error { return b.fw.AllowKernel(k, sticky) }
+
+func (b *afxdpBackend) RevokeKernel(k l4.Key) error { return revokeKernel(b.fw, k) }
+
+// Release closes the AF_XDP sockets (the kernel takes them out of the
+// XSKMAP: usnetd's frames are dropped) and leaves the firewall attached.
+func (b *afxdpBackend) Release() error {
+	perr := b.neigh.Close()
+	ferr := b.fw.Release()
+	if perr != nil {
+		return perr
+	}
+	return ferr
 }
 
 func (b *afxdpBackend) Close() error {

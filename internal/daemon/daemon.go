@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,8 +32,12 @@ type Options struct {
 	// Stopping, if set, is called when the shutdown begins (STOPPING=1).
 	Stopping func()
 	// Watchdog, if set, runs from Ready until the shutdown begins, with a
-	// health check: true while the daemon's loops make progress.
+	// health check: true while the daemon's loops make progress and every
+	// NIC is claimed.
 	Watchdog func(ctx context.Context, healthy func() bool)
+	// Status, if set, is called with a one-line status whenever it changes
+	// (systemd's STATUS=): which NICs are served, which are gone and why.
+	Status func(status string)
 }
 
 // Housekeeping periods.
@@ -42,14 +47,29 @@ const (
 	expireEvery     = 90 * time.Second // the original's period: drop learned kernel rules without a socket
 )
 
-// domain is one claimed NIC: its switch, pipeline and backend.
+// domain is one configured NIC: its switch and pipeline, which live as
+// long as the daemon, and the backend that claims the NIC, which comes and
+// goes with the NIC (follow.go).
 type domain struct {
 	ifname string
-	addrs  ifAddrs
-	mac    net.HardwareAddr
 	sw     *l4.Switch
 	p      *l4.Pipeline
-	nic    nicBackend
+
+	// mu guards the claim: the follower changes it, housekeeping and the
+	// shutdown use it.
+	mu      sync.Mutex
+	nic     nicBackend // nil while the NIC is gone
+	nicPort l4.PortID  // the NIC's port in p
+	kernel  l4.Owner   // owner of the kernel's rules: l4.KernelOwner or the kernel's port (macvtap)
+	ifindex int        // of the claimed NIC; 0 while gone
+	mac     net.HardwareAddr
+	addrs   ifAddrs
+	rules   []l4.Rule // the DEBUG_PORTS rules in force (Owner = kernel)
+	lastErr string    // why the last claim of a re-created NIC failed, logged once
+	goneAt  time.Time
+
+	claimed    atomic.Bool   // the NIC is claimed: firewall and backend attached
+	reattaches atomic.Uint64 // claims of a re-created NIC
 }
 
 // nicBackend is a way of claiming a NIC: it gives the pipeline its NIC port
@@ -66,8 +86,18 @@ type nicBackend interface {
 	// Expire removes learned kernel entries whose socket isOpen says is
 	// gone, and returns how many.
 	Expire(isOpen func(l4.Key) bool) (int, error)
-	// Close gives the NIC back.
+	// AllowKernel and RevokeKernel add and remove a DEBUG_PORTS rule in
+	// the backend's kernel-side copy (the firewall's map); no-ops where
+	// the switch is the kernel's firewall (macvtap).
+	AllowKernel(k l4.Key, sticky bool) error
+	RevokeKernel(k l4.Key) error
+	// Close gives the NIC back: the kernel is unfiltered afterwards.
 	Close() error
+	// Release lets go of the NIC but leaves the kernel filtered (fail
+	// closed): the firewall stays attached and pinned (afxdp, afpacket),
+	// or the macvtap and the TAP stay and cut the kernel off (macvtap).
+	// The next claim takes over what it left.
+	Release() error
 }
 
 // kernelPortBackend is a nicBackend whose kernel path is a switch port
@@ -86,9 +116,19 @@ func Run(ctx context.Context, opt Options) (err error) {
 		return fmt.Errorf("STATIC_PIPES=%q: static pipes were netmap pipes, which this usnetd does not have; "+
 			"attach the stack through the control socket (RequestUDS) instead", cfg.StaticPipes[0].String())
 	}
-	d := &daemon{cfg: cfg, log: log, pin: &pinner{cpus: cfg.CPUs, log: log}}
+	d := &daemon{cfg: cfg, log: log, pin: &pinner{cpus: cfg.CPUs, log: log}, status: opt.Status}
 	defer func() {
-		if cerr := d.close(); err == nil {
+		// Fail closed: a start that fails leaves every firewall it
+		// attached or took over in place; a clean stop removes them
+		// unless KEEP_FIREWALL.
+		keep := ""
+		switch {
+		case err != nil:
+			keep = "the start failed"
+		case cfg.KeepFirewall:
+			keep = "KEEP_FIREWALL=true"
+		}
+		if cerr := d.close(keep); err == nil {
 			err = cerr
 		}
 	}()
@@ -116,7 +156,9 @@ func Run(ctx context.Context, opt Options) (err error) {
 		if d.tap != nil {
 			c.SetTap(d.tap)
 		}
-		srv, err := metrics.Listen(cfg.MetricsAddr, metrics.NewRegistry(c))
+		reg := metrics.NewRegistry(c)
+		reg.MustRegister(claimCollector{d})
+		srv, err := metrics.Listen(cfg.MetricsAddr, reg)
 		if err != nil {
 			return fmt.Errorf("METRICS_ADDR=%q: %w", cfg.MetricsAddr, err)
 		}
@@ -130,7 +172,9 @@ func Run(ctx context.Context, opt Options) (err error) {
 	}
 	hk, stopHK := context.WithCancel(context.Background())
 	d.wg.Go(func() { d.housekeeping(hk) })
+	d.wg.Go(func() { d.follow(hk) })
 	d.stopHK = stopHK
+	d.setStatus()
 
 	log.Info().Strs("interfaces", cfg.Interfaces).Msg("usnetd is up")
 	if opt.Ready != nil {
@@ -150,15 +194,18 @@ func Run(ctx context.Context, opt Options) (err error) {
 }
 
 type daemon struct {
-	cfg     *config.Config
-	log     zerolog.Logger
-	pin     *pinner
-	domains []*domain
-	metrics *metrics.Server
-	ctl     *control.Server
-	stopHK  context.CancelFunc
-	wg      sync.WaitGroup
-	closed  bool
+	cfg        *config.Config
+	log        zerolog.Logger
+	pin        *pinner
+	domains    []*domain
+	metrics    *metrics.Server
+	ctl        *control.Server
+	stopHK     context.CancelFunc
+	wg         sync.WaitGroup
+	closed     bool
+	status     func(string) // Options.Status
+	statusMu   sync.Mutex
+	lastStatus string
 
 	lastTick atomic.Int64 // the housekeeping loop's last round, Unix ns
 
@@ -178,29 +225,13 @@ func (d *daemon) metricDomains() []metrics.Domain {
 	return ds
 }
 
-// claim takes one NIC: addresses, kernel rules, backend, switch, pipeline.
+// claim takes one NIC at start: switch, pipeline, then the NIC itself
+// (attachNIC). Every DEBUG_PORTS entry needs an address on the NIC now.
 func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	link, err := netlink.LinkByName(ifname)
 	if err != nil {
 		return nil, fmt.Errorf("no such interface (INTERFACES): %w", err)
 	}
-	addrs, err := linkAddrs(link)
-	if err != nil {
-		return nil, err
-	}
-	rules, err := kernelRules(d.cfg.DebugPorts, ifname, addrs)
-	if err != nil {
-		return nil, err
-	}
-	nic, err := d.openBackend(ifname, rules)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			_ = nic.Close()
-		}
-	}()
 	sw := l4.NewSwitch(l4.NewTable(), d.cfg.AddMACs...)
 	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
 		RingSize:      d.cfg.RingSize,
@@ -211,38 +242,81 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := p.AddPort(nic.Port()); err != nil {
+	dom = &domain{ifname: ifname, sw: sw, p: p, kernel: l4.KernelOwner}
+	dom.mu.Lock()
+	defer dom.mu.Unlock()
+	if err := d.attachNIC(dom, link, true); err != nil {
 		_ = p.Close()
 		return nil, err
 	}
+	return dom, nil
+}
+
+// attachNIC claims the NIC link for dom, whose mutex the caller holds:
+// backend (with the firewall, opened with the DEBUG_PORTS rules of the
+// NIC's addresses now), its ports in the pipeline, the rules in the table.
+// strict (the start) refuses DEBUG_PORTS entries without an address. On
+// an error after the firewall is attached, the backend is released, not
+// closed: the kernel stays filtered.
+func (d *daemon) attachNIC(dom *domain, link netlink.Link, strict bool) (err error) {
+	addrs, err := linkAddrs(link)
+	if err != nil {
+		return err
+	}
+	rules, missing, err := kernelRules(d.cfg.DebugPorts, dom.ifname, addrs)
+	if err != nil {
+		return err
+	}
+	if strict && len(missing) > 0 {
+		return missingError(missing, dom.ifname)
+	}
+	nic, err := d.openBackend(dom.ifname, rules)
+	if err != nil {
+		return err
+	}
+	var added []l4.PortID
+	defer func() {
+		if err != nil {
+			for i := len(added) - 1; i >= 0; i-- {
+				_ = dom.p.RemovePort(added[i])
+			}
+			_ = nic.Release()
+		}
+	}()
+	nicOwner, err := dom.p.AddPort(nic.Port())
+	if err != nil {
+		return err
+	}
+	added = append(added, nicOwner.Port)
 	kernel := l4.KernelOwner
 	if kb, ok := nic.(kernelPortBackend); ok {
-		if kernel, err = kb.AttachKernel(p); err != nil {
-			_ = p.Close()
-			return nil, err
+		if kernel, err = kb.AttachKernel(dom.p); err != nil {
+			return err
+		}
+		if kernel != l4.KernelOwner {
+			added = append(added, kernel.Port)
 		}
 	}
-	for _, r := range rules {
-		r.Owner = kernel
-		if err := sw.Table.Insert(r); err != nil && !errors.Is(err, l4.ErrExists) {
-			_ = p.Close()
-			return nil, fmt.Errorf("DEBUG_PORTS rule %v: %w", r.Key, err)
-		}
+	dom.nic, dom.nicPort, dom.kernel = nic, nicOwner.Port, kernel
+	dom.ifindex, dom.mac = link.Attrs().Index, link.Attrs().HardwareAddr
+	if err := d.applyAddrs(dom, addrs); err != nil {
+		dom.nic, dom.ifindex = nil, 0
+		return err
 	}
-	dom = &domain{ifname: ifname, addrs: addrs, mac: link.Attrs().HardwareAddr, sw: sw, p: p, nic: nic}
-	ev := d.log.Info().Str("interface", ifname).Str("backend", nic.Describe()).
-		Str("mac", dom.mac.String()).Int("kernel_rules", len(rules))
-	if addrs.v4.IsValid() {
-		ev = ev.Str("ipv4", addrs.v4.String())
+	dom.claimed.Store(true)
+	ev := d.log.Info().Str("interface", dom.ifname).Str("backend", nic.Describe()).
+		Str("mac", dom.mac.String()).Int("kernel_rules", len(dom.rules))
+	if len(addrs.v4) > 0 {
+		ev = ev.Str("ipv4", addrs.v4[0].String())
 	}
 	if len(d.cfg.CPUs) > 0 {
 		ev = ev.Ints("cpus", d.cfg.CPUs)
 	}
 	ev.Msg("interface claimed")
-	return dom, nil
+	return nil
 }
 
-// linkAddrs reads the interface's first IPv4 address and its global IPv6
+// linkAddrs reads the interface's IPv4 addresses and its global IPv6
 // addresses.
 func linkAddrs(link netlink.Link) (ifAddrs, error) {
 	var a ifAddrs
@@ -257,20 +331,29 @@ func linkAddrs(link netlink.Link) (ifAddrs, error) {
 		}
 		ip = ip.Unmap()
 		switch {
-		case ip.Is4() && !a.v4.IsValid():
-			a.v4 = ip
+		case ip.Is4():
+			a.v4 = append(a.v4, ip)
 		case ip.Is6() && ip.IsGlobalUnicast():
 			a.v6 = append(a.v6, ip)
 		}
 	}
+	slices.SortFunc(a.v4, netip.Addr.Compare)
+	slices.SortFunc(a.v6, netip.Addr.Compare)
+	a.v4, a.v6 = slices.Compact(a.v4), slices.Compact(a.v6)
 	return a, nil
 }
 
 // healthy reports whether the housekeeping loop ticked recently (it runs
 // every second and also proves that the pipelines answer: FragSweep and the
-// kernel sync go through them). The watchdog pings systemd only while this
-// is true, so a daemon whose loops hang is restarted.
+// kernel sync go through them) and every NIC is claimed. The watchdog
+// pings systemd only while this is true, so a daemon whose loops hang, or
+// whose NIC stays gone, is restarted (the status line says which).
 func (d *daemon) healthy() bool {
+	for _, dom := range d.domains {
+		if !dom.claimed.Load() {
+			return false
+		}
+	}
 	last := d.lastTick.Load()
 	return last != 0 && time.Since(time.Unix(0, last)) < 10*fragSweepEvery
 }
@@ -303,6 +386,11 @@ func (d *daemon) housekeeping(ctx context.Context) {
 // a port away and which QueryUsedPorts lists), and drops the learned
 // kernel rules that the backend no longer has.
 func (d *daemon) syncKernel(dom *domain) {
+	dom.mu.Lock()
+	defer dom.mu.Unlock()
+	if dom.nic == nil {
+		return
+	}
 	keys, err := dom.nic.LearnedKernel()
 	if err != nil {
 		d.log.Warn().Err(err).Str("interface", dom.ifname).Msg("reading the kernel's learned connections")
@@ -330,7 +418,12 @@ func (d *daemon) expire() {
 		return
 	}
 	for _, dom := range d.domains {
-		n, err := dom.nic.Expire(inv)
+		dom.mu.Lock()
+		n, err := 0, error(nil)
+		if dom.nic != nil {
+			n, err = dom.nic.Expire(inv)
+		}
+		dom.mu.Unlock()
 		if err != nil {
 			d.log.Warn().Err(err).Str("interface", dom.ifname).Msg("expiring learned kernel entries")
 			continue
@@ -342,8 +435,10 @@ func (d *daemon) expire() {
 	}
 }
 
-// close gives back everything that was claimed, in reverse order.
-func (d *daemon) close() error {
+// close gives back everything that was claimed, in reverse order. With a
+// reason to keep (a failed start, KEEP_FIREWALL), the backends are
+// released: the kernel stays filtered.
+func (d *daemon) close(keep string) error {
 	if d.closed {
 		return nil
 	}
@@ -366,13 +461,28 @@ func (d *daemon) close() error {
 	var errs []error
 	for i := len(d.domains) - 1; i >= 0; i-- {
 		dom := d.domains[i]
+		dom.mu.Lock()
 		if err := dom.p.Close(); err != nil {
 			errs = append(errs, err)
 		}
-		if err := dom.nic.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("interface %s: %w", dom.ifname, err))
+		switch {
+		case dom.nic == nil:
+			d.log.Info().Str("interface", dom.ifname).Msg("interface released (it was gone)")
+		case keep != "":
+			if err := dom.nic.Release(); err != nil {
+				errs = append(errs, fmt.Errorf("interface %s: %w", dom.ifname, err))
+			}
+			d.log.Warn().Str("interface", dom.ifname).Str("reason", keep).
+				Msg("interface released; its firewall stays (fail closed) until the next usnetd takes it over")
+		default:
+			if err := dom.nic.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("interface %s: %w", dom.ifname, err))
+			}
+			d.log.Info().Str("interface", dom.ifname).Msg("interface released")
 		}
-		d.log.Info().Str("interface", dom.ifname).Msg("interface released")
+		dom.nic = nil
+		dom.claimed.Store(false)
+		dom.mu.Unlock()
 	}
 	if err := d.closePcap(); err != nil {
 		errs = append(errs, err)
@@ -455,10 +565,7 @@ func (d *daemon) startControl() error {
 		if m, ok := dom.nic.(interface{ XDPMode() string }); ok {
 			in.XDPMode = m.XDPMode()
 		}
-		if dom.addrs.v4.IsValid() {
-			in.Addrs = append(in.Addrs, dom.addrs.v4)
-		}
-		in.Addrs = append(in.Addrs, dom.addrs.v6...)
+		in.Addrs = dom.addrs.list()
 		ifaces = append(ifaces, in)
 	}
 	srv, err := control.NewServer(control.ServerConfig{
