@@ -119,6 +119,9 @@ func newE2ELab(t testing.TB, queues int) *e2eLab {
 	// The pin directory is named after the interface: a lab-unique name
 	// keeps parallel test runs apart.
 	ifname := lab.Name()
+	// A failed start, a kill or KEEP_FIREWALL leave the firewall pinned
+	// (fail closed): removing the pins detaches it, before the lab goes.
+	t.Cleanup(func() { _ = os.RemoveAll(filepath.Join("/sys/fs/bpf/usnetd", ifname)) })
 	if _, err := lab.Veth(host, ifname, peer, "eth0", netlab.VethOpts{Queues: queues, Up: true}); err != nil {
 		t.Fatal(err)
 	}
