@@ -221,8 +221,10 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	serveTCP(t, l.host, "0.0.0.0:8022")
 	serveTCP(t, l.host, "0.0.0.0:8024")
 	notify := listenNotify(t)
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "NOTIFY_SOCKET="+notify.path)
+	// A watchdog of 1 s: a keep-alive every 500 ms while healthy.
+	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "NOTIFY_SOCKET="+notify.path, "WATCHDOG_USEC=1000000")
 	notify.expect("READY=1")
+	notify.expect("WATCHDOG=1")
 	l.checkServing(t, "before", debug, closed)
 	claimed := fmt.Sprintf(`usnetd_interface_claimed{interface=%q}`, l.ifname)
 	reattached := fmt.Sprintf(`usnetd_interface_reattach_total{interface=%q}`, l.ifname)
@@ -249,6 +251,12 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	}
 	notify.expect("STATUS=unhealthy: interface " + l.ifname + " gone")
 	l.waitMetric(t, claimed, 0)
+	// No keep-alive while the NIC is gone (after one that may have been
+	// on its way when the NIC went).
+	notify.drain(750 * time.Millisecond)
+	if got := notify.drain(1500 * time.Millisecond); slices.ContainsFunc(got, func(m string) bool { return strings.Contains(m, "WATCHDOG=1") }) {
+		t.Errorf("watchdog keep-alives while the NIC is gone: %q", got)
+	}
 	if !strings.Contains(u.logText(), "interface gone") {
 		t.Errorf("no log line for the gone interface:\n%s", u.logText())
 	}
@@ -267,6 +275,7 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	l.waitMetric(t, reattached, 1)
 	l.waitMetric(t, claimed, 1)
 	notify.expect("STATUS=serving " + l.ifname)
+	notify.expect("WATCHDOG=1")
 	if !strings.Contains(u.logText(), "interface claimed again") {
 		t.Errorf("no log line for the claim of the re-created NIC:\n%s", u.logText())
 	}
@@ -440,4 +449,18 @@ func testE2EAddressFollow(t *testing.T, backend string) {
 	c.Close()
 	u.stop(t)
 	l.checkNothingLeft()
+}
+
+// drain returns the datagrams that arrive within d.
+func (n *notifySocket) drain(d time.Duration) []string {
+	var got []string
+	deadline := time.After(d)
+	for {
+		select {
+		case m := <-n.msgs:
+			got = append(got, m)
+		case <-deadline:
+			return got
+		}
+	}
 }
