@@ -55,7 +55,7 @@ func ensureBPFFS(root string, log zerolog.Logger) error {
 	}
 	if err := unix.Mount("bpf", bpffsMount, "bpf", 0, "mode=0700"); err != nil {
 		if errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("%w: %s is not a bpf filesystem, and this process may not mount one (no CAP_SYS_ADMIN, as under usnetd's systemd unit): "+
+			return fmt.Errorf("%w at %s, and this process may not mount one (no CAP_SYS_ADMIN, as under usnetd's systemd unit): "+
 				"mount it before usnetd starts (`mount -t bpf bpf %s`; systemd does at boot), or run usnetd with CAP_SYS_ADMIN: %w",
 				ErrNotBPFFS, bpffsMount, bpffsMount, err)
 		}

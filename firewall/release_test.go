@@ -1,9 +1,15 @@
 package firewall
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -58,4 +64,59 @@ func TestRelease(t *testing.T) {
 			reachable(t, l.peer, l.p4, l.h4, closed)
 		})
 	}
+}
+
+// Where /sys/fs/bpf is no bpffs and the process may not mount one (no
+// CAP_SYS_ADMIN, as under usnetd's systemd unit), Attach fails with an
+// error that says what to do. The test runs on a thread of its own, in a
+// private mount namespace with a tmpfs over /sys/fs/bpf, and takes
+// CAP_SYS_ADMIN out of that thread's effective set.
+func TestAttachBPFFSNotPermitted(t *testing.T) {
+	l := newLab(t)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+		errc <- func() error {
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return err
+			}
+			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+				return err
+			}
+			if err := unix.Mount("tmpfs", bpffsMount, "tmpfs", 0, "size=1m"); err != nil {
+				return err
+			}
+			f, err := os.Open(l.host.Path())
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+				return err
+			}
+			hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+			var data [2]unix.CapUserData
+			if err := unix.Capget(&hdr, &data[0]); err != nil {
+				return err
+			}
+			data[unix.CAP_SYS_ADMIN/32].Effective &^= 1 << (unix.CAP_SYS_ADMIN % 32)
+			if err := unix.Capset(&hdr, &data[0]); err != nil {
+				return err
+			}
+			fw, err := Attach(Options{Interface: l.ifname, Log: testLogger(t)})
+			if err == nil {
+				fw.Close()
+				return errors.New("Attach succeeded without a bpffs and without CAP_SYS_ADMIN")
+			}
+			if !errors.Is(err, ErrNotBPFFS) || !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "mount -t bpf bpf /sys/fs/bpf") {
+				return fmt.Errorf("Attach: %v, want ErrNotBPFFS with EPERM and what to do", err)
+			}
+			t.Log(err)
+			return nil
+		}()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	l.checkDetached(t, filepath.Join(DefaultPinRoot, l.ifname))
 }
