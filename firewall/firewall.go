@@ -141,13 +141,18 @@ type Firewall struct {
 	hook    Hook
 	mode    string
 	minIdle time.Duration
+	xdpOpt  string // Options.XDPMode, for Reattach
+	baseLog zerolog.Logger
 
 	mu     sync.RWMutex
 	closed bool
 	objs   bpfObjects
 	in     link.Link // the ingress hook's: XDP, or TCX ingress
 	tcx    link.Link // the egress learner's; nil with NoHostRings
-	lock   *os.File  // flock on dir: one live Firewall per directory
+	// learnWanted: the egress learner is to be attached (not
+	// NoHostRings), also while tcx is nil between links in Reattach.
+	learnWanted bool
+	lock        *os.File // flock on dir: one live Firewall per directory
 }
 
 // Attach loads the firewall's eBPF objects and attaches them to one
@@ -216,6 +221,10 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		dir:     filepath.Join(root, attrs.Name),
 		hook:    opts.Hook,
 		minIdle: opts.MinIdle,
+		xdpOpt:  opts.XDPMode,
+		baseLog: opts.Log,
+
+		learnWanted: !opts.NoHostRings,
 	}
 	if fw.minIdle == 0 {
 		fw.minIdle = DefaultMinIdle
@@ -683,6 +692,102 @@ func (fw *Firewall) Release() error {
 	}
 	fw.log.Info().Err(err).Str("pins", fw.dir).Msg("firewall: released, left attached and pinned")
 	return err
+}
+
+// Reattach moves the firewall onto the interface that now has its name: a
+// NIC deleted and made again under the same name (a driver reload, a
+// container's veth that restarts) comes back without programs, and with
+// another ifindex. The loaded programs and their maps are attached to it
+// (XDP or TCX ingress, and the egress learner) in place of the links of
+// the old interface, which went with it, and the new links are pinned in
+// their place. Nothing is loaded again, so no verifier runs: it takes the
+// time of a few system calls, whereas Attach takes the verifier's (seconds
+// on a busy machine). The maps keep their entries: the caller puts the
+// kernel's rules for the new interface's addresses in (AllowKernel,
+// RevokeKernel); learned entries of the old interface's connections age
+// out (ExpireLearned).
+//
+// The XSKMAP keeps its size: a new interface with more RX queues than it
+// has entries gives ErrInterface (Close, then Attach anew). Reattach on an
+// interface that still has the firewall's links does nothing. On an
+// error, the Firewall is left without links on the new interface;
+// Reattach may be tried again, or Close called.
+func (fw *Firewall) Reattach() (err error) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.closed {
+		return ErrClosed
+	}
+	lk, err := netlink.LinkByName(fw.ifname)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrInterface, fw.ifname, err)
+	}
+	attrs := lk.Attrs()
+	if attrs.Index == fw.ifindex && fw.in != nil {
+		return nil
+	}
+	if attrs.EncapType != "ether" {
+		return fmt.Errorf("%w: %s is %q, not an Ethernet interface", ErrInterface, attrs.Name, attrs.EncapType)
+	}
+	if q := max(attrs.NumRxQueues, 1); fw.hook == HookXDP && q > int(fw.objs.Xsks.MaxEntries()) {
+		return fmt.Errorf("%w: the new %s has %d RX queues, the firewall's XSKMAP %d", ErrInterface, fw.ifname, q, fw.objs.Xsks.MaxEntries())
+	}
+	learn := fw.learnWanted
+	// The old links: their interface is gone, and with it the attachment.
+	for _, l := range []link.Link{fw.tcx, fw.in} {
+		if l != nil {
+			_ = l.Unpin()
+			_ = l.Close()
+		}
+	}
+	fw.in, fw.tcx = nil, nil
+	fw.ifindex = attrs.Index
+	fw.log = fw.baseLog.With().Str("interface", attrs.Name).Int("ifindex", attrs.Index).Logger()
+
+	var in, tcx link.Link
+	defer func() {
+		if err != nil {
+			for _, l := range []link.Link{tcx, in} {
+				if l != nil {
+					_ = l.Unpin()
+					_ = l.Close()
+				}
+			}
+			fw.log.Error().Err(err).Msg("firewall: reattach failed")
+		}
+	}()
+	if fw.hook == HookTC {
+		in, err = link.AttachTCX(link.TCXOptions{Interface: fw.ifindex, Program: fw.objs.UsnetdTcIngress,
+			Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+		if err != nil {
+			return fmt.Errorf("%w: TCX ingress to %s: %w", ErrAttach, fw.ifname, err)
+		}
+	} else if in, err = fw.attachXDP(fw.xdpOpt); err != nil {
+		return err
+	}
+	if learn {
+		if tcx, err = link.AttachTCX(link.TCXOptions{Interface: fw.ifindex, Program: fw.objs.UsnetdLearn,
+			Attach: ebpf.AttachTCXEgress}); err != nil {
+			return fmt.Errorf("%w: TCX egress to %s: %w", ErrAttach, fw.ifname, err)
+		}
+	}
+	if err = pinReplacing(in, filepath.Join(fw.dir, fw.inPin())); err != nil {
+		return err
+	}
+	if tcx != nil {
+		if err = pinReplacing(tcx, filepath.Join(fw.dir, pinTCXLink)); err != nil {
+			return err
+		}
+	}
+	mode := ModeTCX
+	if fw.hook == HookXDP {
+		if mode, err = xdpMode(fw.ifindex); err != nil {
+			return err
+		}
+	}
+	fw.in, fw.tcx, fw.mode = in, tcx, mode
+	fw.log.Info().Str("hook", string(fw.hook)).Str("mode", fw.mode).Msg("firewall: attached to the re-created interface")
+	return nil
 }
 
 // Interface returns the interface's name, Ifindex its index.

@@ -3,13 +3,17 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/internal/netlab"
 
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -119,4 +123,69 @@ func TestAttachBPFFSNotPermitted(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.checkDetached(t, filepath.Join(DefaultPinRoot, l.ifname))
+}
+
+// recreate deletes the host's veth end (and so the pair) and makes it
+// again with the same names and IPv4 addresses, as a driver reload or a
+// restarted container would.
+func (l *fwLab) recreate(t *testing.T) {
+	t.Helper()
+	lk, err := l.host.Link(l.ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.host.Do(func() error { return netlink.LinkDel(lk) }); err != nil {
+		t.Fatal(err)
+	}
+	v, err := l.lab.Veth(l.host, l.ifname, l.peer, "eth0", netlab.VethOpts{Up: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.hostMAC, l.peerIndex = v.A.MAC, v.B.Index
+	for _, a := range []struct {
+		ns   *netlab.NS
+		link string
+		addr netip.Addr
+	}{{l.host, l.ifname, l.h4}, {l.peer, "eth0", l.p4}, {l.peer, "eth0", l.o4}} {
+		if err := a.ns.AddAddr(a.link, netip.PrefixFrom(a.addr, 24)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReattach: after the interface is deleted and made again under its
+// name, Reattach puts the loaded programs on the new one (no new load),
+// with the maps as they were: the allowed port is open, another closed;
+// Close then leaves nothing. On both hooks.
+func TestReattach(t *testing.T) {
+	for _, hook := range []Hook{HookXDP, HookTC} {
+		t.Run(string(hook), func(t *testing.T) {
+			l := newLab(t)
+			open := listen(t, l.host)
+			closed := listen(t, l.host)
+			fw := l.attach(t, Options{Hook: hook, Allow: []Allowed{{Key: l4.ListenKey(la(l.h4), l4.ProtoTCP, open), Sticky: true}}})
+			old := fw.Ifindex()
+			l.recreate(t)
+			// Unfiltered until Reattach: the new interface has no program.
+			reachable(t, l.peer, l.p4, l.h4, closed)
+			if err := l.host.Do(fw.Reattach); err != nil {
+				t.Fatal(err)
+			}
+			if fw.Ifindex() == old {
+				t.Errorf("ifindex %d after Reattach, the old interface's", old)
+			}
+			l.checkAttached(t, fw)
+			reachable(t, l.peer, l.p4, l.h4, open)
+			unreachable(t, l.peer, l.p4, l.h4, closed)
+			if err := l.host.Do(fw.Reattach); err != nil {
+				t.Errorf("Reattach on the same interface: %v", err)
+			}
+			l.checkAttached(t, fw)
+			if err := fw.Close(); err != nil {
+				t.Fatal(err)
+			}
+			l.checkDetached(t, filepath.Join(DefaultPinRoot, l.ifname))
+			reachable(t, l.peer, l.p4, l.h4, closed)
+		})
+	}
 }

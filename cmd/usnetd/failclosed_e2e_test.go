@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -205,7 +206,7 @@ func eventuallyOK(t *testing.T, what string, f func() error) {
 // is gone, usnetd says so (STATUS=, usnetd_interface_claimed 0) and an
 // endpoint's channel stays attached; once it is back, usnetd claims it
 // again (usnetd_interface_reattach_total), and when its addresses come the
-// kernel is firewalled as before.
+// kernel is firewalled as before and the endpoint serves its port again.
 //
 // With macvtap the re-created NIC is claimed before it has addresses, so
 // the TAP gets none, and the addresses and routes that come later stay on
@@ -223,6 +224,7 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	notify := listenNotify(t)
 	// A watchdog of 1 s: a keep-alive every 500 ms while healthy.
 	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "NOTIFY_SOCKET="+notify.path, "WATCHDOG_USEC=1000000")
+	t.Cleanup(func() { u.dumpIfFailed(t) })
 	notify.expect("READY=1")
 	notify.expect("WATCHDOG=1")
 	l.checkServing(t, "before", debug, closed)
@@ -241,6 +243,10 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 		t.Fatal(err)
 	}
 	defer ch.Close()
+	udpPort := uint16(7000)
+	if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &udpPort, Protocol: 17}); err != nil {
+		t.Fatal(err)
+	}
 
 	lk, err := l.host.Link(l.ifname)
 	if err != nil {
@@ -269,7 +275,8 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 		t.Errorf("endpoints while the NIC is gone: %d, want 1 (%+v)", n, st)
 	}
 
-	if _, err := l.lab.Veth(l.host, l.ifname, l.peer, "eth0", netlab.VethOpts{Queues: 1, Up: true}); err != nil {
+	veth, err := l.lab.Veth(l.host, l.ifname, l.peer, "eth0", netlab.VethOpts{Queues: 1, Up: true})
+	if err != nil {
 		t.Fatal(err)
 	}
 	l.waitMetric(t, reattached, 1)
@@ -302,6 +309,16 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	} else if _, err := os.Stat(filepath.Join(l.pinDir(), "kernel_rules")); err != nil {
 		t.Errorf("pins of the new firewall: %v", err)
 	}
+	// The endpoint's channel, attached before the NIC went, serves its
+	// port on the new NIC (from the new NIC's MAC, as a stack sharing the
+	// NIC's MAC would after a re-creation).
+	answered := udpResponder(t, ch, veth.A.MAC, udpPort)
+	eventuallyOK(t, "the endpoint's UDP port on the re-created NIC", func() error {
+		return udpEcho(l.peer, netip.AddrPortFrom(l.hostIP, udpPort).String(), time.Second)
+	})
+	if answered.Load() == 0 {
+		t.Error("the endpoint answered nothing")
+	}
 	st, err = c.QueryStatus()
 	if err != nil {
 		t.Fatal(err)
@@ -311,6 +328,9 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	}
 	ch.Close()
 	c.Close()
+	if os.Getenv("E2E_DUMP") != "" {
+		t.Logf("usnetd's log:\n%s", u.logText())
+	}
 	u.stop(t)
 	// The NIC as it is now (a new link-local address, the routes added
 	// here), less usnetd's: nothing of usnetd's may be left.
@@ -463,4 +483,18 @@ func (n *notifySocket) drain(d time.Duration) []string {
 			return got
 		}
 	}
+}
+
+// dumpIfFailed logs usnetd's log, with every goroutine's stack (SIGQUIT),
+// when the test failed while usnetd runs.
+func (u *usnetd) dumpIfFailed(t *testing.T) {
+	if os.Getenv("E2E_DUMP") == "" && !t.Failed() || u.cmd.ProcessState != nil {
+		return
+	}
+	_ = u.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-u.done:
+	case <-time.After(10 * time.Second):
+	}
+	t.Logf("usnetd's log:\n%s", u.logText())
 }

@@ -256,6 +256,9 @@ func (d *daemon) applyAddrs(dom *domain, addrs ifAddrs) error {
 	if d.ctl != nil {
 		d.ctl.SetAddrs(dom.ifname, addrs.list())
 	}
+	// The switch's local addresses and MACs (what endpoints may use) go
+	// here too: addrs.list() and dom.mac (the NIC's MAC; a re-created NIC
+	// may have a new one, set by attachNIC before it calls this).
 	if changed {
 		ev := d.log.Info().Str("interface", dom.ifname).Stringers("addresses", addrStringers(addrs.list())).
 			Int("kernel_rules", len(rules))
