@@ -23,20 +23,22 @@ type afpacketBackend struct {
 	port *afpacket.Port
 }
 
-func (d *daemon) openAFPacket(ifname string, rules []l4.Rule) (_ nicBackend, err error) {
-	allow := make([]firewall.Allowed, 0, len(rules))
-	for _, r := range rules {
-		allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
-	}
-	fw, err := firewall.Attach(firewall.Options{
-		Interface:   ifname,
-		Hook:        firewall.HookTC,
-		NoHostRings: d.cfg.NoHostRings,
-		Allow:       allow,
-		Log:         d.log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("eBPF firewall (tc ingress): %w", err)
+func (d *daemon) openAFPacket(ifname string, rules []l4.Rule, fw *firewall.Firewall) (_ nicBackend, err error) {
+	if fw == nil {
+		allow := make([]firewall.Allowed, 0, len(rules))
+		for _, r := range rules {
+			allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
+		}
+		fw, err = firewall.Attach(firewall.Options{
+			Interface:   ifname,
+			Hook:        firewall.HookTC,
+			NoHostRings: d.cfg.NoHostRings,
+			Allow:       allow,
+			Log:         d.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("eBPF firewall (tc ingress): %w", err)
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -82,6 +84,12 @@ func (b *afpacketBackend) Release() error {
 		return perr
 	}
 	return ferr
+}
+
+// keepFirewall closes the packet sockets of a NIC that is gone and hands
+// over the firewall, still loaded, for the NIC's return.
+func (b *afpacketBackend) keepFirewall() (*firewall.Firewall, error) {
+	return b.fw, b.port.Close()
 }
 
 func (b *afpacketBackend) Close() error {

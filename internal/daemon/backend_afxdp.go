@@ -13,22 +13,45 @@ import (
 // openBackend claims ifname the way BACKEND says. BACKEND=auto tries
 // afxdp and falls back to afpacket where AF_XDP is not available (see
 // afxdpUnavailable), saying why in the log.
-func (d *daemon) openBackend(ifname string, rules []l4.Rule) (nicBackend, error) {
+//
+// kept, if not nil, is the firewall of a NIC of this name that was deleted
+// (keptFirewall): it is moved onto the NIC now of that name
+// (Firewall.Reattach, no new load) and used instead of a new one; the
+// backend owns it from here on, whatever happens.
+func (d *daemon) openBackend(ifname string, rules []l4.Rule, kept *firewall.Firewall) (nicBackend, error) {
+	if kept != nil {
+		for _, r := range rules { // in the map before the program meets the new NIC
+			if err := kept.AllowKernel(r.Key, r.Sticky); err != nil {
+				d.log.Warn().Err(err).Str("interface", ifname).Msg("DEBUG_PORTS rule into the kept firewall")
+			}
+		}
+		if err := kept.Reattach(); err != nil {
+			d.log.Warn().Err(err).Str("interface", ifname).Msg("cannot move the firewall onto the re-created interface; attaching a new one")
+			_ = kept.Close()
+			kept = nil
+		}
+	}
+	if kept != nil {
+		if kept.Hook() == firewall.HookTC {
+			return d.openAFPacket(ifname, rules, kept)
+		}
+		return d.openAFXDP(ifname, rules, kept)
+	}
 	switch d.cfg.Backend {
 	case config.BackendAFXDP:
-		return d.openAFXDP(ifname, rules)
+		return d.openAFXDP(ifname, rules, nil)
 	case config.BackendMacvtap:
 		return d.openMacvtap(ifname)
 	case config.BackendAFPacket:
-		return d.openAFPacket(ifname, rules)
+		return d.openAFPacket(ifname, rules, nil)
 	case config.BackendAuto:
-		b, err := d.openAFXDP(ifname, rules)
+		b, err := d.openAFXDP(ifname, rules, nil)
 		if err == nil || !afxdpUnavailable(err) {
 			return b, err
 		}
 		d.log.Warn().Str("interface", ifname).Str("reason", err.Error()).
 			Msg("AF_XDP is not available on this interface: falling back to BACKEND=afpacket")
-		return d.openAFPacket(ifname, rules)
+		return d.openAFPacket(ifname, rules, nil)
 	default:
 		return nil, fmt.Errorf("BACKEND=%s is not available in this version of usnetd (use afxdp, afpacket, macvtap or auto)", d.cfg.Backend)
 	}
@@ -43,27 +66,29 @@ type afxdpBackend struct {
 	neigh *neighPort // port with the neighbour tap as its last queue
 }
 
-func (d *daemon) openAFXDP(ifname string, rules []l4.Rule) (_ nicBackend, err error) {
-	allow := make([]firewall.Allowed, 0, len(rules))
-	for _, r := range rules {
-		allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
-	}
-	mode := ""
-	switch d.cfg.XDPMode {
-	case "native":
-		mode = firewall.ModeNative
-	case "generic":
-		mode = firewall.ModeGeneric
-	}
-	fw, err := firewall.Attach(firewall.Options{
-		Interface:   ifname,
-		XDPMode:     mode,
-		NoHostRings: d.cfg.NoHostRings,
-		Allow:       allow,
-		Log:         d.log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("eBPF firewall: %w", err)
+func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, fw *firewall.Firewall) (_ nicBackend, err error) {
+	if fw == nil {
+		allow := make([]firewall.Allowed, 0, len(rules))
+		for _, r := range rules {
+			allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
+		}
+		mode := ""
+		switch d.cfg.XDPMode {
+		case "native":
+			mode = firewall.ModeNative
+		case "generic":
+			mode = firewall.ModeGeneric
+		}
+		fw, err = firewall.Attach(firewall.Options{
+			Interface:   ifname,
+			XDPMode:     mode,
+			NoHostRings: d.cfg.NoHostRings,
+			Allow:       allow,
+			Log:         d.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("eBPF firewall: %w", err)
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -137,6 +162,13 @@ func (b *afxdpBackend) Release() error {
 		return perr
 	}
 	return ferr
+}
+
+// keepFirewall closes the AF_XDP sockets and the neighbour tap of a NIC
+// that is gone and hands over the firewall, still loaded, for the NIC's
+// return.
+func (b *afxdpBackend) keepFirewall() (*firewall.Firewall, error) {
+	return b.fw, b.neigh.Close()
 }
 
 func (b *afxdpBackend) Close() error {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/config"
 	"github.com/usnetd/usnetd/internal/pcap"
 	"github.com/usnetd/usnetd/metrics"
@@ -57,11 +58,14 @@ type domain struct {
 
 	// mu guards the claim: the follower changes it, housekeeping and the
 	// shutdown use it.
-	mu      sync.Mutex
-	nic     nicBackend // nil while the NIC is gone
-	nicPort l4.PortID  // the NIC's port in p
-	kernel  l4.Owner   // owner of the kernel's rules: l4.KernelOwner or the kernel's port (macvtap)
-	ifindex int        // of the claimed NIC; 0 while gone
+	mu  sync.Mutex
+	nic nicBackend // nil while the NIC is gone
+	// keptFW is the firewall of the NIC while it is gone (afxdp,
+	// afpacket), loaded and waiting to be moved onto its successor.
+	keptFW  *firewall.Firewall
+	nicPort l4.PortID // the NIC's port in p
+	kernel  l4.Owner  // owner of the kernel's rules: l4.KernelOwner or the kernel's port (macvtap)
+	ifindex int       // of the claimed NIC; 0 while gone
 	mac     net.HardwareAddr
 	addrs   ifAddrs
 	rules   []l4.Rule // the DEBUG_PORTS rules in force (Owner = kernel)
@@ -270,7 +274,9 @@ func (d *daemon) attachNIC(dom *domain, link netlink.Link, strict bool) (err err
 	if strict && len(missing) > 0 {
 		return missingError(missing, dom.ifname)
 	}
-	nic, err := d.openBackend(dom.ifname, rules)
+	kept := dom.keptFW
+	dom.keptFW = nil // openBackend owns it now
+	nic, err := d.openBackend(dom.ifname, rules, kept)
 	if err != nil {
 		return err
 	}
@@ -467,6 +473,18 @@ func (d *daemon) close(keep string) error {
 		}
 		switch {
 		case dom.nic == nil:
+			if dom.keptFW != nil {
+				var err error
+				if keep != "" {
+					err = dom.keptFW.Release()
+				} else {
+					err = dom.keptFW.Close()
+				}
+				if err != nil {
+					d.log.Info().Err(err).Str("interface", dom.ifname).Msg("the firewall of the gone interface")
+				}
+				dom.keptFW = nil
+			}
 			d.log.Info().Str("interface", dom.ifname).Msg("interface released (it was gone)")
 		case keep != "":
 			if err := dom.nic.Release(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/config"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -180,15 +181,26 @@ func (d *daemon) nicGone(dom *domain, why string) {
 			d.log.Warn().Err(err).Str("interface", dom.ifname).Msg("removing the kernel's port")
 		}
 	}
-	// The firewall went with the link; what is left of it (pins, the
-	// macvtap backend's TAP and routes) is removed.
-	if err := dom.nic.Close(); err != nil {
-		d.log.Info().Err(err).Str("interface", dom.ifname).Msg("closing the backend of a gone interface")
-	}
-	dom.nic, dom.ifindex, dom.lastErr = nil, 0, ""
+	// The old addresses' DEBUG_PORTS go, from the table and the firewall.
 	if err := d.applyAddrs(dom, ifAddrs{}); err != nil {
 		d.log.Warn().Err(err).Str("interface", dom.ifname).Msg("removing the DEBUG_PORTS rules of a gone interface")
 	}
+	// The firewall's links went with the link. afxdp and afpacket keep the
+	// loaded firewall for the NIC's return (moving it there takes a few
+	// system calls; a new one would take the verifier's time); macvtap's
+	// helper links and routes are removed.
+	if k, ok := dom.nic.(interface {
+		keepFirewall() (*firewall.Firewall, error)
+	}); ok {
+		fw, err := k.keepFirewall()
+		if err != nil {
+			d.log.Info().Err(err).Str("interface", dom.ifname).Msg("closing the ports of a gone interface")
+		}
+		dom.keptFW = fw
+	} else if err := dom.nic.Close(); err != nil {
+		d.log.Info().Err(err).Str("interface", dom.ifname).Msg("closing the backend of a gone interface")
+	}
+	dom.nic, dom.ifindex, dom.lastErr = nil, 0, ""
 	dom.kernel = l4.KernelOwner
 }
 
