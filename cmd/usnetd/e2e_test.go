@@ -260,8 +260,8 @@ func (l *e2eLab) start(env ...string) *usnetd {
 	case <-up:
 	case err := <-u.done:
 		t.Fatalf("usnetd exited before it was up: %v\n%s", err, u.logText())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("usnetd not up after 30 s:\n%s", u.logText())
+	case <-time.After(120 * time.Second): // loading the eBPF programs takes seconds on a busy machine, more under -race
+		t.Fatalf("usnetd not up after 120 s:\n%s", u.logText())
 	}
 	return u
 }
@@ -948,7 +948,7 @@ func (l *e2eLab) startFails(env ...string) string {
 		}
 		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 		return lines[len(lines)-1]
-	case <-time.After(20 * time.Second):
+	case <-time.After(120 * time.Second): // see start
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:
