@@ -916,6 +916,18 @@ func (s *Server) usedPorts(log zerolog.Logger) []byte {
 	return EncodeUsedPorts(listening, connected)
 }
 
+// SetAddrs replaces the address list of interface ifname (Interface.Addrs:
+// QueryUsedPorts lists a kernel socket bound to the wildcard address under
+// each), for when the interface's addresses change. A name that is not one
+// of the server's interfaces is ignored.
+func (s *Server) SetAddrs(ifname string, addrs []netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ifc := s.ifaces[ifname]; ifc != nil {
+		ifc.Addrs = slices.Clone(addrs)
+	}
+}
+
 // maxStatusAnswer bounds the QueryStatus answer below MaxAnswerSize and
 // the control socket's send buffer.
 const maxStatusAnswer = MaxAnswerSize - 4096

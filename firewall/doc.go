@@ -151,7 +151,12 @@
 // instance used the other hook, Attach attaches its own hook first and
 // then removes the earlier link (xdp_link or tcx_ingress_link): both
 // filter for a moment, neither is missing. Close detaches everything and
-// removes the directory: the kernel is unfiltered again.
+// removes the directory: the kernel is unfiltered again. Release is the
+// deliberate form of dying without Close: it closes the process's
+// references and leaves the links attached and pinned for the next Attach
+// (usnetd uses it for a failed start and for KEEP_FIREWALL). Where
+// /sys/fs/bpf is no bpffs and the process may not mount one (no
+// CAP_SYS_ADMIN), Attach fails with ErrNotBPFFS saying how to mount it.
 //
 // The programs need Linux ≥ 6.6 (TCX) and a little-endian CPU (the objects
 // are built for bpfel).

@@ -157,6 +157,8 @@ type Firewall struct {
 	hook    Hook
 	mode    string
 	minIdle time.Duration
+	xdpOpt  string // Options.XDPMode, for Reattach
+	baseLog zerolog.Logger
 
 	mu     sync.RWMutex
 	closed bool
@@ -167,7 +169,7 @@ type Firewall struct {
 	epPorts map[bpfEpPortKey]uint32
 	objs    bpfObjects
 	in      link.Link // the ingress hook's: XDP, or TCX ingress
-	tcx     link.Link // the egress program's
+	tcx     link.Link // the egress program's (also with NoHostRings: it keeps the kernel off the endpoints' flows)
 	lock    *os.File  // flock on dir: one live Firewall per directory
 }
 
@@ -238,6 +240,8 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		hook:    opts.Hook,
 		minIdle: opts.MinIdle,
 		epPorts: map[bpfEpPortKey]uint32{},
+		xdpOpt:  opts.XDPMode,
+		baseLog: opts.Log,
 	}
 	if fw.minIdle == 0 {
 		fw.minIdle = DefaultMinIdle
@@ -624,7 +628,8 @@ func (fw *Firewall) maps() map[string]*ebpf.Map {
 // Close detaches both programs, unpins and closes every map and link, and
 // removes the interface's pin directory (and PinRoot, if that is then
 // empty). The kernel then sees the interface's traffic unfiltered. Close
-// is idempotent.
+// is idempotent. Release is the alternative that leaves the firewall
+// attached.
 func (fw *Firewall) Close() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -668,6 +673,141 @@ func (fw *Firewall) Close() error {
 	}
 	fw.log.Info().Err(err).Msg("firewall: detached")
 	return err
+}
+
+// Release closes the process's references to the firewall's programs,
+// maps and links and releases the pin directory's lock, but unpins and
+// detaches nothing: the programs stay attached through their pinned
+// links, with the maps as they are, and the kernel stays filtered while no
+// process holds the firewall (fail closed). The next Attach on the
+// interface takes the pins over (see Attach: Restart). Frames that the
+// classifier gives to usnetd find no AF_XDP socket in the XSKMAP (HookXDP)
+// or are dropped (HookTC): only the kernel's traffic flows.
+//
+// To remove such a firewall without a usnetd, delete the pin directory
+// (PinDir): with the last reference gone, the kernel detaches the links.
+// Release and Close are idempotent, and after either the other does
+// nothing.
+func (fw *Firewall) Release() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.closed {
+		return nil
+	}
+	fw.closed = true
+	var errs []error
+	for _, l := range []link.Link{fw.tcx, fw.in} {
+		if l != nil {
+			if err := l.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := fw.objs.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := fw.lock.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		err = fmt.Errorf("firewall: release %s: %w", fw.ifname, err)
+	}
+	fw.log.Info().Err(err).Str("pins", fw.dir).Msg("firewall: released, left attached and pinned")
+	return err
+}
+
+// Reattach moves the firewall onto the interface that now has its name: a
+// NIC deleted and made again under the same name (a driver reload, a
+// container's veth that restarts) comes back without programs, and with
+// another ifindex. The loaded programs and their maps are attached to it
+// (XDP or TCX ingress, and the egress learner) in place of the links of
+// the old interface, which went with it, and the new links are pinned in
+// their place. Nothing is loaded again, so no verifier runs: it takes the
+// time of a few system calls, whereas Attach takes the verifier's (seconds
+// on a busy machine). The maps keep their entries: the caller puts the
+// kernel's rules for the new interface's addresses in (AllowKernel,
+// RevokeKernel); learned entries of the old interface's connections age
+// out (ExpireLearned).
+//
+// The XSKMAP keeps its size: a new interface with more RX queues than it
+// has entries gives ErrInterface (Close, then Attach anew). Reattach on an
+// interface that still has the firewall's links does nothing. On an
+// error, the Firewall is left without links on the new interface;
+// Reattach may be tried again, or Close called.
+func (fw *Firewall) Reattach() (err error) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.closed {
+		return ErrClosed
+	}
+	lk, err := netlink.LinkByName(fw.ifname)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrInterface, fw.ifname, err)
+	}
+	attrs := lk.Attrs()
+	if attrs.Index == fw.ifindex && fw.in != nil {
+		return nil
+	}
+	if attrs.EncapType != "ether" {
+		return fmt.Errorf("%w: %s is %q, not an Ethernet interface", ErrInterface, attrs.Name, attrs.EncapType)
+	}
+	if q := max(attrs.NumRxQueues, 1); fw.hook == HookXDP && q > int(fw.objs.Xsks.MaxEntries()) {
+		return fmt.Errorf("%w: the new %s has %d RX queues, the firewall's XSKMAP %d", ErrInterface, fw.ifname, q, fw.objs.Xsks.MaxEntries())
+	}
+	// The old links: their interface is gone, and with it the attachment.
+	for _, l := range []link.Link{fw.tcx, fw.in} {
+		if l != nil {
+			_ = l.Unpin()
+			_ = l.Close()
+		}
+	}
+	fw.in, fw.tcx = nil, nil
+	fw.ifindex = attrs.Index
+	fw.log = fw.baseLog.With().Str("interface", attrs.Name).Int("ifindex", attrs.Index).Logger()
+
+	var in, tcx link.Link
+	defer func() {
+		if err != nil {
+			for _, l := range []link.Link{tcx, in} {
+				if l != nil {
+					_ = l.Unpin()
+					_ = l.Close()
+				}
+			}
+			fw.log.Error().Err(err).Msg("firewall: reattach failed")
+		}
+	}()
+	if fw.hook == HookTC {
+		in, err = link.AttachTCX(link.TCXOptions{Interface: fw.ifindex, Program: fw.objs.UsnetdTcIngress,
+			Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+		if err != nil {
+			return fmt.Errorf("%w: TCX ingress to %s: %w", ErrAttach, fw.ifname, err)
+		}
+	} else if in, err = fw.attachXDP(fw.xdpOpt); err != nil {
+		return err
+	}
+	if tcx, err = link.AttachTCX(link.TCXOptions{Interface: fw.ifindex, Program: fw.objs.UsnetdLearn,
+		Attach: ebpf.AttachTCXEgress}); err != nil {
+		return fmt.Errorf("%w: TCX egress to %s: %w", ErrAttach, fw.ifname, err)
+	}
+	if err = pinReplacing(in, filepath.Join(fw.dir, fw.inPin())); err != nil {
+		return err
+	}
+	if tcx != nil {
+		if err = pinReplacing(tcx, filepath.Join(fw.dir, pinTCXLink)); err != nil {
+			return err
+		}
+	}
+	mode := ModeTCX
+	if fw.hook == HookXDP {
+		if mode, err = xdpMode(fw.ifindex); err != nil {
+			return err
+		}
+	}
+	fw.in, fw.tcx, fw.mode = in, tcx, mode
+	fw.log.Info().Str("hook", string(fw.hook)).Str("mode", fw.mode).Msg("firewall: attached to the re-created interface")
+	return nil
 }
 
 // Interface returns the interface's name, Ifindex its index.

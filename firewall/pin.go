@@ -54,6 +54,11 @@ func ensureBPFFS(root string, log zerolog.Logger) error {
 		return fmt.Errorf("%w: %w", ErrNotBPFFS, err)
 	}
 	if err := unix.Mount("bpf", bpffsMount, "bpf", 0, "mode=0700"); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("%w at %s, and this process may not mount one (no CAP_SYS_ADMIN, as under usnetd's systemd unit): "+
+				"mount it before usnetd starts (`mount -t bpf bpf %s`; systemd does at boot), or run usnetd with CAP_SYS_ADMIN: %w",
+				ErrNotBPFFS, bpffsMount, bpffsMount, err)
+		}
 		return fmt.Errorf("%w: mounting bpffs at %s: %w", ErrNotBPFFS, bpffsMount, err)
 	}
 	if ok, err := isBPFFS(bpffsMount); err != nil || !ok {

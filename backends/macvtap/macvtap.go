@@ -299,6 +299,16 @@ func (c *Claim) teardown() error {
 	return errors.Join(errs...)
 }
 
+// Leave closes the ports and changes nothing else: the macvtap and the
+// TAP stay, with the NIC's routes on the TAP, as after a crash. With
+// nobody reading the macvtap's queues, the kernel is cut off from the NIC
+// (fail closed); the next Open repairs and sets up afresh. Close after
+// Leave does nothing.
+func (c *Claim) Leave() {
+	c.abandon()
+	c.log.Info().Str("interface", c.nicName).Msg("macvtap: left the macvtap and the TAP in place (the kernel is cut off from the NIC)")
+}
+
 // abandon closes the ports and the netlink socket and changes nothing
 // else: what a crash leaves behind (tests use it).
 func (c *Claim) abandon() {

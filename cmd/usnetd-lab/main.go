@@ -650,6 +650,11 @@ func (d *demo) teardown() error {
 			errs = append(errs, fmt.Errorf("usnetd left its pin directory /sys/fs/bpf/usnetd/%s", d.ifname))
 		}
 	}
+	if d.ifname != "" {
+		// A usnetd whose start failed leaves its firewall pinned (fail
+		// closed): the lab's goes with the lab.
+		_ = os.RemoveAll(filepath.Join("/sys/fs/bpf/usnetd", d.ifname))
+	}
 	if d.lab != nil {
 		if err := d.lab.Close(); err != nil {
 			errs = append(errs, err)

@@ -126,6 +126,9 @@ func newE2ELabMTU(t testing.TB, queues, mtu int) *e2eLab {
 	// The pin directory is named after the interface: a lab-unique name
 	// keeps parallel test runs apart.
 	ifname := lab.Name()
+	// A failed start, a kill or KEEP_FIREWALL leave the firewall pinned
+	// (fail closed): removing the pins detaches it, before the lab goes.
+	t.Cleanup(func() { _ = os.RemoveAll(filepath.Join("/sys/fs/bpf/usnetd", ifname)) })
 	if _, err := lab.Veth(host, ifname, peer, "eth0", netlab.VethOpts{Queues: queues, MTU: mtu, Up: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -264,8 +267,8 @@ func (l *e2eLab) start(env ...string) *usnetd {
 	case <-up:
 	case err := <-u.done:
 		t.Fatalf("usnetd exited before it was up: %v\n%s", err, u.logText())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("usnetd not up after 30 s:\n%s", u.logText())
+	case <-time.After(120 * time.Second): // loading the eBPF programs takes seconds on a busy machine, more under -race
+		t.Fatalf("usnetd not up after 120 s:\n%s", u.logText())
 	}
 	return u
 }
@@ -952,7 +955,7 @@ func (l *e2eLab) startFails(env ...string) string {
 		}
 		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 		return lines[len(lines)-1]
-	case <-time.After(20 * time.Second):
+	case <-time.After(120 * time.Second): // see start
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:

@@ -26,6 +26,7 @@ type Config struct {
 	EndpointAddrs []IfAddr
 	NoHostRings   bool   // NO_HOST_RINGS: no kernel path at all
 	NoZeroCopy    bool   // NO_ZERO_COPY: always copy frames
+	KeepFirewall  bool   // KEEP_FIREWALL: leave the firewall attached after a clean stop
 	PCAPLog       string // PCAP_LOG: pcap file path, "" for none
 
 	LogLevel  zerolog.Level // LOG_LEVEL, else RUST_LOG, else info

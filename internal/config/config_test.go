@@ -108,6 +108,8 @@ func TestGoodValues(t *testing.T) {
 		{"NO_HOST_RINGS=1", func(c *Config) any { return c.NoHostRings }, true},
 		{"NO_HOST_RINGS=False", func(c *Config) any { return c.NoHostRings }, false},
 		{"NO_HOST_RINGS=no", func(c *Config) any { return c.NoHostRings }, false},
+		{"KEEP_FIREWALL=true", func(c *Config) any { return c.KeepFirewall }, true},
+		{"KEEP_FIREWALL=", func(c *Config) any { return c.KeepFirewall }, false},
 		{"NO_ZERO_COPY=true", func(c *Config) any { return c.NoZeroCopy }, true},
 		{"NO_ZERO_COPY=0", func(c *Config) any { return c.NoZeroCopy }, false},
 

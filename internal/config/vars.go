@@ -72,7 +72,7 @@ var variables = []variable{
 	{
 		Name:    "DEBUG_PORTS",
 		Allowed: specAllowed,
-		Meaning: "ports opened for the kernel, as sticky rules (never expired) whose local IP is the interface's first IPv4 address; with REMOTEIP only that remote reaches the port",
+		Meaning: "ports opened for the kernel, as sticky rules (never expired) on each of the interface's IPv4 and global IPv6 addresses, following them as they change; with REMOTEIP only that remote reaches the port",
 		parse: func(st *state, v string) *Error {
 			specs, e := parseSpecs(st, v, nil, "")
 			st.cfg.DebugPorts = specs
@@ -107,6 +107,13 @@ var variables = []variable{
 		Allowed: boolAllowed,
 		Meaning: "true: no kernel path at all",
 		parse:   boolVar(func(c *Config) *bool { return &c.NoHostRings }),
+	},
+	{
+		Name:    "KEEP_FIREWALL",
+		Default: "false",
+		Allowed: boolAllowed,
+		Meaning: "true: a clean stop (SIGTERM) leaves the kernel's firewall attached and pinned, so the kernel stays filtered until the next usnetd takes it over; false: a clean stop removes it",
+		parse:   boolVar(func(c *Config) *bool { return &c.KeepFirewall }),
 	},
 	{
 		Name:    "NO_ZERO_COPY",

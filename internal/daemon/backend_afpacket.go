@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/backends/afpacket"
@@ -22,24 +23,26 @@ type afpacketBackend struct {
 	port *afpacket.Port
 }
 
-func (d *daemon) openAFPacket(ifname string, rules []l4.Rule, frame int) (_ nicBackend, err error) {
-	allow := make([]firewall.Allowed, 0, len(rules))
-	for _, r := range rules {
-		allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
-	}
-	fw, err := firewall.Attach(firewall.Options{
-		Interface:   ifname,
-		Hook:        firewall.HookTC,
-		NoHostRings: d.cfg.NoHostRings,
-		Allow:       allow,
-		Log:         d.log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("eBPF firewall (tc ingress): %w", err)
+func (d *daemon) openAFPacket(ifname string, rules []l4.Rule, frame int, fw *firewall.Firewall) (_ nicBackend, err error) {
+	if fw == nil {
+		allow := make([]firewall.Allowed, 0, len(rules))
+		for _, r := range rules {
+			allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
+		}
+		fw, err = firewall.Attach(firewall.Options{
+			Interface:   ifname,
+			Hook:        firewall.HookTC,
+			NoHostRings: d.cfg.NoHostRings,
+			Allow:       allow,
+			Log:         d.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("eBPF firewall (tc ingress): %w", err)
+		}
 	}
 	defer func() {
 		if err != nil {
-			_ = fw.Close()
+			_ = fw.Release() // fail closed
 		}
 	}()
 	// The kernel's own frames stay out of the packet sockets: a socket
@@ -100,6 +103,29 @@ func (b *afpacketBackend) Expire(isOpen func(l4.Key) bool) (int, error) {
 	return b.fw.ExpireLearned(isOpen)
 }
 
+func (b *afpacketBackend) AllowKernel(k l4.Key, sticky bool) error {
+	return b.fw.AllowKernel(k, sticky)
+}
+
+func (b *afpacketBackend) RevokeKernel(k l4.Key) error { return revokeKernel(b.fw, k) }
+
+// Release closes the packet sockets and leaves the firewall attached: its
+// TCX ingress program drops what is not the kernel's.
+func (b *afpacketBackend) Release() error {
+	perr := b.port.Close()
+	ferr := b.fw.Release()
+	if perr != nil {
+		return perr
+	}
+	return ferr
+}
+
+// keepFirewall closes the packet sockets of a NIC that is gone and hands
+// over the firewall, still loaded, for the NIC's return.
+func (b *afpacketBackend) keepFirewall() (*firewall.Firewall, error) {
+	return b.fw, b.port.Close()
+}
+
 func (b *afpacketBackend) Close() error {
 	perr := b.port.Close()
 	ferr := b.fw.Close()
@@ -107,6 +133,15 @@ func (b *afpacketBackend) Close() error {
 		return perr
 	}
 	return ferr
+}
+
+// revokeKernel removes k from the firewall's maps; an absent key is no
+// error (it is gone either way).
+func revokeKernel(fw *firewall.Firewall, k l4.Key) error {
+	if err := fw.RevokeKernel(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
 }
 
 // learnedKernel returns the keys the firewall's egress learner wrote.

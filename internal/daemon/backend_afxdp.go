@@ -16,23 +16,44 @@ import (
 // afxdpUnavailable), saying why in the log.
 //
 // frame is the longest frame the NIC's MTU makes: the backend carries it
-// or fails saying so.
-func (d *daemon) openBackend(ifname string, rules []l4.Rule, frame int) (nicBackend, error) {
+// or fails saying so. kept, if not nil, is the firewall of a NIC of this
+// name that was deleted (keptFirewall): it is moved onto the NIC now of
+// that name (Firewall.Reattach, no new load) and used instead of a new
+// one; the backend owns it from here on, whatever happens.
+func (d *daemon) openBackend(ifname string, rules []l4.Rule, frame int, kept *firewall.Firewall) (nicBackend, error) {
+	if kept != nil {
+		for _, r := range rules { // in the map before the program meets the new NIC
+			if err := kept.AllowKernel(r.Key, r.Sticky); err != nil {
+				d.log.Warn().Err(err).Str("interface", ifname).Msg("DEBUG_PORTS rule into the kept firewall")
+			}
+		}
+		if err := kept.Reattach(); err != nil {
+			d.log.Warn().Err(err).Str("interface", ifname).Msg("cannot move the firewall onto the re-created interface; attaching a new one")
+			_ = kept.Close()
+			kept = nil
+		}
+	}
+	if kept != nil {
+		if kept.Hook() == firewall.HookTC {
+			return d.openAFPacket(ifname, rules, frame, kept)
+		}
+		return d.openAFXDP(ifname, rules, frame, kept)
+	}
 	switch d.cfg.Backend {
 	case config.BackendAFXDP:
-		return d.openAFXDP(ifname, rules, frame)
+		return d.openAFXDP(ifname, rules, frame, nil)
 	case config.BackendMacvtap:
 		return d.openMacvtap(ifname)
 	case config.BackendAFPacket:
-		return d.openAFPacket(ifname, rules, frame)
+		return d.openAFPacket(ifname, rules, frame, nil)
 	case config.BackendAuto:
-		b, err := d.openAFXDP(ifname, rules, frame)
+		b, err := d.openAFXDP(ifname, rules, frame, nil)
 		if err == nil || !afxdpUnavailable(err) {
 			return b, err
 		}
 		d.log.Warn().Str("interface", ifname).Str("reason", err.Error()).
 			Msg("AF_XDP is not available on this interface: falling back to BACKEND=afpacket")
-		return d.openAFPacket(ifname, rules, frame)
+		return d.openAFPacket(ifname, rules, frame, nil)
 	default:
 		return nil, fmt.Errorf("BACKEND=%s is not available in this version of usnetd (use afxdp, afpacket, macvtap or auto)", d.cfg.Backend)
 	}
@@ -47,35 +68,37 @@ type afxdpBackend struct {
 	neigh *neighPort // port with the neighbour tap as its last queue
 }
 
-func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, frame int) (_ nicBackend, err error) {
-	allow := make([]firewall.Allowed, 0, len(rules))
-	for _, r := range rules {
-		allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
-	}
-	mode := ""
-	switch d.cfg.XDPMode {
-	case "native":
-		mode = firewall.ModeNative
-	case "generic":
-		mode = firewall.ModeGeneric
-	}
+func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, frame int, fw *firewall.Firewall) (_ nicBackend, err error) {
 	// Frames longer than a UMEM chunk: multi-buffer sockets, and an XDP
 	// program that takes frames in several buffers.
 	multi := frame > afxdp.DefaultFrameSize-afxdp.Headroom
-	fw, err := firewall.Attach(firewall.Options{
-		Interface:   ifname,
-		XDPMode:     mode,
-		MultiBuffer: multi,
-		NoHostRings: d.cfg.NoHostRings,
-		Allow:       allow,
-		Log:         d.log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("eBPF firewall: %w", err)
+	if fw == nil {
+		allow := make([]firewall.Allowed, 0, len(rules))
+		for _, r := range rules {
+			allow = append(allow, firewall.Allowed{Key: r.Key, Sticky: r.Sticky})
+		}
+		mode := ""
+		switch d.cfg.XDPMode {
+		case "native":
+			mode = firewall.ModeNative
+		case "generic":
+			mode = firewall.ModeGeneric
+		}
+		fw, err = firewall.Attach(firewall.Options{
+			Interface:   ifname,
+			XDPMode:     mode,
+			MultiBuffer: multi,
+			NoHostRings: d.cfg.NoHostRings,
+			Allow:       allow,
+			Log:         d.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("eBPF firewall: %w", err)
+		}
 	}
 	defer func() {
 		if err != nil {
-			_ = fw.Close()
+			_ = fw.Release() // fail closed; with BACKEND=auto, afpacket takes it over
 		}
 	}()
 	maxFrame := 0 // the default: one UMEM chunk
@@ -162,6 +185,28 @@ func (b *afxdpBackend) LearnedKernel() ([]l4.Key, error) {
 
 func (b *afxdpBackend) Expire(isOpen func(l4.Key) bool) (int, error) {
 	return b.fw.ExpireLearned(isOpen)
+}
+
+func (b *afxdpBackend) AllowKernel(k l4.Key, sticky bool) error { return b.fw.AllowKernel(k, sticky) }
+
+func (b *afxdpBackend) RevokeKernel(k l4.Key) error { return revokeKernel(b.fw, k) }
+
+// Release closes the AF_XDP sockets (the kernel takes them out of the
+// XSKMAP: usnetd's frames are dropped) and leaves the firewall attached.
+func (b *afxdpBackend) Release() error {
+	perr := b.neigh.Close()
+	ferr := b.fw.Release()
+	if perr != nil {
+		return perr
+	}
+	return ferr
+}
+
+// keepFirewall closes the AF_XDP sockets and the neighbour tap of a NIC
+// that is gone and hands over the firewall, still loaded, for the NIC's
+// return.
+func (b *afxdpBackend) keepFirewall() (*firewall.Firewall, error) {
+	return b.fw, b.neigh.Close()
 }
 
 func (b *afxdpBackend) Close() error {

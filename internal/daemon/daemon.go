@@ -33,8 +33,12 @@ type Options struct {
 	// Stopping, if set, is called when the shutdown begins (STOPPING=1).
 	Stopping func()
 	// Watchdog, if set, runs from Ready until the shutdown begins, with a
-	// health check: true while the daemon's loops make progress.
+	// health check: true while the daemon's loops make progress and every
+	// NIC is claimed.
 	Watchdog func(ctx context.Context, healthy func() bool)
+	// Status, if set, is called with a one-line status whenever it changes
+	// (systemd's STATUS=): which NICs are served, which are gone and why.
+	Status func(status string)
 }
 
 // Housekeeping periods.
@@ -44,16 +48,45 @@ const (
 	expireEvery     = 90 * time.Second // the original's period: drop learned kernel rules without a socket
 )
 
-// domain is one claimed NIC: its switch, pipeline and backend.
+// domain is one configured NIC: its switch and pipeline, which live as
+// long as the daemon, and the backend that claims the NIC, which comes and
+// goes with the NIC (follow.go).
 type domain struct {
 	ifname string
-	addrs  ifAddrs
-	mac    net.HardwareAddr
 	sw     *l4.Switch
 	p      *l4.Pipeline
-	nic    nicBackend
-	mtu    atomic.Int64 // the NIC's MTU as last learned (MTUChanged)
-	maxMTU int          // the largest MTU whose frames the buffers and the backend carry
+
+	// mu guards the claim: the follower changes it, housekeeping and the
+	// shutdown use it.
+	mu  sync.Mutex
+	nic nicBackend // nil while the NIC is gone
+	// keptFW is the firewall of the NIC while it is gone (afxdp,
+	// afpacket), loaded and waiting to be moved onto its successor.
+	keptFW     *firewall.Firewall
+	nicPort    l4.PortID // the NIC's port in p
+	kernel     l4.Owner  // owner of the kernel's rules: l4.KernelOwner or the kernel's port (macvtap)
+	ifindex    int       // of the claimed NIC; 0 while gone
+	mac        net.HardwareAddr
+	addrs      ifAddrs
+	rules      []l4.Rule // the DEBUG_PORTS rules in force (Owner = kernel)
+	lastErr    string    // why the last claim of a re-created NIC failed, logged once
+	lastMTUErr string    // why the NIC's new MTU is refused, logged once
+	goneAt     time.Time
+
+	claimed    atomic.Bool   // the NIC is claimed: firewall and backend attached
+	reattaches atomic.Uint64 // claims of a re-created NIC
+
+	// fw is the NIC's eBPF firewall (afxdp, afpacket; nil with macvtap),
+	// also while the NIC is gone and its firewall is kept: the control
+	// server keeps the endpoints' rules in it (endpointPorts) without
+	// taking mu, whose holder calls into the control server.
+	fw atomic.Pointer[firewall.Firewall]
+
+	lastBackend string // backendName's answer while the NIC is gone
+
+	bufSize int          // the pipeline's buffers, sized for the MTU at the start
+	mtu     atomic.Int64 // the NIC's MTU as last learned (MTUChanged)
+	maxMTU  int          // the largest MTU whose frames the buffers and the backend carry
 }
 
 // nicBackend is a way of claiming a NIC: it gives the pipeline its NIC port
@@ -70,6 +103,11 @@ type nicBackend interface {
 	// Expire removes learned kernel entries whose socket isOpen says is
 	// gone, and returns how many.
 	Expire(isOpen func(l4.Key) bool) (int, error)
+	// AllowKernel and RevokeKernel add and remove a DEBUG_PORTS rule in
+	// the backend's kernel-side copy (the firewall's map); no-ops where
+	// the switch is the kernel's firewall (macvtap).
+	AllowKernel(k l4.Key, sticky bool) error
+	RevokeKernel(k l4.Key) error
 	// Name is the backend's name for metrics: "afxdp", "afpacket", "macvtap".
 	Name() string
 	// Drops returns the frames the backend (and the kernel below it)
@@ -78,8 +116,13 @@ type nicBackend interface {
 	// MaxFrame is the longest frame the backend carries (Ethernet header
 	// included), or 0 when only the pipeline's buffers bound it.
 	MaxFrame() int
-	// Close gives the NIC back.
+	// Close gives the NIC back: the kernel is unfiltered afterwards.
 	Close() error
+	// Release lets go of the NIC but leaves the kernel filtered (fail
+	// closed): the firewall stays attached and pinned (afxdp, afpacket),
+	// or the macvtap and the TAP stay and cut the kernel off (macvtap).
+	// The next claim takes over what it left.
+	Release() error
 }
 
 // kernelPortBackend is a nicBackend whose kernel path is a switch port
@@ -105,9 +148,19 @@ func Run(ctx context.Context, opt Options) (err error) {
 		return fmt.Errorf("STATIC_PIPES=%q: static pipes were netmap pipes, which this usnetd does not have; "+
 			"attach the stack through the control socket (RequestUDS) instead", cfg.StaticPipes[0].String())
 	}
-	d := &daemon{cfg: cfg, log: log, pin: &pinner{cpus: cfg.CPUs, log: log}}
+	d := &daemon{cfg: cfg, log: log, pin: &pinner{cpus: cfg.CPUs, log: log}, status: opt.Status}
 	defer func() {
-		if cerr := d.close(); err == nil {
+		// Fail closed: a start that fails leaves every firewall it
+		// attached or took over in place; a clean stop removes them
+		// unless KEEP_FIREWALL.
+		keep := ""
+		switch {
+		case err != nil:
+			keep = "the start failed"
+		case cfg.KeepFirewall:
+			keep = "KEEP_FIREWALL=true"
+		}
+		if cerr := d.close(keep); err == nil {
 			err = cerr
 		}
 	}()
@@ -136,7 +189,9 @@ func Run(ctx context.Context, opt Options) (err error) {
 		if d.tap != nil {
 			c.SetTap(d.tap)
 		}
-		srv, err := metrics.Listen(cfg.MetricsAddr, metrics.NewRegistry(c))
+		reg := metrics.NewRegistry(c)
+		reg.MustRegister(claimCollector{d})
+		srv, err := metrics.Listen(cfg.MetricsAddr, reg)
 		if err != nil {
 			return fmt.Errorf("METRICS_ADDR=%q: %w", cfg.MetricsAddr, err)
 		}
@@ -150,7 +205,9 @@ func Run(ctx context.Context, opt Options) (err error) {
 	}
 	hk, stopHK := context.WithCancel(context.Background())
 	d.wg.Go(func() { d.housekeeping(hk) })
+	d.wg.Go(func() { d.follow(hk) })
 	d.stopHK = stopHK
+	d.setStatus()
 
 	log.Info().Strs("interfaces", cfg.Interfaces).Msg("usnetd is up")
 	if opt.Ready != nil {
@@ -170,15 +227,18 @@ func Run(ctx context.Context, opt Options) (err error) {
 }
 
 type daemon struct {
-	cfg     *config.Config
-	log     zerolog.Logger
-	pin     *pinner
-	domains []*domain
-	metrics *metrics.Server
-	ctl     *control.Server
-	stopHK  context.CancelFunc
-	wg      sync.WaitGroup
-	closed  bool
+	cfg        *config.Config
+	log        zerolog.Logger
+	pin        *pinner
+	domains    []*domain
+	metrics    *metrics.Server
+	ctl        *control.Server
+	stopHK     context.CancelFunc
+	wg         sync.WaitGroup
+	closed     bool
+	status     func(string) // Options.Status
+	statusMu   sync.Mutex
+	lastStatus string
 
 	lastTick atomic.Int64 // the housekeeping loop's last round, Unix ns
 
@@ -193,63 +253,28 @@ type daemon struct {
 func (d *daemon) metricDomains() []metrics.Domain {
 	ds := make([]metrics.Domain, 0, len(d.domains))
 	for _, dom := range d.domains {
-		md := metrics.Domain{Interface: dom.ifname, Pipeline: dom.p, Backend: dom.nic.Name(), BackendDrops: dom.nic.Drops}
-		if fb, ok := dom.nic.(firewallBackend); ok {
-			md.Firewall = fb.firewall().Counters
+		md := metrics.Domain{Interface: dom.ifname, Pipeline: dom.p, Backend: dom.backendName(), BackendDrops: dom.backendDrops}
+		if fw := dom.fw.Load(); fw != nil {
+			md.Firewall = fw.Counters
 		}
 		ds = append(ds, md)
 	}
 	return ds
 }
 
-// claim takes one NIC: addresses, kernel rules, backend, switch, pipeline.
+// claim takes one NIC at start: switch, pipeline, then the NIC itself
+// (attachNIC). Every DEBUG_PORTS entry needs an address on the NIC now.
 func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	link, err := netlink.LinkByName(ifname)
 	if err != nil {
 		return nil, fmt.Errorf("no such interface (INTERFACES): %w", err)
 	}
-	addrs, err := linkAddrs(link)
-	if err != nil {
-		return nil, err
-	}
-	rules, err := kernelRules(d.cfg.DebugPorts, ifname, addrs)
-	if err != nil {
-		return nil, err
-	}
 	mtu := link.Attrs().MTU
 	if mtu < 68 {
 		return nil, fmt.Errorf("MTU %d: below the minimum of 68", mtu)
 	}
-	nic, err := d.openBackend(ifname, rules, frameBytes(mtu))
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			_ = nic.Close()
-		}
-	}()
 	sw := l4.NewSwitch(l4.NewTable())
-	// The local identity: the NIC's MAC (the kernel's, and that of every
-	// endpoint without one of its own) and ADD_MACS; the interface's
-	// addresses and ENDPOINT_ADDRS for endpoints. Nothing else becomes
-	// local, whatever a port sends.
-	var nicMAC l4.MAC
-	copy(nicMAC[:], link.Attrs().HardwareAddr)
-	var local []l4.Addr
-	for _, a := range append(slices.Clone(addrs.all), d.cfg.EndpointAddrsOf(ifname)...) {
-		local = append(local, l4.AddrFromNetip(a))
-	}
-	sw.SetLocal(append([]l4.MAC{nicMAC}, d.cfg.AddMACs...), local)
 	bufSize := bufSizeFor(mtu)
-	maxFrame := bufSize
-	if m := nic.MaxFrame(); m > 0 {
-		maxFrame = min(maxFrame, m)
-	}
-	if maxFrame < frameBytes(mtu) {
-		return nil, fmt.Errorf("%w: MTU %d needs frames of %d bytes; %s carries at most %d (MTU %d)",
-			ErrMTU, mtu, frameBytes(mtu), nic.Describe(), maxFrame, maxFrame-ethHeader-vlanTag)
-	}
 	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
 		RingSize:      d.cfg.RingSize,
 		BatchSize:     d.cfg.BatchSize,
@@ -260,44 +285,116 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := p.AddPort(nic.Port()); err != nil {
+	dom = &domain{ifname: ifname, sw: sw, p: p, kernel: l4.KernelOwner, bufSize: bufSize}
+	dom.mu.Lock()
+	defer dom.mu.Unlock()
+	if err := d.attachNIC(dom, link, true); err != nil {
 		_ = p.Close()
 		return nil, err
 	}
+	return dom, nil
+}
+
+// attachNIC claims the NIC link for dom, whose mutex the caller holds:
+// backend (with the firewall, opened with the DEBUG_PORTS rules of the
+// NIC's addresses now), its ports in the pipeline, the rules in the table.
+// strict (the start) refuses DEBUG_PORTS entries without an address. On
+// an error after the firewall is attached, the backend is released, not
+// closed: the kernel stays filtered.
+func (d *daemon) attachNIC(dom *domain, link netlink.Link, strict bool) (err error) {
+	addrs, err := linkAddrs(link)
+	if err != nil {
+		return err
+	}
+	rules, missing, err := kernelRules(d.cfg.DebugPorts, dom.ifname, addrs)
+	if err != nil {
+		return err
+	}
+	if strict && len(missing) > 0 {
+		return missingError(missing, dom.ifname)
+	}
+	// The frames of the NIC's MTU must fit the pipeline's buffers, sized
+	// at the start, and the backend.
+	mtu := link.Attrs().MTU
+	if frameBytes(mtu) > dom.bufSize {
+		return fmt.Errorf("%w: MTU %d needs frames of %d bytes; the buffers, sized at the start, hold %d (MTU %d): restart usnetd",
+			ErrMTU, mtu, frameBytes(mtu), dom.bufSize, dom.bufSize-ethHeader-vlanTag)
+	}
+	kept := dom.keptFW
+	dom.keptFW = nil // openBackend owns it now
+	nic, err := d.openBackend(dom.ifname, rules, frameBytes(mtu), kept)
+	if err != nil {
+		return err
+	}
+	var added []l4.PortID
+	defer func() {
+		if err != nil {
+			for i := len(added) - 1; i >= 0; i-- {
+				_ = dom.p.RemovePort(added[i])
+			}
+			_ = nic.Release()
+		}
+	}()
+	maxFrame := dom.bufSize
+	if m := nic.MaxFrame(); m > 0 {
+		maxFrame = min(maxFrame, m)
+	}
+	if maxFrame < frameBytes(mtu) {
+		return fmt.Errorf("%w: MTU %d needs frames of %d bytes; %s carries at most %d (MTU %d)",
+			ErrMTU, mtu, frameBytes(mtu), nic.Describe(), maxFrame, maxFrame-ethHeader-vlanTag)
+	}
+	// The endpoints' rules go into the firewall, before the NIC's port
+	// takes frames: a firewall of the NIC's successor (not kept) starts
+	// without them. Storing the firewall first means that a rule the
+	// control server adds meanwhile reaches it either way.
+	if fb, ok := nic.(firewallBackend); ok {
+		if fw := fb.firewall(); dom.fw.Swap(fw) != fw {
+			if err := syncEndpointRules(dom.sw.Table, fw); err != nil {
+				return err
+			}
+		}
+	}
+	nicOwner, err := dom.p.AddPort(nic.Port())
+	if err != nil {
+		return err
+	}
+	added = append(added, nicOwner.Port)
 	kernel := l4.KernelOwner
 	if kb, ok := nic.(kernelPortBackend); ok {
-		if kernel, err = kb.AttachKernel(p); err != nil {
-			_ = p.Close()
-			return nil, err
+		if kernel, err = kb.AttachKernel(dom.p); err != nil {
+			return err
+		}
+		if kernel != l4.KernelOwner {
+			added = append(added, kernel.Port)
 		}
 	}
-	for _, r := range rules {
-		r.Owner = kernel
-		if err := sw.Table.Insert(r); err != nil && !errors.Is(err, l4.ErrExists) {
-			_ = p.Close()
-			return nil, fmt.Errorf("DEBUG_PORTS rule %v: %w", r.Key, err)
-		}
-	}
-	dom = &domain{ifname: ifname, addrs: addrs, mac: link.Attrs().HardwareAddr, sw: sw, p: p, nic: nic,
-		maxMTU: maxFrame - ethHeader - vlanTag}
+	dom.nic, dom.nicPort, dom.kernel = nic, nicOwner.Port, kernel
+	dom.ifindex, dom.mac = link.Attrs().Index, link.Attrs().HardwareAddr
+	dom.maxMTU = maxFrame - ethHeader - vlanTag
 	dom.mtu.Store(int64(mtu))
-	ev := d.log.Info().Str("interface", ifname).Str("backend", nic.Describe()).
-		Str("mac", dom.mac.String()).Int("kernel_rules", len(rules)).
-		Int("mtu", mtu).Int("buffer_size", bufSize)
-	if addrs.v4.IsValid() {
-		ev = ev.Str("ipv4", addrs.v4.String())
+	if err := d.applyAddrs(dom, addrs); err != nil {
+		dom.nic, dom.ifindex = nil, 0
+		return err
+	}
+	dom.claimed.Store(true)
+	ev := d.log.Info().Str("interface", dom.ifname).Str("backend", nic.Describe()).
+		Str("mac", dom.mac.String()).Int("kernel_rules", len(dom.rules)).
+		Int("mtu", mtu).Int("buffer_size", dom.bufSize)
+	if len(addrs.v4) > 0 {
+		ev = ev.Str("ipv4", addrs.v4[0].String())
 	}
 	if len(d.cfg.CPUs) > 0 {
 		ev = ev.Ints("cpus", d.cfg.CPUs)
 	}
 	ev.Msg("interface claimed")
-	return dom, nil
+	return nil
 }
 
 // currentMTU is the NIC's MTU as usnetd carries it now (QueryStatus).
 func (dom *domain) currentMTU() int { return int(dom.mtu.Load()) }
 
-// linkAddrs reads the interface's first IPv4 address and its global IPv6
+// linkAddrs reads the interface's IPv4 addresses, its global IPv6
+// addresses and all its addresses (IPv6 link-local included).
 // addresses.
 func linkAddrs(link netlink.Link) (ifAddrs, error) {
 	var a ifAddrs
@@ -313,20 +410,30 @@ func linkAddrs(link netlink.Link) (ifAddrs, error) {
 		ip = ip.Unmap()
 		a.all = append(a.all, ip)
 		switch {
-		case ip.Is4() && !a.v4.IsValid():
-			a.v4 = ip
+		case ip.Is4():
+			a.v4 = append(a.v4, ip)
 		case ip.Is6() && ip.IsGlobalUnicast():
 			a.v6 = append(a.v6, ip)
 		}
 	}
+	slices.SortFunc(a.v4, netip.Addr.Compare)
+	slices.SortFunc(a.v6, netip.Addr.Compare)
+	slices.SortFunc(a.all, netip.Addr.Compare)
+	a.v4, a.v6, a.all = slices.Compact(a.v4), slices.Compact(a.v6), slices.Compact(a.all)
 	return a, nil
 }
 
 // healthy reports whether the housekeeping loop ticked recently (it runs
 // every second and also proves that the pipelines answer: FragSweep and the
-// kernel sync go through them). The watchdog pings systemd only while this
-// is true, so a daemon whose loops hang is restarted.
+// kernel sync go through them) and every NIC is claimed. The watchdog
+// pings systemd only while this is true, so a daemon whose loops hang, or
+// whose NIC stays gone, is restarted (the status line says which).
 func (d *daemon) healthy() bool {
+	for _, dom := range d.domains {
+		if !dom.claimed.Load() {
+			return false
+		}
+	}
 	last := d.lastTick.Load()
 	return last != 0 && time.Since(time.Unix(0, last)) < 10*fragSweepEvery
 }
@@ -359,6 +466,11 @@ func (d *daemon) housekeeping(ctx context.Context) {
 // a port away and which QueryUsedPorts lists), and drops the learned
 // kernel rules that the backend no longer has.
 func (d *daemon) syncKernel(dom *domain) {
+	dom.mu.Lock()
+	defer dom.mu.Unlock()
+	if dom.nic == nil {
+		return
+	}
 	keys, err := dom.nic.LearnedKernel()
 	if err != nil {
 		d.log.Warn().Err(err).Str("interface", dom.ifname).Msg("reading the kernel's learned connections")
@@ -386,7 +498,12 @@ func (d *daemon) expire() {
 		return
 	}
 	for _, dom := range d.domains {
-		n, err := dom.nic.Expire(inv)
+		dom.mu.Lock()
+		n, err := 0, error(nil)
+		if dom.nic != nil {
+			n, err = dom.nic.Expire(inv)
+		}
+		dom.mu.Unlock()
 		if err != nil {
 			d.log.Warn().Err(err).Str("interface", dom.ifname).Msg("expiring learned kernel entries")
 			continue
@@ -398,8 +515,10 @@ func (d *daemon) expire() {
 	}
 }
 
-// close gives back everything that was claimed, in reverse order.
-func (d *daemon) close() error {
+// close gives back everything that was claimed, in reverse order. With a
+// reason to keep (a failed start, KEEP_FIREWALL), the backends are
+// released: the kernel stays filtered.
+func (d *daemon) close(keep string) error {
 	if d.closed {
 		return nil
 	}
@@ -422,13 +541,40 @@ func (d *daemon) close() error {
 	var errs []error
 	for i := len(d.domains) - 1; i >= 0; i-- {
 		dom := d.domains[i]
+		dom.mu.Lock()
 		if err := dom.p.Close(); err != nil {
 			errs = append(errs, err)
 		}
-		if err := dom.nic.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("interface %s: %w", dom.ifname, err))
+		switch {
+		case dom.nic == nil:
+			if dom.keptFW != nil {
+				var err error
+				if keep != "" {
+					err = dom.keptFW.Release()
+				} else {
+					err = dom.keptFW.Close()
+				}
+				if err != nil {
+					d.log.Info().Err(err).Str("interface", dom.ifname).Msg("the firewall of the gone interface")
+				}
+				dom.keptFW = nil
+			}
+			d.log.Info().Str("interface", dom.ifname).Msg("interface released (it was gone)")
+		case keep != "":
+			if err := dom.nic.Release(); err != nil {
+				errs = append(errs, fmt.Errorf("interface %s: %w", dom.ifname, err))
+			}
+			d.log.Warn().Str("interface", dom.ifname).Str("reason", keep).
+				Msg("interface released; its firewall stays (fail closed) until the next usnetd takes it over")
+		default:
+			if err := dom.nic.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("interface %s: %w", dom.ifname, err))
+			}
+			d.log.Info().Str("interface", dom.ifname).Msg("interface released")
 		}
-		d.log.Info().Str("interface", dom.ifname).Msg("interface released")
+		dom.nic = nil
+		dom.claimed.Store(false)
+		dom.mu.Unlock()
 	}
 	if err := d.closePcap(); err != nil {
 		errs = append(errs, err)
@@ -511,9 +657,7 @@ func (d *daemon) startControl() error {
 		if m, ok := dom.nic.(interface{ XDPMode() string }); ok {
 			in.XDPMode = m.XDPMode()
 		}
-		if fb, ok := dom.nic.(firewallBackend); ok {
-			in.EndpointPorts = fb.firewall()
-		}
+		in.EndpointPorts = endpointPorts{dom}
 		in.Addrs = slices.Clone(dom.addrs.all)
 		in.Granted = d.cfg.EndpointAddrsOf(dom.ifname)
 		ifaces = append(ifaces, in)
@@ -538,4 +682,57 @@ func (d *daemon) startControl() error {
 		}
 	})
 	return nil
+}
+
+// backendDrops reads the drops of the backend claiming the NIC now; none
+// while the NIC is gone.
+func (dom *domain) backendDrops() map[string]uint64 {
+	dom.mu.Lock()
+	defer dom.mu.Unlock()
+	if dom.nic == nil {
+		return nil
+	}
+	return dom.nic.Drops()
+}
+
+// endpointPorts is a domain's control.EndpointPorts: the firewall of the
+// NIC as it is now (dom.fw), none with macvtap, whose switch keeps the
+// kernel off the endpoints' flows by itself.
+type endpointPorts struct{ dom *domain }
+
+func (e endpointPorts) AddEndpointPort(k l4.Key) error {
+	if fw := e.dom.fw.Load(); fw != nil {
+		return fw.AddEndpointPort(k)
+	}
+	return nil
+}
+
+func (e endpointPorts) RemoveEndpointPort(k l4.Key) error {
+	if fw := e.dom.fw.Load(); fw != nil {
+		return fw.RemoveEndpointPort(k)
+	}
+	return nil
+}
+
+// syncEndpointRules puts every rule that endpoints registered in t into
+// fw (adding one it has is a no-op).
+func syncEndpointRules(t *l4.Table, fw *firewall.Firewall) error {
+	for _, r := range t.Rules() {
+		if r.Kind == l4.Registered && r.Owner.Kind == l4.PortEndpoint {
+			if err := fw.AddEndpointPort(r.Key); err != nil {
+				return fmt.Errorf("endpoint rule %v into the firewall: %w", r.Key, err)
+			}
+		}
+	}
+	return nil
+}
+
+// backendName names the backend claiming the NIC now, or the last one.
+func (dom *domain) backendName() string {
+	dom.mu.Lock()
+	defer dom.mu.Unlock()
+	if dom.nic != nil {
+		dom.lastBackend = dom.nic.Name()
+	}
+	return dom.lastBackend
 }

@@ -6,14 +6,30 @@
 // control socket keeps the endpoints' rules in it (control.Interface's
 // EndpointPorts), and /metrics shows its counters.
 //
-// It must never leave anything behind on a clean stop (XDP programs, TCX
-// links, pins, socket files, routes), and never start half-way: a NIC that
-// cannot be claimed stops the start with an error naming it, after undoing
-// what was done.
+// Fail closed: once a NIC is claimed, the kernel's traffic on it stays
+// filtered until a clean stop. A start that fails after claiming a NIC
+// (the metrics address or the control socket taken, another NIC that
+// cannot be claimed) releases the backends instead of closing them: the
+// firewall stays attached and pinned (afxdp, afpacket), or the macvtap and
+// the TAP stay and cut the kernel off (macvtap), and the next start takes
+// them over. A clean stop (Run's context done) gives everything back, and
+// leaves nothing behind (XDP programs, TCX links, pins, socket files,
+// routes), unless KEEP_FIREWALL asks to keep the firewall. A start never
+// serves half-way: a NIC that cannot be claimed stops it with an error
+// naming the NIC.
+//
+// Following the host (follow.go): a claimed NIC that is deleted is let go
+// while its switch domain and endpoints stay; a NIC of its name that
+// appears is claimed again; the DEBUG_PORTS rules follow the NIC's
+// addresses (applyAddrs, the one place where they change), and so do the
+// addresses endpoints may use (l4.Switch.SetLocal). While a NIC is gone
+// the daemon is not healthy (no watchdog keep-alives) and its status line
+// says so.
 //
 // Frames are sized by each NIC's MTU, read when it is claimed (mtu.go):
 // the pipeline's buffers, the backend and the endpoints' channels carry
 // frames of that size, and a backend that cannot makes the claim fail
-// with one line naming the MTU and the limit (ErrMTU). MTUChanged is the
-// entry point for link following.
+// with one line naming the MTU and the limit (ErrMTU). The follower hands
+// a changed MTU to MTUChanged, which keeps an MTU the buffers carry and
+// refuses a larger one in the log until a restart.
 package daemon

@@ -52,14 +52,25 @@ func (d *daemon) MTUChanged(ifname string, mtu int) error {
 		if dom.ifname != ifname {
 			continue
 		}
-		if err := dom.checkMTU(mtu); err != nil {
-			return err
-		}
-		old := dom.mtu.Swap(int64(mtu))
-		d.log.Info().Str("interface", ifname).Int64("old_mtu", old).Int("mtu", mtu).Msg("MTU changed")
-		return nil
+		dom.mu.Lock()
+		defer dom.mu.Unlock()
+		return d.mtuChanged(dom, mtu)
 	}
 	return fmt.Errorf("interface %s: not claimed", ifname)
+}
+
+// mtuChanged is MTUChanged for dom, whose mutex the caller holds (the
+// follower, on every link event and once a second).
+func (d *daemon) mtuChanged(dom *domain, mtu int) error {
+	if dom.nic == nil {
+		return fmt.Errorf("interface %s: not claimed", dom.ifname)
+	}
+	if err := dom.checkMTU(mtu); err != nil {
+		return err
+	}
+	old := dom.mtu.Swap(int64(mtu))
+	d.log.Info().Str("interface", dom.ifname).Int64("old_mtu", old).Int("mtu", mtu).Msg("MTU changed")
+	return nil
 }
 
 // checkMTU says whether frames of mtu fit the domain's buffers and backend.

@@ -3,27 +3,39 @@ package daemon
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/usnetd/usnetd/internal/config"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
 // ifAddrs are the addresses of a claimed interface that the kernel's rules
-// are made for.
+// are made for, each list sorted.
 type ifAddrs struct {
-	v4  netip.Addr   // the first IPv4 address, as in the original
+	v4  []netip.Addr // every IPv4 address
 	v6  []netip.Addr // global IPv6 addresses
 	all []netip.Addr // every address, IPv6 link-local included: endpoints may use them
 }
 
+// list returns the IPv4 addresses, then the IPv6 ones.
+func (a ifAddrs) list() []netip.Addr {
+	return append(slices.Clone(a.v4), a.v6...)
+}
+
+func (a ifAddrs) equal(b ifAddrs) bool {
+	return slices.Equal(a.v4, b.v4) && slices.Equal(a.v6, b.v6) && slices.Equal(a.all, b.all)
+}
+
 // kernelRules turns the DEBUG_PORTS entries for interface ifname into
-// sticky rules owned by the kernel. As in the original, an entry opens the
-// port on the interface's first IPv4 address; usnetd switches IPv6 too, so
-// it also opens it on the interface's global IPv6 addresses. An entry with
-// a remote address opens it only for that remote, on the addresses of the
-// remote's family; ICMP towards an IPv6 remote means ICMPv6.
-func kernelRules(specs []config.PortSpec, ifname string, a ifAddrs) ([]l4.Rule, error) {
-	var rules []l4.Rule
+// sticky rules owned by the kernel. An entry opens the port on each of the
+// interface's IPv4 addresses and global IPv6 addresses (the original took
+// the first IPv4 address only; usnetd switches IPv6 too, and follows the
+// addresses as they change, so that a renumbering never locks SSH out).
+// An entry with a remote address opens it only for that remote, on the
+// addresses of the remote's family; ICMP towards an IPv6 remote means
+// ICMPv6. Entries for which the interface has no address now are returned
+// in missing (a start refuses them; a change of addresses logs them).
+func kernelRules(specs []config.PortSpec, ifname string, a ifAddrs) (rules []l4.Rule, missing []config.PortSpec, err error) {
 	for _, s := range specs {
 		if s.Interface != ifname {
 			continue
@@ -31,19 +43,15 @@ func kernelRules(specs []config.PortSpec, ifname string, a ifAddrs) ([]l4.Rule, 
 		var locals []netip.Addr
 		switch {
 		case !s.Remote.IsValid():
-			if a.v4.IsValid() {
-				locals = append(locals, a.v4)
-			}
-			locals = append(locals, a.v6...)
+			locals = a.list()
 		case s.Remote.Is4():
-			if a.v4.IsValid() {
-				locals = append(locals, a.v4)
-			}
+			locals = a.v4
 		default:
-			locals = append(locals, a.v6...)
+			locals = a.v6
 		}
 		if len(locals) == 0 {
-			return nil, fmt.Errorf("DEBUG_PORTS=%q: interface %s has no address for it", s.String(), ifname)
+			missing = append(missing, s)
+			continue
 		}
 		for _, local := range locals {
 			proto := s.Proto
@@ -56,10 +64,16 @@ func kernelRules(specs []config.PortSpec, ifname string, a ifAddrs) ([]l4.Rule, 
 				k.Flags |= l4.KeyRemote
 			}
 			if err := k.Validate(); err != nil {
-				return nil, fmt.Errorf("DEBUG_PORTS=%q: %w", s.String(), err)
+				return nil, nil, fmt.Errorf("DEBUG_PORTS=%q: %w", s.String(), err)
 			}
 			rules = append(rules, l4.Rule{Key: k, Owner: l4.KernelOwner, Kind: l4.Registered, Sticky: true})
 		}
 	}
-	return rules, nil
+	return rules, missing, nil
+}
+
+// missingError is the start's error for DEBUG_PORTS entries without an
+// address.
+func missingError(missing []config.PortSpec, ifname string) error {
+	return fmt.Errorf("DEBUG_PORTS=%q: interface %s has no address for it", missing[0].String(), ifname)
 }

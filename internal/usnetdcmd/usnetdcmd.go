@@ -41,6 +41,8 @@ func Serve(cfg *config.Config, log zerolog.Logger) error {
 				log.Warn().Err(err).Msg("sd_notify watchdog")
 			}
 		},
+		// STATUS=: which NICs are served, and which are gone.
+		Status: func(status string) { _ = sdnotify.Status(status) },
 	})
 }
 
