@@ -80,7 +80,7 @@ func (a Addr) IsLoopback() bool {
 // String formats a as netip does; the zero Addr is "invalid IP".
 func (a Addr) String() string { return a.Netip().String() }
 
-// hash64 mixes the address into 64 bits (not cryptographic; for sharding).
+// halves returns the address as two words (for the table's IPv6 keys).
 func (a Addr) halves() (uint64, uint64) {
 	return binary.LittleEndian.Uint64(a[0:8]), binary.LittleEndian.Uint64(a[8:16])
 }
