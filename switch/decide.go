@@ -141,7 +141,11 @@ func (s *Switch) match(in Owner, f *Frame) Verdict {
 			return Verdict{Action: ActForward, To: o}
 		}
 	}
-	if o, ok := s.Table.LookupOwner(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto); ok && valid(o, in) {
+	o, ok := f.pre.owner, f.pre.ok // looked up with the frame's batch (batch.go)
+	if !f.pre.done {
+		o, ok = s.Table.LookupOwner(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto)
+	}
+	if ok && valid(o, in) {
 		return Verdict{Action: ActForward, To: o}
 	}
 	if f.DHCP == DHCPAnswer {

@@ -114,6 +114,8 @@ type Frame struct {
 	NeighborDiscovery bool
 
 	DHCP DHCP
+
+	pre preLookup // the batched lookup's result, if any (batch.go)
 }
 
 // FirstFragment reports whether f is not a fragment, or is the first one.

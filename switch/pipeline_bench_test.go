@@ -2,6 +2,7 @@ package l4_test
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -12,9 +13,12 @@ import (
 // BenchmarkPipeline pushes 64-byte frames from a memory NIC port (a
 // generator that copies each frame into its buffer, as a NIC's DMA would)
 // through RX workers, rings and TX goroutines to 4 memory endpoint ports,
-// over 10,000 flows. "switch" parses, looks up and decides every frame;
-// "fixed" (the baseline) replaces that with a fixed destination per buffer,
-// so the ratio of the two is the cost of switching.
+// over 10,000 flows. "switch" parses, looks up and decides every frame, the
+// frames going to 4 listening rules; "fixed" (the baseline) replaces that
+// with a fixed destination per buffer, so the ratio of the two is the cost
+// of switching. "switch100k" switches with a table of 1,000 listening
+// rules and 100,000 learned flows, each of which gets one frame of every
+// 101,000: the lookups miss the caches as on a busy host.
 //
 // Two loads: "lossless" closes the loop (memory.Window: the generator
 // keeps at most 1024 frames, one ring's worth, in flight, so no ring can overflow) and
@@ -26,24 +30,39 @@ import (
 // dropped because a TX goroutine fell behind.
 func BenchmarkPipeline(b *testing.B) {
 	for _, load := range []string{"lossless", "overload"} {
-		for _, mode := range []string{"fixed", "switch"} {
+		for _, mode := range []string{"fixed", "switch", "switch100k"} {
 			for _, workers := range []int{1, 2} {
 				b.Run(fmt.Sprintf("%s/%s/workers=%d", load, mode, workers), func(b *testing.B) {
-					benchPipeline(b, mode == "fixed", workers, load == "lossless")
+					benchPipeline(b, mode, workers, load == "lossless", 0)
 				})
 			}
 		}
 	}
 }
 
-func benchPipeline(b *testing.B, fixed bool, workers int, lossless bool) {
+// BenchmarkPipelineWakerSpin is lossless/switch with TX goroutines that
+// poll their rings spin times before they park (-1: park at once), to
+// choose DefaultWakerSpin: on a machine with few cores a polling TX
+// goroutine takes the core that an RX worker needs.
+func BenchmarkPipelineWakerSpin(b *testing.B) {
+	for _, spin := range []int{-1, 4, 16, 64, 256} {
+		for _, workers := range []int{1, 2} {
+			b.Run(fmt.Sprintf("spin=%d/workers=%d", spin, workers), func(b *testing.B) {
+				benchPipeline(b, "switch", workers, true, spin)
+			})
+		}
+	}
+}
+
+func benchPipeline(b *testing.B, mode string, workers int, lossless bool, spin int) {
+	fixed := mode == "fixed"
 	var win *memory.Window
 	if lossless {
 		win = memory.NewWindow(1024) // at most a ring's worth in flight: no ring can overflow
 	}
 	sw := l4.NewSwitch(l4.NewTable(), macNIC)
 	var eps [4]l4.Owner
-	cfg := l4.PipelineConfig{Buffers: 32768}
+	cfg := l4.PipelineConfig{Buffers: 32768, WakerSpin: spin}
 	if fixed {
 		cfg.Classify = func(in l4.Owner, buf *l4.Buf) l4.Verdict {
 			return l4.Verdict{Action: l4.ActForward, To: eps[buf.Index()&3]}
@@ -72,6 +91,9 @@ func benchPipeline(b *testing.B, fixed bool, workers int, lossless bool) {
 	for i := range frames {
 		src := l4.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)})
 		frames[i] = frame4(macRemote, macNIC, src, uint16(1024+i), local, uint16(1+i%4), l4.ProtoUDP)
+	}
+	if mode == "switch100k" {
+		frames = bigTable(b, sw.Table, eps[:])
 	}
 	per := int64(b.N / workers)
 	total := per * int64(workers)
@@ -103,4 +125,31 @@ func benchPipeline(b *testing.B, fixed bool, workers int, lossless bool) {
 	if other := p.Stats().Drops; other[l4.DropNoMatch]+other[l4.DropNoBuffer] != 0 {
 		b.Fatalf("unexpected drops: %v", other)
 	}
+}
+
+// bigTable fills t with 1,000 listening rules (UDP ports 5..1004) and
+// 100,000 learned flows (local ports 20000..59999, to remotes in
+// 198.19.0.0/16), owned round-robin by eps, and returns a frame for each
+// rule in a shuffled order.
+func bigTable(b *testing.B, t *l4.Table, eps []l4.Owner) [][]byte {
+	var frames [][]byte
+	for i := range 1000 {
+		p := uint16(5 + i)
+		if err := t.Insert(l4.Rule{Key: l4.ListenKey(local, l4.ProtoUDP, p), Owner: eps[i%len(eps)], Kind: l4.Registered}); err != nil {
+			b.Fatal(err)
+		}
+		src := l4.AddrFrom4([4]byte{198, 20, byte(i >> 8), byte(i)})
+		frames = append(frames, frame4(macRemote, macNIC, src, 40000, local, p, l4.ProtoUDP))
+	}
+	for i := range 100000 {
+		r := l4.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)})
+		lp, rp := uint16(20000+i%40000), uint16(443+i/40000)
+		k := l4.FlowKey(local, lp, r, rp, l4.ProtoUDP)
+		if err := t.Insert(l4.Rule{Key: k, Owner: eps[i%len(eps)], Kind: l4.Learned}); err != nil {
+			b.Fatal(err)
+		}
+		frames = append(frames, frame4(macRemote, macNIC, r, rp, local, lp, l4.ProtoUDP))
+	}
+	rand.New(rand.NewPCG(1, 1)).Shuffle(len(frames), func(i, j int) { frames[i], frames[j] = frames[j], frames[i] })
+	return frames
 }

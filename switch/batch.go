@@ -1,0 +1,111 @@
+package l4
+
+// Batched lookups: the RX worker classifies a receive batch in passes, so
+// that the cache misses of its frames' lookups overlap instead of
+// following one another (the way DPDK's bulk hash lookups do it, without
+// a prefetch instruction: a pass that merely loads is enough for the CPU to
+// have many misses in flight).
+//
+//	pass 1: per frame, the key of its first lookup step and the key's hash
+//	        (computed once per frame), and a load of its bucket pointer;
+//	pass 2: per frame, a load of its bucket's first line;
+//	pass 3: per frame, the lookup itself, on cached lines; its result is
+//	        kept in the Frame for Decide's match step.
+//
+// Only IPv4 frames from a NIC port take part, the bulk of the traffic: they
+// teach the table nothing (Decide learns only from the other ports), so
+// nothing in the batch changes the table between pass 3 and the frame's
+// Decide. A result is used within the batch's Decide calls only: the
+// worker is inside the batch (rxWorker.seq odd) the whole time, so
+// Pipeline.RemovePort, which waits for every worker to leave its batch
+// after removing a port's rules, still sees no frame decided for the port
+// afterwards. Frames the batch leaves out are looked up by Decide as before.
+
+// preLookup is the result of the batched lookup of a Frame's destination
+// (Dst, DstPort <- Src, SrcPort), set by lookupBatch and cleared by Parse.
+type preLookup struct {
+	owner Owner
+	ok    bool
+	done  bool
+}
+
+// batchScratch is an RX worker's memory for lookupBatch.
+type batchScratch struct {
+	k    []key4
+	h    []uint64
+	sink int // keeps the passes' loads from being optimised away
+}
+
+// lookupBatch does the destination lookup of every IPv4 frame of a batch
+// received from a NIC port (see above). reasons are Parse's results.
+func (s *Switch) lookupBatch(in Owner, fs []Frame, reasons []DropReason, sc *batchScratch) {
+	if in.Kind != PortNIC {
+		return
+	}
+	t := s.Table
+	if cap(sc.k) < len(fs) {
+		sc.k, sc.h = make([]key4, len(fs)), make([]uint64, len(fs))
+	}
+	ks, hs := sc.k[:len(fs)], sc.h[:len(fs)]
+	sink := 0
+	for i := range fs {
+		f := &fs[i]
+		hs[i] = 0
+		if reasons[i] != DropNone || f.Kind != KindIPv4 || f.ICMPError || f.NeighborDiscovery || f.Fragment && f.FragOffset != 0 {
+			continue
+		}
+		ks[i] = t.firstKey4(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
+		h := t.hash4(&ks[i]) | 1 // 0 marks a frame left out
+		hs[i] = h
+		if t.v4.find(h) == nil {
+			sink++
+		}
+	}
+	for i := range fs {
+		if hs[i] != 0 {
+			if b := t.v4.find(hs[i]); b != nil {
+				sink += b.n
+			}
+		}
+	}
+	for i := range fs {
+		if hs[i] == 0 {
+			continue
+		}
+		f := &fs[i]
+		if e, ok := t.v4.get(hs[i], &ks[i]); ok {
+			f.pre = preLookup{owner: e.owner(), ok: true, done: true}
+			continue
+		}
+		// The first step missed: the others, one frame at a time.
+		e, _, ok := t.find(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
+		f.pre = preLookup{owner: e.owner(), ok: ok, done: true}
+	}
+	sc.sink += sink
+}
+
+// firstKey4 returns the key of the first lookup step that find would probe
+// for an IPv4 packet: exact when an exact rule has the local port, else
+// remote address when there are such rules, else listening.
+func (t *Table) firstKey4(local *Addr, lport uint16, remote *Addr, rport uint16, proto uint8) key4 {
+	lf, xf := uint8(KeyLocalPort), KeyLocalPort|KeyRemote|KeyRemotePort
+	if !HasPorts(proto) {
+		lport, rport = 0, 0
+		lf, xf = 0, KeyRemote
+	}
+	l := uint64(beUint32(local[12:])) << 32
+	pb := uint64(proto)<<32 | uint64(lport)<<16
+	r := uint64(beUint32(remote[12:]))
+	switch {
+	case t.exact[lport].Load() != 0:
+		return key4{l | r, uint64(xf)<<40 | pb | uint64(rport)}
+	case lf != 0 && t.shapes[KeyLocalPort|KeyRemote].Load() != 0:
+		return key4{l | r, uint64(KeyLocalPort|KeyRemote)<<40 | pb}
+	}
+	return key4{l, uint64(lf)<<40 | pb}
+}
+
+func beUint32(b []byte) uint32 {
+	_ = b[3]
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
