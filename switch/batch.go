@@ -33,6 +33,7 @@ type preLookup struct {
 type batchScratch struct {
 	k    []key4
 	h    []uint64
+	use  []bool
 	sink int // keeps the passes' loads from being optimised away
 }
 
@@ -44,32 +45,32 @@ func (s *Switch) lookupBatch(in Owner, fs []Frame, reasons []DropReason, sc *bat
 	}
 	t := s.Table
 	if cap(sc.k) < len(fs) {
-		sc.k, sc.h = make([]key4, len(fs)), make([]uint64, len(fs))
+		sc.k, sc.h, sc.use = make([]key4, len(fs)), make([]uint64, len(fs)), make([]bool, len(fs))
 	}
-	ks, hs := sc.k[:len(fs)], sc.h[:len(fs)]
+	ks, hs, use := sc.k[:len(fs)], sc.h[:len(fs)], sc.use[:len(fs)]
 	sink := 0
 	for i := range fs {
 		f := &fs[i]
-		hs[i] = 0
+		use[i] = false
 		if reasons[i] != DropNone || f.Kind != KindIPv4 || f.ICMPError || f.NeighborDiscovery || f.Fragment && f.FragOffset != 0 {
 			continue
 		}
 		ks[i] = t.firstKey4(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
-		h := t.hash4(&ks[i]) | 1 // 0 marks a frame left out
-		hs[i] = h
+		h := t.hash4(&ks[i])
+		hs[i], use[i] = h, true
 		if t.v4.find(h) == nil {
 			sink++
 		}
 	}
 	for i := range fs {
-		if hs[i] != 0 {
+		if use[i] {
 			if b := t.v4.find(hs[i]); b != nil {
 				sink += b.n
 			}
 		}
 	}
 	for i := range fs {
-		if hs[i] == 0 {
+		if !use[i] {
 			continue
 		}
 		f := &fs[i]

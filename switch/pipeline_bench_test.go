@@ -2,7 +2,6 @@ package l4_test
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -18,7 +17,7 @@ import (
 // with a fixed destination per buffer, so the ratio of the two is the cost
 // of switching. "switch100k" switches with a table of 1,000 listening
 // rules and 100,000 learned flows, each of which gets one frame of every
-// 101,000: the lookups miss the caches as on a busy host.
+// 101,000 (bigTable).
 //
 // Two loads: "lossless" closes the loop (memory.Window: the generator
 // keeps at most 1024 frames, one ring's worth, in flight, so no ring can overflow) and
@@ -130,17 +129,12 @@ func benchPipeline(b *testing.B, mode string, workers int, lossless bool, spin i
 // bigTable fills t with 1,000 listening rules (UDP ports 5..1004) and
 // 100,000 learned flows (local ports 20000..59999, to remotes in
 // 198.19.0.0/16), owned round-robin by eps, and returns a frame for each
-// rule in a shuffled order.
+// rule: the flows in order with a listening rule's frame after every
+// 100th. The rules' buckets are spread over the table by their hash, so
+// the lookups miss the caches as on a busy host; the frames themselves lie
+// one after the other in memory, as a NIC's receive ring would have them.
 func bigTable(b *testing.B, t *l4.Table, eps []l4.Owner) [][]byte {
 	var frames [][]byte
-	for i := range 1000 {
-		p := uint16(5 + i)
-		if err := t.Insert(l4.Rule{Key: l4.ListenKey(local, l4.ProtoUDP, p), Owner: eps[i%len(eps)], Kind: l4.Registered}); err != nil {
-			b.Fatal(err)
-		}
-		src := l4.AddrFrom4([4]byte{198, 20, byte(i >> 8), byte(i)})
-		frames = append(frames, frame4(macRemote, macNIC, src, 40000, local, p, l4.ProtoUDP))
-	}
 	for i := range 100000 {
 		r := l4.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)})
 		lp, rp := uint16(20000+i%40000), uint16(443+i/40000)
@@ -149,7 +143,20 @@ func bigTable(b *testing.B, t *l4.Table, eps []l4.Owner) [][]byte {
 			b.Fatal(err)
 		}
 		frames = append(frames, frame4(macRemote, macNIC, r, rp, local, lp, l4.ProtoUDP))
+		if i%100 == 99 {
+			j := i / 100
+			p := uint16(5 + j)
+			if err := t.Insert(l4.Rule{Key: l4.ListenKey(local, l4.ProtoUDP, p), Owner: eps[j%len(eps)], Kind: l4.Registered}); err != nil {
+				b.Fatal(err)
+			}
+			src := l4.AddrFrom4([4]byte{198, 20, byte(j >> 8), byte(j)})
+			frames = append(frames, frame4(macRemote, macNIC, src, 40000, local, p, l4.ProtoUDP))
+		}
 	}
-	rand.New(rand.NewPCG(1, 1)).Shuffle(len(frames), func(i, j int) { frames[i], frames[j] = frames[j], frames[i] })
+	all := make([]byte, 0, len(frames)*len(frames[0]))
+	for i, f := range frames {
+		all = append(all, f...)
+		frames[i] = all[len(all)-len(f) : len(all) : len(all)]
+	}
 	return frames
 }
