@@ -46,40 +46,49 @@ func TestLookupBatch(t *testing.T) {
 	batch := make([]Frame, 64)
 	reasons := make([]DropReason, 64)
 	var sc batchScratch
-	hits := 0
-	for start := 0; start < len(frames); start += 64 {
-		n := min(64, len(frames)-start)
-		for i := range n {
-			reasons[i] = Parse(frames[start+i], &batch[i])
-		}
-		s.lookupBatch(nic, batch[:n], reasons[:n], &sc)
-		for i := range n {
-			f := &batch[i]
-			if reasons[i] != DropNone {
-				t.Fatalf("frame %d: %v", start+i, reasons[i])
+	check := func() {
+		hits := 0
+		for start := 0; start < len(frames); start += 64 {
+			n := min(64, len(frames)-start)
+			for i := range n {
+				reasons[i] = Parse(frames[start+i], &batch[i])
 			}
-			if f.pre.done {
-				o, ok := s.Table.LookupOwner(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto)
-				if o != f.pre.owner || ok != f.pre.ok {
-					t.Fatalf("frame %d (%v): batch %v %v, lookup %v %v", start+i, f.Flow, f.pre.owner, f.pre.ok, o, ok)
+			s.lookupBatch(nic, batch[:n], reasons[:n], &sc)
+			for i := range n {
+				f := &batch[i]
+				if reasons[i] != DropNone {
+					t.Fatalf("frame %d: %v", start+i, reasons[i])
 				}
-				hits++
-			} else if f.Kind == KindIPv4 && f.Proto == ProtoTCP {
-				t.Fatalf("frame %d: an IPv4 TCP frame left out of the batch", start+i)
-			}
-			var plain Frame
-			Parse(frames[start+i], &plain)
-			if plain.pre.done {
-				t.Fatal("Parse kept a batch result")
-			}
-			if a, b := s.Decide(nic, f, 0), s.Decide(nic, &plain, 0); a != b {
-				t.Fatalf("frame %d: Decide %v with the batch, %v without", start+i, a, b)
+				if f.pre.done {
+					o, ok := s.Table.LookupOwner(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto)
+					if o != f.pre.owner || ok != f.pre.ok {
+						t.Fatalf("frame %d (%v): batch %v %v, lookup %v %v", start+i, f.Flow, f.pre.owner, f.pre.ok, o, ok)
+					}
+					hits++
+				} else if f.Kind == KindIPv4 && f.Proto == ProtoTCP {
+					t.Fatalf("frame %d: an IPv4 TCP frame left out of the batch", start+i)
+				}
+				var plain Frame
+				Parse(frames[start+i], &plain)
+				if plain.pre.done {
+					t.Fatal("Parse kept a batch result")
+				}
+				if a, b := s.Decide(nic, f, 0), s.Decide(nic, &plain, 0); a != b {
+					t.Fatalf("frame %d: Decide %v with the batch, %v without", start+i, a, b)
+				}
 			}
 		}
+		if hits < 500 {
+			t.Fatalf("only %d frames looked up in batches", hits)
+		}
 	}
-	if hits < 500 {
-		t.Fatalf("only %d frames looked up in batches", hits)
+	check()
+	// Again with a table big enough for the touching passes.
+	other := MustParseAddr("198.18.0.9")
+	for i := range touchRules {
+		must(t, s.Table.Insert(Rule{Key: FlowKey(other, uint16(i), MustParseAddr(remote(i%600)), 1000, ProtoTCP), Owner: epA, Kind: Learned}))
 	}
+	check()
 	// Frames from an endpoint are not batched: they may teach the table.
 	reasons[0] = Parse(frames[0], &batch[0])
 	s.lookupBatch(epA, batch[:1], reasons[:1], &sc)

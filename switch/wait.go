@@ -49,7 +49,7 @@ import (
 
 // DefaultWakerSpin is the number of polls before Wait parks when NewWaker
 // is given 0.
-const DefaultWakerSpin = 64
+const DefaultWakerSpin = 4
 
 // Waker lets one consumer goroutine sleep until any of its producers has
 // pushed. See the comment above for the protocol. Create it with NewWaker:
