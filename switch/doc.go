@@ -13,13 +13,18 @@
 //     (extension headers, fragments), the ports of TCP, UDP, DCCP, SCTP and
 //     UDP-Lite, ICMP/ICMPv6 type and, for errors, the quoted flow, DHCP.
 //     A malformed frame yields a DropReason (drop.go), never a panic.
-//   - Table (table.go, snapshot.go) holds the rules (rule.go): sharded
-//     copy-on-write snapshots, read without locks in three lookup steps.
+//   - Table (table.go, hashtab.go, key.go) holds the rules (rule.go): a
+//     hash table per IP family under compact keys (16 bytes for IPv4),
+//     buckets of up to 4 rules that writers copy on write one at a time,
+//     read without locks in at most three lookup steps; it grows
+//     incrementally, so a write costs the same at any size. batch.go looks
+//     up a NIC's receive batch in passes whose cache misses overlap.
 //   - Switch.Decide (decide.go) is the forwarding decision of the original,
 //     with learning, the anti-hijack check, the DHCP relay, local switching
 //     by the local-MAC set (macset.go), fragments (frag.go) and ICMP errors.
 //   - Pipeline (pipeline.go, worker.go) runs it: an RX worker per port
-//     queue, batches per destination, an SPSC Ring (ring.go) per (worker,
+//     queue that parses a receive batch, looks it up in one go and decides
+//     frame by frame, batches per destination, an SPSC Ring (ring.go) per (worker,
 //     port) pair, a TX goroutine per port waking on a Waker (wait.go), Bufs
 //     from a BufPool (pool.go), counters read by Stats (stats.go). Ports are
 //     what backends implement (port.go).
@@ -35,6 +40,7 @@
 //
 // Concurrency contract: Parse and Decide are safe from any number of
 // goroutines. Table and MACSet readers take no lock and write no shared
-// memory; writers serialise per shard. Rings, caches and wakers have one
+// memory; Table writers serialise per bucket (a striped lock), MACSet
+// writers on one lock. Rings, caches and wakers have one
 // owner per end (see ring.go). Pipeline methods are safe from any goroutine.
 package l4
