@@ -15,7 +15,7 @@
 //     A malformed frame yields a DropReason (drop.go), never a panic.
 //   - Table (table.go, hashtab.go, key.go) holds the rules (rule.go): a
 //     hash table per IP family under compact keys (16 bytes for IPv4),
-//     buckets of up to 4 rules that writers copy on write one at a time,
+//     buckets of up to 8 rules that writers copy on write one at a time,
 //     read without locks in at most three lookup steps; it grows
 //     incrementally, so a write costs the same at any size. batch.go looks
 //     up a NIC's receive batch in passes whose cache misses overlap.

@@ -25,7 +25,7 @@ import (
 // memory: a probe is an atomic load of the table's state, one of the
 // bucket pointer, and a read of an immutable bucket (one or two cache
 // lines). Writers lock one of 512 stripes (by the key's hash), copy the
-// one bucket they change (at most 4 rules, rarely a short chain) and
+// one bucket they change (at most 8 rules, rarely a short chain) and
 // publish the copy; the table grows incrementally (each write moves two
 // buckets of a resize under way). A write therefore costs the same however
 // many rules share its local port and however many the table holds: the
