@@ -181,7 +181,7 @@ func (s *Switch) learn(in Owner, f *Frame) DropReason {
 	}
 	// A reply from one of the sender's registered listening rules needs no
 	// rule of its own: the listening rule already brings the next packet.
-	if e, ok := s.Table.get(ListenKey(f.Src, f.Proto, f.SrcPort)); ok && e.port == in.Port && e.kind == Registered {
+	if e, ok := s.Table.get(ListenKey(f.Src, f.Proto, f.SrcPort)); ok && e.port() == in.Port && e.kind() == Registered {
 		return DropNone
 	}
 	o, ok := s.Table.LookupOwner(f.Src, f.SrcPort, f.Dst, f.DstPort, f.Proto)

@@ -116,7 +116,7 @@ func (t *htab[K]) get(h uint64, k *K) (entry, bool) {
 			}
 		}
 	}
-	return entry{}, false
+	return 0, false
 }
 
 // lockedBucket locks the stripe of h and returns the pointer of h's bucket
@@ -151,7 +151,7 @@ func (t *htab[K]) insert(h uint64, k K, e entry) (entry, bool) {
 	mu.Unlock()
 	t.n.Add(1)
 	t.maybeGrow()
-	return entry{}, true
+	return 0, true
 }
 
 // remove deletes k if ok(its entry) and returns the entry.

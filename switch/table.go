@@ -54,20 +54,25 @@ type Table struct {
 	learned atomic.Int64
 }
 
-// entry is a rule's value, packed into 8 bytes.
-type entry struct {
-	port   PortID
-	okind  PortKind
-	kind   RuleKind
-	sticky bool
-	used   bool // the slot holds a rule
-}
+// entry is a rule's value packed into one word: the owner's port in bits
+// 0-31, its kind in 32-39, the rule's kind in 40-47, sticky in bit 48. One
+// word travels in one register: a struct of five small fields was spilled
+// to the stack byte by byte and read back as a word on every lookup, a
+// store-forwarding stall that cost more than the probe.
+type entry uint64
 
 func newEntry(r Rule) entry {
-	return entry{port: r.Owner.Port, okind: r.Owner.Kind, kind: r.Kind, sticky: r.Sticky, used: true}
+	e := entry(r.Owner.Port) | entry(r.Owner.Kind)<<32 | entry(r.Kind)<<40
+	if r.Sticky {
+		e |= 1 << 48
+	}
+	return e
 }
 
-func (e entry) owner() Owner { return Owner{Port: e.port, Kind: e.okind} }
+func (e entry) port() PortID   { return PortID(e) }
+func (e entry) kind() RuleKind { return RuleKind(e >> 40) }
+func (e entry) sticky() bool   { return e&(1<<48) != 0 }
+func (e entry) owner() Owner   { return Owner{Port: PortID(e), Kind: PortKind(e >> 32)} }
 
 // NewTable returns an empty table.
 func NewTable() *Table { return newTable(minBuckets) }
@@ -152,7 +157,7 @@ func (t *Table) find(local *Addr, lport uint16, remote *Addr, rport uint16, prot
 				return e, lf, true
 			}
 		}
-		return entry{}, 0, false
+		return 0, 0, false
 	}
 	l0, l1 := local.halves()
 	pb := uint64(proto)<<32 | uint64(lport)<<16
@@ -177,7 +182,7 @@ func (t *Table) find(local *Addr, lport uint16, remote *Addr, rport uint16, prot
 			return e, lf, true
 		}
 	}
-	return entry{}, 0, false
+	return 0, 0, false
 }
 
 // Get returns the rule with exactly the key k.
@@ -190,19 +195,19 @@ func (t *Table) get(k Key) (entry, bool) {
 	if k.Local.Is4() {
 		c, ok := pack4(&k)
 		if !ok {
-			return entry{}, false
+			return 0, false
 		}
 		return t.v4.get(t.hash4(&c), &c)
 	}
 	c, ok := pack6(&k)
 	if !ok {
-		return entry{}, false
+		return 0, false
 	}
 	return t.v6.get(t.hash6(&c), &c)
 }
 
 func (e entry) rule(k Key) Rule {
-	return Rule{Key: k, Owner: e.owner(), Kind: e.kind, Sticky: e.sticky}
+	return Rule{Key: k, Owner: e.owner(), Kind: e.kind(), Sticky: e.sticky()}
 }
 
 // ErrExists is returned (wrapped in a *ExistsError) by Insert when a rule
@@ -257,7 +262,7 @@ func (t *Table) count(k *Key, d int32) {
 // removed updates the counts after the rule with key k and entry e is gone.
 func (t *Table) removed(k *Key, e entry) {
 	t.count(k, -1)
-	if e.kind == Learned {
+	if e.kind() == Learned {
 		t.learned.Add(-1)
 	}
 	t.gen.Add(1)
@@ -266,7 +271,7 @@ func (t *Table) removed(k *Key, e entry) {
 // Remove deletes the rule with key k if owner holds it, and reports whether
 // it did.
 func (t *Table) Remove(k Key, owner PortID) bool {
-	mine := func(e entry) bool { return e.port == owner }
+	mine := func(e entry) bool { return e.port() == owner }
 	var e entry
 	var ok bool
 	if k.Local.Is4() {
