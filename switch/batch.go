@@ -12,6 +12,9 @@ package l4
 //	pass 3: per frame, the lookup itself, on cached lines; its result is
 //	        kept in the Frame for Decide's match step.
 //
+// A table of at most touchRules IPv4 rules stays in the caches: then one
+// pass computes each frame's key and hash and looks it up.
+//
 // Only IPv4 frames from a NIC port take part, the bulk of the traffic: they
 // teach the table nothing (Decide learns only from the other ports), so
 // nothing in the batch changes the table between pass 3 and the frame's
@@ -54,8 +57,18 @@ func (s *Switch) lookupBatch(in Owner, fs []Frame, reasons []DropReason, sc *bat
 	}
 	ks, hs, use := sc.k[:len(fs)], sc.h[:len(fs)], sc.use[:len(fs)]
 	// A small table stays in the caches: then the touching passes would
-	// only cost, and pass 1 computes the keys and hashes alone.
-	touch := t.v4.n.Load() > touchRules
+	// only cost, and one loop does it all.
+	if t.v4.n.Load() <= touchRules {
+		for i := range fs {
+			f := &fs[i]
+			if reasons[i] != DropNone || f.Kind != KindIPv4 || f.ICMPError || f.NeighborDiscovery || f.Fragment && f.FragOffset != 0 {
+				continue
+			}
+			k := t.firstKey4(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
+			t.lookupFirst(f, t.hash4(&k), &k)
+		}
+		return
+	}
 	sink := 0
 	for i := range fs {
 		f := &fs[i]
@@ -66,34 +79,35 @@ func (s *Switch) lookupBatch(in Owner, fs []Frame, reasons []DropReason, sc *bat
 		ks[i] = t.firstKey4(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
 		h := t.hash4(&ks[i])
 		hs[i], use[i] = h, true
-		if touch && t.v4.find(h) == nil {
+		if t.v4.find(h) == nil {
 			sink++
 		}
 	}
-	if touch {
-		for i := range fs {
-			if use[i] {
-				// The first slot's line, and the last slot's (often the same).
-				if b := t.v4.find(hs[i]); b != nil && b.n > 0 && (b.s[0].k.a == ks[i].a || b.s[b.n-1].k.a == ks[i].a) {
-					sink++
-				}
+	for i := range fs {
+		if use[i] {
+			// The first slot's line, and the last slot's (often the same).
+			if b := t.v4.find(hs[i]); b != nil && b.n > 0 && (b.s[0].k.a == ks[i].a || b.s[b.n-1].k.a == ks[i].a) {
+				sink++
 			}
 		}
 	}
 	for i := range fs {
-		if !use[i] {
-			continue
+		if use[i] {
+			t.lookupFirst(&fs[i], hs[i], &ks[i])
 		}
-		f := &fs[i]
-		if e, ok := t.v4.get(hs[i], &ks[i]); ok {
-			f.pre = preLookup{owner: e.owner(), ok: true, done: true}
-			continue
-		}
-		// The first step missed: the others, one frame at a time.
-		e, _, ok := t.find(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
-		f.pre = preLookup{owner: e.owner(), ok: ok, done: true}
 	}
 	sc.sink += sink
+}
+
+// lookupFirst looks f up by the key k (of hash h) of its first lookup
+// step, and by the other steps if that misses, and keeps the result in f.
+func (t *Table) lookupFirst(f *Frame, h uint64, k *key4) {
+	if e, ok := t.v4.get(h, k); ok {
+		f.pre = preLookup{owner: e.owner(), ok: true, done: true}
+		return
+	}
+	e, _, ok := t.find(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
+	f.pre = preLookup{owner: e.owner(), ok: ok, done: true}
 }
 
 // firstKey4 returns the key of the first lookup step that find would probe
