@@ -21,6 +21,13 @@ func AddrFrom4(b [4]byte) Addr {
 	return a
 }
 
+// addrFrom4Slice reads an IPv4 address from the first 4 bytes of b.
+func addrFrom4Slice(b []byte) Addr {
+	var a Addr
+	setAddr4(&a, b)
+	return a
+}
+
 // setAddr4 sets *a to the IPv4 address in the first 4 bytes of b, in two
 // word stores. Building the Addr in a temporary (a 16-byte clear, a 2-byte
 // and a 4-byte store) and copying it took a store-forwarding stall per

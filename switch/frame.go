@@ -356,8 +356,8 @@ func parseInner4(h []byte, in *Flow) bool {
 	if ihl < 20 || len(h) < ihl {
 		return false
 	}
-	setAddr4(&in.Src, h[12:16])
-	setAddr4(&in.Dst, h[16:20])
+	in.Src = addrFrom4Slice(h[12:16])
+	in.Dst = addrFrom4Slice(h[16:20])
 	in.Proto = h[9]
 	fragOff := binary.BigEndian.Uint16(h[6:8]) & 0x1fff
 	if HasPorts(in.Proto) && fragOff == 0 && len(h) >= ihl+4 {

@@ -102,9 +102,18 @@ func exactShape(flags uint8) bool {
 // ignored and the steps are (local, protocol, remote) then (local,
 // protocol). It takes no lock and does not allocate.
 func (t *Table) Lookup(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Rule, bool) {
-	e, fl, ok := t.find(&local, lport, &remote, rport, proto)
+	k, e, ok := t.lookup(local, lport, remote, rport, proto)
 	if !ok {
 		return Rule{}, false
+	}
+	return e.rule(k), true
+}
+
+// lookup is Lookup returning the key found and its entry.
+func (t *Table) lookup(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Key, entry, bool) {
+	e, fl, ok := t.find(&local, lport, &remote, rport, proto)
+	if !ok {
+		return Key{}, 0, false
 	}
 	k := Key{Local: local, Proto: proto, Flags: fl}
 	if fl&KeyLocalPort != 0 {
@@ -116,7 +125,7 @@ func (t *Table) Lookup(local Addr, lport uint16, remote Addr, rport uint16, prot
 	if fl&KeyRemotePort != 0 {
 		k.RemotePort = rport
 	}
-	return e.rule(k), true
+	return k, e, true
 }
 
 // LookupOwner is Lookup for the data path: it returns only the owner.
