@@ -172,7 +172,11 @@ func (s *Switch) match(in Owner, f *Frame) Verdict {
 			return Verdict{Action: ActForward, To: o}
 		}
 	}
-	if o, ok := s.Table.LookupOwner(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto); ok && valid(o, in) {
+	o, ok := f.pre.owner, f.pre.ok // looked up with the frame's batch (batch.go)
+	if !f.pre.done {
+		o, ok = s.Table.LookupOwner(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto)
+	}
+	if ok && valid(o, in) {
 		return Verdict{Action: ActForward, To: o}
 	}
 	if f.DHCP == DHCPAnswer {
@@ -214,7 +218,7 @@ func (s *Switch) learn(in Owner, f *Frame, ep, local bool) DropReason {
 	}
 	// A reply from one of the sender's registered listening rules needs no
 	// rule of its own: the listening rule already brings the next packet.
-	if e, ok := s.Table.get(ListenKey(f.Src, f.Proto, f.SrcPort)); ok && e.port == in.Port && e.kind == Registered {
+	if e, ok := s.Table.get(ListenKey(f.Src, f.Proto, f.SrcPort)); ok && e.port() == in.Port && e.kind() == Registered {
 		return DropNone
 	}
 	o, ok := s.Table.LookupOwner(f.Src, f.SrcPort, f.Dst, f.DstPort, f.Proto)

@@ -15,8 +15,12 @@
 //     A malformed frame yields a DropReason (drop.go), never a panic. The
 //     eBPF classifier (firewall/bpf/classify.h) is this decision's kernel
 //     side; firewall/differential_test.go holds the two to one verdict.
-//   - Table (table.go, snapshot.go) holds the rules (rule.go): sharded
-//     copy-on-write snapshots, read without locks in three lookup steps.
+//   - Table (table.go, hashtab.go, key.go) holds the rules (rule.go): a
+//     hash table per IP family under compact keys (16 bytes for IPv4),
+//     buckets of up to 8 rules that writers copy on write one at a time,
+//     read without locks in at most three lookup steps; it grows
+//     incrementally, so a write costs the same at any size. batch.go looks
+//     up a NIC's receive batch in passes whose cache misses overlap.
 //   - Switch.Decide (decide.go) is the forwarding decision of the original,
 //     with learning, the anti-hijack check, the DHCP relay, local switching
 //     by the local-MAC set (local.go), fragments (frag.go) and ICMP errors.
@@ -27,7 +31,8 @@
 //     configures hosts. The local identity (local MACs: the NIC's and
 //     ADD_MACS; the addresses endpoints may use) comes from SetLocal only.
 //   - Pipeline (pipeline.go, worker.go) runs it: an RX worker per port
-//     queue, batches per destination, an SPSC Ring (ring.go) per (worker,
+//     queue that parses a receive batch, looks it up in one go and decides
+//     frame by frame, batches per destination, an SPSC Ring (ring.go) per (worker,
 //     port) pair, a TX goroutine per port waking on a Waker (wait.go), Bufs
 //     from a BufPool (pool.go), counters read by Stats (stats.go). Ports are
 //     what backends implement (port.go).
@@ -43,7 +48,7 @@
 //
 // Concurrency contract: Parse and Decide are safe from any number of
 // goroutines. Table readers and the local identity's take no lock and
-// write no shared memory; writers serialise per shard (SetLocal swaps one
-// snapshot). Rings, caches and wakers have one
+// write no shared memory; Table writers serialise per bucket (a striped
+// lock), SetLocal swaps one snapshot. Rings, caches and wakers have one
 // owner per end (see ring.go). Pipeline methods are safe from any goroutine.
 package l4

@@ -133,6 +133,8 @@ type Frame struct {
 	NeighTarget Addr
 
 	DHCP DHCP
+
+	pre preLookup // the batched lookup's result, if any (batch.go)
 }
 
 // FirstFragment reports whether f is not a fragment, or is the first one.
@@ -217,8 +219,8 @@ func parseIPv4(b []byte, off int, f *Frame) DropReason {
 		return DropTruncated
 	}
 	h = h[:total] // drop Ethernet padding
-	f.Src = addrFrom4Slice(h[12:16])
-	f.Dst = addrFrom4Slice(h[16:20])
+	setAddr4(&f.Src, h[12:16])
+	setAddr4(&f.Dst, h[16:20])
 	f.Proto = h[9]
 	ff := binary.BigEndian.Uint16(h[6:8])
 	f.DontFrag = ff&0x4000 != 0

@@ -130,7 +130,7 @@ func (s *Switch) checkNewSource(in Owner, f *Frame, local bool) DropReason {
 		// (a rule with a remote side) of another owner, its source is
 		// that connection's peer, which the sender does not hold.
 		k, e, ok := s.Table.lookup(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto)
-		if ok && k.Flags&KeyRemote != 0 && e.port != in.Port {
+		if ok && k.Flags&KeyRemote != 0 && e.port() != in.Port {
 			return DropFlowForeign
 		}
 	}

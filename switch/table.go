@@ -1,82 +1,100 @@
 package l4
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
-	"sync"
 	"sync/atomic"
 )
-
-// NumShards is the number of shards of a Table.
-const NumShards = 256
 
 // Table is the rule table of one switch domain: every rule, registered or
 // learned, that says which port owns which traffic.
 //
-// Concurrency: any number of goroutines may call Lookup at full rate while
-// others change the table. A shard is an immutable snapshot (a map and the
-// number of rules of each shape) behind an atomic pointer, RCU-style: a
-// reader does one atomic load and map reads, takes no lock and writes no
-// shared memory, so readers on different cores never slow each other down.
-// Writers serialise per shard on a mutex, copy the shard's map, change the
-// copy and publish it. The shard is chosen by (local address, protocol,
-// local port), so the three lookup steps of a frame read one shard, and a
-// write copies only 1/NumShards of the table.
+// Layout: one hash table per IP family (hashtab.go) holds every rule under
+// a compact key that is the whole Key (16 bytes for IPv4: both addresses,
+// both ports, protocol and shape). A lookup probes it at most three times,
+// one per lookup step, and skips a step that no rule can answer: the exact
+// step when no exact rule has the frame's local port (a per-port count),
+// the remote-address step when there is no such rule at all. A frame to a
+// listening port that has no exact rules thus costs one probe, and so does
+// a frame of a learned flow. The per-port counts take 256 KB per table.
+// An RX worker looks up a NIC's receive batch in one go (batch.go).
 //
-// Writes are meant to be rare (attach, AddMatch, a new outgoing
-// connection): a write costs a copy of one shard's map. BENCHMARKS.md has
-// the numbers.
+// Concurrency: any number of goroutines may call Lookup at full rate while
+// others change the table. Readers take no lock and write no shared
+// memory: a probe is an atomic load of the table's state, one of the
+// bucket pointer, and a read of an immutable bucket (one or two cache
+// lines). Writers lock one of 512 stripes (by the key's hash), copy the
+// one bucket they change (at most 8 rules, rarely a short chain) and
+// publish the copy; the table grows incrementally (each write moves two
+// buckets of a resize under way). A write therefore costs the same however
+// many rules share its local port and however many the table holds: the
+// data path may learn a flow per frame. BENCHMARKS.md has the numbers.
+//
+// Once Insert or Remove has returned, every lookup that starts afterwards
+// sees the change.
 type Table struct {
-	shards [NumShards]shard
-	gen    atomic.Uint64 // bumped by every change
-	_      [56]byte
+	v4   htab[key4]
+	v6   htab[key6]
+	seed [4]uint64
+	_    [64]byte
+
+	// Read by every lookup, written only when a non-exact rule comes or
+	// goes: rules per Key.Flags value, exact ones not counted.
+	shapes [8]atomic.Int32
+	_      [32]byte
+	// exact counts the exact rules (remote address and port; for
+	// protocols without ports, remote address) per local port, whatever
+	// the local address or protocol. A lookup skips the exact step when
+	// its local port has none, e.g. a server's listening port. A count is
+	// raised before its rule is published and lowered after it is gone.
+	exact [1 << 16]atomic.Uint32
+
+	gen     atomic.Uint64 // bumped by every change
+	learned atomic.Int64
 }
 
-type shard struct {
-	snap atomic.Pointer[snapshot]
-	mu   sync.Mutex
-	_    [48]byte // a shard per cache line: writers of one shard do not disturb readers of its neighbours
-}
-
-// entry is a rule's value, packed into 8 bytes so that a slot of the
-// snapshot (Key and entry) is 48 bytes.
-type entry struct {
-	port   PortID
-	okind  PortKind
-	kind   RuleKind
-	sticky bool
-	used   bool // the slot holds a rule
-}
+// entry is a rule's value packed into one word: the owner's port in bits
+// 0-31, its kind in 32-39, the rule's kind in 40-47, sticky in bit 48. One
+// word travels in one register: a struct of five small fields was spilled
+// to the stack byte by byte and read back as a word on every lookup, a
+// store-forwarding stall that cost more than the probe.
+type entry uint64
 
 func newEntry(r Rule) entry {
-	return entry{port: r.Owner.Port, okind: r.Owner.Kind, kind: r.Kind, sticky: r.Sticky, used: true}
+	e := entry(r.Owner.Port) | entry(r.Owner.Kind)<<32 | entry(r.Kind)<<40
+	if r.Sticky {
+		e |= 1 << 48
+	}
+	return e
 }
 
-func (e entry) owner() Owner { return Owner{Port: e.port, Kind: e.okind} }
+func (e entry) port() PortID   { return PortID(e) }
+func (e entry) kind() RuleKind { return RuleKind(e >> 40) }
+func (e entry) sticky() bool   { return e&(1<<48) != 0 }
+func (e entry) owner() Owner   { return Owner{Port: PortID(e), Kind: PortKind(e >> 32)} }
 
 // NewTable returns an empty table.
-func NewTable() *Table {
+func NewTable() *Table { return newTable(minBuckets) }
+
+// newTable returns an empty table whose hash tables start with n buckets
+// (tests start small, so that they resize).
+func newTable(n int) *Table {
 	t := &Table{}
-	for i := range t.shards {
-		t.shards[i].snap.Store(emptySnapshot)
+	for i := range t.seed {
+		t.seed[i] = rand.Uint64() | 1 // per table: remote senders cannot aim at one bucket
 	}
+	t.v4.init(t.hash4, n)
+	t.v6.init(t.hash6, n)
 	return t
 }
 
-// shardOf picks the shard of a key from its local address, protocol and
-// local port: the fields every lookup step shares.
-func shardOf(local *Addr, proto uint8, lport uint16) int {
-	hi, lo := local.halves()
-	h := hi ^ lo*0x9e3779b97f4a7c15 ^ uint64(proto)<<16 ^ uint64(lport)
-	h ^= h >> 29
-	h *= 0xbf58476d1ce4e5b9
-	h ^= h >> 32
-	return int(h & (NumShards - 1))
-}
-
-func (t *Table) shardFor(k *Key) *shard {
-	return &t.shards[shardOf(&k.Local, k.Proto, k.LocalPort)]
+// exactShape reports whether flags is the shape of the first lookup step:
+// remote address and port, or for protocols without ports remote address.
+func exactShape(flags uint8) bool {
+	return flags == KeyLocalPort|KeyRemote|KeyRemotePort || flags == KeyRemote
 }
 
 // Lookup finds the rule that owns a packet arriving at local (address and
@@ -93,43 +111,89 @@ func (t *Table) Lookup(local Addr, lport uint16, remote Addr, rport uint16, prot
 	return e.rule(k), true
 }
 
+// lookup is Lookup returning the key found and its entry.
+func (t *Table) lookup(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Key, entry, bool) {
+	e, fl, ok := t.find(&local, lport, &remote, rport, proto)
+	if !ok {
+		return Key{}, 0, false
+	}
+	k := Key{Local: local, Proto: proto, Flags: fl}
+	if fl&KeyLocalPort != 0 {
+		k.LocalPort = lport
+	}
+	if fl&KeyRemote != 0 {
+		k.Remote = remote
+	}
+	if fl&KeyRemotePort != 0 {
+		k.RemotePort = rport
+	}
+	return k, e, true
+}
+
 // LookupOwner is Lookup for the data path: it returns only the owner.
 func (t *Table) LookupOwner(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Owner, bool) {
-	_, e, ok := t.lookup(local, lport, remote, rport, proto)
+	e, _, ok := t.find(&local, lport, &remote, rport, proto)
 	return e.owner(), ok
 }
 
-func (t *Table) lookup(local Addr, lport uint16, remote Addr, rport uint16, proto uint8) (Key, entry, bool) {
-	ported := HasPorts(proto)
-	if !ported {
+// find does the lookup steps and returns the entry found and the shape of
+// its key.
+func (t *Table) find(local *Addr, lport uint16, remote *Addr, rport uint16, proto uint8) (entry, uint8, bool) {
+	lf, xf := uint8(KeyLocalPort), KeyLocalPort|KeyRemote|KeyRemotePort
+	if !HasPorts(proto) {
 		lport, rport = 0, 0
+		lf, xf = 0, KeyRemote
 	}
-	s := t.shards[shardOf(&local, proto, lport)].snap.Load()
-	k := Key{Local: local, Proto: proto, LocalPort: lport}
-	if !s.mayHaveRemote(lport) {
-		k.Flags = KeyLocalPort
-		if !ported {
-			k.Flags = 0
+	if local.Is4() {
+		l := uint64(binary.BigEndian.Uint32(local[12:])) << 32
+		pb := uint64(proto)<<32 | uint64(lport)<<16
+		if remote.Is4() {
+			r := uint64(binary.BigEndian.Uint32(remote[12:]))
+			if t.exact[lport].Load() != 0 {
+				k := key4{l | r, uint64(xf)<<40 | pb | uint64(rport)}
+				if e, ok := t.v4.get(t.hash4(&k), &k); ok {
+					return e, xf, true
+				}
+			}
+			if lf != 0 && t.shapes[KeyLocalPort|KeyRemote].Load() != 0 {
+				k := key4{l | r, uint64(KeyLocalPort|KeyRemote)<<40 | pb}
+				if e, ok := t.v4.get(t.hash4(&k), &k); ok {
+					return e, KeyLocalPort | KeyRemote, true
+				}
+			}
 		}
-		e, ok := s.get(&k)
-		return k, e, ok
-	}
-	k.Remote, k.RemotePort = remote, rport
-	if ported {
-		k.Flags = KeyLocalPort | KeyRemote | KeyRemotePort
-		if e, ok := s.get(&k); ok {
-			return k, e, true
+		if t.shapes[lf].Load() != 0 {
+			k := key4{l, uint64(lf)<<40 | pb}
+			if e, ok := t.v4.get(t.hash4(&k), &k); ok {
+				return e, lf, true
+			}
 		}
-		k.RemotePort, k.Flags = 0, KeyLocalPort|KeyRemote
-	} else {
-		k.Flags = KeyRemote
+		return 0, 0, false
 	}
-	if e, ok := s.get(&k); ok {
-		return k, e, true
+	l0, l1 := local.halves()
+	pb := uint64(proto)<<32 | uint64(lport)<<16
+	if !remote.Is4() {
+		r0, r1 := remote.halves()
+		if t.exact[lport].Load() != 0 {
+			k := key6{l0, l1, r0, r1, uint64(xf)<<40 | pb | uint64(rport)}
+			if e, ok := t.v6.get(t.hash6(&k), &k); ok {
+				return e, xf, true
+			}
+		}
+		if lf != 0 && t.shapes[KeyLocalPort|KeyRemote].Load() != 0 {
+			k := key6{l0, l1, r0, r1, uint64(KeyLocalPort|KeyRemote)<<40 | pb}
+			if e, ok := t.v6.get(t.hash6(&k), &k); ok {
+				return e, KeyLocalPort | KeyRemote, true
+			}
+		}
 	}
-	k.Remote, k.Flags = Addr{}, k.Flags&^KeyRemote
-	e, ok := s.get(&k)
-	return k, e, ok
+	if t.shapes[lf].Load() != 0 {
+		k := key6{l0, l1, 0, 0, uint64(lf)<<40 | pb}
+		if e, ok := t.v6.get(t.hash6(&k), &k); ok {
+			return e, lf, true
+		}
+	}
+	return 0, 0, false
 }
 
 // Get returns the rule with exactly the key k.
@@ -138,10 +202,23 @@ func (t *Table) Get(k Key) (Rule, bool) {
 	return e.rule(k), ok
 }
 
-func (t *Table) get(k Key) (entry, bool) { return t.shardFor(&k).snap.Load().get(&k) }
+func (t *Table) get(k Key) (entry, bool) {
+	if k.Local.Is4() {
+		c, ok := pack4(&k)
+		if !ok {
+			return 0, false
+		}
+		return t.v4.get(t.hash4(&c), &c)
+	}
+	c, ok := pack6(&k)
+	if !ok {
+		return 0, false
+	}
+	return t.v6.get(t.hash6(&c), &c)
+}
 
 func (e entry) rule(k Key) Rule {
-	return Rule{Key: k, Owner: e.owner(), Kind: e.kind, Sticky: e.sticky}
+	return Rule{Key: k, Owner: e.owner(), Kind: e.kind(), Sticky: e.sticky()}
 }
 
 // ErrExists is returned (wrapped in a *ExistsError) by Insert when a rule
@@ -155,29 +232,76 @@ func (e *ExistsError) Error() string { return fmt.Sprintf("rule exists: %v", e.H
 func (e *ExistsError) Unwrap() error { return ErrExists }
 
 // Insert adds r. It never replaces a rule: when the key is held already,
-// by anyone, it returns an *ExistsError that errors.Is ErrExists.
+// by anyone, it returns an *ExistsError that errors.Is ErrExists. Its cost
+// does not depend on the size of the table.
 func (t *Table) Insert(r Rule) error {
 	if err := r.Key.Validate(); err != nil {
 		return fmt.Errorf("rule %v: %w", r.Key, err)
 	}
-	sh := t.shardFor(&r.Key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	old := sh.snap.Load()
-	if e, ok := old.get(&r.Key); ok {
-		return &ExistsError{Held: e.rule(r.Key)}
+	// The count goes up before the rule is visible, so that no lookup
+	// skips a step that has a rule.
+	t.count(&r.Key, 1)
+	var held entry
+	var ok bool
+	if r.Local.Is4() {
+		k, _ := pack4(&r.Key)
+		held, ok = t.v4.insert(t.hash4(&k), k, newEntry(r))
+	} else {
+		k, _ := pack6(&r.Key)
+		held, ok = t.v6.insert(t.hash6(&k), k, newEntry(r))
 	}
-	sh.snap.Store(old.with(r.Key, newEntry(r)))
+	if !ok {
+		t.count(&r.Key, -1)
+		return &ExistsError{Held: held.rule(r.Key)}
+	}
+	if r.Kind == Learned {
+		t.learned.Add(1)
+	}
 	t.gen.Add(1)
 	return nil
+}
+
+// count adds d to the counts that let lookups skip steps.
+func (t *Table) count(k *Key, d int32) {
+	if exactShape(k.Flags) {
+		t.exact[k.LocalPort].Add(uint32(d))
+	} else {
+		t.shapes[k.Flags].Add(d)
+	}
+}
+
+// removed updates the counts after the rule with key k and entry e is gone.
+func (t *Table) removed(k *Key, e entry) {
+	t.count(k, -1)
+	if e.kind() == Learned {
+		t.learned.Add(-1)
+	}
+	t.gen.Add(1)
 }
 
 // Remove deletes the rule with key k if owner holds it, and reports whether
 // it did.
 func (t *Table) Remove(k Key, owner PortID) bool {
-	return t.removeIn(t.shardFor(&k), func(rk Key, e entry) bool {
-		return rk == k && e.port == owner
-	}, true) > 0
+	mine := func(e entry) bool { return e.port() == owner }
+	var e entry
+	var ok bool
+	if k.Local.Is4() {
+		c, valid := pack4(&k)
+		if !valid {
+			return false
+		}
+		e, ok = t.v4.remove(t.hash4(&c), c, mine)
+	} else {
+		c, valid := pack6(&k)
+		if !valid {
+			return false
+		}
+		e, ok = t.v6.remove(t.hash6(&c), c, mine)
+	}
+	if ok {
+		t.removed(&k, e)
+	}
+	return ok
 }
 
 // RemoveOwner deletes every rule that port holds and returns how many.
@@ -186,40 +310,27 @@ func (t *Table) RemoveOwner(port PortID) int {
 }
 
 // RemoveIf deletes every rule for which drop returns true and returns how
-// many. drop is called with shard locks held: it must not call back into t.
+// many. drop is called with a writer lock held: it must not call back into
+// t. It walks the whole table.
 func (t *Table) RemoveIf(drop func(Rule) bool) int {
-	n := 0
-	for i := range t.shards {
-		n += t.removeIn(&t.shards[i], func(k Key, e entry) bool { return drop(e.rule(k)) }, false)
-	}
+	n := t.v4.removeIf(func(k *key4, e entry) bool { return drop(e.rule(unpack4(k))) },
+		func(k *key4, e entry) { kk := unpack4(k); t.removed(&kk, e) })
+	n += t.v6.removeIf(func(k *key6, e entry) bool { return drop(e.rule(unpack6(k))) },
+		func(k *key6, e entry) { kk := unpack6(k); t.removed(&kk, e) })
 	return n
 }
 
-func (t *Table) removeIn(sh *shard, drop func(Key, entry) bool, one bool) int {
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	done := false
-	n, removed := sh.snap.Load().without(func(k *Key, e entry) bool {
-		if done || !drop(*k, e) {
-			return false
-		}
-		done = one
-		return true
-	})
-	if removed > 0 {
-		sh.snap.Store(n)
-		t.gen.Add(1)
-	}
-	return removed
+// each calls f for every rule, bucket by bucket.
+func (t *Table) each(f func(Key, entry)) {
+	t.v4.each(func(k *key4, e entry) { f(unpack4(k), e) })
+	t.v6.each(func(k *key6, e entry) { f(unpack6(k), e) })
 }
 
 // Rules returns every rule, sorted by owner, then by key. It sees each
-// shard at one instant, not the whole table.
+// bucket at one instant, not the whole table.
 func (t *Table) Rules() []Rule {
 	var rs []Rule
-	for i := range t.shards {
-		t.shards[i].snap.Load().each(func(k *Key, e entry) { rs = append(rs, e.rule(*k)) })
-	}
+	t.each(func(k Key, e entry) { rs = append(rs, e.rule(k)) })
 	slices.SortFunc(rs, compareRules)
 	return rs
 }
@@ -257,27 +368,12 @@ func cmpInt[T ~uint8 | ~uint16 | ~uint32](a, b T) int {
 }
 
 // Len returns the number of rules.
-func (t *Table) Len() int {
-	n := 0
-	for i := range t.shards {
-		n += t.shards[i].snap.Load().n
-	}
-	return n
-}
+func (t *Table) Len() int { return int(t.v4.n.Load() + t.v6.n.Load()) }
 
 // Count returns the number of rules per kind (registered, learned).
 func (t *Table) Count() (registered, learned int) {
-	for i := range t.shards {
-		s := t.shards[i].snap.Load()
-		s.each(func(_ *Key, e entry) {
-			if e.kind == Learned {
-				learned++
-			}
-		})
-		registered += s.n
-	}
-	registered -= learned
-	return
+	learned = int(t.learned.Load())
+	return t.Len() - learned, learned
 }
 
 // Gen returns a number that changes whenever a rule is added or removed.

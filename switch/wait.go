@@ -40,16 +40,23 @@ import (
 //     consumer's re-check succeeded). Wait drops a stale token before it
 //     parks, and any one left over causes at most one spurious return,
 //     after which the caller finds its rings empty and waits again.
-//   - The spin phase trades a little CPU for latency: a frame that arrives
-//     within Spin polls is seen without a park/unpark, which costs a
-//     goroutine wake-up (and, if the consumer's thread slept, an OS thread
-//     wake-up: tens of microseconds). Spin is a count, not a time, so
-//     nothing here reads a clock. On a machine with few cores keep it small:
-//     polling steals the core from the producer.
+//   - The spin phase trades CPU for latency: a frame that arrives within
+//     Spin polls is seen without a park/unpark, which costs a goroutine
+//     wake-up (and, if the consumer's thread slept, an OS thread wake-up:
+//     tens of microseconds). Spin is a count, not a time, so nothing here
+//     reads a clock. Each poll is a runtime.Gosched, a trip through the
+//     scheduler (a few hundred nanoseconds): 64 polls keep an idle TX
+//     goroutine busy for longer than an RX worker takes to fill its next
+//     batch, so with the old default of 64 the TX goroutines never parked
+//     and held the second core of a 2-core machine, the one a second RX
+//     worker needs. DefaultWakerSpin is 4, chosen by
+//     BenchmarkPipelineWakerSpin (BENCHMARKS.md): it did better than 64
+//     and 256 and than parking at once, whose every wake-up puts an OS
+//     thread wake-up on the RX worker's path.
 
 // DefaultWakerSpin is the number of polls before Wait parks when NewWaker
 // is given 0.
-const DefaultWakerSpin = 64
+const DefaultWakerSpin = 4
 
 // Waker lets one consumer goroutine sleep until any of its producers has
 // pushed. See the comment above for the protocol. Create it with NewWaker:

@@ -40,7 +40,9 @@ type rxWorker struct {
 	outIn   []*inRing // the same rings, to mark dead at exit
 	topo    *topology
 	pending []pending
-	frame   Frame
+	frames  []Frame      // the current batch, parsed
+	reasons []DropReason // Parse's verdict on each
+	lb      batchScratch
 	held    []uint64
 	tap     *Ring                  // this worker's ring to the Tap, if any
 	tapped  []*Buf                 // frames of the current batch for the tap
@@ -55,6 +57,7 @@ type pending struct {
 
 func (p *Pipeline) newWorker(ps *portState, q int) *rxWorker {
 	w := &rxWorker{p: p, ps: ps, queue: q, out: map[*portState]*Ring{}}
+	w.frames, w.reasons = make([]Frame, p.cfg.BatchSize), make([]DropReason, p.cfg.BatchSize)
 	if p.cfg.Tap != nil {
 		w.tap = p.cfg.Tap.ring()
 		w.tapped = make([]*Buf, 0, p.cfg.BatchSize)
@@ -133,15 +136,23 @@ func (w *rxWorker) process(frames []*Buf, cache *BufCache) {
 		now = time.Now().UnixNano()
 	}
 	var bytes uint64
-	for _, b := range frames {
+	if p.cfg.Classify == nil {
+		// Parse the whole batch, then look its frames up together, so that
+		// their cache misses overlap (batch.go).
+		for i, b := range frames {
+			w.reasons[i] = Parse(b.Bytes(), &w.frames[i])
+		}
+		p.sw.lookupBatch(in, w.frames[:len(frames)], w.reasons[:len(frames)], &w.lb)
+	}
+	for i, b := range frames {
 		b.ts = now
 		bytes += uint64(b.Len())
 		var v Verdict
 		if p.cfg.Classify != nil {
 			v = p.cfg.Classify(in, b)
 		} else {
-			f := &w.frame
-			if r := Parse(b.Bytes(), f); r != DropNone {
+			f := &w.frames[i]
+			if r := w.reasons[i]; r != DropNone {
 				v = drop(r)
 			} else {
 				v = p.sw.Decide(in, f, uint64(b.Index()))
