@@ -210,7 +210,14 @@ func TestStalledEndpointDoesNotSlowOthers(t *testing.T) {
 		l.nic.Inject(0, fs...)
 		waitSent(t, fast, uint64(i+chunk)/2)
 	}
+	// The worker publishes a batch's drop counts after it pushed the
+	// batch's frames: fast may have the last frames before the last drops
+	// are counted. Wait for the counts to settle.
 	st := l.portStats(l.nicID)
+	for deadline := time.Now().Add(5 * time.Second); st.Drops[l4.DropRingFull] < n/2-64-16 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+		st = l.portStats(l.nicID)
+	}
 	if st.RxPackets != n {
 		t.Fatalf("NIC received %d of %d frames", st.RxPackets, n)
 	}
@@ -422,7 +429,13 @@ func TestStalledTapDropsAndCounts(t *testing.T) {
 		l.nic.Inject(0, fs...)
 		waitSent(t, a, uint64(i+50))
 	}
+	// The worker pushes to the tap after the endpoint's ring: the last
+	// batch may reach a before the tap counts it. Wait for the counts.
 	st := tap.Stats()
+	for deadline := time.Now().Add(5 * time.Second); st.Pushed+st.Dropped < n && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+		st = tap.Stats()
+	}
 	if st.Pushed != 64 || st.Dropped != n-64 {
 		t.Fatalf("tap stats %+v, want 64 pushed and %d dropped", st, n-64)
 	}
