@@ -45,6 +45,10 @@ const (
 	sinkPortEnv   = "USNETD_E2E_SINK_PORT"
 	cpuProfileEnv = "USNETD_E2E_CPUPROFILE"
 	serverReady   = "e2e server: ready"
+	// serverReattached: a usnet server attached again after usnetd
+	// restarted (usnet.Config.Reattached), followed by its error in
+	// parentheses ("<nil>": every rule registered again).
+	serverReattached = "e2e server: reattached"
 )
 
 // e2eHandler is the HTTP handler of every variant: a short fixed body;
@@ -69,6 +73,8 @@ func serve() int {
 	var listen func(addr string) (net.Listener, error)
 	switch mode {
 	case "usnet":
+		// After a restart of usnetd: the e2e tests wait for this line.
+		usnet.Default.Reattached = func(err error) { fmt.Fprintf(os.Stderr, "%s (%v)\n", serverReattached, err) }
 		listen = func(addr string) (net.Listener, error) { return usnet.Listen("tcp", addr) }
 	case "packet":
 		cfg := &usnet.Config{Attach: func(string) (usnet.Attacher, error) { return newPacketNIC(os.Getenv("USNET_INTERFACE")) }}
