@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -52,14 +53,14 @@ type Session struct {
 	opt  SessionOptions
 	mu   sync.Mutex // guards c, rules; held across the requests
 	c    *Client    // nil while usnetd is away
-	gen  uint64     // channels handed out so far
 	rule []control.Match
 
-	wake     int // eventfd: Close or Lost
+	gen      atomic.Uint64 // channels handed out so far
+	lostGen  atomic.Uint64 // 1 + the channel generation reported lost; 0: none
+	wake     int           // eventfd: Close or Lost
 	stop     chan struct{}
 	done     chan struct{}
-	lostGen  uint64 // 1 + the channel generation reported lost; guarded by mu
-	peer     int    // pidfd of the channel's maker or -1; owned by run
+	peer     int // pidfd of the channel's maker or -1; owned by run
 	stopOnce sync.Once
 }
 
@@ -81,8 +82,9 @@ func OpenSession(opt SessionOptions) (*Session, *os.File, error) {
 		ch.Close()
 		return nil, nil, err
 	}
-	s := &Session{opt: opt, c: c, gen: 1, wake: wake, peer: PeerPidfd(ch),
+	s := &Session{opt: opt, c: c, wake: wake, peer: PeerPidfd(ch),
 		stop: make(chan struct{}), done: make(chan struct{})}
+	s.gen.Store(1)
 	go s.run()
 	return s, ch, nil
 }
@@ -134,9 +136,7 @@ func (s *Session) QueryUsedPorts() (control.UsedPorts, error) {
 // nothing, so call it from the goroutine that uses the channel, before it
 // takes the next one from Reattached.
 func (s *Session) Lost() {
-	s.mu.Lock()
-	s.lostGen = s.gen + 1
-	s.mu.Unlock()
+	s.lostGen.Store(s.gen.Load() + 1)
 	var one = [8]byte{1}
 	unix.Write(s.wake, one[:])
 }
@@ -190,12 +190,9 @@ func (s *Session) run() {
 		var cnt [8]byte
 		unix.Read(s.wake, cnt[:])
 		lost := len(fds) > 1 && fds[1].Revents != 0
-		s.mu.Lock()
-		if s.lostGen != 0 && s.lostGen-1 == s.gen {
+		if g := s.lostGen.Swap(0); g != 0 && g-1 == s.gen.Load() {
 			lost = true
 		}
-		s.lostGen = 0
-		s.mu.Unlock()
 		if lost && !s.reattach() {
 			return
 		}
@@ -269,7 +266,7 @@ func (s *Session) attachOnce() (ch *os.File, refused, err error) {
 		}
 	}
 	s.c = c
-	s.gen++
+	s.gen.Add(1)
 	s.peer = PeerPidfd(ch)
 	return ch, errors.Join(errs...), nil
 }
