@@ -97,8 +97,9 @@ func clientMain(mode string) int {
 type container struct {
 	t      *testing.T
 	root   string
-	cmd    *exec.Cmd
-	leader int // PID of the container's systemd (PID 1 inside), in our namespace
+	cmd    *exec.Cmd // unshare, which runs nspawn
+	nspawn int       // PID of systemd-nspawn, in our namespace
+	leader int       // PID of the container's systemd (PID 1 inside), in our namespace
 	mu     sync.Mutex
 	out    strings.Builder
 	done   chan error
@@ -140,10 +141,13 @@ func (c *container) journal(ctx context.Context) string {
 	return out
 }
 
-// bootContainer starts systemd-nspawn over root in netns, with bpffs at
-// /sys/fs/bpf and this test binary at clientPath, and waits until its
-// systemd has booted. t.Cleanup shuts it down (SIGTERM: nspawn asks the
-// container's systemd to power off; SIGKILL after 30 s).
+// bootContainer starts systemd-nspawn over root in netns, with a bpffs of
+// its own (mounted on the empty directory bpffs, in nspawn's mount
+// namespace only) at /sys/fs/bpf: the unit has no CAP_SYS_ADMIN and cannot
+// mount one; on a real host systemd mounts it at boot. This test binary is
+// at clientPath. It waits until the container's systemd has booted.
+// t.Cleanup shuts it down (SIGTERM: nspawn asks the container's systemd to
+// power off; SIGKILL after 30 s).
 func bootContainer(ctx context.Context, t *testing.T, root, netns, bpffs string) *container {
 	t.Helper()
 	self, err := os.Executable()
@@ -159,7 +163,15 @@ func bootContainer(ctx context.Context, t *testing.T, root, netns, bpffs string)
 		// asks for these, and its bounding set cuts them down again.
 		"--capability=CAP_NET_ADMIN,CAP_BPF,CAP_PERFMON,CAP_IPC_LOCK",
 	}
-	cmd := exec.Command("systemd-nspawn", args...)
+	// nspawn runs as PID 1 of a PID namespace of its own (unshare
+	// --kill-child), in a mount namespace of its own that holds the
+	// container's bpffs: should this test die without its cleanup, its
+	// unshare dies (Pdeathsig), then nspawn, and with it every process of
+	// the container (whose PID namespace is nested in nspawn's) and the
+	// mount.
+	script := `mount -t bpf -o mode=0700 bpf "$0" && exec systemd-nspawn "$@"`
+	cmd := exec.Command("unshare", append([]string{"--pid", "--fork", "--kill-child", "--mount", "--propagation", "private",
+		"--", "sh", "-c", script, bpffs}, args...)...)
 	// nspawn's own seccomp filter refuses bpf(2) (EPERM) whatever the
 	// capabilities; the unit's SystemCallFilter= still applies inside.
 	cmd.Env = append(os.Environ(), "SYSTEMD_SECCOMP=0")
@@ -186,11 +198,15 @@ func bootContainer(ctx context.Context, t *testing.T, root, netns, bpffs string)
 		c.done <- cmd.Wait()
 	}()
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if c.nspawn > 0 {
+			_ = unix.Kill(c.nspawn, unix.SIGTERM) // nspawn powers the container off
+		} else {
+			_ = cmd.Process.Kill()
+		}
 		select {
 		case <-c.done:
 		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
+			_ = cmd.Process.Kill() // and unshare's --kill-child takes nspawn along
 			<-c.done
 			t.Errorf("the container did not power off within 30 s of SIGTERM")
 		}
@@ -213,7 +229,12 @@ func bootContainer(ctx context.Context, t *testing.T, root, netns, bpffs string)
 			t.Fatalf("the container's systemd did not start:\n%s", c.log())
 		case <-time.After(50 * time.Millisecond):
 		}
-		c.leader = childNamed(cmd.Process.Pid, "systemd")
+		if c.nspawn == 0 {
+			c.nspawn = childNamed(cmd.Process.Pid, "systemd-nspawn")
+		}
+		if c.nspawn != 0 {
+			c.leader = childNamed(c.nspawn, "systemd")
+		}
 	}
 	var out string
 	for {
@@ -294,23 +315,6 @@ func makeRoot(t *testing.T) string {
 	return root
 }
 
-// mountBPFFS mounts a bpffs of its own for the container's /sys/fs/bpf (the
-// unit has no CAP_SYS_ADMIN and cannot mount one; on a real host systemd
-// mounts it at boot). t.Cleanup unmounts it.
-func mountBPFFS(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mount bpffs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount the container's bpffs: %v", err)
-		}
-	})
-	return dir
-}
-
 // requireTask finds go-task, which is a Go module, not a Debian package.
 func requireTask(t *testing.T) string {
 	t.Helper()
@@ -372,7 +376,9 @@ func isTimeout(err error) bool {
 // raise it, so LimitMEMLOCK=infinity is replaced by CAP_IPC_LOCK (which
 // lifts the limit for the UMEM); everything else is the unit as shipped.
 // The whole test is bounded (a context of 6 minutes) and removes the
-// container, the bpffs mount and the lab also when it fails.
+// container, the bpffs mount and the lab also when it fails; if the test
+// process itself dies, the container and the mount die with it (see
+// bootContainer).
 func TestSystemdUnit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots systemd in a container; not in -short")
@@ -475,8 +481,9 @@ func TestSystemdUnit(t *testing.T) {
 		}
 	}
 
-	bpffs := mountBPFFS(t)
+	bpffs := t.TempDir()
 	c := bootContainer(ctx, t, root, host.Path(), bpffs)
+	pins := filepath.Join(fmt.Sprintf("/proc/%d/root", c.nspawn), bpffs, "usnetd") // the container's /sys/fs/bpf/usnetd
 	fail := func(format string, args ...any) {
 		t.Helper()
 		t.Fatalf(format+"\njournal of usnetd:\n%s", append(args, c.journal(ctx))...)
@@ -498,12 +505,20 @@ func TestSystemdUnit(t *testing.T) {
 		fail("the port that is not opened, under the unit: %v, want no answer", err)
 	}
 	mainPID := c.show(ctx, "MainPID")
+	if _, err := os.Stat(filepath.Join(pins, ifname)); err != nil {
+		fail("no pins of usnetd under the container's /sys/fs/bpf: %v", err)
+	}
+	sock := fmt.Sprintf("/proc/%d/root/run/usnetd.socket", c.leader)
+	if _, err := os.Lstat(sock); err != nil {
+		fail("no control socket in the container's /run: %v", err)
+	}
 
 	// CPUAffinity: every thread of usnetd, RX workers included.
 	threads, err := filepath.Glob(fmt.Sprintf("/proc/%d/root/proc/%s/task/*/status", c.leader, mainPID))
 	if err != nil || len(threads) < 2 {
 		fail("threads of usnetd (PID %s in the container): %v %v", mainPID, threads, err)
 	}
+	t.Logf("%d threads of usnetd", len(threads))
 	for _, th := range threads {
 		if got := statusField(t, th, "Cpus_allowed_list"); got != strconv.Itoa(cpu) {
 			t.Errorf("%s: Cpus_allowed_list %s, want %d (CPUAffinity=)", th, got, cpu)
@@ -610,10 +625,10 @@ func TestSystemdUnit(t *testing.T) {
 	if st := c.show(ctx, "ActiveState"); st != "inactive" {
 		fail("ActiveState=%s after stop, want inactive", st)
 	}
-	if ents, err := os.ReadDir(filepath.Join(bpffs, "usnetd")); err == nil && len(ents) > 0 {
+	if ents, err := os.ReadDir(pins); err == nil && len(ents) > 0 {
 		t.Errorf("pins left under /sys/fs/bpf/usnetd: %v", ents)
 	}
-	if _, err := os.Lstat(fmt.Sprintf("/proc/%d/root/run/usnetd.socket", c.leader)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("control socket left in the container's /run (%v)", err)
 	}
 	lk, err := host.Link(ifname)
