@@ -73,7 +73,11 @@
 // registers the rules of every open listener again. Config.Reattached is
 // called after each reattach, with the rules usnetd refused to take back
 // (a port another client took meanwhile), if any. While usnetd is away,
-// Listen, ListenPacket and Dial fail with ErrDetached.
+// Listen, ListenPacket and Dial fail with ErrDetached. A connection lives
+// through the gap if the kernel does not answer its frames meanwhile: after
+// a crash of usnetd the kernel stays filtered (frames are only lost), but
+// after a SIGTERM usnetd gives the NIC back until its next start, and the
+// kernel resets a connection whose frame arrives in that gap.
 //
 // Loopback addresses are never routed through the stack: with
 // Config.Loopback (USNET_LOOPBACK=true) listeners also listen on the
