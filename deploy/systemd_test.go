@@ -212,7 +212,7 @@ func bootContainer(ctx context.Context, t *testing.T, root, netns, bpffs string)
 		}
 		// nspawn gone, its PID 1 may not be (SIGKILL of nspawn leaves it to
 		// init): SIGKILL it, which ends its whole PID namespace.
-		if c.leader > 0 {
+		if c.leader > 0 && alive(c.leader) {
 			if err := unix.Kill(c.leader, unix.SIGKILL); err == nil {
 				for i := 0; i < 500 && alive(c.leader); i++ {
 					time.Sleep(10 * time.Millisecond)
