@@ -63,7 +63,8 @@
 //
 // usnetd's channels and rules die with its process; a stack survives
 // that. It notices usnetd's exit (a pidfd of the process that made the
-// channel, from SO_PEERPIDFD) or a send that finds the channel closed, then
+// channel, from SO_PEERPIDFD; where that process cannot be watched, a send
+// that finds the channel closed), then
 // attaches again: at once, then after 50 ms, doubling up to 1 s between
 // tries, forever, until the last socket of the Config is closed (the
 // supervisor goroutine of the stack stops then). Once usnetd answers, it

@@ -10,8 +10,12 @@ package usnet
 //     pidfd_open), which becomes readable then. This catches an idle stack
 //     (a listener waiting for connections) at once.
 //   - a send on the channel fails with ECONNREFUSED, EPIPE or ENOTCONN (the
-//     other end is closed), for a peer without a pidfd, or a usnetd that
-//     dropped the channel without exiting.
+//     other end is closed), when the channel's maker cannot be watched (a
+//     kernel before 6.5 without pidfd_open, a usnetd in a PID namespace
+//     that this process cannot see).
+//
+// A channel that this process made itself (an in-process switch, as in
+// tests) is not watched: there is no usnetd to come back.
 //
 // Then the supervisor (one goroutine per stack) detaches (closes the old
 // control connection, removing its socket file), and tries to attach again
@@ -58,12 +62,12 @@ type supervisor struct {
 	// lostGen is 1 + the link generation whose send found the channel
 	// closed; 0 when none did.
 	lostGen  atomic.Uint64
-	peer     int // pidfd of the channel's peer, or -1; owned by run
+	peer     int // pidfd of the channel's maker, noPeer or selfPeer; owned by run
 	haltOnce sync.Once
 }
 
-// startSupervisor starts watching n's channel; peer is the pidfd of its
-// other end, or -1 (the supervisor owns it).
+// startSupervisor starts watching n's channel; peer is what peerPidfd said
+// of it (the supervisor owns a pidfd).
 func startSupervisor(n *netStack, peer int) (*supervisor, error) {
 	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
@@ -126,7 +130,7 @@ func (s *supervisor) run() {
 		var cnt [8]byte
 		unix.Read(s.wake, cnt[:])
 		lost := len(fds) > 1 && fds[1].Revents != 0
-		if g := s.lostGen.Swap(0); g != 0 && g-1 == s.n.link.generation() {
+		if g := s.lostGen.Swap(0); g != 0 && g-1 == s.n.link.generation() && s.peer == noPeer {
 			lost = true // not a late report about a channel already replaced
 		}
 		if lost && !s.reattach() {
@@ -148,8 +152,8 @@ func (s *supervisor) reattach() bool {
 	}
 	if s.peer >= 0 {
 		unix.Close(s.peer)
-		s.peer = -1
 	}
+	s.peer = noPeer
 	delay := reattachFirst
 	for try := 0; ; try++ {
 		if try > 0 {
@@ -199,7 +203,7 @@ func (s *supervisor) attachOnce() (refused, err error) {
 		att.Close()
 		return nil, err
 	}
-	peer := peerPidfd(f)
+	peer := peerOf(f)
 	if err := n.link.swap(f); err != nil {
 		att.Close()
 		if peer >= 0 {
@@ -229,18 +233,32 @@ func (s *supervisor) attachOnce() (refused, err error) {
 	return errors.Join(errs...), nil
 }
 
-// peerPidfd returns a pidfd of the process that made the channel f (usnetd),
-// or -1 when there is none to watch: the kernel cannot say, the process is
-// not visible from here, or it is this process (a channel made in-process).
+// peerOf is peerPidfd; tests replace it.
+var peerOf = peerPidfd
+
+// What peerPidfd returns when it has no pidfd.
+const (
+	noPeer   = -1 // the maker cannot be watched: watch failed sends instead
+	selfPeer = -2 // this process made the channel: nothing to watch
+)
+
+// peerPidfd returns a pidfd of the process that made the channel f
+// (usnetd), or noPeer when there is none to watch (the kernel cannot say,
+// the process is not visible from here), or selfPeer when it is this
+// process (a channel made in-process).
 func peerPidfd(f *os.File) int {
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return -1
+		return noPeer
 	}
-	pidfd := -1
+	pidfd := noPeer
 	rc.Control(func(fd uintptr) {
 		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil || cred.Pid <= 0 || int(cred.Pid) == os.Getpid() {
+		if err != nil || cred.Pid <= 0 {
+			return
+		}
+		if int(cred.Pid) == os.Getpid() {
+			pidfd = selfPeer
 			return
 		}
 		p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)

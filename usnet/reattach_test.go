@@ -357,3 +357,71 @@ func TestReattach(t *testing.T) {
 		t.Errorf("%d attempts to attach after the teardown", r-r0)
 	}
 }
+
+// TestReattachBySend: where the channel's maker cannot be watched (no
+// pidfd), the stack notices a restart of usnetd at its first send to the
+// closed channel, attaches again, and TCP retransmits that segment over
+// the new channel: its outgoing connection goes on. A stack whose channel
+// this process made itself (the other tests' stackPair) does not react to
+// a closed channel at all: there is no usnetd to come back (TestHTTP and
+// the others would see the reattach's DeleteClient).
+func TestReattachBySend(t *testing.T) {
+	peerOf = func(*os.File) int { return noPeer }
+	t.Cleanup(func() { peerOf = peerPidfd })
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := newFakeUsnetd(t, os.NewFile(uintptr(fds[1]), "wire"))
+	a, _, b, fb := stackPair(t)
+	fb.ch.Close()
+	fb.ch = os.NewFile(uintptr(fds[0]), "chan-b")
+	a.Attach = u.attach
+	reattached := make(chan error, 4)
+	a.Reattached = func(err error) { reattached <- err }
+
+	ln, err := b.Listen("tcp4", ":81")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(c, c)
+		c.Close()
+	}()
+	c, err := a.Dial("tcp", "198.18.0.2:81")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	echo := func(msg string) {
+		t.Helper()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("write %q: %v", msg, err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+			t.Fatalf("echo of %q: %q, %v", msg, got, err)
+		}
+	}
+	echo("before")
+	u.restart()
+	u.setUp()
+	echo("after the restart") // this write (or an ACK before it) finds the channel closed
+	select {
+	case err := <-reattached:
+		if err != nil {
+			t.Errorf("Reattached: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("no Reattached")
+	}
+	if att, _, _ := u.counts(); att != 2 {
+		t.Errorf("%d attaches, want 2", att)
+	}
+}

@@ -115,9 +115,9 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	peer := -1
+	peer := noPeer
 	if !c.fdbased {
-		peer = peerPidfd(f)
+		peer = peerOf(f)
 	}
 	var ep stack.LinkEndpoint
 	if c.fdbased {
