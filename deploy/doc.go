@@ -14,4 +14,14 @@
 // internal/config, and match every metric name and label that the rules
 // and the dashboard use against a scrape of a real pipeline. A checker
 // that is missing skips its test, except under CI=true, where it fails.
+//
+// TestSystemdUnit runs the unit under a real systemd: systemd as PID 1 in
+// a container made by systemd-nspawn (Debian's systemd-container) over the
+// host's /usr, in the network namespace of a lab, with a bpffs of its own
+// bound at /sys/fs/bpf (the unit cannot mount one), usnetd installed by
+// `task install` (go-task), and the test binary itself as the clients. It
+// checks READY=1, CPUAffinity=, clients in /tmp and /run/user/UID, the
+// watchdog with the kernel filtered throughout, and a clean stop; it is
+// bounded by a context and removes the container, the mount and the lab
+// also when it fails.
 package deploy

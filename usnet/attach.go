@@ -128,6 +128,11 @@ func DialControl(socketPath string) (Attacher, error) {
 			lastErr = err
 			continue
 		}
+		// usnetd sends its answers here. It runs as root but without
+		// CAP_DAC_OVERRIDE (deploy/usnetd.service), so the socket must be
+		// writable by others; only the server it is connected to can send
+		// to it anyway.
+		_ = os.Chmod(path, 0o666)
 		return &controlClient{conn: conn, path: path, socket: socketPath}, nil
 	}
 	return nil, fmt.Errorf("usnet: connect to usnetd at %s: %w", socketPath, lastErr)

@@ -58,8 +58,16 @@ type Config struct {
 	// Without it such dials fail with ErrLoopback. Env USNET_LOOPBACK=true.
 	Loopback bool
 	// Attach connects to usnetd. Nil: DialControl, the control client.
-	// Tests put a fake here.
+	// Tests put a fake here. It is called again, with the same socket
+	// path, when the stack attaches anew after usnetd restarted.
 	Attach func(socketPath string) (Attacher, error)
+	// Reattached, if set, is called (from the stack's supervisor
+	// goroutine) each time the stack attached again after usnetd went away
+	// and came back, with nil when every open listener's rule was
+	// registered again, else an error joining those usnetd refused (a
+	// port that another client took meanwhile: such a listener gets no
+	// new connections). It must not block for long.
+	Reattached func(err error)
 
 	mu sync.Mutex
 	st *netStack // nil while no socket is open

@@ -64,6 +64,27 @@
 // socket open, such as the listener of a server or the idle connections of
 // an http.Transport.
 //
+// # Restarts of usnetd
+//
+// usnetd's channels and rules die with its process; a stack survives
+// that. It notices usnetd's exit (a pidfd of the process that made the
+// channel, from SO_PEERPIDFD; where that process cannot be watched, a send
+// that finds the channel closed), then
+// attaches again: at once, then after 50 ms, doubling up to 1 s between
+// tries, forever, until the last socket of the Config is closed (the
+// supervisor goroutine of the stack stops then). Once usnetd answers, it
+// requests a new channel, swaps it in under the running gVisor stack (the
+// link endpoint's descriptor is replaced; addresses, listeners and TCP
+// connections stay, and TCP retransmits what was lost meanwhile) and
+// registers the rules of every open listener again. Config.Reattached is
+// called after each reattach, with the rules usnetd refused to take back
+// (a port another client took meanwhile), if any. While usnetd is away,
+// Listen, ListenPacket and Dial fail with ErrDetached. A connection lives
+// through the gap if the kernel does not answer its frames meanwhile: after
+// a crash of usnetd the kernel stays filtered (frames are only lost), but
+// after a SIGTERM usnetd gives the NIC back until its next start, and the
+// kernel resets a connection whose frame arrives in that gap.
+//
 // Loopback addresses are never routed through the stack: with
 // Config.Loopback (USNET_LOOPBACK=true) listeners also listen on the
 // kernel's loopback interface on the same port, so that local programs
@@ -84,5 +105,6 @@
 //     own; the next client to attach removes those of processes that are
 //     gone.
 //   - It never keeps a stack, a goroutine or a descriptor after the last
-//     socket of its Config is closed.
+//     socket of its Config is closed, also while it waits for usnetd to
+//     come back.
 package usnet

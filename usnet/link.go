@@ -20,6 +20,13 @@ package usnet
 // waits for room at most txWait and then drops the rest of the batch (TCP
 // retransmits), so a stalled peer never blocks the stack for long. Close
 // takes txMu, so no send uses the descriptor after it is closed.
+//
+// A channel whose other end is gone (usnetd stopped) tells nothing to its
+// reader (a datagram socket gets no hang-up); a send to it fails with
+// ECONNREFUSED. The endpoint reports that failure through onLost, and swap
+// puts a new channel under the running stack (reattach.go): it stops the
+// receiver, replaces the descriptor under txMu and starts the receiver
+// again on the new one.
 
 import (
 	"fmt"
@@ -48,8 +55,9 @@ const (
 
 // linkEndpoint implements stack.LinkEndpoint on a datagram socket.
 type linkEndpoint struct {
-	fd   int // the channel; -1 once closed (guarded by txMu)
-	efd  int // eventfd that stops the receiver; -1 once closed (guarded by mu)
+	fd   int    // the channel; -1 once closed (guarded by txMu)
+	gen  uint64 // how many times swap replaced fd (guarded by txMu)
+	efd  int    // eventfd that stops the receiver; -1 once closed (guarded by mu)
 	mtu  uint32
 	addr tcpip.LinkAddress
 
@@ -62,6 +70,14 @@ type linkEndpoint struct {
 	txMu   sync.Mutex
 	txHdrs [txBatch]rawfile.MMsgHdr
 	txIovs []unix.Iovec
+
+	// swapMu orders swap and Close.
+	swapMu sync.Mutex
+	closed bool // guarded by swapMu
+	// onLost, if set before the first send, is called (with txMu held,
+	// so it must not block) when a send finds the channel's other end
+	// gone; gen says which channel.
+	onLost func(gen uint64)
 
 	stats linkStats
 }
@@ -92,20 +108,8 @@ func (s *linkStats) add(p *uint64, n int) {
 
 // newLinkEndpoint takes ownership of f, one end of a SOCK_DGRAM socketpair.
 func newLinkEndpoint(f *os.File, mac net.HardwareAddr, mtu uint32) (*linkEndpoint, error) {
-	defer f.Close()
-	setChannelBuffers(f)
-	rc, err := f.SyscallConn()
+	fd, err := channelFD(f)
 	if err != nil {
-		return nil, err
-	}
-	fd := -1
-	var derr error
-	rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
-	if derr != nil {
-		return nil, derr
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
 		return nil, err
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
@@ -114,6 +118,28 @@ func newLinkEndpoint(f *os.File, mac net.HardwareAddr, mtu uint32) (*linkEndpoin
 		return nil, err
 	}
 	return &linkEndpoint{fd: fd, efd: efd, mtu: mtu, addr: tcpip.LinkAddress(mac)}, nil
+}
+
+// channelFD takes ownership of f, a channel end, and returns a
+// non-blocking descriptor of it with the channel's buffer sizes.
+func channelFD(f *os.File) (int, error) {
+	defer f.Close()
+	setChannelBuffers(f)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if derr != nil {
+		return -1, derr
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // setChannelBuffers sets SO_SNDBUF and SO_RCVBUF of a channel end to
@@ -163,11 +189,18 @@ func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
 	start := !e.started
 	e.started = true
 	e.dispatcher = d
-	e.mu.Unlock()
 	if start {
 		e.wg.Add(1)
-		go e.receive()
+		go e.receive(e.rxFD())
 	}
+	e.mu.Unlock()
+}
+
+// rxFD is the channel for a receiver about to start.
+func (e *linkEndpoint) rxFD() int {
+	e.txMu.Lock()
+	defer e.txMu.Unlock()
+	return e.fd
 }
 
 func (e *linkEndpoint) IsAttached() bool {
@@ -195,6 +228,9 @@ func (e *linkEndpoint) stop() {
 // Close stops the receiver, waits for it and closes the channel and the
 // eventfd. It may be called more than once.
 func (e *linkEndpoint) Close() {
+	e.swapMu.Lock()
+	defer e.swapMu.Unlock()
+	e.closed = true
 	e.stopOnce.Do(func() {
 		e.stop()
 		e.wg.Wait()
@@ -207,6 +243,47 @@ func (e *linkEndpoint) Close() {
 		e.fd = -1
 		e.txMu.Unlock()
 	})
+}
+
+// swap replaces the channel by f (taking ownership of it) under the running
+// stack: the receiver stops, the old channel is closed, and the receiver
+// starts again on f if the stack is attached. Senders wait on txMu
+// meanwhile. After Close it closes f and returns net.ErrClosed.
+func (e *linkEndpoint) swap(f *os.File) error {
+	e.swapMu.Lock()
+	defer e.swapMu.Unlock()
+	if e.closed {
+		f.Close()
+		return net.ErrClosed
+	}
+	fd, err := channelFD(f)
+	if err != nil {
+		return err
+	}
+	e.stop()
+	e.wg.Wait()
+	var cnt [8]byte
+	unix.Read(e.efd, cnt[:]) // clear the stop signal (efd is open: not closed yet)
+	e.txMu.Lock()
+	old := e.fd
+	e.fd = fd
+	e.gen++
+	e.txMu.Unlock()
+	unix.Close(old)
+	e.mu.Lock()
+	if e.dispatcher != nil {
+		e.wg.Add(1)
+		go e.receive(fd)
+	}
+	e.mu.Unlock()
+	return nil
+}
+
+// generation is the number of swaps so far.
+func (e *linkEndpoint) generation() uint64 {
+	e.txMu.Lock()
+	defer e.txMu.Unlock()
+	return e.gen
 }
 
 // AddHeader writes the Ethernet header.
@@ -230,7 +307,7 @@ func (e *linkEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
 
 // receive reads batches of frames and delivers them, until it is stopped
 // or the channel fails (the peer closed it).
-func (e *linkEndpoint) receive() {
+func (e *linkEndpoint) receive(fd int) {
 	defer e.wg.Done()
 	size := int(e.mtu) + header.EthernetMinimumSize
 	var (
@@ -256,8 +333,9 @@ func (e *linkEndpoint) receive() {
 			hdrs[i].Msg.Flags = 0
 			hdrs[i].Len = 0
 		}
-		// The fd stays open while this goroutine runs: Close waits for it.
-		n, errno := rawfile.BlockingRecvMMsgUntilStopped(e.efd, e.fd, hdrs[:])
+		// fd stays open while this goroutine runs: Close and swap wait
+		// for it. So does efd.
+		n, errno := rawfile.BlockingRecvMMsgUntilStopped(e.efd, fd, hdrs[:])
 		if n < 0 || (errno != 0 && errno != unix.EINTR) {
 			return
 		}
@@ -364,6 +442,9 @@ func (e *linkEndpoint) send(hdrs []rawfile.MMsgHdr) (int, tcpip.Error) {
 			pe := rawfile.PollEvent{FD: int32(e.fd), Events: unix.POLLOUT}
 			rawfile.BlockingPoll(&pe, 1, &ts)
 		case unix.ECONNREFUSED, unix.EPIPE, unix.ENOTCONN:
+			if e.onLost != nil {
+				e.onLost(e.gen)
+			}
 			return done, &tcpip.ErrClosedForSend{}
 		default:
 			e.stats.add(&e.stats.txErrors, len(hdrs)-done)

@@ -84,7 +84,7 @@ func (n *netStack) withFreePort(proto uint8, bind func(port uint16) tcpip.Error)
 	if err != nil {
 		return 0, err
 	}
-	used, err := n.att.QueryUsedPorts()
+	used, err := n.usedPorts()
 	if err != nil {
 		return 0, err
 	}

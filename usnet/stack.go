@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -19,6 +21,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/control"
 )
@@ -35,11 +39,18 @@ const (
 type netStack struct {
 	cfg  *Config
 	res  resolved
-	att  Attacher
 	s    *stack.Stack
 	link *linkEndpoint // nil with fdbased
 	fd   *os.File      // the channel, with fdbased only
 	refs int           // open sockets; guarded by cfg.mu
+	sup  *supervisor   // reattaches after a restart of usnetd; nil with fdbased
+
+	// attMu serialises the calls of the Attacher and guards att and live.
+	attMu sync.Mutex
+	att   Attacher        // nil while usnetd is away (reattach.go)
+	live  []control.Match // rules of the open listeners, registered again after a reattach
+
+	reattaches atomic.Int64 // successful reattaches (tests read it)
 }
 
 // acquire returns the Config's stack, made if there is none, with one more
@@ -112,6 +123,10 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 	if err != nil {
 		return nil, err
 	}
+	peer := noPeer
+	if !c.fdbased {
+		peer = peerOf(f)
+	}
 	var ep stack.LinkEndpoint
 	if c.fdbased {
 		setChannelBuffers(f)
@@ -129,9 +144,16 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 	} else {
 		n.link, err = newLinkEndpoint(f, res.mac, uint32(res.mtu))
 		if err != nil {
+			if peer >= 0 {
+				unix.Close(peer)
+			}
 			return nil, err
 		}
 		ep = n.link
+		if n.sup, err = startSupervisor(n, peer); err != nil {
+			n.link.Close()
+			return nil, err
+		}
 	}
 
 	n.s = stack.New(stack.Options{
@@ -182,6 +204,9 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 // closes the stack, waits for its goroutines, closes the channel and
 // detaches from usnetd. It leaves no goroutine or descriptor behind.
 func (n *netStack) teardown() {
+	if n.sup != nil {
+		n.sup.halt() // no reattach from here on
+	}
 	if n.s != nil {
 		deadline := time.Now().Add(lingerMax)
 		for n.closing() && time.Now().Before(deadline) {
@@ -196,9 +221,12 @@ func (n *netStack) teardown() {
 	if n.fd != nil {
 		n.fd.Close()
 	}
+	n.attMu.Lock()
 	if n.att != nil {
 		n.att.Close()
+		n.att = nil
 	}
+	n.attMu.Unlock()
 }
 
 // closing reports whether a TCP endpoint is still between established and
@@ -251,27 +279,60 @@ func familyOK(network string, a netip.Addr) bool {
 }
 
 // register adds listening rules for port on each address; on failure it
-// removes those it added.
+// removes those it added. The rules are kept in live until unregister, to
+// be registered again after a reattach.
 func (n *netStack) register(proto uint8, addrs []netip.Addr, port uint16) ([]control.Match, error) {
+	n.attMu.Lock()
+	defer n.attMu.Unlock()
+	if n.att == nil {
+		return nil, ErrDetached
+	}
 	var ms []control.Match
 	for _, a := range addrs {
 		p := port
 		m := control.Match{DstAddr: a, DstPort: &p, Protocol: proto}
 		if err := n.att.AddMatch(m); err != nil {
-			n.unregister(ms)
+			n.unregisterLocked(ms)
 			return nil, err
 		}
 		ms = append(ms, m)
+		n.live = append(n.live, m)
 	}
 	return ms, nil
 }
 
 func (n *netStack) unregister(ms []control.Match) error {
+	n.attMu.Lock()
+	defer n.attMu.Unlock()
+	return n.unregisterLocked(ms)
+}
+
+// unregisterLocked removes the rules from live and from usnetd, if it is
+// there (a usnetd that went away took them along). attMu is held.
+func (n *netStack) unregisterLocked(ms []control.Match) error {
 	var errs []error
 	for _, m := range ms {
-		errs = append(errs, n.att.RemoveMatch(m))
+		for i, l := range n.live {
+			if l.Equal(m) {
+				n.live = append(n.live[:i], n.live[i+1:]...)
+				break
+			}
+		}
+		if n.att != nil {
+			errs = append(errs, n.att.RemoveMatch(m))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// usedPorts asks usnetd which ports are in use.
+func (n *netStack) usedPorts() (control.UsedPorts, error) {
+	n.attMu.Lock()
+	defer n.attMu.Unlock()
+	if n.att == nil {
+		return control.UsedPorts{}, ErrDetached
+	}
+	return n.att.QueryUsedPorts()
 }
 
 func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -45,6 +46,13 @@ const (
 	sinkPortEnv   = "USNETD_E2E_SINK_PORT"
 	cpuProfileEnv = "USNETD_E2E_CPUPROFILE"
 	serverReady   = "e2e server: ready"
+	// serverReattached: a usnet server attached again after usnetd
+	// restarted (usnet.Config.Reattached), followed by its error in
+	// parentheses ("<nil>": every rule registered again).
+	serverReattached = "e2e server: reattached"
+	// proxyURLEnv: a usnet server also serves /proxy, which fetches this
+	// URL through its stack (proxyHandler).
+	proxyURLEnv = "USNETD_E2E_PROXY_URL"
 )
 
 // e2eHandler is the HTTP handler of every variant: a short fixed body;
@@ -94,6 +102,8 @@ func serve() int {
 	var listen func(addr string) (net.Listener, error)
 	switch mode {
 	case "usnet":
+		// After a restart of usnetd: the e2e tests wait for this line.
+		usnet.Default.Reattached = func(err error) { fmt.Fprintf(os.Stderr, "%s (%v)\n", serverReattached, err) }
 		listen = func(addr string) (net.Listener, error) { return usnet.Listen("tcp", addr) }
 	case "packet":
 		cfg := &usnet.Config{Attach: func(string) (usnet.Attacher, error) { return newPacketNIC(os.Getenv("USNET_INTERFACE")) }}
@@ -117,7 +127,11 @@ func serve() int {
 			return 1
 		}
 		lns = append(lns, ln)
-		go (&http.Server{Handler: e2eHandler(mode), ReadHeaderTimeout: 10 * time.Second}).Serve(ln)
+		h := e2eHandler(mode)
+		if u := os.Getenv(proxyURLEnv); u != "" && mode == "usnet" {
+			h = proxyHandler(h, u)
+		}
+		go (&http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}).Serve(ln)
 	}
 	if p := os.Getenv(sinkPortEnv); p != "" {
 		ln, err := listen(":" + p)
@@ -133,6 +147,39 @@ func serve() int {
 	fmt.Fprintln(os.Stderr, serverReady)
 	<-ctx.Done()
 	return 0
+}
+
+// proxyHandler serves /proxy by fetching url through the usnet stack, on
+// an outgoing keep-alive connection: it answers "reused=BOOL" and the body
+// it got (reused: the request went over the connection of an earlier one).
+// Every other path goes to h.
+func proxyHandler(h http.Handler, url string) http.Handler {
+	tr := &http.Transport{DialContext: usnet.DialContext, MaxIdleConnsPerHost: 1}
+	cl := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/proxy" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		reused := false
+		ctx := httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+			GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
+		})
+		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+		resp, err := cl.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("X-Stack", "usnet")
+		fmt.Fprintf(w, "reused=%v %s", reused, body)
+	})
 }
 
 // serveSink reads each connection to its end and answers with the byte

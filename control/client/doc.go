@@ -8,6 +8,12 @@
 // usnetd is not running, refused the request, denied access or did not
 // answer (ErrNotRunning, ErrRefused, ErrAccessDenied, ErrTimeout).
 //
+// A Session (OpenSession) is a channel that survives restarts of usnetd:
+// it notices usnetd going away (a pidfd of the channel's maker, or a failed
+// send the caller reports with Lost), dials again with bounded backoff
+// (50 ms doubling to 1 s, until Close), requests a new channel, registers
+// its rules again and hands the new channel to SessionOptions.Reattached.
+//
 // It never leaves its socket file behind after Close, never keeps a
 // descriptor it did not return to the caller, and never takes an answer
 // from anyone but usnetd.

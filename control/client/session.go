@@ -1,0 +1,300 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/control"
+)
+
+// The backoff of a Session between attempts to attach again.
+const (
+	ReattachFirst = 50 * time.Millisecond
+	ReattachMax   = time.Second
+)
+
+// ErrDetached: the Session lost usnetd and waits for it to come back.
+var ErrDetached = errors.New("usnetd went away; waiting for it to come back")
+
+// SessionOptions configure OpenSession.
+type SessionOptions struct {
+	// Options say how to reach usnetd, for the first attach and every
+	// later one.
+	Options
+	// Interface is the NIC whose channel the session holds.
+	Interface string
+	// Reattached is called, from the session's goroutine, after usnetd
+	// came back and the session attached again: ch is the new channel
+	// (the callee owns it; the old one is dead), refused joins the rules
+	// usnetd refused to take back (nil: all were registered again). The
+	// session's methods may be called from it.
+	Reattached func(ch *os.File, refused error)
+}
+
+// Session is one channel to usnetd that survives restarts of usnetd.
+//
+// usnetd's channels and rules die with its process. A Session notices
+// that (the channel's maker, usnetd, exits: the session watches a pidfd of
+// it, from SO_PEERPIDFD; or the caller reports a send on the channel that
+// failed with ECONNREFUSED, EPIPE or ENOTCONN through Lost), then dials
+// again with backoff (at once, then after ReattachFirst, doubling up to
+// ReattachMax between tries; forever, until Close), requests a new channel
+// on the same interface, registers every rule added through it and not
+// removed (AddMatch), and hands the new channel to
+// SessionOptions.Reattached. While usnetd is away, its requests fail with
+// ErrDetached.
+type Session struct {
+	opt  SessionOptions
+	mu   sync.Mutex // guards c, rules; held across the requests
+	c    *Client    // nil while usnetd is away
+	rule []control.Match
+
+	gen      atomic.Uint64 // channels handed out so far
+	lostGen  atomic.Uint64 // 1 + the channel generation reported lost; 0: none
+	wake     int           // eventfd: Close or Lost
+	stop     chan struct{}
+	done     chan struct{}
+	peer     int // pidfd of the channel's maker or -1; owned by run
+	stopOnce sync.Once
+}
+
+// OpenSession dials usnetd, requests a channel on opt.Interface and returns
+// the session and the channel (the caller owns the file).
+func OpenSession(opt SessionOptions) (*Session, *os.File, error) {
+	c, err := Dial(opt.Options)
+	if err != nil {
+		return nil, nil, err
+	}
+	ch, err := c.RequestUDS(opt.Interface)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		c.Close()
+		ch.Close()
+		return nil, nil, err
+	}
+	s := &Session{opt: opt, c: c, wake: wake, peer: PeerPidfd(ch),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	s.gen.Store(1)
+	go s.run()
+	return s, ch, nil
+}
+
+// AddMatch registers a rule for the session's channel; it is registered
+// again after each reattach until RemoveMatch.
+func (s *Session) AddMatch(m control.Match) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c == nil {
+		return fmt.Errorf("AddMatch: %w", ErrDetached)
+	}
+	if err := s.c.AddMatch(m); err != nil {
+		return err
+	}
+	s.rule = append(s.rule, m)
+	return nil
+}
+
+// RemoveMatch removes a rule (from usnetd, if it is there).
+func (s *Session) RemoveMatch(m control.Match) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range s.rule {
+		if r.Equal(m) {
+			s.rule = append(s.rule[:i], s.rule[i+1:]...)
+			break
+		}
+	}
+	if s.c == nil {
+		return nil
+	}
+	return s.c.RemoveMatch(m)
+}
+
+// QueryUsedPorts asks usnetd which local ports are in use.
+func (s *Session) QueryUsedPorts() (control.UsedPorts, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c == nil {
+		return control.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", ErrDetached)
+	}
+	return s.c.QueryUsedPorts()
+}
+
+// Lost tells the session that a send on its current channel failed
+// because the other end is closed (ECONNREFUSED, EPIPE, ENOTCONN). It does
+// not block. Reports about a channel that was replaced already do
+// nothing, so call it from the goroutine that uses the channel, before it
+// takes the next one from Reattached.
+func (s *Session) Lost() {
+	s.lostGen.Store(s.gen.Load() + 1)
+	var one = [8]byte{1}
+	unix.Write(s.wake, one[:])
+}
+
+// Close stops the session and sends DeleteClient if usnetd is there. An
+// attempt to attach that is under way finishes first (bounded by the
+// Options' Timeout). The caller closes its channel.
+func (s *Session) Close() error {
+	var err error
+	s.stopOnce.Do(func() {
+		close(s.stop)
+		var one = [8]byte{1}
+		unix.Write(s.wake, one[:])
+		<-s.done
+		unix.Close(s.wake)
+		if s.peer >= 0 {
+			unix.Close(s.peer)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.c != nil {
+			err = s.c.Close()
+			s.c = nil
+		}
+	})
+	return err
+}
+
+func (s *Session) stopped() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Session) run() {
+	defer close(s.done)
+	for {
+		fds := []unix.PollFd{{Fd: int32(s.wake), Events: unix.POLLIN}}
+		if s.peer >= 0 {
+			fds = append(fds, unix.PollFd{Fd: int32(s.peer), Events: unix.POLLIN})
+		}
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			return
+		}
+		if s.stopped() {
+			return
+		}
+		var cnt [8]byte
+		unix.Read(s.wake, cnt[:])
+		lost := len(fds) > 1 && fds[1].Revents != 0
+		if g := s.lostGen.Swap(0); g != 0 && g-1 == s.gen.Load() {
+			lost = true
+		}
+		if lost && !s.reattach() {
+			return
+		}
+	}
+}
+
+// reattach attaches again with backoff until it succeeds (true) or the
+// session is closed (false).
+func (s *Session) reattach() bool {
+	s.mu.Lock()
+	old := s.c
+	s.c = nil
+	s.mu.Unlock()
+	if old != nil {
+		old.Close() // DeleteClient goes nowhere; the socket file goes
+	}
+	if s.peer >= 0 {
+		unix.Close(s.peer)
+		s.peer = -1
+	}
+	delay := ReattachFirst
+	for try := 0; ; try++ {
+		if try > 0 {
+			t := time.NewTimer(delay)
+			select {
+			case <-s.stop:
+				t.Stop()
+				return false
+			case <-t.C:
+			}
+			delay = min(2*delay, ReattachMax)
+		}
+		if s.stopped() {
+			return false
+		}
+		ch, refused, err := s.attachOnce()
+		if err != nil {
+			continue
+		}
+		if s.opt.Reattached != nil {
+			s.opt.Reattached(ch, refused)
+		} else {
+			ch.Close()
+		}
+		return true
+	}
+}
+
+// attachOnce dials, requests a channel and registers the rules again.
+func (s *Session) attachOnce() (ch *os.File, refused, err error) {
+	c, err := Dial(s.opt.Options)
+	if err != nil {
+		return nil, nil, err
+	}
+	ch, err = c.RequestUDS(s.opt.Interface)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, m := range s.rule {
+		if err := c.AddMatch(m); err != nil {
+			if !errors.Is(err, ErrRefused) {
+				c.Close()
+				ch.Close()
+				return nil, nil, err // gone again: start over
+			}
+			errs = append(errs, fmt.Errorf("rule %v after usnetd restarted: %w", m, err))
+		}
+	}
+	s.c = c
+	s.gen.Add(1)
+	s.peer = PeerPidfd(ch)
+	return ch, errors.Join(errs...), nil
+}
+
+// PeerPidfd returns a pidfd of the process that made the channel ch
+// (usnetd): it becomes readable when that process exits. It is -1 when
+// there is none to watch: the kernel cannot say, the process is not
+// visible from here, or it is this process. The caller closes it.
+func PeerPidfd(ch *os.File) int {
+	rc, err := ch.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	pidfd := -1
+	rc.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err != nil || cred.Pid <= 0 || int(cred.Pid) == os.Getpid() {
+			return
+		}
+		p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
+		if err != nil {
+			// Before Linux 6.5: by PID.
+			p, err = unix.PidfdOpen(int(cred.Pid), 0)
+		}
+		if err == nil && p >= 0 {
+			unix.CloseOnExec(p)
+			pidfd = p
+		}
+	})
+	return pidfd
+}
