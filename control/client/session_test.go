@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -34,7 +35,7 @@ func runServer(t *testing.T, path string) (srv *control.Server, stop func()) {
 	}
 	srv, err = control.NewServer(control.ServerConfig{
 		SocketPath:  path,
-		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory"}},
+		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{m8080.DstAddr}}},
 		KernelPorts: func() ([]firewall.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "test",
