@@ -22,12 +22,15 @@ const (
 	DropFragNoFirst  // a later fragment whose first fragment never came
 	DropFragHoldFull // the hold for fragments that came before their first is full
 	DropNoKernel     // NO_HOST_RINGS: the frame was for the kernel path
+	DropFragEvicted  // a held fragment evicted, oldest first, to keep the fragment store within its bytes
+	DropRuleLimit    // learning the flow would take its sender over its rule limit
 	// Pipeline.
 	DropRingFull // the ring to the destination port was full
 	DropNoBuffer // the buffer pool was exhausted
 	DropTooBig   // the frame does not fit a buffer
 	DropPortGone // the destination port was detached
 	DropTxError  // the backend failed to send
+	DropQuota    // the destination port (or all non-NIC ports together) has its quota of frames queued
 	numDropReasons
 )
 
@@ -50,11 +53,14 @@ var dropNames = [numDropReasons]string{
 	DropFragNoFirst:      "frag_no_first",
 	DropFragHoldFull:     "frag_hold_full",
 	DropNoKernel:         "no_kernel",
+	DropFragEvicted:      "frag_evicted",
+	DropRuleLimit:        "rule_limit",
 	DropRingFull:         "ring_full",
 	DropNoBuffer:         "no_buffer",
 	DropTooBig:           "too_big",
 	DropPortGone:         "port_gone",
 	DropTxError:          "tx_error",
+	DropQuota:            "quota",
 }
 
 // String returns the reason's metric label, e.g. "truncated".

@@ -15,10 +15,12 @@ import (
 //
 // Goroutines and what they own:
 //
-//   - One RX worker per receive queue of every port, locked to its OS
-//     thread (PipelineConfig.OnThreadStart may pin it). It owns a BufCache,
-//     its counters, and the producer end of one Ring per destination it has
-//     sent to, made on first use.
+//   - One RX worker per receive queue of every port. The NIC's are locked
+//     to their OS threads (PipelineConfig.OnThreadStart may pin them);
+//     every other port's is a goroutine that waits in Go's netpoller
+//     (see port.go), so threads do not grow with channels. A worker owns a
+//     BufCache, its counters, and the producer end of one Ring per
+//     destination it has sent to, made on first use.
 //   - One TX goroutine per port. It owns the consumer end of every Ring
 //     into its port, drains them round-robin, sends, and releases the
 //     buffers into its own BufCache. With nothing to do it waits on the
@@ -29,6 +31,20 @@ import (
 //
 // A full ring never blocks its producer: what does not fit is dropped and
 // counted (DropRingFull), so a stalled port slows down no other port.
+//
+// Buffers are bounded by what ports may hold, so that no endpoint and no
+// remote sender can starve the others:
+//
+//   - the NIC's receive path has a reserve (PipelineConfig.Reserve) that the
+//     workers of other ports never take (BufPool.SetReserve), and that the
+//     fragment store does not hold fragments from;
+//   - frames queued to a non-NIC port (an endpoint, the kernel's TAP) count
+//     against its quota (PortQuota) and against the quota of all of them
+//     together (QueuedLimit); beyond either they are dropped (DropQuota), so
+//     a thousand channels that never read hold at most QueuedLimit buffers;
+//   - an idle endpoint holds no buffer (port.go, RxWaiter);
+//   - held fragments are bounded in bytes, per interface and per source
+//     address, oldest evicted first (frag.go).//
 //
 // Removing a port: its rules go first, then it leaves the snapshot; the
 // remover waits until every RX worker has finished the batch it was in
@@ -52,6 +68,10 @@ type Pipeline struct {
 	sweepMu    sync.Mutex
 	fragDrops  atomic.Uint64
 
+	// queued counts the frames queued to every non-NIC port (QueuedLimit).
+	queued atomic.Int64
+	_      [56]byte
+
 	// retiredDrops keeps the drop counts of removed ports, so that totals
 	// never go down.
 	retiredDrops [NumDropReasons]atomic.Uint64
@@ -64,6 +84,23 @@ type PipelineConfig struct {
 	Buffers   int // frames in the buffer pool; default 16384
 	BufSize   int // bytes per buffer (largest frame); default DefaultBufSize
 	WakerSpin int // polls before an idle TX goroutine parks; default DefaultWakerSpin
+
+	// Reserve is the number of buffers that only the NIC's receive path
+	// may take; default Buffers/4.
+	Reserve int
+	// PortQuota is the most frames queued to one non-NIC port; default
+	// Buffers/16, at least 2*BatchSize.
+	PortQuota int
+	// QueuedLimit is the most frames queued to all non-NIC ports together;
+	// default Buffers/2.
+	QueuedLimit int
+	// FragMemory is the most bytes of held fragments (counted as whole
+	// buffers); default Buffers*BufSize/8, at most 4 MiB (Linux's
+	// ipfrag_high_thresh). Above it the oldest datagrams' fragments are
+	// evicted until 3/4 of it is left. FragPerSource bounds the held bytes
+	// of one source address the same way; default FragMemory/4.
+	FragMemory    int
+	FragPerSource int
 
 	// Classify, when set, replaces Parse and Decide: benchmarks use it
 	// for a fixed-destination baseline that shows what switching costs.
@@ -98,6 +135,28 @@ func (c *PipelineConfig) fill() error {
 	if c.Buffers < 2*c.BatchSize {
 		return fmt.Errorf("%d buffers: need at least two batches (%d)", c.Buffers, 2*c.BatchSize)
 	}
+	if c.BufSize == 0 {
+		c.BufSize = DefaultBufSize
+	}
+	if c.Reserve == 0 {
+		c.Reserve = c.Buffers / 4
+	}
+	if c.PortQuota == 0 {
+		c.PortQuota = max(c.Buffers/16, 2*c.BatchSize)
+	}
+	if c.QueuedLimit == 0 {
+		c.QueuedLimit = c.Buffers / 2
+	}
+	if c.FragMemory == 0 {
+		c.FragMemory = min(c.Buffers/8*c.BufSize, 4<<20)
+	}
+	if c.FragPerSource == 0 {
+		c.FragPerSource = c.FragMemory / 4
+	}
+	if c.Reserve < 0 || c.Reserve >= c.Buffers || c.PortQuota < 0 || c.QueuedLimit < 0 || c.FragMemory < 0 || c.FragPerSource < 0 {
+		return fmt.Errorf("buffer quotas: reserve %d, port quota %d, queued limit %d, fragment memory %d/%d: must be positive, the reserve below %d buffers",
+			c.Reserve, c.PortQuota, c.QueuedLimit, c.FragMemory, c.FragPerSource, c.Buffers)
+	}
 	return nil
 }
 
@@ -116,6 +175,8 @@ type portState struct {
 	inbox   atomic.Pointer[[]*inRing] // rings this port's TX goroutine drains (copy-on-write under Pipeline.mu)
 	stop    chan struct{}             // closed to stop the TX goroutine
 	closing atomic.Bool               // set before the port is closed: RX workers stop at their next error
+	quota   bool                      // frames queued to it count against PortQuota and QueuedLimit (non-NIC)
+	queued  atomic.Int64              // frames in its inbox rings, when quota
 	txDone  chan struct{}
 	rx      []*rxWorker
 	rxWG    sync.WaitGroup
@@ -139,7 +200,16 @@ func NewPipeline(sw *Switch, cfg PipelineConfig) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
+	pool.SetReserve(cfg.Reserve)
 	p := &Pipeline{sw: sw, pool: pool, cfg: cfg}
+	sw.frags.configure(fragLimits{
+		total:     int64(cfg.FragMemory),
+		perSource: int64(cfg.FragPerSource),
+		bufSize:   int64(pool.Stats().BufSize),
+		// A fragment is held only while more than the NIC's reserve is free.
+		mayHold: func() bool { return pool.shared.Load() > pool.reserve.Load() },
+		free:    p.freeFrag,
+	})
 	p.topo.Store(&topology{ports: map[PortID]*portState{}})
 	p.workers.Store(&[]*rxWorker{})
 	p.sweepCache = pool.NewCache()
@@ -161,7 +231,11 @@ var ErrSecondNIC = errors.New("switch domain has a NIC port already")
 
 // AddPort attaches port and starts its goroutines. It returns the port's
 // owner identity, under which rules for it are made.
-func (p *Pipeline) AddPort(port Port) (Owner, error) {
+func (p *Pipeline) AddPort(port Port) (Owner, error) { return p.AddPortQuota(port, nil) }
+
+// AddPortQuota is AddPort with the port's rules counted against q (see
+// RuleQuota) from its first frame on; RemovePort takes the quota off again.
+func (p *Pipeline) AddPortQuota(port Port, q *RuleQuota) (Owner, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -185,6 +259,7 @@ func (p *Pipeline) AddPort(port Port) (Owner, error) {
 		waker:  NewWaker(p.cfg.WakerSpin),
 		stop:   make(chan struct{}),
 		txDone: make(chan struct{}),
+		quota:  port.Kind() != PortNIC,
 	}
 	ps.inbox.Store(&[]*inRing{})
 	for q := range port.RxQueues() {
@@ -198,6 +273,9 @@ func (p *Pipeline) AddPort(port Port) (Owner, error) {
 	n.list = append(append([]*portState(nil), old.list...), ps)
 	if ps.owner.Kind == PortNIC {
 		n.nic = ps
+	}
+	if q != nil {
+		p.sw.Table.SetQuota(ps.owner.Port, q)
 	}
 	p.topo.Store(n)
 	ws := append(append([]*rxWorker(nil), *p.workers.Load()...), ps.rx...)
@@ -241,6 +319,10 @@ func (p *Pipeline) RemovePort(id PortID) error {
 	p.mu.Unlock()
 
 	p.stopPort(ps)
+	// A rule its worker learned in its last batch goes too, and then its
+	// quota: after that nothing counts against it.
+	p.sw.Table.RemoveOwner(id)
+	p.sw.Table.SetQuota(id, nil)
 
 	p.mu.Lock()
 	ws := make([]*rxWorker, 0, len(*p.workers.Load()))
@@ -273,6 +355,7 @@ func (p *Pipeline) stopPort(ps *portState) {
 				break
 			}
 			in.from.drops[DropPortGone].Add(uint64(k))
+			p.unadmit(ps, k)
 			cache.ReleaseBatch(scratch[:k])
 		}
 	}
@@ -313,16 +396,57 @@ func (p *Pipeline) Close() error {
 	old := p.topo.Load()
 	p.topo.Store(&topology{ports: map[PortID]*portState{}})
 	p.mu.Unlock()
+	// Held fragments go back to the pool first: a worker waiting for a
+	// buffer must find one to notice that its port closes. Workers still
+	// running may hold more until they stop; the second pass frees those.
+	p.freeHeld()
 	for _, ps := range old.list {
 		p.stopPort(ps)
 	}
 	p.wg.Wait()
-	// Fragments still held go back to the pool.
-	for range FragTimeoutTicks + 1 {
-		p.FragSweep()
-	}
-	p.sweepCache.Flush()
+	p.freeHeld()
 	return nil
+}
+
+// freeHeld frees every held fragment.
+func (p *Pipeline) freeHeld() {
+	p.sweepMu.Lock()
+	defer p.sweepMu.Unlock()
+	p.sw.frags.clear(func(h uint64) {
+		if b := p.pool.Buf(int(h)); b != nil {
+			p.sweepCache.Release(b)
+		}
+	})
+	p.sweepCache.Flush()
+}
+
+// freeFrag releases a held fragment that the store evicted; it is called
+// by the RX worker that holds a new one, under the store's lock.
+func (p *Pipeline) freeFrag(h uint64) {
+	if b := p.pool.Buf(int(h)); b != nil {
+		b.Release()
+	}
+}
+
+// admit reserves room for n frames queued to the non-NIC port dst and
+// returns how many fit its PortQuota and the QueuedLimit of all. Two
+// workers admitting at once may overshoot by one batch each.
+func (p *Pipeline) admit(dst *portState, n int) int {
+	n = min(n, p.cfg.PortQuota-int(dst.queued.Load()), p.cfg.QueuedLimit-int(p.queued.Load()))
+	if n <= 0 {
+		return 0
+	}
+	dst.queued.Add(int64(n))
+	p.queued.Add(int64(n))
+	return n
+}
+
+// unadmit gives back the room of n frames that left dst's rings.
+func (p *Pipeline) unadmit(dst *portState, n int) {
+	if dst.quota && n > 0 {
+		dst.queued.Add(-int64(n))
+		p.queued.Add(-int64(n))
+	}
 }
 
 // FragSweep ages the fragment memory by one tick; call it once a second.
@@ -368,6 +492,7 @@ func (p *Pipeline) txLoop(ps *portState) {
 				continue
 			}
 			moved += k
+			p.unadmit(ps, k)
 			sent, err := ps.port.Send(batch[:k])
 			var bytes uint64
 			for _, b := range batch[:sent] {

@@ -31,6 +31,89 @@ type Table struct {
 	shards [NumShards]shard
 	gen    atomic.Uint64 // bumped by every change
 	_      [56]byte
+
+	quotas  atomic.Pointer[map[PortID]*RuleQuota] // copy-on-write under quotaMu
+	quotaMu sync.Mutex
+}
+
+// RuleQuota limits the rules that a group of ports holds together (the
+// channels of one endpoint), and through its parent a larger group (all
+// endpoints of one user). Table.Insert counts every rule of a port that
+// has a quota (SetQuota) and refuses one beyond any limit with
+// ErrRuleLimit, the data path's learning included: a limit holds at the
+// moment a rule is made, not a scan later. Removals give the room back.
+type RuleQuota struct {
+	limit   int64
+	parent  *RuleQuota
+	n       atomic.Int64
+	refused atomic.Uint64
+}
+
+// NewRuleQuota returns a quota of limit rules (at least 1) inside parent
+// (nil: none).
+func NewRuleQuota(limit int, parent *RuleQuota) *RuleQuota {
+	return &RuleQuota{limit: int64(max(limit, 1)), parent: parent}
+}
+
+// Len returns the number of rules counted.
+func (q *RuleQuota) Len() int { return int(q.n.Load()) }
+
+// Limit returns the limit.
+func (q *RuleQuota) Limit() int { return int(q.limit) }
+
+// Refused returns how many rules this quota refused (itself, not its parent).
+func (q *RuleQuota) Refused() uint64 { return q.refused.Load() }
+
+// take counts one rule at every level, or none and reports false.
+func (q *RuleQuota) take() bool {
+	for l := q; l != nil; l = l.parent {
+		if l.n.Add(1) > l.limit {
+			l.n.Add(-1)
+			l.refused.Add(1)
+			for u := q; u != l; u = u.parent {
+				u.n.Add(-1)
+			}
+			return false
+		}
+	}
+	return true
+}
+
+func (q *RuleQuota) give(n int64) {
+	for l := q; l != nil; l = l.parent {
+		l.n.Add(-n)
+	}
+}
+
+// ErrRuleLimit is returned by Insert when the owner's RuleQuota (or its
+// parent's) is full.
+var ErrRuleLimit = errors.New("rule limit reached")
+
+// SetQuota makes the rules of port count against q (nil: no quota). Set it
+// before the port holds rules, and remove it after the port's rules went.
+func (t *Table) SetQuota(port PortID, q *RuleQuota) {
+	t.quotaMu.Lock()
+	defer t.quotaMu.Unlock()
+	old := t.quotas.Load()
+	n := make(map[PortID]*RuleQuota, 1)
+	if old != nil {
+		for p, oq := range *old {
+			n[p] = oq
+		}
+	}
+	if q == nil {
+		delete(n, port)
+	} else {
+		n[port] = q
+	}
+	t.quotas.Store(&n)
+}
+
+func (t *Table) quotaOf(port PortID) *RuleQuota {
+	if m := t.quotas.Load(); m != nil {
+		return (*m)[port]
+	}
+	return nil
 }
 
 type shard struct {
@@ -167,6 +250,9 @@ func (t *Table) Insert(r Rule) error {
 	if e, ok := old.get(&r.Key); ok {
 		return &ExistsError{Held: e.rule(r.Key)}
 	}
+	if q := t.quotaOf(r.Owner.Port); q != nil && !q.take() {
+		return fmt.Errorf("rule %v: %w (%d)", r.Key, ErrRuleLimit, q.limit)
+	}
 	sh.snap.Store(old.with(r.Key, newEntry(r)))
 	t.gen.Add(1)
 	return nil
@@ -199,16 +285,26 @@ func (t *Table) removeIn(sh *shard, drop func(Key, entry) bool, one bool) int {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	done := false
+	var gone []PortID
+	quotas := t.quotas.Load()
 	n, removed := sh.snap.Load().without(func(k *Key, e entry) bool {
 		if done || !drop(*k, e) {
 			return false
 		}
 		done = one
+		if quotas != nil && (*quotas)[e.port] != nil {
+			gone = append(gone, e.port)
+		}
 		return true
 	})
 	if removed > 0 {
 		sh.snap.Store(n)
 		t.gen.Add(1)
+		for _, p := range gone {
+			if q := t.quotaOf(p); q != nil {
+				q.give(1)
+			}
+		}
 	}
 	return removed
 }
