@@ -19,11 +19,12 @@ import "errors"
 // blocking system call, so that a thousand idle channels cost a thousand
 // parked goroutines and no thread each.
 //
-// Buffers. An RX worker holds buffers only while frames are ready. A port
-// that implements RxWaiter (every endpoint should) is asked to wait for
-// frames first, with no buffer held, and its worker takes a batch from the
-// pool only when WaitRx says frames are queued; a port without it is
-// handed a batch of buffers that its Recv holds while it waits. The
+// Buffers. The RX worker of a non-NIC port that implements RxWaiter (every
+// endpoint should) asks it to wait for frames first, with no buffer held,
+// and takes a batch from the pool only when WaitRx says frames are queued,
+// so an idle channel holds none. The NIC's workers, and those of ports
+// without RxWaiter, hand Recv a batch of buffers that it holds while it
+// waits (the NIC has few queues). The
 // workers of non-NIC ports take buffers only above the pool's reserve
 // (BufPool.SetReserve), which keeps the NIC's receive path supplied.
 //

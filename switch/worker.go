@@ -87,7 +87,9 @@ func (w *rxWorker) run() {
 		// The consumers drop the dead rings once they drained them.
 		cache.Flush()
 	}()
-	if wt, ok := w.ps.port.(RxWaiter); ok {
+	// The NIC's few workers keep their batch at hand; every other port
+	// that can wait without buffers does.
+	if wt, ok := w.ps.port.(RxWaiter); ok && !nic {
 		w.runWaiting(wt, cache)
 		return
 	}

@@ -1,13 +1,13 @@
 package uds
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -70,22 +70,23 @@ type Stats struct {
 	ProbeErrors uint64 // queries that failed for another reason than "no such socket"
 }
 
-// Port is an l4.Port over one end of a Unix datagram socket pair. It has
-// one receive queue. Recv, Send and Close follow the l4.Port contract;
-// PeerClosed and Stats may be called from any goroutine.
+// Port is an l4.Port and l4.RxWaiter over one end of a Unix datagram
+// socket pair. It has one receive queue. WaitRx, Recv, Send and Close
+// follow the l4.Port contract; PeerClosed and Stats may be called from any
+// goroutine. The socket is non-blocking and waits in Go's netpoller
+// (through an *os.File), so a waiting port costs a parked goroutine, not
+// an OS thread.
 type Port struct {
 	opt  Options
-	fd   int // our end, nonblocking
-	efd  int // eventfd, readable once Close was called
+	file *os.File // our end, nonblocking, in the netpoller
+	rc   syscall.RawConn
 	peer uint32
 	// cookie of the peer socket, so that a new socket reusing the peer's
 	// inode number does not pass for it.
-	cookie uint64
-	probe  *prober // nil: peer probing unavailable; owned by the Recv goroutine
+	cookie  uint64
+	probeMu sync.Mutex // Close against the Recv goroutine's probing
+	probe   *prober    // nil: peer probing unavailable
 
-	// mu is held shared by Recv and Send while they use the descriptors
-	// and exclusively by Close while it closes them.
-	mu        sync.RWMutex
 	closed    atomic.Bool
 	closeOnce sync.Once
 
@@ -170,11 +171,14 @@ func newPort(fd int, peer uint32, opt Options) (*Port, error) {
 	if err := setBuffers(fd, opt.BufferSize); err != nil {
 		return fail(err)
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	// A non-blocking descriptor goes into the netpoller.
+	file := os.NewFile(uintptr(fd), opt.Name)
+	rc, err := file.SyscallConn()
 	if err != nil {
-		return fail(fmt.Errorf("uds: eventfd: %w", err))
+		file.Close()
+		return nil, fmt.Errorf("uds: %w", err)
 	}
-	p := &Port{opt: opt, fd: fd, efd: efd, peer: peer, peerGone: make(chan struct{})}
+	p := &Port{opt: opt, file: file, rc: rc, peer: peer, peerGone: make(chan struct{})}
 	if peer != 0 {
 		if pr, err := newProber(); err == nil {
 			if c, _, err := pr.query(peer, ^uint64(0), false); err == nil {
@@ -212,17 +216,6 @@ func (p *Port) Stats() Stats {
 	}
 }
 
-func (p *Port) enter() bool {
-	p.mu.RLock()
-	if p.closed.Load() {
-		p.mu.RUnlock()
-		return false
-	}
-	return true
-}
-
-func (p *Port) leave() { p.mu.RUnlock() }
-
 func (p *Port) markPeerGone() {
 	p.peerGoneOnce.Do(func() {
 		close(p.peerGone)
@@ -241,57 +234,136 @@ func (p *Port) isPeerGone() bool {
 	}
 }
 
+// WaitRx implements l4.RxWaiter: it waits in the netpoller, holding no
+// buffer, until a datagram is queued (true), the port is closed
+// (l4.ErrPortClosed) or Options.Poll passed (false).
+func (p *Port) WaitRx(q int, idle func()) (bool, error) {
+	if q != 0 || p.closed.Load() || p.isPeerGone() {
+		return false, l4.ErrPortClosed
+	}
+	ready := false
+	armed := false
+	op := func(fd uintptr) bool {
+		if p.closed.Load() {
+			return true
+		}
+		if !peek(int(fd)) {
+			if idle != nil {
+				idle()
+				idle = nil
+			}
+			armed = p.arm(armed)
+			return false
+		}
+		ready = true
+		return true
+	}
+	for {
+		err := p.rc.Read(op)
+		switch {
+		case p.closed.Load():
+			return false, l4.ErrPortClosed
+		case ready:
+			return true, nil
+		case err == nil:
+			continue
+		}
+		if stale, err := p.timedOut(err, armed); stale {
+			continue
+		} else {
+			return false, err
+		}
+	}
+}
+
+// arm sets the read deadline once per wait.
+func (p *Port) arm(armed bool) bool {
+	if !armed {
+		_ = p.file.SetReadDeadline(time.Now().Add(p.opt.Poll))
+	}
+	return true
+}
+
+// timedOut handles an error of a wait in the netpoller: a deadline of an
+// earlier call that expired since (stale: wait again), this call's
+// deadline (ask whether the peer lives), or the port's close.
+func (p *Port) timedOut(err error, armed bool) (stale bool, _ error) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		if p.closed.Load() || errors.Is(err, os.ErrClosed) {
+			return false, l4.ErrPortClosed
+		}
+		return false, fmt.Errorf("uds: %w", err)
+	}
+	_ = p.file.SetReadDeadline(time.Time{})
+	if !armed {
+		return true, nil
+	}
+	if !p.peerAlive() {
+		p.markPeerGone()
+		return false, l4.ErrPortClosed
+	}
+	return false, nil
+}
+
 // Recv implements l4.Port: it receives up to len(bufs) frames with one
-// recvmmsg, waiting in poll() up to Options.Poll when none is queued.
+// recvmmsg, waiting in the netpoller up to Options.Poll when none is
+// queued.
 func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
-	if q != 0 || !p.enter() {
+	if q != 0 || p.closed.Load() {
 		return 0, l4.ErrPortClosed
 	}
-	defer p.leave()
 	if len(bufs) == 0 {
 		return 0, nil
+	}
+	var n int
+	var rerr error
+	armed := false
+	op := func(fd uintptr) bool {
+		for {
+			n, rerr = p.recv(int(fd), bufs)
+			switch {
+			case n > 0:
+				return true
+			case rerr == nil: // every datagram was too big: read on
+				continue
+			case errors.Is(rerr, unix.EINTR):
+				continue
+			case errors.Is(rerr, unix.EAGAIN):
+				if p.closed.Load() {
+					return true
+				}
+				armed = p.arm(armed)
+				return false
+			default:
+				return true
+			}
+		}
 	}
 	for {
 		if p.isPeerGone() {
 			return 0, l4.ErrPortClosed
 		}
-		n, err := p.recv(bufs)
-		if n > 0 {
-			return n, nil
-		}
-		switch {
-		case err == nil: // every datagram was too big: read on
-			continue
-		case errors.Is(err, unix.EAGAIN):
-		case errors.Is(err, unix.EINTR):
-			continue
-		default:
-			return 0, fmt.Errorf("uds: recvmmsg: %w", err)
-		}
-		pfd := [2]unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}, {Fd: int32(p.efd), Events: unix.POLLIN}}
-		k, err := unix.Poll(pfd[:], int(p.opt.Poll/time.Millisecond))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return 0, fmt.Errorf("uds: poll: %w", err)
-		}
-		if pfd[1].Revents != 0 {
-			return 0, l4.ErrPortClosed
-		}
-		if k == 0 {
-			if !p.peerAlive() {
-				p.markPeerGone()
+		err := p.rc.Read(op)
+		if err == nil {
+			if n > 0 {
+				return n, nil
+			}
+			if p.closed.Load() {
 				return 0, l4.ErrPortClosed
 			}
-			return 0, nil
+			return 0, fmt.Errorf("uds: recvmmsg: %w", rerr)
+		}
+		if stale, err := p.timedOut(err, armed); stale {
+			continue
+		} else {
+			return 0, err
 		}
 	}
 }
 
 // recv is one recvmmsg into bufs. Datagrams that did not fit a buffer are
 // counted and their buffers moved behind the good ones.
-func (p *Port) recv(bufs []*l4.Buf) (int, error) {
+func (p *Port) recv(fd int, bufs []*l4.Buf) (int, error) {
 	n := len(bufs)
 	if cap(p.rx.msgs) < n {
 		p.rx.msgs = make([]unix.Mmsghdr, n)
@@ -307,7 +379,7 @@ func (p *Port) recv(bufs []*l4.Buf) (int, error) {
 		iovs[i].SetLen(len(d))
 		msgs[i] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &iovs[i], Iovlen: 1}}
 	}
-	r, err := recvmmsg(p.fd, msgs)
+	r, err := recvmmsg(fd, msgs)
 	runtime.KeepAlive(bufs)
 	clear(iovs) // no pointers into the pool stay behind
 	if err != nil {
@@ -334,6 +406,11 @@ func (p *Port) peerAlive() bool {
 	if p.probe == nil || time.Since(p.rx.lastProbe) < p.opt.ProbeInterval {
 		return true
 	}
+	p.probeMu.Lock()
+	defer p.probeMu.Unlock()
+	if p.probe == nil {
+		return true
+	}
 	p.rx.lastProbe = time.Now()
 	p.probes.Add(1)
 	_, _, err := p.probe.query(p.peer, p.cookie, false)
@@ -350,11 +427,7 @@ func (p *Port) peerAlive() bool {
 // waits. Frames the peer's buffer has no room for are dropped: Send
 // returns how many were sent.
 func (p *Port) Send(bufs []*l4.Buf) (int, error) {
-	if !p.enter() {
-		return 0, l4.ErrPortClosed
-	}
-	defer p.leave()
-	if p.isPeerGone() {
+	if p.closed.Load() || p.isPeerGone() {
 		return 0, l4.ErrPortClosed
 	}
 	n := len(bufs)
@@ -380,50 +453,55 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 	}
 	defer clear(iovs)
 	sent := 0
-	for sent < n {
-		r, err := sendmmsg(p.fd, msgs[sent:])
-		runtime.KeepAlive(bufs)
-		sent += r
-		switch {
-		case err == nil && r > 0:
-			continue
-		case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
-			// The peer's buffer is full: drop the rest.
-		case errors.Is(err, unix.EINTR):
-			continue
-		case errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET):
-			p.txFrames.Add(uint64(sent))
-			p.markPeerGone()
-			return sent, l4.ErrPortClosed
-		default:
-			p.txFrames.Add(uint64(sent))
-			p.txDropped.Add(uint64(n - sent))
-			return sent, fmt.Errorf("uds: sendmmsg: %w", err)
+	var err error
+	werr := p.rc.Write(func(fd uintptr) bool {
+		for sent < n {
+			var r int
+			r, err = sendmmsg(int(fd), msgs[sent:])
+			sent += r
+			if err == nil && r > 0 || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			break
 		}
-		break
-	}
+		return true // never wait: a full peer drops
+	})
+	runtime.KeepAlive(bufs)
 	p.txFrames.Add(uint64(sent))
+	switch {
+	case werr != nil:
+		return sent, l4.ErrPortClosed
+	case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
+		// The peer's buffer is full: the rest is dropped.
+	case errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET):
+		p.markPeerGone()
+		return sent, l4.ErrPortClosed
+	default:
+		p.txDropped.Add(uint64(n - sent))
+		return sent, fmt.Errorf("uds: sendmmsg: %w", err)
+	}
 	p.txDropped.Add(uint64(n - sent))
 	return sent, nil
 }
 
-// Close implements l4.Port: it wakes a waiting Recv, waits until Recv and
-// Send have left the descriptors, and closes them. It is idempotent.
+// Close implements l4.Port: it wakes a waiting WaitRx or Recv (the
+// netpoller lets them go), waits until they and Send have left the
+// descriptor, and closes it. It is idempotent.
 func (p *Port) Close() error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)
-		var one [8]byte
-		binary.NativeEndian.PutUint64(one[:], 1)
-		_, _ = unix.Write(p.efd, one[:])
-		p.mu.Lock()
-		unix.Close(p.fd)
-		unix.Close(p.efd)
+		_ = p.file.Close()
+		p.probeMu.Lock()
 		if p.probe != nil {
 			p.probe.close()
+			p.probe = nil
 		}
-		p.mu.Unlock()
+		p.probeMu.Unlock()
 	})
 	return nil
 }
 
-var _ l4.Port = (*Port)(nil)
+var (
+	_ l4.Port     = (*Port)(nil)
+	_ l4.RxWaiter = (*Port)(nil)
+)

@@ -68,7 +68,9 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("Name/Kind/RxQueues = %q %v %d", p.Name(), p.Kind(), p.RxQueues())
 	}
 	// Both ends have the big buffers (forced past the sysctl limits: root).
-	for _, fd := range []int{p.fd, int(peer.Fd())} {
+	var own int
+	_ = p.rc.Control(func(fd uintptr) { own = int(fd) })
+	for _, fd := range []int{own, int(peer.Fd())} {
 		if os.Geteuid() != 0 {
 			break
 		}
