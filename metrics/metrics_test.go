@@ -56,6 +56,8 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		t.Fatal("frames not delivered")
 	}
 	c := NewCollector(func() []Domain { return []Domain{{Interface: "eth0", Pipeline: p}} })
+	c.SetRefused(func() map[string]uint64 { return map[string]uint64{"channels_per_uid": 3} })
+	c.SetSuppressed(func() map[string]uint64 { return map[string]uint64{"malformed message": 7} })
 	reg := NewRegistry(c)
 
 	// Wait for the RX worker's counters of the batch (written after the flush).
@@ -94,6 +96,14 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		"usnetd_rules,interface=eth0,kind=registered":                                               1,
 		"usnetd_ring_capacity,from=eth0,from_id=1,interface=eth0,queue=0,to=endpoint-1,to_id=2":     1024,
 		"usnetd_port_rx_bytes_total,interface=eth0,kind=nic,port=eth0,port_id=1":                    180,
+		"usnetd_control_refused_total,limit=channels_per_uid":                                       3,
+		"usnetd_log_suppressed_total,class=malformed message":                                       7,
+		"usnetd_buffers,interface=eth0,state=reserve":                                               16384 / 4,
+		"usnetd_drops_total,interface=eth0,reason=frag_evicted":                                     0,
+		"usnetd_drops_total,interface=eth0,reason=rule_limit":                                       0,
+		"usnetd_drops_total,interface=eth0,reason=quota":                                            0,
+		"usnetd_fragment_held_bytes,interface=eth0":                                                 0,
+		"usnetd_queued_frames,interface=eth0":                                                       0,
 	} {
 		got, ok := values[key]
 		if !ok || got != v {

@@ -63,8 +63,8 @@ type Port interface {
 // of buffers for Recv, so that an idle port holds none.
 type RxWaiter interface {
 	// WaitRx blocks until queue q has at least one frame ready (true),
-	// the port is closed (ErrPortClosed), or a poll interval of at most
-	// 100 ms passed (false, nil). When it is about to block it calls idle
+	// the port is closed (ErrPortClosed, promptly), or a poll interval
+	// of at most a second passed (false, nil). When it is about to block it calls idle
 	// (if not nil) once first: the worker gives its cached buffers back
 	// then. A frame that WaitRx reported stays queued for the next Recv.
 	WaitRx(q int, idle func()) (bool, error)

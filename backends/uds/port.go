@@ -236,7 +236,9 @@ func (p *Port) isPeerGone() bool {
 
 // WaitRx implements l4.RxWaiter: it waits in the netpoller, holding no
 // buffer, until a datagram is queued (true), the port is closed
-// (l4.ErrPortClosed) or Options.Poll passed (false).
+// (l4.ErrPortClosed, at once) or Options.ProbeInterval passed (false,
+// after asking whether the peer lives). An idle channel thus costs a
+// wake-up per ProbeInterval, no thread and no buffer.
 func (p *Port) WaitRx(q int, idle func()) (bool, error) {
 	if q != 0 || p.closed.Load() || p.isPeerGone() {
 		return false, l4.ErrPortClosed
@@ -252,7 +254,9 @@ func (p *Port) WaitRx(q int, idle func()) (bool, error) {
 				idle()
 				idle = nil
 			}
-			armed = p.arm(armed)
+			// Close wakes the wait at once; the deadline is only for
+			// asking whether the peer lives.
+			armed = p.arm(armed, max(p.opt.Poll, p.opt.ProbeInterval))
 			return false
 		}
 		ready = true
@@ -276,10 +280,10 @@ func (p *Port) WaitRx(q int, idle func()) (bool, error) {
 	}
 }
 
-// arm sets the read deadline once per wait.
-func (p *Port) arm(armed bool) bool {
+// arm sets the read deadline, d from now, once per wait.
+func (p *Port) arm(armed bool, d time.Duration) bool {
 	if !armed {
-		_ = p.file.SetReadDeadline(time.Now().Add(p.opt.Poll))
+		_ = p.file.SetReadDeadline(time.Now().Add(d))
 	}
 	return true
 }
@@ -332,7 +336,7 @@ func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 				if p.closed.Load() {
 					return true
 				}
-				armed = p.arm(armed)
+				armed = p.arm(armed, p.opt.Poll)
 				return false
 			default:
 				return true

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/internal/config"
+	"github.com/usnetd/usnetd/internal/lograte"
 	"github.com/usnetd/usnetd/internal/pcap"
 	"github.com/usnetd/usnetd/metrics"
 	l4 "github.com/usnetd/usnetd/switch"
@@ -81,12 +83,18 @@ type kernelPortBackend interface {
 
 // Run claims the NICs, serves until ctx is done, then gives everything back.
 func Run(ctx context.Context, opt Options) (err error) {
-	cfg, log := opt.Config, opt.Log
+	// Lines that clients and traffic can trigger are rate-limited per
+	// message; /metrics counts what was left out.
+	logLimit := lograte.New(0, 0)
+	cfg, log := opt.Config, logLimit.Logger(opt.Log)
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
 	if len(cfg.StaticPipes) > 0 {
 		return fmt.Errorf("STATIC_PIPES=%q: static pipes were netmap pipes, which this usnetd does not have; "+
 			"attach the stack through the control socket (RequestUDS) instead", cfg.StaticPipes[0].String())
 	}
-	d := &daemon{cfg: cfg, log: log, pin: &pinner{cpus: cfg.CPUs, log: log}}
+	d := &daemon{cfg: cfg, log: log, logLimit: logLimit, pin: &pinner{cpus: cfg.CPUs, log: log}}
 	defer func() {
 		if cerr := d.close(); err == nil {
 			err = cerr
@@ -116,6 +124,8 @@ func Run(ctx context.Context, opt Options) (err error) {
 		if d.tap != nil {
 			c.SetTap(d.tap)
 		}
+		c.SetRefused(d.ctl.Refused)
+		c.SetSuppressed(d.logLimit.Suppressed)
 		srv, err := metrics.Listen(cfg.MetricsAddr, metrics.NewRegistry(c))
 		if err != nil {
 			return fmt.Errorf("METRICS_ADDR=%q: %w", cfg.MetricsAddr, err)
@@ -150,15 +160,16 @@ func Run(ctx context.Context, opt Options) (err error) {
 }
 
 type daemon struct {
-	cfg     *config.Config
-	log     zerolog.Logger
-	pin     *pinner
-	domains []*domain
-	metrics *metrics.Server
-	ctl     *control.Server
-	stopHK  context.CancelFunc
-	wg      sync.WaitGroup
-	closed  bool
+	cfg      *config.Config
+	log      zerolog.Logger
+	logLimit *lograte.Limiter
+	pin      *pinner
+	domains  []*domain
+	metrics  *metrics.Server
+	ctl      *control.Server
+	stopHK   context.CancelFunc
+	wg       sync.WaitGroup
+	closed   bool
 
 	lastTick atomic.Int64 // the housekeeping loop's last round, Unix ns
 
@@ -205,6 +216,8 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
 		RingSize:      d.cfg.RingSize,
 		BatchSize:     d.cfg.BatchSize,
+		Buffers:       poolBuffers(d.cfg, l4.DefaultBufSize),
+		BufSize:       l4.DefaultBufSize,
 		Tap:           d.tap,
 		OnThreadStart: d.pin.hook(ifname),
 	})
@@ -240,6 +253,16 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	}
 	ev.Msg("interface claimed")
 	return dom, nil
+}
+
+// poolBuffers sizes one interface's buffer pool from MEMORY_LIMIT: a
+// quarter of it is frame buffers, split between the interfaces; at least
+// what the rings of a NIC queue and a few batches need, at most 2^20.
+func poolBuffers(cfg *config.Config, bufSize int) int {
+	stride := (bufSize + 63) / 64 * 64
+	n := int(cfg.MemoryLimit / 4 / int64(max(len(cfg.Interfaces), 1)) / int64(stride))
+	lo := 4 * (cfg.RingSize + 4*cfg.BatchSize)
+	return min(max(n, lo, 2048), 1<<20)
 }
 
 // linkAddrs reads the interface's first IPv4 address and its global IPv6
@@ -467,6 +490,12 @@ func (d *daemon) startControl() error {
 		HasAllowGID:          d.cfg.HasAllowGID,
 		MaxRulesPerClient:    d.cfg.MaxRulesPerClient,
 		MaxChannelsPerClient: d.cfg.MaxChannelsPerClient,
+		MaxClients:           d.cfg.MaxClients,
+		MaxClientsPerUID:     d.cfg.MaxClientsPerUID,
+		MaxChannels:          d.cfg.MaxChannels,
+		MaxChannelsPerUID:    d.cfg.MaxChannelsPerUID,
+		MaxRules:             d.cfg.MaxRules,
+		MaxRulesPerUID:       d.cfg.MaxRulesPerUID,
 		Interfaces:           ifaces,
 		Log:                  d.log,
 		Version:              Version,
