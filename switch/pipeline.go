@@ -39,9 +39,11 @@ import (
 //     workers of other ports never take (BufPool.SetReserve), and that the
 //     fragment store does not hold fragments from;
 //   - frames queued to a non-NIC port (an endpoint, the kernel's TAP) count
-//     against its quota (PortQuota) and against the quota of all of them
-//     together (QueuedLimit); beyond either they are dropped (DropQuota), so
-//     a thousand channels that never read hold at most QueuedLimit buffers;
+//     against its quota (PortQuota) and against the room left under the
+//     quota of all of them together (QueuedLimit, see admit); beyond
+//     either they are dropped (DropQuota), so a thousand channels that
+//     never drain hold at most QueuedLimit buffers, and a channel that
+//     reads still finds room next to them;
 //   - an idle endpoint holds no buffer (port.go, RxWaiter);
 //   - held fragments are bounded in bytes, per interface and per source
 //     address, oldest evicted first (frag.go).//
@@ -429,10 +431,16 @@ func (p *Pipeline) freeFrag(h uint64) {
 }
 
 // admit reserves room for n frames queued to the non-NIC port dst and
-// returns how many fit its PortQuota and the QueuedLimit of all. Two
-// workers admitting at once may overshoot by one batch each.
+// returns how many fit. A port may hold up to its PortQuota, but never
+// more than the room left under the QueuedLimit of all (a dynamic
+// threshold, as switch chips share their buffer): the more frames ports
+// that do not drain hold, the less each may add, while one that drains
+// (holding few) still finds the room that is left. With N ports that
+// never drain, each holds about QueuedLimit/(N+1) and as much stays free.
+// Two workers admitting at once may overshoot by one batch each.
 func (p *Pipeline) admit(dst *portState, n int) int {
-	n = min(n, p.cfg.PortQuota-int(dst.queued.Load()), p.cfg.QueuedLimit-int(p.queued.Load()))
+	free := p.cfg.QueuedLimit - int(p.queued.Load())
+	n = min(n, min(p.cfg.PortQuota, free)-int(dst.queued.Load()))
 	if n <= 0 {
 		return 0
 	}
