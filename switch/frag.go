@@ -88,6 +88,8 @@ type fragTable struct {
 	head, tail *fragEntry // entries holding fragments, oldest first
 	bytes      int64
 	lim        fragLimits
+	spare      []*fragEntry  // forgotten entries, reused: a flood allocates nothing
+	spareSrc   []*fragSource // the same for sources
 
 	tick    atomic.Uint32
 	evicted atomic.Uint64
@@ -130,8 +132,7 @@ func (t *fragTable) remember(f *Frame, v Verdict) (release bool) {
 		if len(t.m) >= FragMaxDatagrams {
 			return false // forgetting a verdict only costs the later fragments
 		}
-		e = &fragEntry{key: k, tick: now}
-		t.m[k] = e
+		e = t.newEntry(k, now)
 	}
 	e.decided, e.verdict = true, v
 	return e.nheld > 0
@@ -158,12 +159,11 @@ func (t *fragTable) follow(f *Frame, h uint64) (v Verdict, held bool) {
 		if len(t.m) >= FragMaxDatagrams && !t.evictForEntry() {
 			return drop(DropFragHoldFull), false
 		}
-		e = &fragEntry{key: k, tick: now}
-		t.m[k] = e
+		e = t.newEntry(k, now)
 	}
 	if !t.makeRoom(e) {
 		if e.nheld == 0 {
-			delete(t.m, k)
+			t.forget(e)
 		}
 		return drop(DropFragHoldFull), false
 	}
@@ -178,6 +178,29 @@ func (t *fragTable) follow(f *Frame, h uint64) (v Verdict, held bool) {
 	return Verdict{Action: ActHold}, true
 }
 
+// newEntry makes (or reuses) the entry of k.
+func (t *fragTable) newEntry(k fragKey, now uint32) *fragEntry {
+	var e *fragEntry
+	if n := len(t.spare); n > 0 {
+		e = t.spare[n-1]
+		t.spare = t.spare[:n-1]
+		*e = fragEntry{}
+	} else {
+		e = &fragEntry{}
+	}
+	e.key, e.tick = k, now
+	t.m[k] = e
+	return e
+}
+
+// forget deletes e (which holds nothing) and keeps it for reuse.
+func (t *fragTable) forget(e *fragEntry) {
+	delete(t.m, e.key)
+	if len(t.spare) < FragMaxDatagrams {
+		t.spare = append(t.spare, e)
+	}
+}
+
 // evictForEntry makes room for one more datagram when the table is full of
 // them: it evicts the oldest datagram that holds fragments.
 func (t *fragTable) evictForEntry() bool {
@@ -186,7 +209,7 @@ func (t *fragTable) evictForEntry() bool {
 	}
 	v := t.head
 	t.evict(v)
-	delete(t.m, v.key)
+	t.forget(v)
 	return true
 }
 
@@ -227,7 +250,7 @@ func (t *fragTable) makeRoom(e *fragEntry) bool {
 func (t *fragTable) evictOther(v, e *fragEntry) {
 	t.evict(v)
 	if v != e {
-		delete(t.m, v.key)
+		t.forget(v)
 	}
 }
 
@@ -245,7 +268,13 @@ func (t *fragTable) evict(v *fragEntry) {
 func (t *fragTable) link(e *fragEntry) {
 	src := t.srcs[e.key.src]
 	if src == nil {
-		src = &fragSource{}
+		if n := len(t.spareSrc); n > 0 {
+			src = t.spareSrc[n-1]
+			t.spareSrc = t.spareSrc[:n-1]
+			*src = fragSource{}
+		} else {
+			src = &fragSource{}
+		}
 		t.srcs[e.key.src] = src
 	}
 	e.src = src
@@ -301,6 +330,9 @@ func (t *fragTable) unhold(e *fragEntry) {
 	e.sprev, e.snext = nil, nil
 	if src.head == nil {
 		delete(t.srcs, e.key.src)
+		if len(t.spareSrc) < FragMaxDatagrams {
+			t.spareSrc = append(t.spareSrc, src)
+		}
 	}
 	e.src = nil
 }
@@ -326,13 +358,13 @@ func (t *fragTable) sweep(expired func(h uint64)) {
 	now := t.tick.Add(1)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for k, e := range t.m {
+	for _, e := range t.m {
 		if now-e.tick > FragTimeoutTicks {
 			for _, h := range e.held[:e.nheld] {
 				expired(h)
 			}
 			t.unhold(e)
-			delete(t.m, k)
+			t.forget(e)
 		}
 	}
 }
@@ -341,12 +373,12 @@ func (t *fragTable) sweep(expired func(h uint64)) {
 func (t *fragTable) clear(free func(h uint64)) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for k, e := range t.m {
+	for _, e := range t.m {
 		for _, h := range e.held[:e.nheld] {
 			free(h)
 		}
 		t.unhold(e)
-		delete(t.m, k)
+		t.forget(e)
 	}
 }
 

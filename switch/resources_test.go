@@ -166,3 +166,29 @@ func TestRuleQuota(t *testing.T) {
 	}
 	wantVerdict(t, out(epB, 50022), Verdict{Action: ActUplink})
 }
+
+// TestFragFloodDoesNotAllocate: once the store is full, a flood of later
+// fragments of new datagrams reuses the entries it evicts.
+func TestFragFloodDoesNotAllocate(t *testing.T) {
+	s, freed := fragLab(t, 64, 8)
+	frames := make([]*Frame, 256)
+	for i := range frames {
+		frames[i] = laterFrag(t, "198.18.2."+itoa(i%16), uint16(i))
+	}
+	id := 0
+	step := func() {
+		f := frames[id%len(frames)]
+		f.FragID = uint32(id)
+		s.Decide(nic, f, uint64(id))
+		id++
+		if len(*freed) > 1024 {
+			*freed = (*freed)[:0]
+		}
+	}
+	for range 5000 {
+		step()
+	}
+	if a := testing.AllocsPerRun(2000, step); a > 0.01 {
+		t.Fatalf("%.2f allocations per fragment", a)
+	}
+}

@@ -36,7 +36,8 @@ type Options struct {
 	// MaxPoll.
 	Poll time.Duration
 	// ProbeInterval is how often an idle Recv asks the kernel whether the
-	// peer still exists; default 200 ms.
+	// peer still exists; default 200 ms. WaitRx backs off to 4
+	// ProbeIntervals while the channel stays idle.
 	ProbeInterval time.Duration
 	// OnPeerClosed, if set, is called once when the port notices that the
 	// peer end is gone, from the goroutine that noticed (the pipeline's
@@ -97,6 +98,7 @@ type Port struct {
 		msgs      []unix.Mmsghdr
 		iovs      []unix.Iovec
 		lastProbe time.Time
+		idle      uint // WaitRx timeouts in a row (backs the probing off)
 	}
 	tx struct { // owned by the Send goroutine
 		msgs []unix.Mmsghdr
@@ -237,8 +239,9 @@ func (p *Port) isPeerGone() bool {
 // WaitRx implements l4.RxWaiter: it waits in the netpoller, holding no
 // buffer, until a datagram is queued (true), the port is closed
 // (l4.ErrPortClosed, at once) or Options.ProbeInterval passed (false,
-// after asking whether the peer lives). An idle channel thus costs a
-// wake-up per ProbeInterval, no thread and no buffer.
+// after asking whether the peer lives; 4 ProbeIntervals once the channel
+// stayed idle). An idle channel thus costs a wake-up per 4
+// ProbeIntervals, no thread and no buffer.
 func (p *Port) WaitRx(q int, idle func()) (bool, error) {
 	if q != 0 || p.closed.Load() || p.isPeerGone() {
 		return false, l4.ErrPortClosed
@@ -255,8 +258,10 @@ func (p *Port) WaitRx(q int, idle func()) (bool, error) {
 				idle = nil
 			}
 			// Close wakes the wait at once; the deadline is only for
-			// asking whether the peer lives.
-			armed = p.arm(armed, max(p.opt.Poll, p.opt.ProbeInterval))
+			// asking whether the peer lives: every ProbeInterval at
+			// first, backing off to every 4 ProbeIntervals while the
+			// channel stays idle.
+			armed = p.arm(armed, max(p.opt.Poll, p.opt.ProbeInterval<<min(p.rx.idle, 2)))
 			return false
 		}
 		ready = true
@@ -268,6 +273,7 @@ func (p *Port) WaitRx(q int, idle func()) (bool, error) {
 		case p.closed.Load():
 			return false, l4.ErrPortClosed
 		case ready:
+			p.rx.idle = 0
 			return true, nil
 		case err == nil:
 			continue
@@ -275,6 +281,7 @@ func (p *Port) WaitRx(q int, idle func()) (bool, error) {
 		if stale, err := p.timedOut(err, armed); stale {
 			continue
 		} else {
+			p.rx.idle++
 			return false, err
 		}
 	}

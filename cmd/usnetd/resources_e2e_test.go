@@ -396,8 +396,9 @@ var fragEnv = []string{"WORKERS=2", "MEMORY_LIMIT=64MiB"}
 const fragStoreBytes = 2 << 20
 
 // fragFlood sends later fragments of distinct datagrams from 8 source
-// addresses of the peer's subnet until stop, and returns how many.
-func fragFlood(t testing.TB, l *e2eLab, stop <-chan struct{}) func() int {
+// addresses of the peer's subnet until stop, perSecond of them (0: as fast
+// as it can), and returns how many.
+func fragFlood(t testing.TB, l *e2eLab, stop <-chan struct{}, perSecond int) func() int {
 	peerMAC, hostMAC := l.macs(t)
 	tx := newPeerSender(t, l)
 	var n atomic.Int64
@@ -406,11 +407,17 @@ func fragFlood(t testing.TB, l *e2eLab, stop <-chan struct{}) func() int {
 		defer close(done)
 		runtime.LockOSThread()
 		dst := l.hostIP.As4()
+		start := time.Now()
 		for id := 0; ; id++ {
 			select {
 			case <-stop:
 				return
 			default:
+			}
+			if perSecond > 0 && id%64 == 0 {
+				if ahead := time.Duration(id)*time.Second/time.Duration(perSecond) - time.Since(start); ahead > 0 {
+					time.Sleep(ahead)
+				}
 			}
 			src := l.peerIP.As4()
 			src[3] = byte(100 + id%8)
@@ -445,7 +452,7 @@ func testE2EFragmentFlood(t *testing.T, backend string) {
 	frame := frame4UDP(peerMAC, hostMAC, l.peerIP.As4(), 9000, l.hostIP.As4(), 7000)
 
 	stop := make(chan struct{})
-	flooded := fragFlood(t, l, stop)
+	flooded := fragFlood(t, l, stop, 0)
 	// Legitimate frames through the flood, closed loop: each must arrive
 	// (a frame the flood pushed out of the device's queue is sent again,
 	// up to three times).
