@@ -192,3 +192,78 @@ func TestFragFloodDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%.2f allocations per fragment", a)
 	}
 }
+
+// FuzzFragStore drives the fragment store with a sequence of operations
+// (hold a later fragment, decide a first one, sweep) from a few sources
+// and datagrams, and checks its invariants after each: the held bytes stay
+// within the limits of the store and of every source, and every handle is
+// held, taken, freed or expired exactly once.
+func FuzzFragStore(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9})
+	f.Add([]byte{0x10, 0x11, 0x12, 0x80, 0x10, 0xc0, 0xff})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		if len(ops) > 4096 {
+			return
+		}
+		tb := newFragTable()
+		out := map[uint64]int{}
+		tb.configure(fragLimits{total: 6 * 2048, perSource: 3 * 2048, bufSize: 2048,
+			free: func(h uint64) { out[h]++ }})
+		var fr Frame
+		fr.Fragment, fr.Proto, fr.Dst = true, ProtoUDP, MustParseAddr(ipLocal)
+		for i, op := range ops {
+			fr.Src = MustParseAddr("198.18.1." + itoa(int(op&3)))
+			fr.FragID = uint32(op>>2) & 7
+			switch op >> 5 {
+			case 0, 1, 2, 3: // a later fragment
+				h := uint64(i)
+				if _, held := tb.follow(&fr, h); !held {
+					out[h]++ // not taken: the caller keeps it
+				}
+			case 4, 5: // its first fragment
+				if tb.remember(&fr, Verdict{Action: ActForward}) {
+					for _, h := range tb.takeHeld(&fr, nil) {
+						out[h]++
+					}
+				}
+			case 6: // a sweep
+				tb.sweep(func(h uint64) { out[h]++ })
+			case 7: // many sweeps: everything expires
+				for range FragTimeoutTicks + 1 {
+					tb.sweep(func(h uint64) { out[h]++ })
+				}
+			}
+			if tb.bytes > tb.lim.total || tb.bytes < 0 {
+				t.Fatalf("op %d: %d bytes held", i, tb.bytes)
+			}
+			for a, s := range tb.srcs {
+				if s.bytes > tb.lim.perSource || s.bytes <= 0 || s.head == nil {
+					t.Fatalf("op %d: source %v holds %d bytes", i, a, s.bytes)
+				}
+			}
+		}
+		tb.clear(func(h uint64) { out[h]++ })
+		if later := len(ops) - countOthers(ops); len(out) != later {
+			t.Fatalf("%d handles came back of %d later fragments", len(out), later)
+		}
+		for h, n := range out {
+			if n != 1 {
+				t.Fatalf("handle %d came back %d times", h, n)
+			}
+		}
+		if tb.bytes != 0 || len(tb.m) != 0 || len(tb.srcs) != 0 {
+			t.Fatalf("after clear: %d bytes, %d entries, %d sources", tb.bytes, len(tb.m), len(tb.srcs))
+		}
+	})
+}
+
+// countOthers counts the operations that are not later fragments.
+func countOthers(ops []byte) int {
+	n := 0
+	for _, op := range ops {
+		if op>>5 >= 4 {
+			n++
+		}
+	}
+	return n
+}
