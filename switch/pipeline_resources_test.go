@@ -127,3 +127,37 @@ func TestFragmentFloodBounded(t *testing.T) {
 		t.Fatalf("%d held + %d evicted != %d; drops %d", held, st.FragEvicted, rounds*64, st.Drops[l4.DropFragEvicted])
 	}
 }
+
+// TestCloseWhileFragmentsHoldThePool: held fragments took the shared store
+// down to nothing (a store allowed the whole pool, a reserve of one), the
+// NIC's worker lives off its cache; Close frees the fragments first and
+// returns, with every buffer back (lab.close checks).
+func TestCloseWhileFragmentsHoldThePool(t *testing.T) {
+	cfg := l4.PipelineConfig{RingSize: 64, BatchSize: 16, Buffers: 256, Reserve: 1,
+		FragMemory: 1 << 20, FragPerSource: 1 << 20}
+	l := newLab(t, cfg, 1)
+	var fs [][]byte
+	for i := range 1024 {
+		src := remote
+		src[15] = byte(i)
+		fs = append(fs, laterFragment4(src, uint16(i)))
+	}
+	l.nic.Inject(0, fs...)
+	deadline := time.Now().Add(hang)
+	for st := l.p.Stats(); st.Pool.SharedFree != 0 || st.FragHeldBytes < 128*2048; st = l.p.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the fragments never took the pool: %+v, %d bytes held", st.Pool, st.FragHeldBytes)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.p.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(hang):
+		t.Fatal("Close hangs while held fragments hold the pool")
+	}
+}
