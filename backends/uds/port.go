@@ -94,15 +94,31 @@ type Port struct {
 	peerGone     chan struct{}
 	peerGoneOnce sync.Once
 
+	// The state of a call into the netpoller (RawConn.Read, Write) lives
+	// here, and the callbacks are made once in newPort: a closure per
+	// call would be an allocation per batch.
 	rx struct { // owned by the Recv goroutine
 		msgs      []unix.Mmsghdr
 		iovs      []unix.Iovec
 		lastProbe time.Time
 		idle      uint // WaitRx timeouts in a row (backs the probing off)
+
+		waitOp func(uintptr) bool
+		recvOp func(uintptr) bool
+		ready  bool
+		armed  bool
+		idleFn func()
+		bufs   []*l4.Buf
+		n      int
+		err    error
 	}
 	tx struct { // owned by the Send goroutine
-		msgs []unix.Mmsghdr
-		iovs []unix.Iovec
+		msgs   []unix.Mmsghdr
+		iovs   []unix.Iovec
+		sendOp func(uintptr) bool
+		n      int // frames to send
+		sent   int
+		err    error
 	}
 
 	rxFrames, rxTooBig, txFrames, txDropped, probes, probeErrors atomic.Uint64
@@ -181,6 +197,7 @@ func newPort(fd int, peer uint32, opt Options) (*Port, error) {
 		return nil, fmt.Errorf("uds: %w", err)
 	}
 	p := &Port{opt: opt, file: file, rc: rc, peer: peer, peerGone: make(chan struct{})}
+	p.rx.waitOp, p.rx.recvOp, p.tx.sendOp = p.waitOp, p.recvOp, p.sendOp
 	if peer != 0 {
 		if pr, err := newProber(); err == nil {
 			if c, _, err := pr.query(peer, ^uint64(0), false); err == nil {
@@ -246,45 +263,47 @@ func (p *Port) WaitRx(q int, idle func()) (bool, error) {
 	if q != 0 || p.closed.Load() || p.isPeerGone() {
 		return false, l4.ErrPortClosed
 	}
-	ready := false
-	armed := false
-	op := func(fd uintptr) bool {
-		if p.closed.Load() {
-			return true
-		}
-		if !peek(int(fd)) {
-			if idle != nil {
-				idle()
-				idle = nil
-			}
-			// Close wakes the wait at once; the deadline is only for
-			// asking whether the peer lives: every ProbeInterval at
-			// first, backing off to every 4 ProbeIntervals while the
-			// channel stays idle.
-			armed = p.arm(armed, max(p.opt.Poll, p.opt.ProbeInterval<<min(p.rx.idle, 2)))
-			return false
-		}
-		ready = true
-		return true
-	}
+	p.rx.ready, p.rx.armed, p.rx.idleFn = false, false, idle
+	defer func() { p.rx.idleFn = nil }()
 	for {
-		err := p.rc.Read(op)
+		err := p.rc.Read(p.rx.waitOp)
 		switch {
 		case p.closed.Load():
 			return false, l4.ErrPortClosed
-		case ready:
+		case p.rx.ready:
 			p.rx.idle = 0
 			return true, nil
 		case err == nil:
 			continue
 		}
-		if stale, err := p.timedOut(err, armed); stale {
+		if stale, err := p.timedOut(err, p.rx.armed); stale {
 			continue
 		} else {
 			p.rx.idle++
 			return false, err
 		}
 	}
+}
+
+// waitOp is WaitRx's callback in the netpoller: it reports true when a
+// datagram is queued (or the port closed), and false to wait.
+func (p *Port) waitOp(fd uintptr) bool {
+	if p.closed.Load() {
+		return true
+	}
+	if peek(int(fd)) {
+		p.rx.ready = true
+		return true
+	}
+	if f := p.rx.idleFn; f != nil {
+		p.rx.idleFn = nil
+		f()
+	}
+	// Close wakes the wait at once; the deadline is only for asking
+	// whether the peer lives: every ProbeInterval at first, backing off
+	// to every 4 ProbeIntervals while the channel stays idle.
+	p.rx.armed = p.arm(p.rx.armed, max(p.opt.Poll, p.opt.ProbeInterval<<min(p.rx.idle, 2)))
+	return false
 }
 
 // arm sets the read deadline, d from now, once per wait.
@@ -326,48 +345,50 @@ func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil
 	}
-	var n int
-	var rerr error
-	armed := false
-	op := func(fd uintptr) bool {
-		for {
-			n, rerr = p.recv(int(fd), bufs)
-			switch {
-			case n > 0:
-				return true
-			case rerr == nil: // every datagram was too big: read on
-				continue
-			case errors.Is(rerr, unix.EINTR):
-				continue
-			case errors.Is(rerr, unix.EAGAIN):
-				if p.closed.Load() {
-					return true
-				}
-				armed = p.arm(armed, p.opt.Poll)
-				return false
-			default:
-				return true
-			}
-		}
-	}
+	p.rx.bufs, p.rx.armed = bufs, false
+	defer func() { p.rx.bufs = nil }()
 	for {
 		if p.isPeerGone() {
 			return 0, l4.ErrPortClosed
 		}
-		err := p.rc.Read(op)
+		err := p.rc.Read(p.rx.recvOp)
 		if err == nil {
-			if n > 0 {
-				return n, nil
+			if p.rx.n > 0 {
+				return p.rx.n, nil
 			}
 			if p.closed.Load() {
 				return 0, l4.ErrPortClosed
 			}
-			return 0, fmt.Errorf("uds: recvmmsg: %w", rerr)
+			return 0, fmt.Errorf("uds: recvmmsg: %w", p.rx.err)
 		}
-		if stale, err := p.timedOut(err, armed); stale {
+		if stale, err := p.timedOut(err, p.rx.armed); stale {
 			continue
 		} else {
 			return 0, err
+		}
+	}
+}
+
+// recvOp is Recv's callback in the netpoller: one recvmmsg, and false to
+// wait when nothing is queued.
+func (p *Port) recvOp(fd uintptr) bool {
+	for {
+		p.rx.n, p.rx.err = p.recv(int(fd), p.rx.bufs)
+		switch err := p.rx.err; {
+		case p.rx.n > 0:
+			return true
+		case err == nil: // every datagram was too big: read on
+			continue
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			if p.closed.Load() {
+				return true
+			}
+			p.rx.armed = p.arm(p.rx.armed, p.opt.Poll)
+			return false
+		default:
+			return true
 		}
 	}
 }
@@ -450,11 +471,10 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 		p.tx.iovs = make([]unix.Iovec, n)
 	}
 	msgs, iovs := p.tx.msgs[:n], p.tx.iovs[:n]
-	var empty [1]byte
 	for i, b := range bufs {
 		f := b.Bytes()
 		if len(f) == 0 {
-			iovs[i].Base = &empty[0]
+			iovs[i].Base = &emptyFrame[0]
 			iovs[i].SetLen(0)
 		} else {
 			iovs[i].Base = &f[0]
@@ -463,21 +483,10 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 		msgs[i] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &iovs[i], Iovlen: 1}}
 	}
 	defer clear(iovs)
-	sent := 0
-	var err error
-	werr := p.rc.Write(func(fd uintptr) bool {
-		for sent < n {
-			var r int
-			r, err = sendmmsg(int(fd), msgs[sent:])
-			sent += r
-			if err == nil && r > 0 || errors.Is(err, unix.EINTR) {
-				continue
-			}
-			break
-		}
-		return true // never wait: a full peer drops
-	})
+	p.tx.n, p.tx.sent, p.tx.err = n, 0, nil
+	werr := p.rc.Write(p.tx.sendOp)
 	runtime.KeepAlive(bufs)
+	sent, err := p.tx.sent, p.tx.err
 	p.txFrames.Add(uint64(sent))
 	switch {
 	case werr != nil:
@@ -493,6 +502,26 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 	}
 	p.txDropped.Add(uint64(n - sent))
 	return sent, nil
+}
+
+// emptyFrame is what an iovec of an empty frame points at (a local would
+// escape: an allocation per Send).
+var emptyFrame [1]byte
+
+// sendOp is Send's callback in the netpoller: sendmmsg until all went or
+// the peer's buffer is full; it never waits (a full peer drops).
+func (p *Port) sendOp(fd uintptr) bool {
+	msgs := p.tx.msgs[:p.tx.n]
+	for p.tx.sent < p.tx.n {
+		var r int
+		r, p.tx.err = sendmmsg(int(fd), msgs[p.tx.sent:])
+		p.tx.sent += r
+		if p.tx.err == nil && r > 0 || errors.Is(p.tx.err, unix.EINTR) {
+			continue
+		}
+		break
+	}
+	return true
 }
 
 // Close implements l4.Port: it wakes a waiting WaitRx or Recv (the
