@@ -522,3 +522,41 @@ func testE2EFragmentFlood(t *testing.T, backend string) {
 	}
 	l.checkNothingLeft()
 }
+
+// TestE2ELogFloodLimited: a client that sends thousands of malformed
+// requests gets each answered ER, but usnetd writes only a burst of the
+// warning a second and counts the rest; a legitimate client next to it is
+// served and logged. (The control socket is the same for every backend.)
+func TestE2ELogFloodLimited(t *testing.T) {
+	l := newE2ELab(t, 1)
+	l.backend = "afpacket"
+	u := l.start()
+	dir := t.TempDir()
+	bad := newCtlClient(t, l.sock, dir, 0)
+	const flood = 2000
+	start := time.Now()
+	for i := range flood {
+		if a, _, err := bad.ask(`{"NoSuchRequest":1}`); err != nil || a != "ER" {
+			t.Fatalf("malformed request %d: %q, %v", i, a, err)
+		}
+	}
+	secs := int(time.Since(start)/time.Second) + 2
+	good := newCtlClient(t, l.sock, dir, 0)
+	good.channel(l.ifname)
+	time.Sleep(200 * time.Millisecond)
+	log := u.logText()
+	lines := strings.Count(log, `"message":"malformed message"`)
+	m := l.scrape()
+	suppressed, _ := metricValue(m, `usnetd_log_suppressed_total{class="malformed message"}`)
+	t.Logf("%d malformed requests in about %d s: %d lines written, %v counted as suppressed", flood, secs, lines, suppressed)
+	if lines > 20*secs {
+		t.Errorf("%d lines of the flooded warning in about %d s, want at most 20 a second", lines, secs)
+	}
+	if int(suppressed)+lines != flood {
+		t.Errorf("%d written + %v suppressed != %d", lines, suppressed, flood)
+	}
+	if !strings.Contains(log, `"message":"channel attached"`) {
+		t.Error("the legitimate client's attach was not logged")
+	}
+	u.stop(t)
+}
