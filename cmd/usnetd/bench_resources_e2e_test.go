@@ -2,7 +2,11 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,6 +80,10 @@ func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab,
 	during func(*e2eLab) func() int) {
 	l := newE2ELab(b, 2)
 	l.backend = backend
+	if dir := os.Getenv("USNETD_BENCH_PROFILE_DIR"); dir != "" {
+		// USNETD_BENCH_PROFILE_DIR=DIR: usnetd writes its CPU profile there.
+		env = append(slices.Clone(env), daemonProfileEnv+"="+filepath.Join(dir, strings.ReplaceAll(b.Name(), "/", "_")+".pprof"))
+	}
 	u := l.start(env...)
 	pid := u.cmd.Process.Pid
 	dir := b.TempDir()
@@ -180,4 +188,5 @@ func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab,
 	if report != nil {
 		report()
 	}
+	u.stop(b)
 }
