@@ -32,8 +32,10 @@ type Table struct {
 	gen    atomic.Uint64 // bumped by every change
 	_      [56]byte
 
-	quotas  atomic.Pointer[map[PortID]*RuleQuota] // copy-on-write under quotaMu
-	quotaMu sync.Mutex
+	// quotas are read by writers only (Insert, removals: slow paths), so
+	// a plain map under a lock is enough; attach and detach stay O(1).
+	quotaMu sync.RWMutex
+	quotas  map[PortID]*RuleQuota
 }
 
 // RuleQuota limits the rules that a group of ports holds together (the
@@ -94,26 +96,20 @@ var ErrRuleLimit = errors.New("rule limit reached")
 func (t *Table) SetQuota(port PortID, q *RuleQuota) {
 	t.quotaMu.Lock()
 	defer t.quotaMu.Unlock()
-	old := t.quotas.Load()
-	n := make(map[PortID]*RuleQuota, 1)
-	if old != nil {
-		for p, oq := range *old {
-			n[p] = oq
-		}
-	}
 	if q == nil {
-		delete(n, port)
-	} else {
-		n[port] = q
+		delete(t.quotas, port)
+		return
 	}
-	t.quotas.Store(&n)
+	if t.quotas == nil {
+		t.quotas = map[PortID]*RuleQuota{}
+	}
+	t.quotas[port] = q
 }
 
 func (t *Table) quotaOf(port PortID) *RuleQuota {
-	if m := t.quotas.Load(); m != nil {
-		return (*m)[port]
-	}
-	return nil
+	t.quotaMu.RLock()
+	defer t.quotaMu.RUnlock()
+	return t.quotas[port]
 }
 
 type shard struct {
@@ -285,25 +281,22 @@ func (t *Table) removeIn(sh *shard, drop func(Key, entry) bool, one bool) int {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	done := false
-	var gone []PortID
-	quotas := t.quotas.Load()
+	var gone []*RuleQuota
 	n, removed := sh.snap.Load().without(func(k *Key, e entry) bool {
 		if done || !drop(*k, e) {
 			return false
 		}
 		done = one
-		if quotas != nil && (*quotas)[e.port] != nil {
-			gone = append(gone, e.port)
+		if q := t.quotaOf(e.port); q != nil {
+			gone = append(gone, q)
 		}
 		return true
 	})
 	if removed > 0 {
 		sh.snap.Store(n)
 		t.gen.Add(1)
-		for _, p := range gone {
-			if q := t.quotaOf(p); q != nil {
-				q.give(1)
-			}
+		for _, q := range gone {
+			q.give(1)
 		}
 	}
 	return removed
