@@ -58,12 +58,13 @@ func BenchmarkE2EFragFlood(b *testing.B) {
 	for _, backend := range e2eBackends {
 		for _, flood := range []bool{false, true} {
 			b.Run(fmt.Sprintf("%s/flood=%v", backend, flood), func(b *testing.B) {
-				var during func(l *e2eLab) func() int
+				var during func(l *e2eLab) func() (int, time.Duration)
 				if flood {
-					during = func(l *e2eLab) func() int {
+					during = func(l *e2eLab) func() (int, time.Duration) {
 						stop := make(chan struct{})
+						start := time.Now()
 						done := fragFlood(b, l, stop, 20480)
-						return func() int { close(stop); return done() }
+						return func() (int, time.Duration) { close(stop); return done(), time.Since(start) }
 					}
 				}
 				benchReader(b, backend, fragEnv, nil, during)
@@ -77,7 +78,7 @@ func BenchmarkE2EFragFlood(b *testing.B) {
 // starts during (if any) and then measures how fast the endpoint receives
 // b.N frames that an AF_XDP socket in the peer sends.
 func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab, *ctlClient, string) func(),
-	during func(*e2eLab) func() int) {
+	during func(*e2eLab) func() (int, time.Duration)) {
 	l := newE2ELab(b, 2)
 	l.backend = backend
 	if dir := os.Getenv("USNETD_BENCH_PROFILE_DIR"); dir != "" {
@@ -126,7 +127,7 @@ func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab,
 	for _, buf := range txBufs {
 		buf.SetLen(copy(buf.Data(), frame))
 	}
-	var stopDuring func() int
+	var stopDuring func() (int, time.Duration)
 	if during != nil {
 		stopDuring = during(l)
 		time.Sleep(200 * time.Millisecond) // the flood is on
@@ -173,9 +174,9 @@ func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab,
 	}
 	el := last.Sub(start)
 	b.StopTimer()
-	flooded := 0
+	flooded, floodTime := 0, time.Duration(0)
 	if stopDuring != nil {
-		flooded = stopDuring()
+		flooded, floodTime = stopDuring()
 	}
 	st := procStatus(b, pid)
 	b.ReportMetric(float64(got)/el.Seconds()/1e6, "Mpps")
@@ -183,7 +184,7 @@ func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab,
 	b.ReportMetric(float64(st["Threads"]), "threads")
 	b.ReportMetric(float64(st["VmRSS"])/1024, "RSS-MiB")
 	if flooded > 0 {
-		b.ReportMetric(float64(flooded)/el.Seconds()/1e6, "flood-Mpps")
+		b.ReportMetric(float64(flooded)/floodTime.Seconds()/1e3, "flood-kpps")
 	}
 	if report != nil {
 		report()
