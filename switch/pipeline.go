@@ -111,10 +111,11 @@ type PipelineConfig struct {
 	// Tap, when set, gets every switched frame (PCAP_LOG).
 	Tap *Tap
 
-	// OnThreadStart is called by every RX worker on its locked OS thread
-	// before it receives, e.g. to pin it to a CPU (a system call, which
-	// this package leaves to its caller). role is "rx"; port and queue
-	// name the worker.
+	// OnThreadStart is called by every RX worker of the NIC's port on its
+	// locked OS thread before it receives, e.g. to pin it to a CPU (a
+	// system call, which this package leaves to its caller); the workers
+	// of other ports have no thread of their own. role is "rx"; port and
+	// queue name the worker.
 	OnThreadStart func(role string, port Owner, queue int)
 }
 
