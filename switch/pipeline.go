@@ -36,8 +36,9 @@ import (
 // remote sender can starve the others:
 //
 //   - the NIC's receive path has a reserve (PipelineConfig.Reserve) that the
-//     workers of other ports never take (BufPool.SetReserve), and that the
-//     fragment store does not hold fragments from;
+//     workers of other ports never take (BufPool.SetReserve), that the
+//     fragment store does not hold fragments from, and that no frame for a
+//     non-NIC port waits in (see admit);
 //   - frames queued to a non-NIC port (an endpoint, the kernel's TAP) count
 //     against its quota (PortQuota) and against the room left under the
 //     quota of all of them together (QueuedLimit, see admit); beyond
@@ -438,8 +439,13 @@ func (p *Pipeline) freeFrag(h uint64) {
 // that do not drain hold, the less each may add, while one that drains
 // (holding few) still finds the room that is left. With N ports that
 // never drain, each holds about QueuedLimit/(N+1) and as much stays free.
+// Nothing is queued while the pool is down to the NIC's reserve: the
+// frame's buffer goes back at once, so that the reserve stays the NIC's.
 // Two workers admitting at once may overshoot by one batch each.
 func (p *Pipeline) admit(dst *portState, n int) int {
+	if p.pool.shared.Load() <= p.pool.reserve.Load() {
+		return 0
+	}
 	free := p.cfg.QueuedLimit - int(p.queued.Load())
 	n = min(n, min(p.cfg.PortQuota, free)-int(dst.queued.Load()))
 	if n <= 0 {

@@ -161,3 +161,48 @@ func TestCloseWhileFragmentsHoldThePool(t *testing.T) {
 		t.Fatal("Close hangs while held fragments hold the pool")
 	}
 }
+
+// TestNothingQueuedFromTheReserve: while the pool is down to the NIC's
+// reserve, frames for endpoints are dropped (quota) at once instead of
+// waiting in the reserve's buffers; once buffers are back, they flow.
+func TestNothingQueuedFromTheReserve(t *testing.T) {
+	cfg := l4.PipelineConfig{Buffers: 1024, Reserve: 256}
+	l := newLab(t, cfg, 1)
+	ep, id := l.endpoint("ep", l4.PortEndpoint)
+	l.listen(id, l4.ProtoUDP, 7)
+	// Something else holds everything above the reserve.
+	hog := l.p.Pool().NewCache()
+	var held []*l4.Buf
+	for l.p.Pool().Stats().SharedFree > 256 {
+		b := hog.Get()
+		if b == nil {
+			break
+		}
+		held = append(held, b)
+	}
+	hog.Flush() // the cache's spare buffers back: the store is at the reserve
+	for l.p.Pool().Stats().SharedFree > 256 {
+		held = append(held, hog.Get())
+		hog.Flush()
+	}
+	var fs [][]byte
+	for range 200 {
+		fs = append(fs, frame4(macRemote, macNIC, remote, 9, local, 7, l4.ProtoUDP))
+	}
+	l.nic.Inject(0, fs...)
+	deadline := time.Now().Add(hang)
+	for l.portStats(l.nicID).Drops[l4.DropQuota] < 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("frames for the endpoint were not dropped at the reserve: %+v", l.portStats(l.nicID))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if ep.SentCount() != 0 || l.p.Stats().Queued != 0 {
+		t.Fatalf("%d frames delivered, %d queued from the reserve", ep.SentCount(), l.p.Stats().Queued)
+	}
+	for _, b := range held {
+		b.Release()
+	}
+	l.nic.Inject(0, frame4(macRemote, macNIC, remote, 9, local, 7, l4.ProtoUDP))
+	waitSent(t, ep, 1)
+}
