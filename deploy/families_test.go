@@ -68,6 +68,10 @@ func scrapeFamilies() (map[string]family, string) {
 
 	c := metrics.NewCollector(func() []metrics.Domain { return []metrics.Domain{{Interface: "eth0", Pipeline: p}} })
 	c.SetTap(tap)
+	// The control server's refusals and the log's suppressed lines, as
+	// the daemon wires them (control.Server.Refused, lograte).
+	c.SetRefused(func() map[string]uint64 { return map[string]uint64{"channels_per_uid": 1} })
+	c.SetSuppressed(func() map[string]uint64 { return map[string]uint64{"malformed message": 1} })
 	reg := metrics.NewRegistry(c)
 	mfs, err := reg.Gather()
 	if err != nil {
