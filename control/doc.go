@@ -24,5 +24,9 @@
 // another owner or the kernel holds (see policy.go for "overlap"), never
 // leave a client waiting for an answer that is due, never wait for a
 // client (answers are sent without blocking), never panic on a message,
-// and never touch frames: it changes rules and attaches ports.
+// and never touch frames: it changes rules and attaches ports. What a
+// client may hold is bounded per client, per user (uid) and in total
+// (clients, channels, rules; the rules through l4.RuleQuota, enforced by
+// the table where a rule is made), and every refusal is counted
+// (Server.Refused).
 package control

@@ -401,3 +401,29 @@ func settledGoroutines(n int) int {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// sendAs sends msg with explicit credentials naming uid (root may name any
+// uid in SCM_CREDENTIALS): a client of another user without a second
+// process.
+func (c *rawClient) sendAs(msg string, uid uint32) {
+	c.t.Helper()
+	oob := unix.UnixCredentials(&unix.Ucred{Pid: int32(os.Getpid()), Uid: uid, Gid: uint32(os.Getgid())})
+	if err := unix.Sendmsg(c.fd, []byte(msg), oob, serverSockaddr(c.server), 0); err != nil {
+		c.t.Fatalf("sendmsg %s: %v", c.server, err)
+	}
+}
+
+// askAs is ask with the credentials of uid.
+func (c *rawClient) askAs(msg string, uid uint32) (string, []int) {
+	c.t.Helper()
+	c.sendAs(msg, uid)
+	data, fds, ok := c.recv(3 * time.Second)
+	if !ok {
+		c.t.Fatalf("no answer to %s", msg)
+	}
+	for _, fd := range fds {
+		f := os.NewFile(uintptr(fd), "channel")
+		c.t.Cleanup(func() { f.Close() })
+	}
+	return string(data), fds
+}

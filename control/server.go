@@ -20,6 +20,14 @@ package control
 // RequestUDS for a second NIC from the same endpoint is refused (use a
 // second client socket): a client that says it is gone is gone.
 //
+// Limits. Clients (endpoints), channels and rules are limited per client,
+// per user (uid) and in total (ServerConfig); a request beyond any of them
+// is answered ER, logged and counted (Refused). Rules are counted where
+// they are made: every channel's rules count against its endpoint's
+// l4.RuleQuota, inside its user's, inside the interface's, and
+// Table.Insert refuses one beyond any of them, a rule the data path learns
+// included (its frame is dropped as rule_limit).
+//
 // An endpoint is gone within a second (CheckInterval) when it sends
 // DeleteClient, when its process exits (its pidfd becomes readable), or,
 // channel by channel, when a channel's peer end is closed (the uds port
@@ -90,6 +98,15 @@ type ServerConfig struct {
 	MaxRulesPerClient    int
 	MaxChannelsPerClient int
 	MaxClients           int
+	// Per user (uid) and in total: MaxClientsPerUID (default 256),
+	// MaxChannels (default 2048), MaxChannelsPerUID (default 1024),
+	// MaxRules per interface (default 262144) and MaxRulesPerUID per
+	// interface (default 65536).
+	MaxClientsPerUID  int
+	MaxChannels       int
+	MaxChannelsPerUID int
+	MaxRules          int
+	MaxRulesPerUID    int
 	// PrivilegedPorts: a rule for a local port below it needs uid 0 or
 	// CAP_NET_BIND_SERVICE; default 1024.
 	PrivilegedPorts uint16
@@ -127,6 +144,21 @@ func (c *ServerConfig) fill() {
 	if c.MaxClients <= 0 {
 		c.MaxClients = 1024
 	}
+	if c.MaxClientsPerUID <= 0 {
+		c.MaxClientsPerUID = 256
+	}
+	if c.MaxChannels <= 0 {
+		c.MaxChannels = 2048
+	}
+	if c.MaxChannelsPerUID <= 0 {
+		c.MaxChannelsPerUID = 1024
+	}
+	if c.MaxRules <= 0 {
+		c.MaxRules = 262144
+	}
+	if c.MaxRulesPerUID <= 0 {
+		c.MaxRulesPerUID = 65536
+	}
 	if c.PrivilegedPorts == 0 {
 		c.PrivilegedPorts = 1024
 	}
@@ -154,12 +186,12 @@ type Server struct {
 
 	mu        sync.Mutex // guards everything below, and every table change the server makes
 	endpoints map[epKey]*endpoint
+	uids      map[uint32]*uidState
+	channels  int // of all endpoints
 	nextID    uint64
 	closed    bool
 
-	// refusedAddr counts AddMatch requests refused because the local
-	// address is not one that endpoints may use (Refused).
-	refusedAddr atomic.Uint64
+	refused [numRefusals]atomic.Uint64 // by Refusal (Refused)
 
 	kick      chan struct{} // wakes the janitor
 	done      chan struct{} // closed by Close
@@ -171,9 +203,45 @@ type Server struct {
 type ifaceState struct {
 	Interface
 	table *l4.Table
-	// learned counts each port's learned rules, as of the last count.
-	learned map[l4.PortID]int
+	rules *l4.RuleQuota // MaxRules: every endpoint's rules on this interface
 }
+
+// uidState is what one user's endpoints hold.
+type uidState struct {
+	clients, channels int
+	rules             map[*ifaceState]*l4.RuleQuota // MaxRulesPerUID, per interface
+}
+
+// Refusal is a limit that a request ran into.
+type Refusal int
+
+// The limits, as Refused counts them.
+const (
+	RefusedClients Refusal = iota
+	RefusedClientsPerUID
+	RefusedChannels
+	RefusedChannelsPerUID
+	RefusedChannelsPerClient
+	RefusedRules   // AddMatch beyond a rule limit (learned ones are the data path's rule_limit drops)
+	RefusedAddress // AddMatch for a local address that endpoints may not use
+	numRefusals
+)
+
+var refusalNames = [numRefusals]string{"clients", "clients_per_uid", "channels", "channels_per_uid", "channels_per_client", "rules", "address"}
+
+// String is the limit's metric label.
+func (r Refusal) String() string { return refusalNames[r] }
+
+// Refused returns how many requests each limit refused, by Refusal.String.
+func (s *Server) Refused() map[string]uint64 {
+	m := make(map[string]uint64, numRefusals)
+	for r := range numRefusals {
+		m[r.String()] = s.refused[r].Load()
+	}
+	return m
+}
+
+func (s *Server) refuse(r Refusal) { s.refused[r].Add(1) }
 
 // epKey identifies an endpoint: the client's address and its process.
 type epKey struct {
@@ -189,6 +257,7 @@ type endpoint struct {
 	ifc      *ifaceState
 	channels []*channel // oldest first; channels[0] owns the registered rules
 	rules    []l4.Key   // registered by AddMatch
+	quota    *l4.RuleQuota
 	log      zerolog.Logger
 }
 
@@ -212,6 +281,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		euid:      uint32(os.Geteuid()),
 		ifaces:    map[string]*ifaceState{},
 		endpoints: map[epKey]*endpoint{},
+		uids:      map[uint32]*uidState{},
 		kick:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
 	}
@@ -222,7 +292,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		if _, dup := s.ifaces[in.Name]; dup {
 			return nil, fmt.Errorf("control: interface %q twice", in.Name)
 		}
-		st := &ifaceState{Interface: in, table: in.Pipeline.Switch().Table, learned: map[l4.PortID]int{}}
+		st := &ifaceState{Interface: in, table: in.Pipeline.Switch().Table, rules: l4.NewRuleQuota(cfg.MaxRules, nil)}
 		s.ifaces[in.Name] = st
 		s.order = append(s.order, st)
 	}
@@ -506,14 +576,38 @@ func (s *Server) requestUDS(m message, key epKey, v RequestUDS, log zerolog.Logg
 			return answerER
 		}
 		if len(ep.channels) >= s.cfg.MaxChannelsPerClient {
-			log.Warn().Int("limit", s.cfg.MaxChannelsPerClient).Msg("RequestUDS: channel limit reached")
+			s.refuse(RefusedChannelsPerClient)
+			log.Warn().Int("limit", s.cfg.MaxChannelsPerClient).Msg("RequestUDS: channel limit of the client reached")
 			return answerER
 		}
-	} else {
+	}
+	u := s.uids[m.cred.Uid]
+	if ep != nil {
+		u = s.uids[ep.uid]
+	}
+	if ep == nil {
 		if len(s.endpoints) >= s.cfg.MaxClients {
+			s.refuse(RefusedClients)
 			log.Warn().Int("limit", s.cfg.MaxClients).Msg("RequestUDS: client limit reached")
 			return answerER
 		}
+		if u != nil && u.clients >= s.cfg.MaxClientsPerUID {
+			s.refuse(RefusedClientsPerUID)
+			log.Warn().Int("limit", s.cfg.MaxClientsPerUID).Msg("RequestUDS: client limit of the user reached")
+			return answerER
+		}
+	}
+	if s.channels >= s.cfg.MaxChannels {
+		s.refuse(RefusedChannels)
+		log.Warn().Int("limit", s.cfg.MaxChannels).Msg("RequestUDS: channel limit of usnetd reached")
+		return answerER
+	}
+	if u != nil && u.channels >= s.cfg.MaxChannelsPerUID {
+		s.refuse(RefusedChannelsPerUID)
+		log.Warn().Int("limit", s.cfg.MaxChannelsPerUID).Msg("RequestUDS: channel limit of the user reached")
+		return answerER
+	}
+	if ep == nil {
 		pidfd := *m.pidfd
 		if pidfd >= 0 {
 			*m.pidfd = -1 // ours now
@@ -528,7 +622,18 @@ func (s *Server) requestUDS(m message, key epKey, v RequestUDS, log zerolog.Logg
 			return answerER
 		}
 		s.nextID++
-		ep = &endpoint{id: s.nextID, key: key, uid: m.cred.Uid, gid: m.cred.Gid, pidfd: pidfd, ifc: ifc}
+		if u == nil {
+			u = &uidState{rules: map[*ifaceState]*l4.RuleQuota{}}
+			s.uids[m.cred.Uid] = u
+		}
+		uq := u.rules[ifc]
+		if uq == nil {
+			uq = l4.NewRuleQuota(s.cfg.MaxRulesPerUID, ifc.rules)
+			u.rules[ifc] = uq
+		}
+		u.clients++
+		ep = &endpoint{id: s.nextID, key: key, uid: m.cred.Uid, gid: m.cred.Gid, pidfd: pidfd, ifc: ifc,
+			quota: l4.NewRuleQuota(s.cfg.MaxRulesPerClient, uq)}
 		ep.log = s.log.With().Uint64("endpoint", ep.id).Str("client", key.addr.String()).Int32("pid", key.pid).Logger()
 		s.endpoints[key] = ep
 	}
@@ -541,7 +646,7 @@ func (s *Server) requestUDS(m message, key epKey, v RequestUDS, log zerolog.Logg
 		s.dropIfEmpty(ep)
 		return answerER
 	}
-	owner, err := ifc.Pipeline.AddPort(port)
+	owner, err := ifc.Pipeline.AddPortQuota(port, ep.quota)
 	if err != nil {
 		port.Close()
 		peer.Close()
@@ -565,6 +670,8 @@ func (s *Server) requestUDS(m message, key epKey, v RequestUDS, log zerolog.Logg
 	}
 	ch := &channel{port: port, owner: owner}
 	ep.channels = append(ep.channels, ch)
+	s.channels++
+	u.channels++
 	ep.log.Info().Str("interface", ifc.Name).Uint32("port", uint32(owner.Port)).Int("channels", len(ep.channels)).Msg("channel attached")
 	return answer{data: []byte(RawFD), file: peer, undo: func() { s.removeChannel(ep, ch, "the answer could not be sent") }}
 }
@@ -574,12 +681,6 @@ func (s *Server) requestUDS(m message, key epKey, v RequestUDS, log zerolog.Logg
 // server's lock, under which Addrs changes.
 func (ifc *ifaceState) mayUse(a netip.Addr) bool {
 	return slices.Contains(ifc.Addrs, a) || slices.Contains(ifc.Granted, a)
-}
-
-// Refused returns how many requests the server refused, by reason: "address"
-// counts AddMatch requests for a local address that endpoints may not use.
-func (s *Server) Refused() map[string]uint64 {
-	return map[string]uint64{"address": s.refusedAddr.Load()}
 }
 
 // dropIfEmpty forgets an endpoint that has no channel (after a RequestUDS
@@ -614,7 +715,7 @@ func (s *Server) addMatch(key epKey, m Match, log zerolog.Logger) answer {
 	}
 	log = log.With().Stringer("rule", k).Logger()
 	if !ep.ifc.mayUse(k.Local.Netip()) {
-		s.refusedAddr.Add(1)
+		s.refuse(RefusedAddress)
 		log.Warn().Msg("AddMatch refused: the local address is not one of the interface's nor granted by ENDPOINT_ADDRS")
 		return answerER
 	}
@@ -625,7 +726,8 @@ func (s *Server) addMatch(key epKey, m Match, log zerolog.Logger) answer {
 			return answerER
 		}
 	}
-	if n := s.ruleCount(ep); n >= s.cfg.MaxRulesPerClient {
+	if n := ep.quota.Len(); n >= s.cfg.MaxRulesPerClient {
+		s.refuse(RefusedRules)
 		log.Warn().Int("rules", n).Int("limit", s.cfg.MaxRulesPerClient).Msg("AddMatch: rule limit reached")
 		return answerER
 	}
@@ -645,6 +747,11 @@ func (s *Server) addMatch(key epKey, m Match, log zerolog.Logger) answer {
 		return answerER
 	}
 	if err := ep.ifc.table.Insert(l4.Rule{Key: k, Owner: ep.channels[0].owner, Kind: l4.Registered}); err != nil {
+		if errors.Is(err, l4.ErrRuleLimit) {
+			s.refuse(RefusedRules)
+			log.Warn().Err(err).Msg("AddMatch: rule limit of the user or of usnetd reached")
+			return answerER
+		}
 		log.Info().Err(err).Msg("AddMatch: insert")
 		return answerER
 	}
@@ -683,16 +790,6 @@ func (s *Server) removeMatch(key epKey, m Match, log zerolog.Logger) {
 	log.Info().Stringer("rule", k).Msg("rule removed")
 }
 
-// ruleCount is the number of rules ep holds: its registered ones now, its
-// learned ones as of the last count.
-func (s *Server) ruleCount(ep *endpoint) int {
-	n := len(ep.rules)
-	for _, c := range ep.channels {
-		n += ep.ifc.learned[c.owner.Port]
-	}
-	return n
-}
-
 // removeChannel detaches one channel; the endpoint goes with its last one.
 func (s *Server) removeChannel(ep *endpoint, ch *channel, why string) {
 	i := slices.Index(ep.channels, ch)
@@ -703,8 +800,8 @@ func (s *Server) removeChannel(ep *endpoint, ch *channel, why string) {
 		ep.log.Error().Err(err).Msg("detaching a channel")
 	}
 	ch.port.Close()
-	delete(ep.ifc.learned, ch.owner.Port)
 	ep.channels = slices.Delete(ep.channels, i, i+1)
+	s.channelGone(ep)
 	if i == 0 && len(ep.rules) > 0 {
 		ep.log.Info().Int("rules", len(ep.rules)).Msg("the registered rules went with the oldest channel")
 		ep.forgetInFirewall(ep.rules...)
@@ -740,13 +837,26 @@ func (s *Server) removeEndpoint(ep *endpoint, why string) {
 			ep.log.Error().Err(err).Msg("detaching a channel")
 		}
 		ch.port.Close()
-		delete(ep.ifc.learned, ch.owner.Port)
+		s.channelGone(ep)
 	}
 	ep.forgetInFirewall(ep.rules...)
 	ep.channels, ep.rules = nil, nil
+	if u := s.uids[ep.uid]; u != nil {
+		if u.clients--; u.clients <= 0 {
+			delete(s.uids, ep.uid)
+		}
+	}
 	unix.Close(ep.pidfd)
 	if why != "" {
 		ep.log.Info().Str("why", why).Msg("endpoint removed")
+	}
+}
+
+// channelGone counts a detached channel of ep.
+func (s *Server) channelGone(ep *endpoint) {
+	s.channels--
+	if u := s.uids[ep.uid]; u != nil {
+		u.channels--
 	}
 }
 
@@ -768,13 +878,11 @@ func (s *Server) wake() {
 }
 
 // janitor removes what is gone: endpoints whose process exited, channels
-// whose peer closed; once a second it counts learned rules and enforces
-// MaxRulesPerClient on them.
+// whose peer closed.
 func (s *Server) janitor() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.CheckInterval)
 	defer t.Stop()
-	var counted time.Time
 	for {
 		select {
 		case <-s.done:
@@ -785,10 +893,6 @@ func (s *Server) janitor() {
 		s.mu.Lock()
 		if !s.closed {
 			s.reap()
-			if time.Since(counted) >= time.Second {
-				s.countRules()
-				counted = time.Now()
-			}
 		}
 		s.mu.Unlock()
 	}
@@ -820,45 +924,6 @@ func (s *Server) reap() {
 			default:
 			}
 		}
-	}
-}
-
-// countRules counts every port's learned rules and removes learned rules
-// of endpoints above MaxRulesPerClient. The data path learns without a
-// limit (l4 has no per-owner count), so this bounds an endpoint's rules
-// within a second, not at once.
-func (s *Server) countRules() {
-	for _, ifc := range s.order {
-		clear(ifc.learned)
-		ifc.table.Each(func(r l4.Rule) {
-			if r.Kind == l4.Learned {
-				ifc.learned[r.Owner.Port]++
-			}
-		})
-	}
-	for _, ep := range s.sortedEndpoints() {
-		n := s.ruleCount(ep)
-		if n <= s.cfg.MaxRulesPerClient {
-			continue
-		}
-		excess := n - s.cfg.MaxRulesPerClient
-		removed := ep.ifc.table.RemoveIf(func(r l4.Rule) bool {
-			if excess > 0 && r.Kind == l4.Learned && ep.owns(r.Owner.Port) {
-				excess--
-				return true
-			}
-			return false
-		})
-		ep.log.Warn().Int("rules", n).Int("limit", s.cfg.MaxRulesPerClient).Int("removed", removed).
-			Msg("too many learned rules: removed some (their flows learn again on their next outgoing frame, if below the limit)")
-		for _, c := range ep.channels {
-			delete(ep.ifc.learned, c.owner.Port)
-		}
-		ep.ifc.table.Each(func(r l4.Rule) {
-			if r.Kind == l4.Learned && ep.owns(r.Owner.Port) {
-				ep.ifc.learned[r.Owner.Port]++
-			}
-		})
 	}
 }
 
@@ -946,11 +1011,17 @@ func (s *Server) status() Status {
 		ps := ifc.Pipeline.Stats()
 		queues := 0
 		names := map[l4.PortID]string{}
-		for _, p := range ps.Ports {
+		ports := make(map[l4.PortID]*l4.PortStats, len(ps.Ports))
+		ringDrops := map[l4.PortID]uint64{}
+		for i, p := range ps.Ports {
 			names[p.Port] = p.Kind.String() + " " + p.Name
+			ports[p.Port] = &ps.Ports[i]
 			if p.Kind == l4.PortNIC {
 				queues = p.RxQueues
 			}
+		}
+		for _, r := range ps.Rings {
+			ringDrops[r.To] += r.DroppedFull
 		}
 		byPort[ifc] = names
 		in := InterfaceStatus{Name: ifc.Name, Backend: ifc.Backend, Queues: queues, XDPMode: ifc.XDPMode}
@@ -969,27 +1040,21 @@ func (s *Server) status() Status {
 			}
 			for _, c := range ep.channels {
 				names[c.owner.Port] = "endpoint " + strconv.FormatUint(ep.id, 10)
-				for _, p := range ps.Ports {
-					if p.Port == c.owner.Port {
-						es.RxPackets += p.TxPackets // into the endpoint
-						es.TxPackets += p.RxPackets // from the endpoint
-						es.Drops += p.TxErrors
-						for r, n := range p.Drops {
-							if l4.DropReason(r).Isolation() && n > 0 {
-								es.Refused += n
-								if es.RefusedBy == nil {
-									es.RefusedBy = map[string]uint64{}
-								}
-								es.RefusedBy[l4.DropReason(r).String()] += n
+				if p := ports[c.owner.Port]; p != nil {
+					es.RxPackets += p.TxPackets // into the endpoint
+					es.TxPackets += p.RxPackets // from the endpoint
+					es.Drops += p.TxErrors
+					for r, n := range p.Drops {
+						if l4.DropReason(r).Isolation() && n > 0 {
+							es.Refused += n
+							if es.RefusedBy == nil {
+								es.RefusedBy = map[string]uint64{}
 							}
+							es.RefusedBy[l4.DropReason(r).String()] += n
 						}
 					}
 				}
-				for _, r := range ps.Rings {
-					if r.To == c.owner.Port {
-						es.Drops += r.DroppedFull
-					}
-				}
+				es.Drops += ringDrops[c.owner.Port]
 			}
 			st.Endpoints = append(st.Endpoints, es)
 		}

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -316,8 +317,10 @@ func TestLimits(t *testing.T) {
 	}
 }
 
-// TestLearnedRulesLimited: learned rules count against MaxRulesPerClient;
-// above it, the server removes learned ones within a second.
+// TestLearnedRulesLimited: learned rules count against MaxRulesPerClient
+// where they are learned: the flows beyond the limit are never learned,
+// their frames are dropped and counted as rule_limit, while the flows
+// within it go on.
 func TestLearnedRulesLimited(t *testing.T) {
 	e := newEnv(t, func(c *ServerConfig) { c.MaxRulesPerClient = 5 })
 	c := newRawClient(t, e.path, e.dir)
@@ -327,9 +330,9 @@ func TestLearnedRulesLimited(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if !e.nic.WaitSent(20, 2*time.Second) {
-		t.Fatal("frames not sent")
-	}
+	eventually(t, 2*time.Second, "every frame decided", func() bool {
+		return e.nic.SentCount()+e.pl.Stats().Drops[l4.DropRuleLimit] == 20
+	})
 	learned := func() int {
 		n := 0
 		for _, r := range e.rules() {
@@ -339,10 +342,88 @@ func TestLearnedRulesLimited(t *testing.T) {
 		}
 		return n
 	}
-	eventually(t, 2*time.Second, "learned rules cut to the limit", func() bool { return learned() <= 5 })
+	if n, sent, d := learned(), e.nic.SentCount(), e.pl.Stats().Drops[l4.DropRuleLimit]; n != 5 || sent != 5 || d != 15 {
+		t.Fatalf("%d learned rules, %d frames sent, %d rule_limit drops; want 5, 5, 15", n, sent, d)
+	}
+	// A learned flow goes on; a new one is still refused.
+	if _, err := ch.Write(tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 50000, 443)); err != nil {
+		t.Fatal(err)
+	}
+	if !e.nic.WaitSent(6, 2*time.Second) {
+		t.Fatal("a frame of a learned flow was not sent")
+	}
 	if got := c.ask(matchJSON("AddMatch", localIP, 9000, "", -1, 6)); got != "ER" {
 		t.Errorf("AddMatch at the limit: %q, want ER", got)
 	}
+	if n := e.srv.Refused()["rules"]; n != 1 {
+		t.Errorf("rules refused %d, want 1", n)
+	}
+}
+
+// TestLimitsPerUID: clients, channels and rules are limited per user and
+// in total; one user at its limits leaves the other's requests and every
+// channel's traffic alone.
+func TestLimitsPerUID(t *testing.T) {
+	e := newEnv(t, func(c *ServerConfig) {
+		c.HasAllowGID, c.AllowGID = true, uint32(os.Getgid())
+		c.MaxClients = 4
+		c.MaxClientsPerUID = 2
+		c.MaxChannels = 5
+		c.MaxChannelsPerUID = 3
+		c.MaxRulesPerClient = 3
+		c.MaxRulesPerUID = 4
+	})
+	const alice, bob = 1000, 1001
+	pid := os.Getpid()
+	req := fmt.Sprintf(`{"RequestUDS":["eth0",%d]}`, pid)
+	want := func(c *rawClient, uid uint32, msg, answer string) {
+		t.Helper()
+		if got, _ := c.askAs(msg, uid); got != answer {
+			t.Fatalf("uid %d, %s: %q, want %q", uid, msg, got, answer)
+		}
+	}
+	a1, a2, a3 := newRawClient(t, e.path, e.dir), newRawClient(t, e.path, e.dir), newRawClient(t, e.path, e.dir)
+	want(a1, alice, req, "$")
+	want(a1, alice, req, "$")
+	want(a2, alice, req, "$")
+	want(a2, alice, req, "ER") // alice has 3 channels
+	want(a3, alice, req, "ER") // alice has 2 clients
+	b1, b2 := newRawClient(t, e.path, e.dir), newRawClient(t, e.path, e.dir)
+	ans, fds := b1.askAs(req, bob)
+	if ans != "$" || len(fds) != 1 {
+		t.Fatalf("bob's first channel: %q with %d fds", ans, len(fds))
+	}
+	bobCh := os.NewFile(uintptr(fds[0]), "bob")
+	want(b1, bob, req, "$")
+	want(b2, bob, req, "ER") // 5 channels in all
+	// Rules: 3 per client, 4 per user.
+	for i := range 3 {
+		want(a1, alice, matchJSON("AddMatch", localIP, 9000+i, "", -1, 6), "OK")
+	}
+	want(a1, alice, matchJSON("AddMatch", localIP, 9010, "", -1, 6), "ER") // the client's 3
+	want(a2, alice, matchJSON("AddMatch", localIP, 9011, "", -1, 6), "OK")
+	want(a2, alice, matchJSON("AddMatch", localIP, 9012, "", -1, 6), "ER") // alice's 4
+	want(b1, bob, matchJSON("AddMatch", localIP, 9020, "", -1, 6), "OK")
+	got := e.srv.Refused()
+	for name, n := range map[string]uint64{"channels_per_uid": 1, "clients_per_uid": 1, "channels": 1, "rules": 2, "clients": 0, "channels_per_client": 0} {
+		if got[name] != n {
+			t.Errorf("refused %s: %d, want %d (%v)", name, got[name], n, got)
+		}
+	}
+	// The legitimate traffic: the NIC's frame for bob's rule reaches him.
+	in := tcpFrame(t, macRemote, macNIC, "198.18.1.2", localIP, 40000, 9020)
+	e.nic.Inject(0, in)
+	if got, ok := readFrame(t, bobCh, 2*time.Second); !ok || !bytes.Equal(got, in) {
+		t.Fatalf("bob's channel read %d bytes (ok %v), want the frame for his rule", len(got), ok)
+	}
+	if st := e.srv.Status(); len(st.Endpoints) != 3 {
+		t.Fatalf("%d endpoints, want 3", len(st.Endpoints))
+	}
+	// Alice leaves: her slots are free again, for her and in total.
+	a2.sendAs(`"DeleteClient"`, alice)
+	eventually(t, 2*time.Second, "alice's second client gone", func() bool { return len(e.srv.Status().Endpoints) == 2 })
+	want(a3, alice, req, "$")
+	want(a3, alice, matchJSON("AddMatch", localIP, 9013, "", -1, 6), "OK")
 }
 
 // TestSecondServerRefused: a second server on a live socket refuses to

@@ -72,7 +72,10 @@ func scrapeFamilies() (map[string]family, string) {
 			Firewall:     func() (map[string]uint64, error) { return map[string]uint64{"pass_kernel": 0}, nil }}}
 	})
 	c.SetTap(tap)
-	c.SetControl(func() map[string]uint64 { return map[string]uint64{"address": 0} })
+	// The control server's refusals and the log's suppressed lines, as
+	// the daemon wires them (control.Server.Refused, lograte).
+	c.SetRefused(func() map[string]uint64 { return map[string]uint64{"channels_per_uid": 1, "address": 0} })
+	c.SetSuppressed(func() map[string]uint64 { return map[string]uint64{"malformed message": 1} })
 	reg := metrics.NewRegistry(c)
 	mfs, err := reg.Gather()
 	if err != nil {

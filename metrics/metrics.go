@@ -34,17 +34,22 @@ type Domain struct {
 // Collector reads the counters of every domain when Prometheus scrapes.
 // It keeps no state of its own and is never called by the data path.
 type Collector struct {
-	domains func() []Domain
-	tap     *l4.Tap
-	refused func() map[string]uint64
+	domains    func() []Domain
+	tap        *l4.Tap
+	refused    func() map[string]uint64
+	suppressed func() map[string]uint64
 }
+
+// SetRefused adds the control server's refusals by limit
+// (control.Server.Refused) to what the collector exports.
+func (c *Collector) SetRefused(f func() map[string]uint64) { c.refused = f }
+
+// SetSuppressed adds the log lines dropped by the rate limit, by message
+// class (lograte.Limiter.Suppressed), to what the collector exports.
+func (c *Collector) SetSuppressed(f func() map[string]uint64) { c.suppressed = f }
 
 // SetTap adds the PCAP_LOG tap's counters to what the collector exports.
 func (c *Collector) SetTap(t *l4.Tap) { c.tap = t }
-
-// SetControl adds the control server's refusal counters (by reason, e.g.
-// control.Server.Refused) to what the collector exports.
-func (c *Collector) SetControl(refused func() map[string]uint64) { c.refused = refused }
 
 // NewCollector returns a collector over the domains that domains() returns
 // at each scrape (domains come and go with NICs).
@@ -76,10 +81,14 @@ var (
 	descPoolEmpty    = prometheus.NewDesc("usnetd_buffer_pool_exhausted_total", "Times a worker found the buffer pool empty.", []string{"interface"}, nil)
 	descLocalMACs    = prometheus.NewDesc("usnetd_local_macs", "MAC addresses in a domain's local-MAC set.", []string{"interface"}, nil)
 	descFragHeld     = prometheus.NewDesc("usnetd_fragment_datagrams", "IP datagrams whose fragments the switch is following or holding.", []string{"interface"}, nil)
+	descFragBytes    = prometheus.NewDesc("usnetd_fragment_held_bytes", "Bytes of buffers pinned by IP fragments held until their first fragment comes (bounded; the oldest are evicted, drops reason frag_evicted).", []string{"interface"}, nil)
+	descQueued       = prometheus.NewDesc("usnetd_queued_frames", "Frames queued to non-NIC ports (channels, the kernel's TAP) now; bounded by their quotas (drops reason quota).", []string{"interface"}, nil)
+	descReserveRef   = prometheus.NewDesc("usnetd_buffer_reserve_refused_total", "Times a channel's worker found only the NIC's reserve of buffers left and waited.", []string{"interface"}, nil)
+	descRefused      = prometheus.NewDesc("usnetd_control_refused_total", "Control-socket requests refused, by reason: a limit (clients, channels, rules; per client, per uid or in total), or address (AddMatch for a local address that endpoints may not use).", []string{"reason"}, nil)
+	descLogSupp      = prometheus.NewDesc("usnetd_log_suppressed_total", "Log lines not written because their message class went over its rate limit.", []string{"class"}, nil)
 	descPcapFrames   = prometheus.NewDesc("usnetd_pcap_frames_total", "Switched frames handed to the PCAP_LOG writer.", nil, nil)
 	descPcapDrops    = prometheus.NewDesc("usnetd_pcap_dropped_total", "Switched frames not written to PCAP_LOG because the writer (the disk) fell behind.", nil, nil)
 	descFirewall     = prometheus.NewDesc("usnetd_firewall_frames_total", "Frames the eBPF firewall judged, by counter (see the README: pass_kernel, to_xsk, egress_endpoint_dropped, ...).", []string{"interface", "counter"}, nil)
-	descRefused      = prometheus.NewDesc("usnetd_control_refused_total", "Control requests the server refused, by reason (address: AddMatch for a local address that endpoints may not use).", []string{"reason"}, nil)
 	descBackendDrops = prometheus.NewDesc("usnetd_backend_drops_total", "Frames a NIC backend (or the kernel under it) dropped before the switch saw them or after it sent them, by reason; see the README's table.", []string{"interface", "backend", "reason"}, nil)
 	descCollectDur   = prometheus.NewDesc("usnetd_scrape_duration_seconds", "Time the collector took to read the counters.", nil, nil)
 )
@@ -88,7 +97,8 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPortRxPackets, descPortRxBytes, descPortRxErrors, descPortTxPackets,
 		descPortTxBytes, descPortTxErrors, descPortDrops, descPortQueues, descPortQueueRx, descRingPushed, descRingDrops, descRingHigh,
-		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descFirewall, descCollectDur, descPcapFrames, descPcapDrops, descRefused, descBackendDrops} {
+		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descFirewall, descCollectDur, descPcapFrames, descPcapDrops,
+		descFragBytes, descQueued, descReserveRef, descRefused, descLogSupp, descBackendDrops} {
 		ch <- d
 	}
 }
@@ -154,6 +164,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descRules, float64(learned), ifc, "learned")
 		gauge(descBuffers, float64(st.Pool.Bufs), ifc, "total")
 		gauge(descBuffers, float64(st.Pool.SharedFree), ifc, "free_shared")
+		gauge(descBuffers, float64(st.Pool.Reserve), ifc, "reserve")
+		counter(descReserveRef, st.Pool.Reserved, ifc)
+		gauge(descFragBytes, float64(st.FragHeldBytes), ifc)
+		gauge(descQueued, float64(st.Queued), ifc)
 		counter(descPoolEmpty, st.Pool.Exhausted, ifc)
 		macs, _ := sw.Local()
 		gauge(descLocalMACs, float64(len(macs)), ifc)
@@ -166,15 +180,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	if c.tap != nil {
-		ts := c.tap.Stats()
-		counter(descPcapFrames, ts.Pushed)
-		counter(descPcapDrops, ts.Dropped)
-	}
 	if c.refused != nil {
 		for reason, n := range c.refused() {
 			counter(descRefused, n, reason)
 		}
+	}
+	if c.suppressed != nil {
+		for class, n := range c.suppressed() {
+			counter(descLogSupp, n, class)
+		}
+	}
+	if c.tap != nil {
+		ts := c.tap.Stats()
+		counter(descPcapFrames, ts.Pushed)
+		counter(descPcapDrops, ts.Dropped)
 	}
 	gauge(descCollectDur, time.Since(start).Seconds())
 }

@@ -65,7 +65,8 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		return []Domain{{Interface: "eth0", Pipeline: p, Firewall: fwCounters, Backend: "afpacket",
 			BackendDrops: func() map[string]uint64 { return map[string]uint64{"rx_oversize": 3, "rx_ring_full": 0} }}}
 	})
-	c.SetControl(func() map[string]uint64 { return map[string]uint64{"address": 2} })
+	c.SetRefused(func() map[string]uint64 { return map[string]uint64{"address": 2, "channels_per_uid": 3} })
+	c.SetSuppressed(func() map[string]uint64 { return map[string]uint64{"malformed message": 7} })
 	reg := NewRegistry(c)
 
 	// Wait for the RX workers' counters of the batch (written after the flush).
@@ -103,6 +104,7 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		"usnetd_port_drops_total,interface=eth0,kind=endpoint,port=endpoint-1,port_id=2,reason=src_mac": 1,
 		"usnetd_drops_total,interface=eth0,reason=src_mac":                                              1,
 		"usnetd_control_refused_total,reason=address":                                                   2,
+		"usnetd_control_refused_total,reason=channels_per_uid":                                          3,
 		"usnetd_ring_pushed_total,from=eth0,from_id=1,interface=eth0,queue=0,to=endpoint-1,to_id=2":     2,
 		"usnetd_rules,interface=eth0,kind=registered":                                                   1,
 		"usnetd_ring_capacity,from=eth0,from_id=1,interface=eth0,queue=0,to=endpoint-1,to_id=2":         1024,
@@ -111,6 +113,13 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		"usnetd_firewall_frames_total,counter=pass_kernel,interface=eth0":                               5,
 		"usnetd_backend_drops_total,backend=afpacket,interface=eth0,reason=rx_oversize":                 3,
 		"usnetd_backend_drops_total,backend=afpacket,interface=eth0,reason=rx_ring_full":                0,
+		"usnetd_log_suppressed_total,class=malformed message":                                           7,
+		"usnetd_buffers,interface=eth0,state=reserve":                                                   16384 / 4,
+		"usnetd_drops_total,interface=eth0,reason=frag_evicted":                                         0,
+		"usnetd_drops_total,interface=eth0,reason=rule_limit":                                           0,
+		"usnetd_drops_total,interface=eth0,reason=quota":                                                0,
+		"usnetd_fragment_held_bytes,interface=eth0":                                                     0,
+		"usnetd_queued_frames,interface=eth0":                                                           0,
 	} {
 		got, ok := values[key]
 		if !ok || got != v {

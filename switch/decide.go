@@ -1,6 +1,9 @@
 package l4
 
-import "sync/atomic"
+import (
+	"errors"
+	"sync/atomic"
+)
 
 // Action is what the switch does with a frame.
 type Action uint8
@@ -235,11 +238,14 @@ func (s *Switch) learn(in Owner, f *Frame, ep, local bool) DropReason {
 	}
 	// Insert never replaces: losing a race to another owner is fine, the
 	// next frame of this flow finds its rule and is dropped as a spoof.
-	_ = s.Table.Insert(Rule{
+	err := s.Table.Insert(Rule{
 		Key:   FlowKey(f.Src, f.SrcPort, f.Dst, f.DstPort, f.Proto),
 		Owner: in,
 		Kind:  Learned,
 	})
+	if errors.Is(err, ErrRuleLimit) {
+		return DropRuleLimit // the sender holds its limit of rules: no new flow
+	}
 	return DropNone
 }
 

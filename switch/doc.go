@@ -31,11 +31,18 @@
 //     configures hosts. The local identity (local MACs: the NIC's and
 //     ADD_MACS; the addresses endpoints may use) comes from SetLocal only.
 //   - Pipeline (pipeline.go, worker.go) runs it: an RX worker per port
-//     queue that parses a receive batch, looks it up in one go and decides
-//     frame by frame, batches per destination, an SPSC Ring (ring.go) per (worker,
-//     port) pair, a TX goroutine per port waking on a Waker (wait.go), Bufs
-//     from a BufPool (pool.go), counters read by Stats (stats.go). Ports are
-//     what backends implement (port.go).
+//     queue (an OS thread of its own only for the NIC's queues) that parses
+//     a receive batch, looks it up in one go and decides frame by frame,
+//     batches per destination, an SPSC Ring (ring.go) per (worker, port)
+//     pair, a TX goroutine per port waking on a Waker (wait.go), Bufs from
+//     a BufPool (pool.go), counters read by Stats (stats.go). Ports are
+//     what backends implement (port.go); one that waits without buffers
+//     (RxWaiter) holds none while idle.
+//   - Resource bounds: the NIC's receive path keeps a reserve of buffers
+//     (BufPool.SetReserve), frames queued to other ports have quotas
+//     (pipeline.go), held fragments are bounded in bytes per interface and
+//     per source (frag.go), and rules per owner group (RuleQuota,
+//     table.go): no port and no remote sender can starve the others.
 //
 // What this package must never do:
 //   - make a system call (no os, net, syscall or unix import; a test checks):

@@ -23,6 +23,8 @@ const (
 	DropFragNoFirst  // a later fragment whose first fragment never came
 	DropFragHoldFull // the hold for fragments that came before their first is full
 	DropNoKernel     // NO_HOST_RINGS: the frame was for the kernel path
+	DropFragEvicted  // a held fragment evicted, oldest first, to keep the fragment store within its bytes
+	DropRuleLimit    // learning the flow would take its sender over its rule limit
 	// Pipeline.
 	DropRingFull // the ring to the destination port was full
 	DropNoBuffer // the buffer pool was exhausted
@@ -39,6 +41,7 @@ const (
 	DropFragForeign       // later fragment whose first fragment the sender did not send
 	DropNeighSpoof        // ARP or neighbour discovery claiming a MAC or address not the endpoint's
 	DropHostConfig        // router advertisement, redirect, DHCP/DHCPv6 server message or EAPOL
+	DropQuota             // the destination port (or all non-NIC ports together) has its quota of frames queued
 	numDropReasons
 )
 
@@ -62,6 +65,8 @@ var dropNames = [numDropReasons]string{
 	DropFragNoFirst:       "frag_no_first",
 	DropFragHoldFull:      "frag_hold_full",
 	DropNoKernel:          "no_kernel",
+	DropFragEvicted:       "frag_evicted",
+	DropRuleLimit:         "rule_limit",
 	DropRingFull:          "ring_full",
 	DropNoBuffer:          "no_buffer",
 	DropTooBig:            "too_big",
@@ -75,6 +80,7 @@ var dropNames = [numDropReasons]string{
 	DropFragForeign:       "frag_foreign",
 	DropNeighSpoof:        "neigh_spoof",
 	DropHostConfig:        "host_config",
+	DropQuota:             "quota",
 }
 
 // String returns the reason's metric label, e.g. "truncated".

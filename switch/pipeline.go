@@ -15,10 +15,12 @@ import (
 //
 // Goroutines and what they own:
 //
-//   - One RX worker per receive queue of every port, locked to its OS
-//     thread (PipelineConfig.OnThreadStart may pin it). It owns a BufCache,
-//     its counters, and the producer end of one Ring per destination it has
-//     sent to, made on first use.
+//   - One RX worker per receive queue of every port. The NIC's are locked
+//     to their OS threads (PipelineConfig.OnThreadStart may pin them);
+//     every other port's is a goroutine that waits in Go's netpoller
+//     (see port.go), so threads do not grow with channels. A worker owns a
+//     BufCache, its counters, and the producer end of one Ring per
+//     destination it has sent to, made on first use.
 //   - One TX goroutine per port. It owns the consumer end of every Ring
 //     into its port, drains them round-robin, sends, and releases the
 //     buffers into its own BufCache. With nothing to do it waits on the
@@ -29,6 +31,23 @@ import (
 //
 // A full ring never blocks its producer: what does not fit is dropped and
 // counted (DropRingFull), so a stalled port slows down no other port.
+//
+// Buffers are bounded by what ports may hold, so that no endpoint and no
+// remote sender can starve the others:
+//
+//   - the NIC's receive path has a reserve (PipelineConfig.Reserve) that the
+//     workers of other ports never take (BufPool.SetReserve), that the
+//     fragment store does not hold fragments from, and that no frame for a
+//     non-NIC port waits in (see admit);
+//   - frames queued to a non-NIC port (an endpoint, the kernel's TAP) count
+//     against its quota (PortQuota) and against the room left under the
+//     quota of all of them together (QueuedLimit, see admit); beyond
+//     either they are dropped (DropQuota), so a thousand channels that
+//     never drain hold at most QueuedLimit buffers, and a channel that
+//     reads still finds room next to them;
+//   - an idle endpoint holds no buffer (port.go, RxWaiter);
+//   - held fragments are bounded in bytes, per interface and per source
+//     address, oldest evicted first (frag.go).//
 //
 // Removing a port: its rules go first, then it leaves the snapshot; the
 // remover waits until every RX worker has finished the batch it was in
@@ -52,6 +71,10 @@ type Pipeline struct {
 	sweepMu    sync.Mutex
 	fragDrops  atomic.Uint64
 
+	// queued counts the frames queued to every non-NIC port (QueuedLimit).
+	queued atomic.Int64
+	_      [56]byte
+
 	// retiredDrops keeps the drop counts of removed ports, so that totals
 	// never go down.
 	retiredDrops [NumDropReasons]atomic.Uint64
@@ -65,6 +88,23 @@ type PipelineConfig struct {
 	BufSize   int // bytes per buffer (largest frame); default DefaultBufSize
 	WakerSpin int // polls before an idle TX goroutine parks; default DefaultWakerSpin
 
+	// Reserve is the number of buffers that only the NIC's receive path
+	// may take; default Buffers/4.
+	Reserve int
+	// PortQuota is the most frames queued to one non-NIC port; default
+	// Buffers/16, at least 2*BatchSize.
+	PortQuota int
+	// QueuedLimit is the most frames queued to all non-NIC ports together;
+	// default Buffers/2.
+	QueuedLimit int
+	// FragMemory is the most bytes of held fragments (counted as whole
+	// buffers); default Buffers*BufSize/8, at most 4 MiB (Linux's
+	// ipfrag_high_thresh). Above it the oldest datagrams' fragments are
+	// evicted until 3/4 of it is left. FragPerSource bounds the held bytes
+	// of one source address the same way; default FragMemory/4.
+	FragMemory    int
+	FragPerSource int
+
 	// Classify, when set, replaces Parse and Decide: benchmarks use it
 	// for a fixed-destination baseline that shows what switching costs.
 	Classify func(in Owner, b *Buf) Verdict
@@ -72,10 +112,11 @@ type PipelineConfig struct {
 	// Tap, when set, gets every switched frame (PCAP_LOG).
 	Tap *Tap
 
-	// OnThreadStart is called by every RX worker on its locked OS thread
-	// before it receives, e.g. to pin it to a CPU (a system call, which
-	// this package leaves to its caller). role is "rx"; port and queue
-	// name the worker.
+	// OnThreadStart is called by every RX worker of the NIC's port on its
+	// locked OS thread before it receives, e.g. to pin it to a CPU (a
+	// system call, which this package leaves to its caller); the workers
+	// of other ports have no thread of their own. role is "rx"; port and
+	// queue name the worker.
 	OnThreadStart func(role string, port Owner, queue int)
 }
 
@@ -98,6 +139,28 @@ func (c *PipelineConfig) fill() error {
 	if c.Buffers < 2*c.BatchSize {
 		return fmt.Errorf("%d buffers: need at least two batches (%d)", c.Buffers, 2*c.BatchSize)
 	}
+	if c.BufSize == 0 {
+		c.BufSize = DefaultBufSize
+	}
+	if c.Reserve == 0 {
+		c.Reserve = c.Buffers / 4
+	}
+	if c.PortQuota == 0 {
+		c.PortQuota = max(c.Buffers/16, 2*c.BatchSize)
+	}
+	if c.QueuedLimit == 0 {
+		c.QueuedLimit = c.Buffers / 2
+	}
+	if c.FragMemory == 0 {
+		c.FragMemory = min(c.Buffers/8*c.BufSize, 4<<20)
+	}
+	if c.FragPerSource == 0 {
+		c.FragPerSource = c.FragMemory / 4
+	}
+	if c.Reserve < 0 || c.Reserve >= c.Buffers || c.PortQuota < 0 || c.QueuedLimit < 0 || c.FragMemory < 0 || c.FragPerSource < 0 {
+		return fmt.Errorf("buffer quotas: reserve %d, port quota %d, queued limit %d, fragment memory %d/%d: must be positive, the reserve below %d buffers",
+			c.Reserve, c.PortQuota, c.QueuedLimit, c.FragMemory, c.FragPerSource, c.Buffers)
+	}
 	return nil
 }
 
@@ -116,6 +179,8 @@ type portState struct {
 	inbox   atomic.Pointer[[]*inRing] // rings this port's TX goroutine drains (copy-on-write under Pipeline.mu)
 	stop    chan struct{}             // closed to stop the TX goroutine
 	closing atomic.Bool               // set before the port is closed: RX workers stop at their next error
+	quota   bool                      // frames queued to it count against PortQuota and QueuedLimit (non-NIC)
+	queued  atomic.Int64              // frames in its inbox rings, when quota
 	txDone  chan struct{}
 	rx      []*rxWorker
 	rxWG    sync.WaitGroup
@@ -139,7 +204,16 @@ func NewPipeline(sw *Switch, cfg PipelineConfig) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
+	pool.SetReserve(cfg.Reserve)
 	p := &Pipeline{sw: sw, pool: pool, cfg: cfg}
+	sw.frags.configure(fragLimits{
+		total:     int64(cfg.FragMemory),
+		perSource: int64(cfg.FragPerSource),
+		bufSize:   int64(pool.Stats().BufSize),
+		// A fragment is held only while more than the NIC's reserve is free.
+		mayHold: func() bool { return pool.shared.Load() > pool.reserve.Load() },
+		free:    p.freeFrag,
+	})
 	p.topo.Store(&topology{ports: map[PortID]*portState{}})
 	p.workers.Store(&[]*rxWorker{})
 	p.sweepCache = pool.NewCache()
@@ -161,7 +235,11 @@ var ErrSecondNIC = errors.New("switch domain has a NIC port already")
 
 // AddPort attaches port and starts its goroutines. It returns the port's
 // owner identity, under which rules for it are made.
-func (p *Pipeline) AddPort(port Port) (Owner, error) {
+func (p *Pipeline) AddPort(port Port) (Owner, error) { return p.AddPortQuota(port, nil) }
+
+// AddPortQuota is AddPort with the port's rules counted against q (see
+// RuleQuota) from its first frame on; RemovePort takes the quota off again.
+func (p *Pipeline) AddPortQuota(port Port, q *RuleQuota) (Owner, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -185,6 +263,7 @@ func (p *Pipeline) AddPort(port Port) (Owner, error) {
 		waker:  NewWaker(p.cfg.WakerSpin),
 		stop:   make(chan struct{}),
 		txDone: make(chan struct{}),
+		quota:  port.Kind() != PortNIC,
 	}
 	ps.inbox.Store(&[]*inRing{})
 	for q := range port.RxQueues() {
@@ -198,6 +277,9 @@ func (p *Pipeline) AddPort(port Port) (Owner, error) {
 	n.list = append(append([]*portState(nil), old.list...), ps)
 	if ps.owner.Kind == PortNIC {
 		n.nic = ps
+	}
+	if q != nil {
+		p.sw.Table.SetQuota(ps.owner.Port, q)
 	}
 	p.topo.Store(n)
 	ws := append(append([]*rxWorker(nil), *p.workers.Load()...), ps.rx...)
@@ -256,6 +338,10 @@ func (p *Pipeline) RemovePort(id PortID) error {
 	p.mu.Unlock()
 
 	p.stopPort(ps)
+	// A rule its worker learned in its last batch goes too, and then its
+	// quota: after that nothing counts against it.
+	p.sw.Table.RemoveOwner(id)
+	p.sw.Table.SetQuota(id, nil)
 
 	p.mu.Lock()
 	ws := make([]*rxWorker, 0, len(*p.workers.Load()))
@@ -288,6 +374,7 @@ func (p *Pipeline) stopPort(ps *portState) {
 				break
 			}
 			in.from.drops[DropPortGone].Add(uint64(k))
+			p.unadmit(ps, k)
 			cache.ReleaseBatch(scratch[:k])
 		}
 	}
@@ -328,16 +415,68 @@ func (p *Pipeline) Close() error {
 	old := p.topo.Load()
 	p.topo.Store(&topology{ports: map[PortID]*portState{}})
 	p.mu.Unlock()
+	// Held fragments go back to the pool first: a worker waiting for a
+	// buffer must find one to notice that its port closes. Workers still
+	// running may hold more until they stop; the second pass frees those.
+	p.freeHeld()
 	for _, ps := range old.list {
 		p.stopPort(ps)
 	}
 	p.wg.Wait()
-	// Fragments still held go back to the pool.
-	for range FragTimeoutTicks + 1 {
-		p.FragSweep()
-	}
-	p.sweepCache.Flush()
+	p.freeHeld()
 	return nil
+}
+
+// freeHeld frees every held fragment.
+func (p *Pipeline) freeHeld() {
+	p.sweepMu.Lock()
+	defer p.sweepMu.Unlock()
+	p.sw.frags.clear(func(h uint64) {
+		if b := p.pool.Buf(int(h)); b != nil {
+			p.sweepCache.Release(b)
+		}
+	})
+	p.sweepCache.Flush()
+}
+
+// freeFrag releases a held fragment that the store evicted; it is called
+// by the RX worker that holds a new one, under the store's lock.
+func (p *Pipeline) freeFrag(h uint64) {
+	if b := p.pool.Buf(int(h)); b != nil {
+		b.Release()
+	}
+}
+
+// admit reserves room for n frames queued to the non-NIC port dst and
+// returns how many fit. A port may hold up to its PortQuota, but never
+// more than the room left under the QueuedLimit of all (a dynamic
+// threshold, as switch chips share their buffer): the more frames ports
+// that do not drain hold, the less each may add, while one that drains
+// (holding few) still finds the room that is left. With N ports that
+// never drain, each holds about QueuedLimit/(N+1) and as much stays free.
+// Nothing is queued while the pool is down to the NIC's reserve: the
+// frame's buffer goes back at once, so that the reserve stays the NIC's.
+// Two workers admitting at once may overshoot by one batch each.
+func (p *Pipeline) admit(dst *portState, n int) int {
+	if p.pool.shared.Load() <= p.pool.reserve.Load() {
+		return 0
+	}
+	free := p.cfg.QueuedLimit - int(p.queued.Load())
+	n = min(n, min(p.cfg.PortQuota, free)-int(dst.queued.Load()))
+	if n <= 0 {
+		return 0
+	}
+	dst.queued.Add(int64(n))
+	p.queued.Add(int64(n))
+	return n
+}
+
+// unadmit gives back the room of n frames that left dst's rings.
+func (p *Pipeline) unadmit(dst *portState, n int) {
+	if dst.quota && n > 0 {
+		dst.queued.Add(-int64(n))
+		p.queued.Add(-int64(n))
+	}
 }
 
 // FragSweep ages the fragment memory by one tick; call it once a second.
@@ -383,6 +522,7 @@ func (p *Pipeline) txLoop(ps *portState) {
 				continue
 			}
 			moved += k
+			p.unadmit(ps, k)
 			sent, err := ps.port.Send(batch[:k])
 			var bytes uint64
 			for _, b := range batch[:sent] {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"strconv"
+	"sync"
 	"sync/atomic"
 )
 
@@ -37,6 +38,15 @@ import (
 // (A stale release of a buffer that was already handed out again cannot be
 // told apart from a legitimate one; the API makes it hard to hold such a
 // reference: the pipeline's only way to give up a buffer is Release.)
+//
+// The reserve. SetReserve(n) keeps n buffers of the shared store for
+// unlimited caches (NewCache: the NIC's RX workers): a limited cache
+// (NewLimitedCache: endpoints' RX workers) refills only while the shared
+// store holds more than the reserve plus two chains, and limited refills
+// are serialised, so that the reserve can be dipped into by at most one
+// chain, when an unlimited cache pops between the check and the pop. So
+// however many endpoints send at once, the NIC's receive path finds
+// buffers.
 
 // DefaultBufSize is the capacity of a buffer when NewBufPool is given 0:
 // a full 1518-byte Ethernet frame (with VLAN tag) and room to spare, and
@@ -239,6 +249,9 @@ type BufPool struct {
 	// Slow-path counters, shared: touched only on misuse or exhaustion.
 	doubleFree atomic.Uint64
 	exhausted  atomic.Uint64
+	refused    atomic.Uint64 // limited refills refused to keep the reserve
+	reserve    atomic.Int64  // buffers of the shared store kept for unlimited caches
+	limitedMu  sync.Mutex    // serialises limited refills
 	_          [bufPad]byte
 }
 
@@ -253,6 +266,8 @@ type BufPoolStats struct {
 	SharedFree int    // free buffers in the shared store (not counting caches)
 	Exhausted  uint64 // times a cache found itself and the shared store empty (Get nil, GetBatch short)
 	DoubleFree uint64 // releases or retains of a free buffer: a bug, must stay 0
+	Reserve    int    // buffers of the shared store kept for unlimited caches (SetReserve)
+	Reserved   uint64 // refills of limited caches refused because only the reserve was left
 }
 
 // NewBufPool allocates count buffers of size bytes each (0: DefaultBufSize)
@@ -306,7 +321,15 @@ func (p *BufPool) Stats() BufPoolStats {
 		SharedFree: int(max(p.shared.Load(), 0)), // transiently off while a push or pop is in flight
 		Exhausted:  p.exhausted.Load(),
 		DoubleFree: p.doubleFree.Load(),
+		Reserve:    int(p.reserve.Load()),
+		Reserved:   p.refused.Load(),
 	}
+}
+
+// SetReserve keeps n buffers of the shared store for unlimited caches (see
+// the reserve above); n is clamped to [0, number of buffers].
+func (p *BufPool) SetReserve(n int) {
+	p.reserve.Store(int64(max(0, min(n, len(p.bufs)))))
 }
 
 // Backing returns the pool's whole backing array; buffer i is
@@ -381,9 +404,17 @@ func (p *BufPool) popChain() *Buf {
 	}
 }
 
-// NewCache returns a cache of free buffers for the calling goroutine.
+// NewCache returns a cache of free buffers for the calling goroutine. It
+// may take the pool's reserve.
 func (p *BufPool) NewCache() *BufCache {
 	return &BufCache{pool: p}
+}
+
+// NewLimitedCache returns a cache that never takes the pool's reserve: it
+// refills only while the shared store holds more than the reserve (see
+// SetReserve).
+func (p *BufPool) NewLimitedCache() *BufCache {
+	return &BufCache{pool: p, limited: true}
 }
 
 // BufCache is a goroutine-local cache of free buffers of one pool: Get and
@@ -393,9 +424,10 @@ func (p *BufPool) NewCache() *BufCache {
 // Flush when the owner goes idle for long or stops, or they are lost to
 // the pool (not to the garbage collector) until then.
 type BufCache struct {
-	pool *BufPool
-	n    int
-	bufs [2 * BufCacheBatch]*Buf
+	pool    *BufPool
+	limited bool
+	n       int
+	bufs    [2 * BufCacheBatch]*Buf
 }
 
 // Get returns a buffer with a reference count of 1 and length 0, or nil if
@@ -439,7 +471,7 @@ func (c *BufCache) refill() bool {
 		return false
 	}
 	for c.n < BufCacheBatch {
-		b := c.pool.popChain()
+		b := c.pop()
 		if b == nil {
 			break
 		}
@@ -464,6 +496,22 @@ func (c *BufCache) refill() bool {
 		return false
 	}
 	return true
+}
+
+// pop takes a chain for the cache: for a limited cache only while more
+// than the reserve is left.
+func (c *BufCache) pop() *Buf {
+	p := c.pool
+	if !c.limited {
+		return p.popChain()
+	}
+	p.limitedMu.Lock()
+	defer p.limitedMu.Unlock()
+	if p.shared.Load() < p.reserve.Load()+2*BufCacheBatch {
+		p.refused.Add(1)
+		return nil
+	}
+	return p.popChain()
 }
 
 // Release drops one reference to b; the last one puts b into the cache.

@@ -7,11 +7,31 @@ import "errors"
 // A port moves frames in and out of one thing (a NIC, the kernel path, an
 // endpoint's channel). It has RxQueues receive queues, each read by one RX
 // worker goroutine, and one transmit side, written by one TX goroutine.
-// Frames travel as *Buf references into the pipeline's BufPool.
+// Frames travel as *Buf references into the pipeline's BufPool, in
+// batches: a backend receives and sends a whole batch with one system call
+// where the device allows it (recvmmsg and sendmmsg, a ring).
 //
-// Concurrency: Recv(q, …) is called by one goroutine per queue q, Send by
-// one goroutine, and Close by the pipeline once, from yet another goroutine;
-// Close must make blocked Recv and Send calls return promptly.
+// Threads. Only the RX workers of the NIC port are locked to OS threads
+// (and may be pinned to CPUs): there are as many as the NIC has queues. The
+// RX workers of every other port, and every TX goroutine, are plain
+// goroutines; a backend of such a port must wait in Go's netpoller (an
+// *os.File or syscall.RawConn over a non-blocking descriptor), never in a
+// blocking system call, so that a thousand idle channels cost a thousand
+// parked goroutines and no thread each.
+//
+// Buffers. The RX worker of a non-NIC port that implements RxWaiter (every
+// endpoint should) asks it to wait for frames first, with no buffer held,
+// and takes a batch from the pool only when WaitRx says frames are queued,
+// so an idle channel holds none. The NIC's workers, and those of ports
+// without RxWaiter, hand Recv a batch of buffers that it holds while it
+// waits (the NIC has few queues). The
+// workers of non-NIC ports take buffers only above the pool's reserve
+// (BufPool.SetReserve), which keeps the NIC's receive path supplied.
+//
+// Concurrency: Recv(q, …) and WaitRx(q, …) are called by one goroutine per
+// queue q, Send by one goroutine, and Close by the pipeline once, from yet
+// another goroutine; Close must make blocked WaitRx, Recv and Send calls
+// return promptly.
 type Port interface {
 	// Name is the port's name for logs and metrics ("eth0/q0",
 	// "endpoint 12 (pid 4242)").
@@ -24,7 +44,8 @@ type Port interface {
 	// (into b.Data(), then b.SetLen) and returns how many it filled, in
 	// order from bufs[0]. It blocks until at least one frame arrived, the
 	// port is closed (ErrPortClosed), or a poll interval of at most
-	// 100 ms passed (0, nil), so that the worker can notice a stop.
+	// 100 ms passed (0, nil), so that the worker can notice a stop. After
+	// WaitRx reported frames ready it returns at once.
 	Recv(q int, bufs []*Buf) (int, error)
 	// Send transmits the frames and returns how many the backend took.
 	// The caller keeps its references and releases every buffer after
@@ -35,6 +56,18 @@ type Port interface {
 	Send(bufs []*Buf) (int, error)
 	// Close releases the port's resources and makes Recv and Send return.
 	Close() error
+}
+
+// RxWaiter is implemented by ports that can wait for frames without
+// holding buffers: the pipeline then calls WaitRx before it takes a batch
+// of buffers for Recv, so that an idle port holds none.
+type RxWaiter interface {
+	// WaitRx blocks until queue q has at least one frame ready (true),
+	// the port is closed (ErrPortClosed, promptly), or a poll interval
+	// of at most a second passed (false, nil). When it is about to block it calls idle
+	// (if not nil) once first: the worker gives its cached buffers back
+	// then. A frame that WaitRx reported stays queued for the next Recv.
+	WaitRx(q int, idle func()) (bool, error)
 }
 
 // ErrPortClosed is returned by Recv and Send of a closed port.

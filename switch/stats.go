@@ -36,6 +36,13 @@ type PipelineStats struct {
 	Pool  BufPoolStats
 	// FragExpired counts held fragments whose first fragment never came.
 	FragExpired uint64
+	// FragEvicted counts held fragments evicted to keep the fragment
+	// store within its limits; FragHeldBytes is what it holds now.
+	FragEvicted   uint64
+	FragHeldBytes int64
+	// Queued is the number of frames queued to non-NIC ports now
+	// (bounded by PipelineConfig.QueuedLimit).
+	Queued int64
 	// Drops are the drops of every port by reason, those of ports that
 	// were removed included: a monotonic total for usnetd_drops_total.
 	Drops [NumDropReasons]uint64
@@ -46,11 +53,18 @@ type PipelineStats struct {
 // their owners write once per batch.
 func (p *Pipeline) Stats() PipelineStats {
 	t := p.topo.Load()
-	s := PipelineStats{Pool: p.pool.Stats(), FragExpired: p.fragDrops.Load()}
+	s := PipelineStats{
+		Pool:          p.pool.Stats(),
+		FragExpired:   p.fragDrops.Load(),
+		FragEvicted:   p.sw.frags.evicted.Load(),
+		FragHeldBytes: p.sw.frags.heldB.Load(),
+		Queued:        p.queued.Load(),
+	}
 	for r := range s.Drops {
 		s.Drops[r] = p.retiredDrops[r].Load()
 	}
 	s.Drops[DropFragNoFirst] += s.FragExpired
+	s.Drops[DropFragEvicted] += s.FragEvicted
 	for _, ps := range t.list {
 		st := PortStats{
 			Owner:     ps.owner,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"sync/atomic"
 )
 
@@ -54,6 +55,85 @@ type Table struct {
 
 	gen     atomic.Uint64 // bumped by every change
 	learned atomic.Int64
+
+	// quotas are read by writers only (Insert, removals: slow paths), so
+	// a plain map under a lock is enough; attach and detach stay O(1).
+	quotaMu sync.RWMutex
+	quotas  map[PortID]*RuleQuota
+}
+
+// RuleQuota limits the rules that a group of ports holds together (the
+// channels of one endpoint), and through its parent a larger group (all
+// endpoints of one user). Table.Insert counts every rule of a port that
+// has a quota (SetQuota) and refuses one beyond any limit with
+// ErrRuleLimit, the data path's learning included: a limit holds at the
+// moment a rule is made, not a scan later. Removals give the room back.
+type RuleQuota struct {
+	limit   int64
+	parent  *RuleQuota
+	n       atomic.Int64
+	refused atomic.Uint64
+}
+
+// NewRuleQuota returns a quota of limit rules (at least 1) inside parent
+// (nil: none).
+func NewRuleQuota(limit int, parent *RuleQuota) *RuleQuota {
+	return &RuleQuota{limit: int64(max(limit, 1)), parent: parent}
+}
+
+// Len returns the number of rules counted.
+func (q *RuleQuota) Len() int { return int(q.n.Load()) }
+
+// Limit returns the limit.
+func (q *RuleQuota) Limit() int { return int(q.limit) }
+
+// Refused returns how many rules this quota refused (itself, not its parent).
+func (q *RuleQuota) Refused() uint64 { return q.refused.Load() }
+
+// take counts one rule at every level, or none and reports false.
+func (q *RuleQuota) take() bool {
+	for l := q; l != nil; l = l.parent {
+		if l.n.Add(1) > l.limit {
+			l.n.Add(-1)
+			l.refused.Add(1)
+			for u := q; u != l; u = u.parent {
+				u.n.Add(-1)
+			}
+			return false
+		}
+	}
+	return true
+}
+
+func (q *RuleQuota) give(n int64) {
+	for l := q; l != nil; l = l.parent {
+		l.n.Add(-n)
+	}
+}
+
+// ErrRuleLimit is returned by Insert when the owner's RuleQuota (or its
+// parent's) is full.
+var ErrRuleLimit = errors.New("rule limit reached")
+
+// SetQuota makes the rules of port count against q (nil: no quota). Set it
+// before the port holds rules, and remove it after the port's rules went.
+func (t *Table) SetQuota(port PortID, q *RuleQuota) {
+	t.quotaMu.Lock()
+	defer t.quotaMu.Unlock()
+	if q == nil {
+		delete(t.quotas, port)
+		return
+	}
+	if t.quotas == nil {
+		t.quotas = map[PortID]*RuleQuota{}
+	}
+	t.quotas[port] = q
+}
+
+func (t *Table) quotaOf(port PortID) *RuleQuota {
+	t.quotaMu.RLock()
+	defer t.quotaMu.RUnlock()
+	return t.quotas[port]
 }
 
 // entry is a rule's value packed into one word: the owner's port in bits
@@ -238,6 +318,11 @@ func (t *Table) Insert(r Rule) error {
 	if err := r.Key.Validate(); err != nil {
 		return fmt.Errorf("rule %v: %w", r.Key, err)
 	}
+	// The owner's quota first: a limit holds at the moment a rule is made.
+	q := t.quotaOf(r.Owner.Port)
+	if q != nil && !q.take() {
+		return fmt.Errorf("rule %v: %w (%d)", r.Key, ErrRuleLimit, q.limit)
+	}
 	// The count goes up before the rule is visible, so that no lookup
 	// skips a step that has a rule.
 	t.count(&r.Key, 1)
@@ -252,6 +337,9 @@ func (t *Table) Insert(r Rule) error {
 	}
 	if !ok {
 		t.count(&r.Key, -1)
+		if q != nil {
+			q.give(1)
+		}
 		return &ExistsError{Held: held.rule(r.Key)}
 	}
 	if r.Kind == Learned {
@@ -273,6 +361,9 @@ func (t *Table) count(k *Key, d int32) {
 // removed updates the counts after the rule with key k and entry e is gone.
 func (t *Table) removed(k *Key, e entry) {
 	t.count(k, -1)
+	if q := t.quotaOf(e.port()); q != nil {
+		q.give(1)
+	}
 	if e.kind() == Learned {
 		t.learned.Add(-1)
 	}

@@ -68,23 +68,39 @@ func (p *Pipeline) newWorker(ps *portState, q int) *rxWorker {
 func (w *rxWorker) run() {
 	defer w.p.wg.Done()
 	defer w.ps.rxWG.Done()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if f := w.p.cfg.OnThreadStart; f != nil {
-		f("rx", w.ps.owner, w.queue)
+	// Only the NIC's queues get a thread of their own (and may be pinned):
+	// their number is fixed. Every other port's worker is a goroutine that
+	// waits in the netpoller, so threads do not grow with channels.
+	nic := w.ps.owner.Kind == PortNIC
+	var cache *BufCache
+	if nic {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if f := w.p.cfg.OnThreadStart; f != nil {
+			f("rx", w.ps.owner, w.queue)
+		}
+		cache = w.p.pool.NewCache()
+	} else {
+		cache = w.p.pool.NewLimitedCache()
 	}
-	cache := w.p.pool.NewCache()
-	bs := w.p.cfg.BatchSize
-	bufs := make([]*Buf, bs)
-	have := 0
 	defer func() {
-		cache.ReleaseBatch(bufs[:have])
 		for _, in := range w.outIn {
 			in.dead.Store(true)
 		}
 		// The consumers drop the dead rings once they drained them.
 		cache.Flush()
 	}()
+	// The NIC's few workers keep their batch at hand; every other port
+	// that can wait without buffers does.
+	if wt, ok := w.ps.port.(RxWaiter); ok && !nic {
+		w.runWaiting(wt, cache)
+		return
+	}
+	bs := w.p.cfg.BatchSize
+	bufs := make([]*Buf, bs)
+	have := 0
+	defer func() { cache.ReleaseBatch(bufs[:have]) }()
+	var starved int
 	for {
 		if have < bs {
 			have += cache.GetBatch(bufs[have:])
@@ -92,22 +108,19 @@ func (w *rxWorker) run() {
 				// The pool is exhausted: frames wait in the device (or its
 				// queue drops them) until TX goroutines free buffers.
 				w.drops[DropNoBuffer].Add(1)
-				time.Sleep(100 * time.Microsecond)
+				if w.ps.closing.Load() {
+					return
+				}
+				w.backoff(&starved)
 				continue
 			}
 		}
+		starved = 0
 		n, err := w.ps.port.Recv(w.queue, bufs[:have])
 		if err != nil {
-			// The port is closing (RemovePort, Close): whatever error its
-			// backend returns now, the worker is done. A backend should
-			// say ErrPortClosed, but one that says EBADF must not keep the
-			// worker, and so the pipeline's Close, waiting forever.
-			if errors.Is(err, ErrPortClosed) || w.ps.closing.Load() {
+			if w.stopOn(err) {
 				return
 			}
-			// A receive error is the device's: count it and go on.
-			w.rx.errors.Add(1)
-			time.Sleep(time.Millisecond)
 			continue
 		}
 		if n <= 0 {
@@ -121,6 +134,75 @@ func (w *rxWorker) run() {
 		clear(bufs[have-n : have])
 		have -= n
 	}
+}
+
+// runWaiting is the loop of a port that waits for frames without buffers:
+// it takes a batch only when frames are ready, and gives back its cache
+// whenever WaitRx is about to block, so an idle port holds no buffer.
+func (w *rxWorker) runWaiting(wt RxWaiter, cache *BufCache) {
+	bufs := make([]*Buf, w.p.cfg.BatchSize)
+	idle := cache.Flush
+	var starved int
+	for {
+		ready, err := wt.WaitRx(w.queue, idle)
+		if err != nil {
+			if w.stopOn(err) {
+				return
+			}
+			continue
+		}
+		if !ready {
+			continue
+		}
+		have := cache.GetBatch(bufs)
+		if have == 0 {
+			// Only the reserve is left: the frames wait in the port's
+			// queue (its socket buffer) until buffers come back.
+			w.drops[DropNoBuffer].Add(1)
+			if w.ps.closing.Load() {
+				return
+			}
+			w.backoff(&starved)
+			continue
+		}
+		starved = 0
+		n, err := w.ps.port.Recv(w.queue, bufs[:have])
+		n = max(0, min(n, have))
+		if n > 0 {
+			w.seq.Add(1)
+			w.process(bufs[:n], cache)
+			w.seq.Add(1)
+		}
+		cache.ReleaseBatch(bufs[n:have])
+		clear(bufs[:have])
+		if err != nil && w.stopOn(err) {
+			return
+		}
+	}
+}
+
+// stopOn handles a receive error: it reports true when the worker is done.
+func (w *rxWorker) stopOn(err error) bool {
+	// The port is closing (RemovePort, Close): whatever error its backend
+	// returns now, the worker is done. A backend should say ErrPortClosed,
+	// but one that says EBADF must not keep the worker, and so the
+	// pipeline's Close, waiting forever.
+	if errors.Is(err, ErrPortClosed) || w.ps.closing.Load() {
+		return true
+	}
+	// A receive error is the device's: count it and go on.
+	w.rx.errors.Add(1)
+	time.Sleep(time.Millisecond)
+	return false
+}
+
+// backoff sleeps after the pool had no buffer for this worker: 100 µs,
+// doubling up to 10 ms while it stays so, so that a thousand starved
+// channels do not spin.
+func (w *rxWorker) backoff(starved *int) {
+	d := 100 * time.Microsecond << min(*starved, 7)
+	*starved++
+	time.Sleep(min(d, 10*time.Millisecond))
 }
 
 // process routes one batch of received frames.
@@ -263,9 +345,20 @@ func (w *rxWorker) flush(cache *BufCache) {
 		r := w.p.ring(w, pd.dst)
 		k := 0
 		if r != nil {
-			k = r.PushBatch(pd.bufs)
-			pd.dst.waker.Wake()
-			w.local[DropRingFull] += uint64(len(pd.bufs) - k)
+			want := len(pd.bufs)
+			allow := want
+			if pd.dst.quota {
+				allow = w.p.admit(pd.dst, want)
+				w.local[DropQuota] += uint64(want - allow)
+			}
+			k = r.PushBatch(pd.bufs[:allow])
+			if k > 0 {
+				pd.dst.waker.Wake()
+			}
+			if pd.dst.quota && k < allow {
+				w.p.unadmit(pd.dst, allow-k)
+			}
+			w.local[DropRingFull] += uint64(allow - k)
 		} else {
 			w.local[DropPortGone] += uint64(len(pd.bufs))
 		}

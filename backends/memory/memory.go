@@ -82,7 +82,7 @@ func (w *Window) give(n int64) {
 	}
 }
 
-// Port is an in-memory l4.Port. Frames go in with Inject or Generate and
+// Port is an in-memory l4.Port and l4.RxWaiter. Frames go in with Inject or Generate and
 // come out through Recv; what the pipeline sends is counted, kept (with
 // Options.Keep) and can be held up with Stall, to play a slow endpoint.
 // All methods are safe for concurrent use, within the l4.Port contract.
@@ -238,6 +238,47 @@ func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 			return 0, l4.ErrPortClosed
 		case <-rq.timer.C:
 			return 0, nil
+		}
+	}
+}
+
+// WaitRx implements l4.RxWaiter: it waits, holding no buffer, until queue
+// q has a frame (or its generator credit), the port closes, or Poll passed.
+func (p *Port) WaitRx(q int, idle func()) (bool, error) {
+	if q < 0 || q >= len(p.queues) {
+		return false, l4.ErrPortClosed
+	}
+	rq := p.queues[q]
+	for {
+		if p.isClosed() {
+			return false, l4.ErrPortClosed
+		}
+		if g := rq.gen.Load(); g != nil && g.left.Load() > 0 {
+			return true, nil
+		}
+		rq.mu.Lock()
+		n := len(rq.frames)
+		rq.mu.Unlock()
+		if n > 0 {
+			return true, nil
+		}
+		if idle != nil {
+			idle()
+			idle = nil
+		}
+		if rq.timer == nil {
+			rq.timer = time.NewTimer(p.opt.Poll)
+		} else {
+			rq.timer.Reset(p.opt.Poll)
+		}
+		select {
+		case <-rq.notify:
+			rq.timer.Stop()
+		case <-p.closed:
+			rq.timer.Stop()
+			return false, l4.ErrPortClosed
+		case <-rq.timer.C:
+			return false, nil
 		}
 	}
 }

@@ -5,9 +5,14 @@
 // pipeline's buffers, sendmmsg out of them.
 //
 // Semantics, as the l4.Port contract wants them:
-//   - Recv waits in poll() at most Options.Poll (≤ 100 ms) and wakes at
-//     once on Close (an eventfd). A datagram longer than a buffer is
-//     dropped and counted, never delivered cut short.
+//   - The socket is non-blocking and waits in Go's netpoller (an os.File
+//     over it), never in a blocking system call: a thousand idle channels
+//     cost a thousand parked goroutines, no thread each. WaitRx waits
+//     without buffers until a datagram is queued (it peeks), so the
+//     pipeline takes buffers only for frames that are there; Recv waits at
+//     most Options.Poll (≤ 100 ms). Close wakes both at once. A datagram
+//     longer than a buffer is dropped and counted, never delivered cut
+//     short.
 //   - Send never blocks: when the peer's socket buffer is full (EAGAIN)
 //     the frames that did not fit are dropped, which the pipeline counts
 //     through the short count.

@@ -1,13 +1,13 @@
 package uds
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,7 +36,8 @@ type Options struct {
 	// MaxPoll.
 	Poll time.Duration
 	// ProbeInterval is how often an idle Recv asks the kernel whether the
-	// peer still exists; default 200 ms.
+	// peer still exists; default 200 ms. WaitRx backs off to 4
+	// ProbeIntervals while the channel stays idle.
 	ProbeInterval time.Duration
 	// OnPeerClosed, if set, is called once when the port notices that the
 	// peer end is gone, from the goroutine that noticed (the pipeline's
@@ -70,36 +71,54 @@ type Stats struct {
 	ProbeErrors uint64 // queries that failed for another reason than "no such socket"
 }
 
-// Port is an l4.Port over one end of a Unix datagram socket pair. It has
-// one receive queue. Recv, Send and Close follow the l4.Port contract;
-// PeerClosed and Stats may be called from any goroutine.
+// Port is an l4.Port and l4.RxWaiter over one end of a Unix datagram
+// socket pair. It has one receive queue. WaitRx, Recv, Send and Close
+// follow the l4.Port contract; PeerClosed and Stats may be called from any
+// goroutine. The socket is non-blocking and waits in Go's netpoller
+// (through an *os.File), so a waiting port costs a parked goroutine, not
+// an OS thread.
 type Port struct {
 	opt  Options
-	fd   int // our end, nonblocking
-	efd  int // eventfd, readable once Close was called
+	file *os.File // our end, nonblocking, in the netpoller
+	rc   syscall.RawConn
 	peer uint32
 	// cookie of the peer socket, so that a new socket reusing the peer's
 	// inode number does not pass for it.
-	cookie uint64
-	probe  *prober // nil: peer probing unavailable; owned by the Recv goroutine
+	cookie  uint64
+	probeMu sync.Mutex // Close against the Recv goroutine's probing
+	probe   *prober    // nil: peer probing unavailable
 
-	// mu is held shared by Recv and Send while they use the descriptors
-	// and exclusively by Close while it closes them.
-	mu        sync.RWMutex
 	closed    atomic.Bool
 	closeOnce sync.Once
 
 	peerGone     chan struct{}
 	peerGoneOnce sync.Once
 
+	// The state of a call into the netpoller (RawConn.Read, Write) lives
+	// here, and the callbacks are made once in newPort: a closure per
+	// call would be an allocation per batch.
 	rx struct { // owned by the Recv goroutine
 		msgs      []unix.Mmsghdr
 		iovs      []unix.Iovec
 		lastProbe time.Time
+		idle      uint // WaitRx timeouts in a row (backs the probing off)
+
+		waitOp func(uintptr) bool
+		recvOp func(uintptr) bool
+		ready  bool
+		armed  bool
+		idleFn func()
+		bufs   []*l4.Buf
+		n      int
+		err    error
 	}
 	tx struct { // owned by the Send goroutine
-		msgs []unix.Mmsghdr
-		iovs []unix.Iovec
+		msgs   []unix.Mmsghdr
+		iovs   []unix.Iovec
+		sendOp func(uintptr) bool
+		n      int // frames to send
+		sent   int
+		err    error
 	}
 
 	rxFrames, rxTooBig, txFrames, txDropped, probes, probeErrors atomic.Uint64
@@ -170,11 +189,15 @@ func newPort(fd int, peer uint32, opt Options) (*Port, error) {
 	if err := setBuffers(fd, opt.BufferSize); err != nil {
 		return fail(err)
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	// A non-blocking descriptor goes into the netpoller.
+	file := os.NewFile(uintptr(fd), opt.Name)
+	rc, err := file.SyscallConn()
 	if err != nil {
-		return fail(fmt.Errorf("uds: eventfd: %w", err))
+		file.Close()
+		return nil, fmt.Errorf("uds: %w", err)
 	}
-	p := &Port{opt: opt, fd: fd, efd: efd, peer: peer, peerGone: make(chan struct{})}
+	p := &Port{opt: opt, file: file, rc: rc, peer: peer, peerGone: make(chan struct{})}
+	p.rx.waitOp, p.rx.recvOp, p.tx.sendOp = p.waitOp, p.recvOp, p.sendOp
 	if peer != 0 {
 		if pr, err := newProber(); err == nil {
 			if c, _, err := pr.query(peer, ^uint64(0), false); err == nil {
@@ -212,17 +235,6 @@ func (p *Port) Stats() Stats {
 	}
 }
 
-func (p *Port) enter() bool {
-	p.mu.RLock()
-	if p.closed.Load() {
-		p.mu.RUnlock()
-		return false
-	}
-	return true
-}
-
-func (p *Port) leave() { p.mu.RUnlock() }
-
 func (p *Port) markPeerGone() {
 	p.peerGoneOnce.Do(func() {
 		close(p.peerGone)
@@ -241,57 +253,149 @@ func (p *Port) isPeerGone() bool {
 	}
 }
 
+// WaitRx implements l4.RxWaiter: it waits in the netpoller, holding no
+// buffer, until a datagram is queued (true), the port is closed
+// (l4.ErrPortClosed, at once) or Options.ProbeInterval passed (false,
+// after asking whether the peer lives; 4 ProbeIntervals once the channel
+// stayed idle). An idle channel thus costs a wake-up per 4
+// ProbeIntervals, no thread and no buffer.
+func (p *Port) WaitRx(q int, idle func()) (bool, error) {
+	if q != 0 || p.closed.Load() || p.isPeerGone() {
+		return false, l4.ErrPortClosed
+	}
+	p.rx.ready, p.rx.armed, p.rx.idleFn = false, false, idle
+	defer func() { p.rx.idleFn = nil }()
+	for {
+		err := p.rc.Read(p.rx.waitOp)
+		switch {
+		case p.closed.Load():
+			return false, l4.ErrPortClosed
+		case p.rx.ready:
+			p.rx.idle = 0
+			return true, nil
+		case err == nil:
+			continue
+		}
+		if stale, err := p.timedOut(err, p.rx.armed); stale {
+			continue
+		} else {
+			p.rx.idle++
+			return false, err
+		}
+	}
+}
+
+// waitOp is WaitRx's callback in the netpoller: it reports true when a
+// datagram is queued (or the port closed), and false to wait.
+func (p *Port) waitOp(fd uintptr) bool {
+	if p.closed.Load() {
+		return true
+	}
+	if peek(int(fd)) {
+		p.rx.ready = true
+		return true
+	}
+	if f := p.rx.idleFn; f != nil {
+		p.rx.idleFn = nil
+		f()
+	}
+	// Close wakes the wait at once; the deadline is only for asking
+	// whether the peer lives: every ProbeInterval at first, backing off
+	// to every 4 ProbeIntervals while the channel stays idle.
+	p.rx.armed = p.arm(p.rx.armed, max(p.opt.Poll, p.opt.ProbeInterval<<min(p.rx.idle, 2)))
+	return false
+}
+
+// arm sets the read deadline, d from now, once per wait.
+func (p *Port) arm(armed bool, d time.Duration) bool {
+	if !armed {
+		_ = p.file.SetReadDeadline(time.Now().Add(d))
+	}
+	return true
+}
+
+// timedOut handles an error of a wait in the netpoller: a deadline of an
+// earlier call that expired since (stale: wait again), this call's
+// deadline (ask whether the peer lives), or the port's close.
+func (p *Port) timedOut(err error, armed bool) (stale bool, _ error) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		if p.closed.Load() || errors.Is(err, os.ErrClosed) {
+			return false, l4.ErrPortClosed
+		}
+		return false, fmt.Errorf("uds: %w", err)
+	}
+	_ = p.file.SetReadDeadline(time.Time{})
+	if !armed {
+		return true, nil
+	}
+	if !p.peerAlive() {
+		p.markPeerGone()
+		return false, l4.ErrPortClosed
+	}
+	return false, nil
+}
+
 // Recv implements l4.Port: it receives up to len(bufs) frames with one
-// recvmmsg, waiting in poll() up to Options.Poll when none is queued.
+// recvmmsg, waiting in the netpoller up to Options.Poll when none is
+// queued.
 func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
-	if q != 0 || !p.enter() {
+	if q != 0 || p.closed.Load() {
 		return 0, l4.ErrPortClosed
 	}
-	defer p.leave()
 	if len(bufs) == 0 {
 		return 0, nil
 	}
+	p.rx.bufs, p.rx.armed = bufs, false
+	defer func() { p.rx.bufs = nil }()
 	for {
 		if p.isPeerGone() {
 			return 0, l4.ErrPortClosed
 		}
-		n, err := p.recv(bufs)
-		if n > 0 {
-			return n, nil
-		}
-		switch {
-		case err == nil: // every datagram was too big: read on
-			continue
-		case errors.Is(err, unix.EAGAIN):
-		case errors.Is(err, unix.EINTR):
-			continue
-		default:
-			return 0, fmt.Errorf("uds: recvmmsg: %w", err)
-		}
-		pfd := [2]unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}, {Fd: int32(p.efd), Events: unix.POLLIN}}
-		k, err := unix.Poll(pfd[:], int(p.opt.Poll/time.Millisecond))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return 0, fmt.Errorf("uds: poll: %w", err)
-		}
-		if pfd[1].Revents != 0 {
-			return 0, l4.ErrPortClosed
-		}
-		if k == 0 {
-			if !p.peerAlive() {
-				p.markPeerGone()
+		err := p.rc.Read(p.rx.recvOp)
+		if err == nil {
+			if p.rx.n > 0 {
+				return p.rx.n, nil
+			}
+			if p.closed.Load() {
 				return 0, l4.ErrPortClosed
 			}
-			return 0, nil
+			return 0, fmt.Errorf("uds: recvmmsg: %w", p.rx.err)
+		}
+		if stale, err := p.timedOut(err, p.rx.armed); stale {
+			continue
+		} else {
+			return 0, err
+		}
+	}
+}
+
+// recvOp is Recv's callback in the netpoller: one recvmmsg, and false to
+// wait when nothing is queued.
+func (p *Port) recvOp(fd uintptr) bool {
+	for {
+		p.rx.n, p.rx.err = p.recv(int(fd), p.rx.bufs)
+		switch err := p.rx.err; {
+		case p.rx.n > 0:
+			return true
+		case err == nil: // every datagram was too big: read on
+			continue
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			if p.closed.Load() {
+				return true
+			}
+			p.rx.armed = p.arm(p.rx.armed, p.opt.Poll)
+			return false
+		default:
+			return true
 		}
 	}
 }
 
 // recv is one recvmmsg into bufs. Datagrams that did not fit a buffer are
 // counted and their buffers moved behind the good ones.
-func (p *Port) recv(bufs []*l4.Buf) (int, error) {
+func (p *Port) recv(fd int, bufs []*l4.Buf) (int, error) {
 	n := len(bufs)
 	if cap(p.rx.msgs) < n {
 		p.rx.msgs = make([]unix.Mmsghdr, n)
@@ -307,7 +411,7 @@ func (p *Port) recv(bufs []*l4.Buf) (int, error) {
 		iovs[i].SetLen(len(d))
 		msgs[i] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &iovs[i], Iovlen: 1}}
 	}
-	r, err := recvmmsg(p.fd, msgs)
+	r, err := recvmmsg(fd, msgs)
 	runtime.KeepAlive(bufs)
 	clear(iovs) // no pointers into the pool stay behind
 	if err != nil {
@@ -334,6 +438,11 @@ func (p *Port) peerAlive() bool {
 	if p.probe == nil || time.Since(p.rx.lastProbe) < p.opt.ProbeInterval {
 		return true
 	}
+	p.probeMu.Lock()
+	defer p.probeMu.Unlock()
+	if p.probe == nil {
+		return true
+	}
 	p.rx.lastProbe = time.Now()
 	p.probes.Add(1)
 	_, _, err := p.probe.query(p.peer, p.cookie, false)
@@ -350,11 +459,7 @@ func (p *Port) peerAlive() bool {
 // waits. Frames the peer's buffer has no room for are dropped: Send
 // returns how many were sent.
 func (p *Port) Send(bufs []*l4.Buf) (int, error) {
-	if !p.enter() {
-		return 0, l4.ErrPortClosed
-	}
-	defer p.leave()
-	if p.isPeerGone() {
+	if p.closed.Load() || p.isPeerGone() {
 		return 0, l4.ErrPortClosed
 	}
 	n := len(bufs)
@@ -366,11 +471,10 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 		p.tx.iovs = make([]unix.Iovec, n)
 	}
 	msgs, iovs := p.tx.msgs[:n], p.tx.iovs[:n]
-	var empty [1]byte
 	for i, b := range bufs {
 		f := b.Bytes()
 		if len(f) == 0 {
-			iovs[i].Base = &empty[0]
+			iovs[i].Base = &emptyFrame[0]
 			iovs[i].SetLen(0)
 		} else {
 			iovs[i].Base = &f[0]
@@ -379,51 +483,65 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 		msgs[i] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &iovs[i], Iovlen: 1}}
 	}
 	defer clear(iovs)
-	sent := 0
-	for sent < n {
-		r, err := sendmmsg(p.fd, msgs[sent:])
-		runtime.KeepAlive(bufs)
-		sent += r
-		switch {
-		case err == nil && r > 0:
-			continue
-		case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
-			// The peer's buffer is full: drop the rest.
-		case errors.Is(err, unix.EINTR):
-			continue
-		case errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET):
-			p.txFrames.Add(uint64(sent))
-			p.markPeerGone()
-			return sent, l4.ErrPortClosed
-		default:
-			p.txFrames.Add(uint64(sent))
-			p.txDropped.Add(uint64(n - sent))
-			return sent, fmt.Errorf("uds: sendmmsg: %w", err)
-		}
-		break
-	}
+	p.tx.n, p.tx.sent, p.tx.err = n, 0, nil
+	werr := p.rc.Write(p.tx.sendOp)
+	runtime.KeepAlive(bufs)
+	sent, err := p.tx.sent, p.tx.err
 	p.txFrames.Add(uint64(sent))
+	switch {
+	case werr != nil:
+		return sent, l4.ErrPortClosed
+	case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
+		// The peer's buffer is full: the rest is dropped.
+	case errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET):
+		p.markPeerGone()
+		return sent, l4.ErrPortClosed
+	default:
+		p.txDropped.Add(uint64(n - sent))
+		return sent, fmt.Errorf("uds: sendmmsg: %w", err)
+	}
 	p.txDropped.Add(uint64(n - sent))
 	return sent, nil
 }
 
-// Close implements l4.Port: it wakes a waiting Recv, waits until Recv and
-// Send have left the descriptors, and closes them. It is idempotent.
+// emptyFrame is what an iovec of an empty frame points at (a local would
+// escape: an allocation per Send).
+var emptyFrame [1]byte
+
+// sendOp is Send's callback in the netpoller: sendmmsg until all went or
+// the peer's buffer is full; it never waits (a full peer drops).
+func (p *Port) sendOp(fd uintptr) bool {
+	msgs := p.tx.msgs[:p.tx.n]
+	for p.tx.sent < p.tx.n {
+		var r int
+		r, p.tx.err = sendmmsg(int(fd), msgs[p.tx.sent:])
+		p.tx.sent += r
+		if p.tx.err == nil && r > 0 || errors.Is(p.tx.err, unix.EINTR) {
+			continue
+		}
+		break
+	}
+	return true
+}
+
+// Close implements l4.Port: it wakes a waiting WaitRx or Recv (the
+// netpoller lets them go), waits until they and Send have left the
+// descriptor, and closes it. It is idempotent.
 func (p *Port) Close() error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)
-		var one [8]byte
-		binary.NativeEndian.PutUint64(one[:], 1)
-		_, _ = unix.Write(p.efd, one[:])
-		p.mu.Lock()
-		unix.Close(p.fd)
-		unix.Close(p.efd)
+		_ = p.file.Close()
+		p.probeMu.Lock()
 		if p.probe != nil {
 			p.probe.close()
+			p.probe = nil
 		}
-		p.mu.Unlock()
+		p.probeMu.Unlock()
 	})
 	return nil
 }
 
-var _ l4.Port = (*Port)(nil)
+var (
+	_ l4.Port     = (*Port)(nil)
+	_ l4.RxWaiter = (*Port)(nil)
+)

@@ -68,7 +68,9 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("Name/Kind/RxQueues = %q %v %d", p.Name(), p.Kind(), p.RxQueues())
 	}
 	// Both ends have the big buffers (forced past the sysctl limits: root).
-	for _, fd := range []int{p.fd, int(peer.Fd())} {
+	var own int
+	_ = p.rc.Control(func(fd uintptr) { own = int(fd) })
+	for _, fd := range []int{own, int(peer.Fd())} {
 		if os.Geteuid() != 0 {
 			break
 		}
@@ -401,5 +403,43 @@ func TestNoLeaks(t *testing.T) {
 	}
 	if g := runtime.NumGoroutine(); g > gs {
 		t.Errorf("%d goroutines, %d before", g, gs)
+	}
+}
+
+// TestNoAllocations: WaitRx, Recv and Send of a batch allocate nothing (the
+// netpoller's callbacks are made once per port).
+func TestNoAllocations(t *testing.T) {
+	p, peer := newPair(t, Options{Name: "ep"})
+	pool := newPool(t, 0)
+	bufs, cache := newBufs(t, pool, 8)
+	defer cache.ReleaseBatch(bufs)
+	f := frame(1, 60)
+	rb := make([]byte, 2048)
+	pfd := int(peer.Fd())
+	step := func() {
+		for range 8 {
+			if _, err := unix.Write(pfd, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if ok, err := p.WaitRx(0, nil); !ok || err != nil {
+			t.Fatalf("WaitRx: %v %v", ok, err)
+		}
+		n, err := p.Recv(0, bufs)
+		if err != nil || n != 8 {
+			t.Fatalf("Recv: %d %v", n, err)
+		}
+		if k, err := p.Send(bufs[:n]); k != n || err != nil {
+			t.Fatalf("Send: %d %v", k, err)
+		}
+		for range n {
+			if _, err := unix.Read(pfd, rb); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	step()
+	if a := testing.AllocsPerRun(200, step); a != 0 {
+		t.Fatalf("%.1f allocations per batch", a)
 	}
 }

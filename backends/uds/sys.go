@@ -19,6 +19,12 @@ func recvmmsg(fd int, msgs []unix.Mmsghdr) (int, error) {
 	return int(n), nil
 }
 
+// peek reports whether a datagram is queued on fd, without taking it.
+func peek(fd int) bool {
+	_, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 0, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	return e != unix.EAGAIN && e != unix.EINTR
+}
+
 // sendmmsg sends up to len(msgs) datagrams without waiting.
 func sendmmsg(fd int, msgs []unix.Mmsghdr) (int, error) {
 	n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)),

@@ -44,6 +44,14 @@ type Config struct {
 
 	MaxRulesPerClient    int // MAX_RULES_PER_CLIENT
 	MaxChannelsPerClient int // MAX_CHANNELS_PER_CLIENT
+	MaxClients           int // MAX_CLIENTS
+	MaxClientsPerUID     int // MAX_CLIENTS_PER_UID
+	MaxChannels          int // MAX_CHANNELS
+	MaxChannelsPerUID    int // MAX_CHANNELS_PER_UID
+	MaxRules             int // MAX_RULES
+	MaxRulesPerUID       int // MAX_RULES_PER_UID
+
+	MemoryLimit int64 // MEMORY_LIMIT, bytes
 }
 
 // IfAddr is an address on an interface (ENDPOINT_ADDRS).

@@ -44,6 +44,13 @@ func TestDefaults(t *testing.T) {
 		MetricsAddr:          "127.0.0.1:9464",
 		MaxRulesPerClient:    1024,
 		MaxChannelsPerClient: 16,
+		MaxClients:           1024,
+		MaxClientsPerUID:     256,
+		MaxChannels:          2048,
+		MaxChannelsPerUID:    1024,
+		MaxRules:             262144,
+		MaxRulesPerUID:       65536,
+		MemoryLimit:          256 << 20,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", got, want)
@@ -158,6 +165,17 @@ func TestGoodValues(t *testing.T) {
 		{"MAX_RULES_PER_CLIENT=1", func(c *Config) any { return c.MaxRulesPerClient }, 1},
 		{"MAX_RULES_PER_CLIENT=1048576", func(c *Config) any { return c.MaxRulesPerClient }, 1048576},
 		{"MAX_CHANNELS_PER_CLIENT=1024", func(c *Config) any { return c.MaxChannelsPerClient }, 1024},
+		{"MAX_CLIENTS=1", func(c *Config) any { return c.MaxClients }, 1},
+		{"MAX_CLIENTS_PER_UID=65536", func(c *Config) any { return c.MaxClientsPerUID }, 65536},
+		{"MAX_CHANNELS=3000", func(c *Config) any { return c.MaxChannels }, 3000},
+		{"MAX_CHANNELS_PER_UID=500", func(c *Config) any { return c.MaxChannelsPerUID }, 500},
+		{"MAX_RULES=16777216", func(c *Config) any { return c.MaxRules }, 16777216},
+		{"MAX_RULES_PER_UID=10", func(c *Config) any { return c.MaxRulesPerUID }, 10},
+		{"MEMORY_LIMIT=32MiB", func(c *Config) any { return c.MemoryLimit }, int64(32 << 20)},
+		{"MEMORY_LIMIT=1GiB", func(c *Config) any { return c.MemoryLimit }, int64(1 << 30)},
+		{"MEMORY_LIMIT=1024GiB", func(c *Config) any { return c.MemoryLimit }, int64(1 << 40)},
+		{"MEMORY_LIMIT=40000KiB", func(c *Config) any { return c.MemoryLimit }, int64(40000 << 10)},
+		{"MEMORY_LIMIT=33554432B", func(c *Config) any { return c.MemoryLimit }, int64(32 << 20)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env, func(t *testing.T) {
@@ -286,6 +304,15 @@ func TestBadValues(t *testing.T) {
 		{"MAX_RULES_PER_CLIENT=0", "MAX_RULES_PER_CLIENT", "0", "out of range 1..1048576"},
 		{"MAX_CHANNELS_PER_CLIENT=1025", "MAX_CHANNELS_PER_CLIENT", "1025", "out of range 1..1024"},
 		{"MAX_CHANNELS_PER_CLIENT=x", "MAX_CHANNELS_PER_CLIENT", "x", "not a decimal number"},
+		{"MAX_CLIENTS=0", "MAX_CLIENTS", "0", "out of range 1..65536"},
+		{"MAX_CHANNELS_PER_UID=65537", "MAX_CHANNELS_PER_UID", "65537", "out of range 1..65536"},
+		{"MAX_RULES_PER_UID=-1", "MAX_RULES_PER_UID", "-1", "not a decimal number"},
+		{"MEMORY_LIMIT=256", "MEMORY_LIMIT", "256", "needs a unit: B, KiB, MiB or GiB"},
+		{"MEMORY_LIMIT=256MB", "MEMORY_LIMIT", "256MB", "needs a unit: B, KiB, MiB or GiB"},
+		{"MEMORY_LIMIT=31MiB", "MEMORY_LIMIT", "31MiB", "out of range 32MiB..1024GiB"},
+		{"MEMORY_LIMIT=1025GiB", "MEMORY_LIMIT", "1025GiB", "out of range 32MiB..1024GiB"},
+		{"MEMORY_LIMIT=1.5GiB", "MEMORY_LIMIT", "1.5GiB", "not a whole number with a unit"},
+		{"MEMORY_LIMIT=GiB", "MEMORY_LIMIT", "GiB", "not a whole number with a unit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env, func(t *testing.T) {

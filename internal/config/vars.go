@@ -278,6 +278,76 @@ var variables = []variable{
 		Meaning: "packet channels (RequestUDS) one control-socket client may hold",
 		parse:   intVar(1, 1024, func(c *Config) *int { return &c.MaxChannelsPerClient }),
 	},
+	{
+		Name:    "MAX_CLIENTS",
+		Default: "1024",
+		Allowed: "1..65536",
+		Meaning: "control-socket clients (endpoints: a client socket and its process) at once, all users together",
+		parse:   intVar(1, 1<<16, func(c *Config) *int { return &c.MaxClients }),
+	},
+	{
+		Name:    "MAX_CLIENTS_PER_UID",
+		Default: "256",
+		Allowed: "1..65536",
+		Meaning: "control-socket clients at once of one user (uid)",
+		parse:   intVar(1, 1<<16, func(c *Config) *int { return &c.MaxClientsPerUID }),
+	},
+	{
+		Name:    "MAX_CHANNELS",
+		Default: "2048",
+		Allowed: "1..65536",
+		Meaning: "packet channels at once, all clients together",
+		parse:   intVar(1, 1<<16, func(c *Config) *int { return &c.MaxChannels }),
+	},
+	{
+		Name:    "MAX_CHANNELS_PER_UID",
+		Default: "1024",
+		Allowed: "1..65536",
+		Meaning: "packet channels at once of one user (uid)",
+		parse:   intVar(1, 1<<16, func(c *Config) *int { return &c.MaxChannelsPerUID }),
+	},
+	{
+		Name:    "MAX_RULES",
+		Default: "262144",
+		Allowed: "1..16777216",
+		Meaning: "rules (AddMatch and learned) of all clients together, per interface",
+		parse:   intVar(1, 1<<24, func(c *Config) *int { return &c.MaxRules }),
+	},
+	{
+		Name:    "MAX_RULES_PER_UID",
+		Default: "65536",
+		Allowed: "1..16777216",
+		Meaning: "rules (AddMatch and learned) of one user's clients together, per interface",
+		parse:   intVar(1, 1<<24, func(c *Config) *int { return &c.MaxRulesPerUID }),
+	},
+	{
+		Name:    "MEMORY_LIMIT",
+		Default: "256MiB",
+		Allowed: "a size: a whole number with the unit B, KiB, MiB or GiB (powers of 1024), 32MiB..1024GiB",
+		Meaning: "memory usnetd may use: a quarter of it is the frame buffers (split between INTERFACES; a NIC's receive path keeps a quarter of its own, channels and held fragments are bounded within the rest), and all of it is the Go runtime's soft memory limit",
+		parse:   parseMemoryLimit,
+	},
+}
+
+// parseMemoryLimit parses MEMORY_LIMIT, e.g. 256MiB.
+func parseMemoryLimit(st *state, v string) *Error {
+	num := strings.TrimRight(v, "BKMGiB")
+	unit := v[len(num):]
+	shift := map[string]uint{"B": 0, "KiB": 10, "MiB": 20, "GiB": 30}
+	sh, ok := shift[unit]
+	if !ok {
+		return &Error{Value: v, Reason: "needs a unit: B, KiB, MiB or GiB"}
+	}
+	n, ok := parseUint(num, 1<<40)
+	if !ok {
+		return &Error{Value: v, Reason: "not a whole number with a unit"}
+	}
+	const lo, hi = 32 << 20, 1 << 40
+	if n > hi>>sh || n<<sh < lo {
+		return &Error{Value: v, Reason: "out of range 32MiB..1024GiB"}
+	}
+	st.cfg.MemoryLimit = int64(n << sh)
+	return nil
 }
 
 // lookupVar returns the row named name, or nil.

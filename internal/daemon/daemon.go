@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/config"
+	"github.com/usnetd/usnetd/internal/lograte"
 	"github.com/usnetd/usnetd/internal/pcap"
 	"github.com/usnetd/usnetd/metrics"
 	l4 "github.com/usnetd/usnetd/switch"
@@ -143,12 +145,18 @@ type firewallBackend interface {
 
 // Run claims the NICs, serves until ctx is done, then gives everything back.
 func Run(ctx context.Context, opt Options) (err error) {
-	cfg, log := opt.Config, opt.Log
+	// Lines that clients and traffic can trigger are rate-limited per
+	// message; /metrics counts what was left out.
+	logLimit := lograte.New(0, 0)
+	cfg, log := opt.Config, logLimit.Logger(opt.Log)
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
 	if len(cfg.StaticPipes) > 0 {
 		return fmt.Errorf("STATIC_PIPES=%q: static pipes were netmap pipes, which this usnetd does not have; "+
 			"attach the stack through the control socket (RequestUDS) instead", cfg.StaticPipes[0].String())
 	}
-	d := &daemon{cfg: cfg, log: log, pin: &pinner{cpus: cfg.CPUs, log: log}, status: opt.Status}
+	d := &daemon{cfg: cfg, log: log, logLimit: logLimit, pin: &pinner{cpus: cfg.CPUs, log: log}, status: opt.Status}
 	defer func() {
 		// Fail closed: a start that fails leaves every firewall it
 		// attached or took over in place; a clean stop removes them
@@ -185,10 +193,11 @@ func Run(ctx context.Context, opt Options) (err error) {
 	}
 	if cfg.MetricsAddr != "" {
 		c := metrics.NewCollector(d.metricDomains)
-		c.SetControl(d.ctl.Refused)
 		if d.tap != nil {
 			c.SetTap(d.tap)
 		}
+		c.SetRefused(d.ctl.Refused)
+		c.SetSuppressed(d.logLimit.Suppressed)
 		reg := metrics.NewRegistry(c)
 		reg.MustRegister(claimCollector{d})
 		srv, err := metrics.Listen(cfg.MetricsAddr, reg)
@@ -229,6 +238,7 @@ func Run(ctx context.Context, opt Options) (err error) {
 type daemon struct {
 	cfg        *config.Config
 	log        zerolog.Logger
+	logLimit   *lograte.Limiter
 	pin        *pinner
 	domains    []*domain
 	metrics    *metrics.Server
@@ -278,6 +288,7 @@ func (d *daemon) claim(ifname string) (dom *domain, err error) {
 	p, err := l4.NewPipeline(sw, l4.PipelineConfig{
 		RingSize:      d.cfg.RingSize,
 		BatchSize:     d.cfg.BatchSize,
+		Buffers:       poolBuffers(d.cfg, bufSize),
 		BufSize:       bufSize,
 		Tap:           d.tap,
 		OnThreadStart: d.pin.hook(ifname),
@@ -392,6 +403,16 @@ func (d *daemon) attachNIC(dom *domain, link netlink.Link, strict bool) (err err
 
 // currentMTU is the NIC's MTU as usnetd carries it now (QueryStatus).
 func (dom *domain) currentMTU() int { return int(dom.mtu.Load()) }
+
+// poolBuffers sizes one interface's buffer pool from MEMORY_LIMIT: a
+// quarter of it is frame buffers, split between the interfaces; at least
+// what the rings of a NIC queue and a few batches need, at most 2^20.
+func poolBuffers(cfg *config.Config, bufSize int) int {
+	stride := (bufSize + 63) / 64 * 64
+	n := int(cfg.MemoryLimit / 4 / int64(max(len(cfg.Interfaces), 1)) / int64(stride))
+	lo := 4 * (cfg.RingSize + 4*cfg.BatchSize)
+	return min(max(n, lo, 2048), 1<<20)
+}
 
 // linkAddrs reads the interface's IPv4 addresses, its global IPv6
 // addresses and all its addresses (IPv6 link-local included).
@@ -668,6 +689,12 @@ func (d *daemon) startControl() error {
 		HasAllowGID:          d.cfg.HasAllowGID,
 		MaxRulesPerClient:    d.cfg.MaxRulesPerClient,
 		MaxChannelsPerClient: d.cfg.MaxChannelsPerClient,
+		MaxClients:           d.cfg.MaxClients,
+		MaxClientsPerUID:     d.cfg.MaxClientsPerUID,
+		MaxChannels:          d.cfg.MaxChannels,
+		MaxChannelsPerUID:    d.cfg.MaxChannelsPerUID,
+		MaxRules:             d.cfg.MaxRules,
+		MaxRulesPerUID:       d.cfg.MaxRulesPerUID,
 		Interfaces:           ifaces,
 		Log:                  d.log,
 		Version:              Version,
