@@ -138,7 +138,9 @@ func threads(t *testing.T) int {
 // sends to the NIC and another gets the NIC's frames.
 func TestManyIdleChannels(t *testing.T) {
 	const channels = 1000
-	sw := l4.NewSwitch(l4.NewTable(), l4.MAC(macNIC))
+	sw := l4.NewSwitch(l4.NewTable())
+	// What the channels may send from: the NIC's MAC and address.
+	sw.SetLocal([]l4.MAC{l4.MAC(macNIC)}, []l4.Addr{l4.MustParseAddr("198.18.0.1")})
 	pl, err := l4.NewPipeline(sw, l4.PipelineConfig{Buffers: 4096})
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +178,7 @@ func TestManyIdleChannels(t *testing.T) {
 	if err := sw.Table.Insert(l4.Rule{Key: l4.ListenKey(local, l4.ProtoTCP, 80), Owner: owners[1], Kind: l4.Registered}); err != nil {
 		t.Fatal(err)
 	}
-	out := tcpFrame(t, macNIC, macRemote, "198.18.0.1", "198.18.1.2", 81, 40000)
+	out := tcpFrame(t, macNIC, macRemote, "198.18.0.1", "198.18.1.2", 8081, 40000) // not a privileged port: the channel has no CAP_NET_BIND_SERVICE policy
 	in := tcpFrame(t, macRemote, macNIC, "198.18.1.2", "198.18.0.1", 40000, 80)
 	const frames = 2000
 	rb := make([]byte, 2048)
