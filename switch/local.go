@@ -110,8 +110,7 @@ type PortPolicy struct {
 // policies is the per-port policy map, copy-on-write: it is read on the
 // data path only for frames from a privileged source port.
 type policies struct {
-	mu sync.Mutex
-	m  map[PortID]PortPolicy
+	mu sync.Mutex // serialises the writers of Switch.polMap
 }
 
 // SetPortPolicy sets the policy of port id (the zero PortPolicy, the
