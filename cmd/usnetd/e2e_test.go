@@ -87,6 +87,7 @@ type e2eLab struct {
 	peerIP2    netip.Addr // a second peer address, for REMOTEIP rules
 	sock       string
 	wrap       []string // a command that runs usnetd (setpriv ...), if any
+	bin        string   // the usnetd binary to run; "": this test binary, re-executed as usnetd
 	backend    string   // BACKEND for the daemon; "" for its default
 	before     nicState // the host's NIC before usnetd
 }
@@ -220,7 +221,7 @@ func (u *usnetd) logText() string {
 func (l *e2eLab) start(env ...string) *usnetd {
 	t := l.t
 	t.Helper()
-	argv := append(append([]string(nil), l.wrap...), os.Args[0])
+	argv := append(append([]string(nil), l.wrap...), l.exe())
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append([]string{mainEnv + "=1", "PATH=" + os.Getenv("PATH"), "LOG_FORMAT=json", "LOG_LEVEL=debug",
 		"INTERFACES=" + l.ifname, "SOCKET_PATH=" + l.sock, "METRICS_ADDR=127.0.0.1:9464", "GORACE=atexit_sleep_ms=0"}, env...)
@@ -940,7 +941,7 @@ func TestE2EMinimalCapabilities(t *testing.T) {
 func (l *e2eLab) startFails(env ...string) string {
 	t := l.t
 	t.Helper()
-	argv := append(append([]string(nil), l.wrap...), os.Args[0])
+	argv := append(append([]string(nil), l.wrap...), l.exe())
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append([]string{mainEnv + "=1", "PATH=" + os.Getenv("PATH"), "LOG_FORMAT=json",
 		"INTERFACES=" + l.ifname, "SOCKET_PATH=" + l.sock, "METRICS_ADDR=", "GORACE=atexit_sleep_ms=0"}, env...)
@@ -978,4 +979,42 @@ func (l *e2eLab) startFails(env ...string) string {
 		t.Fatalf("usnetd neither failed nor came up:\n%s", out.String())
 		return ""
 	}
+}
+
+// exe is the program that start runs as usnetd.
+func (l *e2eLab) exe() string {
+	if l.bin != "" {
+		return l.bin
+	}
+	return os.Args[0]
+}
+
+var (
+	productOnce sync.Once
+	productBin  string
+	productErr  error
+)
+
+// productBinary returns usnetd built as operators build it (go build, no
+// race detector), for the tests that measure its memory: under -race the
+// test binary that start re-executes carries the race detector's shadow
+// memory, several times the program's own.
+func productBinary(t testing.TB) string {
+	t.Helper()
+	gobin := requireTool(t, "go", "golang-go (or Go from go.dev)")
+	productOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "usnetd-product-")
+		if err != nil {
+			productErr = err
+			return
+		}
+		productBin = filepath.Join(dir, "usnetd")
+		if out, err := exec.Command(gobin, "build", "-o", productBin, ".").CombinedOutput(); err != nil {
+			productErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if productErr != nil {
+		t.Fatal(productErr)
+	}
+	return productBin
 }

@@ -297,6 +297,7 @@ func TestE2EThousandChannels(t *testing.T) { forEachBackend(t, testE2EThousandCh
 func testE2EThousandChannels(t *testing.T, backend string) {
 	l := newE2ELab(t, 2)
 	l.backend = backend
+	l.bin = productBinary(t) // its threads and memory are what is measured
 	u := l.start(manyChannelsEnv...)
 	pid := u.cmd.Process.Pid
 	dir := t.TempDir()
@@ -440,6 +441,7 @@ func TestE2EFragmentFlood(t *testing.T) { forEachBackend(t, testE2EFragmentFlood
 func testE2EFragmentFlood(t *testing.T, backend string) {
 	l := newE2ELab(t, 2)
 	l.backend = backend
+	l.bin = productBinary(t) // its memory is what is measured
 	u := l.start(fragEnv...)
 	pid := u.cmd.Process.Pid
 	dir := t.TempDir()
@@ -455,15 +457,17 @@ func testE2EFragmentFlood(t *testing.T, backend string) {
 	flooded := fragFlood(t, l, stop, 0)
 	// Legitimate frames through the flood, closed loop: each must arrive
 	// (a frame the flood pushed out of the device's queue is sent again,
-	// up to three times).
+	// up to ten times), and at least 9 in 10 sends must get through: the
+	// flood runs unpaced, so on a loaded machine the device's queue may
+	// overflow now and then, which is the device's loss, not the store's.
 	lost := 0
 	const legit = 300
 	for i := range legit {
 		want := got.Load() + 1
 		for try := 0; got.Load() < want; try++ {
-			if try == 3 {
+			if try == 10 {
 				close(stop)
-				t.Fatalf("legitimate frame %d did not arrive in 3 tries during the flood\n%s", i, grepLines(l.scrape(), "frag"))
+				t.Fatalf("legitimate frame %d did not arrive in 10 tries during the flood\n%s", i, grepLines(l.scrape(), "frag"))
 			}
 			if try > 0 {
 				lost++
@@ -476,6 +480,9 @@ func testE2EFragmentFlood(t *testing.T, backend string) {
 				time.Sleep(100 * time.Microsecond)
 			}
 		}
+	}
+	if lost > legit/10 {
+		t.Errorf("%d of %d legitimate frames had to be sent again during the flood: delivery below 0.9", lost, legit)
 	}
 	// Keep flooding until the store went over its capacity ten times.
 	deadline := time.Now().Add(60 * time.Second)
