@@ -1,7 +1,5 @@
 package l4
 
-import "unsafe"
-
 // Batched lookups: the RX worker classifies a receive batch in passes, so
 // that the cache misses of its frames' lookups overlap instead of
 // following one another (the way DPDK's bulk hash lookups do it).
@@ -102,7 +100,7 @@ func (s *Switch) lookupBatch(in Owner, fs []Frame, reasons []DropReason, sc *bat
 		case b == nil:
 			sink++
 		case batchTouch == touchPrefetch && havePrefetch:
-			prefetch(unsafe.Pointer(b))
+			prefetch(&b.n)
 		}
 	}
 	if batchTouch == touchLoad || batchTouch == touchPrefetch && !havePrefetch {

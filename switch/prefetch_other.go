@@ -2,10 +2,8 @@
 
 package l4
 
-import "unsafe"
-
 // prefetch is a no-op where the package has no prefetch instruction;
 // lookupBatch then touches the buckets with loads.
-func prefetch(unsafe.Pointer) {}
+func prefetch(*int) {}
 
 const havePrefetch = false
