@@ -2,22 +2,28 @@ package l4
 
 // Batched lookups: the RX worker classifies a receive batch in passes, so
 // that the cache misses of its frames' lookups overlap instead of
-// following one another (the way DPDK's bulk hash lookups do it, without
-// a prefetch instruction: a pass that merely loads is enough for the CPU to
-// have many misses in flight).
+// following one another (the way DPDK's bulk hash lookups do it).
 //
 //	pass 1: per frame, the key of its first lookup step and the key's hash
-//	        (computed once per frame), and a load of its bucket pointer;
-//	pass 2: per frame, a load of its bucket's first line;
-//	pass 3: per frame, the lookup itself, on cached lines; its result is
-//	        kept in the Frame for Decide's match step.
+//	        (computed once per frame), a load of its bucket pointer (the
+//	        pointer array stays in L2) and a prefetch of the bucket's first
+//	        127 bytes (its count and first five slots: a table holds 2 to
+//	        4 rules per bucket);
+//	pass 2: per frame, the lookup itself, on lines that are arriving or
+//	        there; its result is kept in the Frame for Decide's match step.
+//
+// A prefetch retires at once, so pass 1 puts up to a batch of misses in
+// flight; a plain load (the previous way, still used where the package has
+// no prefetch instruction) holds the core's reorder window until its line
+// arrives, which let only a few misses overlap. BenchmarkClassifyBatch's
+// touch=prefetch/load/none compares the three in one run (BENCHMARKS.md).
 //
 // A table of at most touchRules IPv4 rules stays in the caches: then one
 // pass computes each frame's key and hash and looks it up.
 //
 // Only IPv4 frames from a NIC port take part, the bulk of the traffic: they
 // teach the table nothing (Decide learns only from the other ports), so
-// nothing in the batch changes the table between pass 3 and the frame's
+// nothing in the batch changes the table between pass 1 and the frame's
 // Decide. A result is used within the batch's Decide calls only: the
 // worker is inside the batch (rxWorker.seq odd) the whole time, so
 // Pipeline.RemovePort, which waits for every worker to leave its batch
@@ -36,6 +42,16 @@ type preLookup struct {
 // the buckets of a batch before it compares: 4,096 rules take about
 // 0.3 MB of buckets and bucket pointers, which a core's L2 cache holds.
 const touchRules = 4096
+
+// How lookupBatch brings a big table's buckets in before it compares.
+const (
+	touchPrefetch = iota // prefetch instructions (touchLoad without them)
+	touchLoad            // loads of each bucket's first and last slot
+	touchNone            // nothing: compare at once (for measurements)
+)
+
+// batchTouch is set by benchmarks only, before any lookup runs.
+var batchTouch = touchPrefetch
 
 // batchScratch is an RX worker's memory for lookupBatch.
 type batchScratch struct {
@@ -79,15 +95,21 @@ func (s *Switch) lookupBatch(in Owner, fs []Frame, reasons []DropReason, sc *bat
 		ks[i] = t.firstKey4(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
 		h := t.hash4(&ks[i])
 		hs[i], use[i] = h, true
-		if t.v4.find(h) == nil {
+		b := t.v4.find(h)
+		switch {
+		case b == nil:
 			sink++
+		case batchTouch == touchPrefetch && havePrefetch:
+			prefetch(&b.n)
 		}
 	}
-	for i := range fs {
-		if use[i] {
-			// The first slot's line, and the last slot's (often the same).
-			if b := t.v4.find(hs[i]); b != nil && b.n > 0 && (b.s[0].k.a == ks[i].a || b.s[b.n-1].k.a == ks[i].a) {
-				sink++
+	if batchTouch == touchLoad || batchTouch == touchPrefetch && !havePrefetch {
+		for i := range fs {
+			if use[i] {
+				// The first slot's line, and the last slot's (often the same).
+				if b := t.v4.find(hs[i]); b != nil && b.n > 0 && (b.s[0].k.a == ks[i].a || b.s[b.n-1].k.a == ks[i].a) {
+					sink++
+				}
 			}
 		}
 	}

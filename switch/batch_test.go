@@ -88,7 +88,12 @@ func TestLookupBatch(t *testing.T) {
 	for i := range touchRules {
 		must(t, s.Table.Insert(Rule{Key: FlowKey(other, uint16(i), MustParseAddr(remote(i%600)), 1000, ProtoTCP), Owner: epA, Kind: Learned}))
 	}
-	check()
+	check() // prefetching (loads where there is no prefetch instruction)
+	for _, mode := range []int{touchLoad, touchNone} {
+		batchTouch = mode
+		check()
+	}
+	batchTouch = touchPrefetch
 	// Frames from an endpoint are not batched: they may teach the table.
 	reasons[0] = Parse(frames[0], &batch[0])
 	s.lookupBatch(epA, batch[:1], reasons[:1], &sc)

@@ -265,6 +265,8 @@ func BenchmarkTableInsert(b *testing.B) {
 // it up in one go (lookupBatch), decide each frame. "rules=10000" is
 // BenchmarkClassify's table and frames; "rules=101000" the pipeline's
 // switch100k table (1,000 listening rules, 100,000 flows), a frame per rule.
+// "touch" is how lookupBatch brings the buckets in before it compares:
+// prefetch instructions (the RX worker's way), loads, or not at all.
 func BenchmarkClassifyBatch(b *testing.B) {
 	for _, big := range []bool{false, true} {
 		s := NewSwitch(NewTable())
@@ -298,31 +300,36 @@ func BenchmarkClassifyBatch(b *testing.B) {
 			frames[i] = all[64*i : 64*i+64 : 64*i+64]
 			copy(frames[i], f)
 		}
-		b.Run(fmt.Sprintf("rules=%d", s.Table.Len()), func(b *testing.B) {
-			const bs = 64
-			fs := make([]Frame, bs)
-			reasons := make([]DropReason, bs)
-			var sc batchScratch
-			dropped := 0
-			b.ReportAllocs()
-			b.ResetTimer()
-			for done := 0; done < b.N; done += bs {
-				n := min(bs, b.N-done)
-				base := done % len(frames)
-				for i := range n {
-					reasons[i] = Parse(frames[(base+i)%len(frames)], &fs[i])
-				}
-				s.lookupBatch(nic, fs[:n], reasons[:n], &sc)
-				for i := range n {
-					if reasons[i] != DropNone || s.Decide(nic, &fs[i], 0).Action != ActForward {
-						dropped++
+		for _, mode := range []int{touchPrefetch, touchLoad, touchNone} {
+			b.Run(fmt.Sprintf("rules=%d/touch=%s", s.Table.Len(), [...]string{"prefetch", "load", "none"}[mode]), func(b *testing.B) {
+				batchTouch = mode
+				defer func() { batchTouch = touchPrefetch }()
+				const bs = 64
+				fs := make([]Frame, bs)
+				reasons := make([]DropReason, bs)
+				var sc batchScratch
+				dropped := 0
+				b.ReportAllocs()
+				b.ResetTimer()
+				for done := 0; done < b.N; done += bs {
+					n := min(bs, b.N-done)
+					base := done % len(frames)
+					for i := range n {
+						reasons[i] = Parse(frames[(base+i)%len(frames)], &fs[i])
+					}
+					s.lookupBatch(nic, fs[:n], reasons[:n], &sc)
+					for i := range n {
+						if reasons[i] != DropNone || s.Decide(nic, &fs[i], 0).Action != ActForward {
+							dropped++
+						}
 					}
 				}
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds()/1e6, "Mpps")
-			if dropped != 0 {
-				b.Fatalf("%d frames not forwarded", dropped)
-			}
-		})
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds()/1e6, "Mpps")
+				if dropped != 0 {
+					b.Fatalf("%d frames not forwarded", dropped)
+				}
+			})
+		}
+
 	}
 }

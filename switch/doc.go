@@ -20,7 +20,8 @@
 //     buckets of up to 8 rules that writers copy on write one at a time,
 //     read without locks in at most three lookup steps; it grows
 //     incrementally, so a write costs the same at any size. batch.go looks
-//     up a NIC's receive batch in passes whose cache misses overlap.
+//     up a NIC's receive batch in two passes, the first prefetching every
+//     frame's bucket (prefetch_amd64.s), so that their cache misses overlap.
 //   - Switch.Decide (decide.go) is the forwarding decision of the original,
 //     with learning, the anti-hijack check, the DHCP relay, local switching
 //     by the local-MAC set (local.go), fragments (frag.go) and ICMP errors.
