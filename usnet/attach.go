@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // Attacher is a stack's connection to usnetd: the requests of the control
@@ -29,11 +29,11 @@ type Attacher interface {
 	// socketpair(AF_UNIX, SOCK_DGRAM), one Ethernet frame per datagram.
 	RequestUDS(iface string) (*os.File, error)
 	// AddMatch registers a rule for the stack's channel.
-	AddMatch(control.Match) error
+	AddMatch(wire.Match) error
 	// RemoveMatch removes one of the stack's rules.
-	RemoveMatch(control.Match) error
+	RemoveMatch(wire.Match) error
 	// QueryUsedPorts lists the ports that usnetd has rules for.
-	QueryUsedPorts() (control.UsedPorts, error)
+	QueryUsedPorts() (wire.UsedPorts, error)
 	// Close sends DeleteClient: the channel and the rules go.
 	Close() error
 }
@@ -83,11 +83,11 @@ func (c *controlClient) ChannelMTU(iface string) (int, error) {
 	q := a.(*controlClient)
 	q.timeout = statusTimeout
 	defer q.closeQuietly()
-	ans, _, err := q.request(control.QueryStatus{}, true)
+	ans, _, err := q.request(wire.QueryStatus{}, true)
 	if err != nil {
 		return 0, err
 	}
-	st, ok := ans.(control.Status)
+	st, ok := ans.(wire.Status)
 	if !ok {
 		return 0, fmt.Errorf("usnet: QueryStatus answered %s", ans.Type())
 	}
@@ -174,13 +174,13 @@ func clientDirs() []string {
 
 // request sends req and, if want, waits for one answer with at most one
 // descriptor.
-func (c *controlClient) request(req control.Request, want bool) (control.Answer, *os.File, error) {
+func (c *controlClient) request(req wire.Request, want bool) (wire.Answer, *os.File, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.broken != nil {
 		return nil, nil, c.broken
 	}
-	b, err := control.EncodeRequest(req)
+	b, err := wire.EncodeRequest(req)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -190,7 +190,7 @@ func (c *controlClient) request(req control.Request, want bool) (control.Answer,
 	if !want {
 		return nil, nil, nil
 	}
-	buf := make([]byte, control.MaxAnswerSize+1)
+	buf := make([]byte, wire.MaxAnswerSize+1)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	timeout := controlTimeout
 	if c.timeout > 0 {
@@ -220,14 +220,14 @@ func (c *controlClient) request(req control.Request, want bool) (control.Answer,
 			}
 		}
 	}
-	a, err := control.DecodeAnswer(buf[:n])
+	a, err := wire.DecodeAnswer(buf[:n])
 	if err != nil {
 		if file != nil {
 			file.Close()
 		}
 		return nil, nil, fmt.Errorf("usnet: answer to %s: %w", req.Type(), err)
 	}
-	if _, ok := a.(control.AnswerFD); !ok && file != nil {
+	if _, ok := a.(wire.AnswerFD); !ok && file != nil {
 		file.Close()
 		file = nil
 	}
@@ -235,55 +235,55 @@ func (c *controlClient) request(req control.Request, want bool) (control.Answer,
 }
 
 func (c *controlClient) RequestUDS(iface string) (*os.File, error) {
-	a, f, err := c.request(control.RequestUDS{Interface: iface, PID: int32(os.Getpid())}, true)
+	a, f, err := c.request(wire.RequestUDS{Interface: iface, PID: int32(os.Getpid())}, true)
 	if err != nil {
 		return nil, err
 	}
 	switch a.(type) {
-	case control.AnswerFD:
+	case wire.AnswerFD:
 		if f == nil {
 			return nil, errors.New("usnet: RequestUDS answered without a descriptor")
 		}
 		return f, nil
-	case control.AnswerER:
+	case wire.AnswerER:
 		return nil, fmt.Errorf("usnet: RequestUDS %q: %w", iface, ErrRefused)
 	}
 	return nil, fmt.Errorf("usnet: RequestUDS answered %s", a.Type())
 }
 
-func (c *controlClient) AddMatch(m control.Match) error {
-	a, _, err := c.request(control.AddMatch{Match: m}, true)
+func (c *controlClient) AddMatch(m wire.Match) error {
+	a, _, err := c.request(wire.AddMatch{Match: m}, true)
 	if err != nil {
 		return err
 	}
 	switch a.(type) {
-	case control.AnswerOK:
+	case wire.AnswerOK:
 		return nil
-	case control.AnswerER:
+	case wire.AnswerER:
 		return fmt.Errorf("usnet: AddMatch %s: %w", matchString(m), ErrRefused)
 	}
 	return fmt.Errorf("usnet: AddMatch answered %s", a.Type())
 }
 
-func (c *controlClient) RemoveMatch(m control.Match) error {
-	_, _, err := c.request(control.RemoveMatch{Match: m}, false)
+func (c *controlClient) RemoveMatch(m wire.Match) error {
+	_, _, err := c.request(wire.RemoveMatch{Match: m}, false)
 	return err
 }
 
-func (c *controlClient) QueryUsedPorts() (control.UsedPorts, error) {
-	a, _, err := c.request(control.QueryUsedPorts{}, true)
+func (c *controlClient) QueryUsedPorts() (wire.UsedPorts, error) {
+	a, _, err := c.request(wire.QueryUsedPorts{}, true)
 	if err != nil {
-		return control.UsedPorts{}, err
+		return wire.UsedPorts{}, err
 	}
-	if u, ok := a.(control.UsedPorts); ok {
+	if u, ok := a.(wire.UsedPorts); ok {
 		return u, nil
 	}
-	return control.UsedPorts{}, fmt.Errorf("usnet: QueryUsedPorts answered %s", a.Type())
+	return wire.UsedPorts{}, fmt.Errorf("usnet: QueryUsedPorts answered %s", a.Type())
 }
 
 // Close sends DeleteClient, closes the socket and removes its file.
 func (c *controlClient) Close() error {
-	_, _, err := c.request(control.DeleteClient{}, false)
+	_, _, err := c.request(wire.DeleteClient{}, false)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.conn == nil {
@@ -298,7 +298,7 @@ func (c *controlClient) Close() error {
 	return err
 }
 
-func matchString(m control.Match) string {
+func matchString(m wire.Match) string {
 	s := fmt.Sprintf("proto %d %s", m.Protocol, m.DstAddr)
 	if m.DstPort != nil {
 		s += fmt.Sprintf(" port %d", *m.DstPort)

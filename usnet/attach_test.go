@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // fakeServer is a usnetd control socket: it answers as the original does
@@ -28,14 +28,14 @@ type fakeServer struct {
 	conn  *net.UnixConn
 	path  string
 	mu    sync.Mutex
-	reqs  []control.Request
+	reqs  []wire.Request
 	peers []string // client addresses seen
 	chans []*os.File
-	rules []control.Match
-	used  control.UsedPorts
+	rules []wire.Match
+	used  wire.UsedPorts
 	// status, if set, answers QueryStatus (as this usnetd does); nil
 	// leaves it unanswered, as the original does.
-	status *control.Status
+	status *wire.Status
 	done   chan struct{}
 }
 
@@ -59,13 +59,13 @@ func newFakeServer(t *testing.T, chans ...*os.File) *fakeServer {
 
 func (s *fakeServer) serve() {
 	defer close(s.done)
-	buf := make([]byte, control.MaxMessageSize+1)
+	buf := make([]byte, wire.MaxMessageSize+1)
 	for {
 		n, from, err := s.conn.ReadFromUnix(buf)
 		if err != nil {
 			return
 		}
-		req, err := control.DecodeRequest(buf[:n])
+		req, err := wire.DecodeRequest(buf[:n])
 		if err != nil {
 			s.t.Errorf("fake usnetd: %v", err)
 			continue
@@ -73,35 +73,35 @@ func (s *fakeServer) serve() {
 		s.mu.Lock()
 		s.reqs = append(s.reqs, req)
 		s.peers = append(s.peers, from.Name)
-		var answer control.Answer
+		var answer wire.Answer
 		var oob []byte
 		switch r := req.(type) {
-		case control.RequestUDS:
-			answer = control.AnswerER{}
+		case wire.RequestUDS:
+			answer = wire.AnswerER{}
 			if r.Interface == "usnet0" && len(s.chans) > 0 {
-				answer = control.AnswerFD{}
+				answer = wire.AnswerFD{}
 				oob = unix.UnixRights(int(s.chans[0].Fd()))
 			}
-		case control.AddMatch:
-			answer = control.AnswerOK{}
+		case wire.AddMatch:
+			answer = wire.AnswerOK{}
 			for _, m := range s.rules {
 				if m.Equal(r.Match) {
-					answer = control.AnswerER{}
+					answer = wire.AnswerER{}
 				}
 			}
-			if answer == (control.AnswerOK{}) {
+			if answer == (wire.AnswerOK{}) {
 				s.rules = append(s.rules, r.Match)
 			}
-		case control.RemoveMatch:
+		case wire.RemoveMatch:
 			for i, m := range s.rules {
 				if m.Equal(r.Match) {
 					s.rules = append(s.rules[:i], s.rules[i+1:]...)
 					break
 				}
 			}
-		case control.QueryUsedPorts:
+		case wire.QueryUsedPorts:
 			answer = s.used
-		case control.QueryStatus:
+		case wire.QueryStatus:
 			if s.status != nil {
 				answer = *s.status
 			}
@@ -110,7 +110,7 @@ func (s *fakeServer) serve() {
 		if answer == nil {
 			continue
 		}
-		b, _ := control.EncodeAnswer(answer)
+		b, _ := wire.EncodeAnswer(answer)
 		if _, _, err := s.conn.WriteMsgUnix(b, oob, from); err != nil {
 			s.t.Errorf("fake usnetd: answer: %v", err)
 		}
@@ -123,10 +123,10 @@ func (s *fakeServer) serve() {
 	}
 }
 
-func (s *fakeServer) requests() []control.Request {
+func (s *fakeServer) requests() []wire.Request {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]control.Request(nil), s.reqs...)
+	return append([]wire.Request(nil), s.reqs...)
 }
 
 func TestControlClient(t *testing.T) {
@@ -139,7 +139,7 @@ func TestControlClient(t *testing.T) {
 	defer ours.Close()
 	srv := newFakeServer(t, os.NewFile(uintptr(fds[0]), "handed"))
 	srv.mu.Lock()
-	srv.used = control.UsedPorts{Listening: []control.PortEntry{{Protocol: 6, Addr: netip.MustParseAddr("198.18.0.1"), Port: 22}}}
+	srv.used = wire.UsedPorts{Listening: []wire.PortEntry{{Protocol: 6, Addr: netip.MustParseAddr("198.18.0.1"), Port: 22}}}
 	srv.mu.Unlock()
 
 	att, err := DialControl(srv.path)
@@ -203,7 +203,7 @@ func TestControlClient(t *testing.T) {
 					t.Errorf("request %d: %s, want %s", i, r.Type(), want[i])
 				}
 			}
-			if pid := reqs[0].(control.RequestUDS).PID; pid != int32(os.Getpid()) {
+			if pid := reqs[0].(wire.RequestUDS).PID; pid != int32(os.Getpid()) {
 				t.Errorf("RequestUDS PID %d", pid)
 			}
 			break

@@ -17,7 +17,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 const (
@@ -418,7 +418,7 @@ type listener struct {
 	l       *gonet.TCPListener
 	n       *netStack
 	port    uint16
-	matches []control.Match
+	matches []wire.Match
 
 	mu      sync.Mutex
 	closed  bool
@@ -496,7 +496,7 @@ type packetConn struct {
 	n       *netStack
 	port    uint16
 	v4      bool
-	matches []control.Match
+	matches []wire.Match
 	once    sync.Once
 }
 

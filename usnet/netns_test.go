@@ -34,15 +34,15 @@ import (
 	"github.com/usnetd/usnetd/internal/netlab"
 )
 
-// wire copies frames between a channel end and an AF_PACKET socket.
-type wire struct {
+// packetWire copies frames between a channel end and an AF_PACKET socket.
+type packetWire struct {
 	pkt, ch *os.File
 	wg      sync.WaitGroup
 }
 
 // newWire opens an AF_PACKET socket on link inside ns and returns the
 // wire and the channel end for the stack.
-func newWire(t *testing.T, ns *netlab.NS, link string) (*wire, *os.File) {
+func newWire(t *testing.T, ns *netlab.NS, link string) (*packetWire, *os.File) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +80,7 @@ func newWire(t *testing.T, ns *netlab.NS, link string) (*wire, *os.File) {
 		t.Fatalf("wire: AF_PACKET socket on %s in %s: %v", link, ns, err)
 	}
 	unix.SetNonblock(fds[0], true)
-	w := &wire{pkt: os.NewFile(uintptr(pfd), "wire-packet"), ch: os.NewFile(uintptr(fds[0]), "wire-channel")}
+	w := &packetWire{pkt: os.NewFile(uintptr(pfd), "wire-packet"), ch: os.NewFile(uintptr(fds[0]), "wire-channel")}
 	w.wg.Add(2)
 	go w.copy(w.pkt, w.ch)
 	go w.copy(w.ch, w.pkt)
@@ -90,7 +90,7 @@ func newWire(t *testing.T, ns *netlab.NS, link string) (*wire, *os.File) {
 
 // copy moves one frame per read until either side is closed. Frames that
 // cannot be written are dropped, as usnetd would.
-func (w *wire) copy(from, to *os.File) {
+func (w *packetWire) copy(from, to *os.File) {
 	defer w.wg.Done()
 	buf := make([]byte, 65536)
 	for {
@@ -107,7 +107,7 @@ func (w *wire) copy(from, to *os.File) {
 	}
 }
 
-func (w *wire) close() {
+func (w *packetWire) close() {
 	w.pkt.Close()
 	w.ch.Close()
 	w.wg.Wait()

@@ -23,8 +23,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/usnetdcmd"
 	"github.com/usnetd/usnetd/usnet"
@@ -371,25 +371,25 @@ var (
 )
 
 // endpointOf asks usnetd for the endpoint of process pid.
-func (d *demo) endpointOf(pid int) (control.EndpointStatus, error) {
+func (d *demo) endpointOf(pid int) (wire.EndpointStatus, error) {
 	st, err := d.status()
 	if err != nil {
-		return control.EndpointStatus{}, err
+		return wire.EndpointStatus{}, err
 	}
 	for _, e := range st.Endpoints {
 		if int(e.PID) == pid {
 			return e, nil
 		}
 	}
-	return control.EndpointStatus{}, fmt.Errorf("usnetd has no endpoint of pid %d", pid)
+	return wire.EndpointStatus{}, fmt.Errorf("usnetd has no endpoint of pid %d", pid)
 }
 
 // status is what `usnetctl status --json` shows, through the control
 // socket (the client's socket file is in d.tmp).
-func (d *demo) status() (control.Status, error) {
+func (d *demo) status() (wire.Status, error) {
 	c, err := client.Dial(client.Options{SocketPath: d.sock(), Dir: d.tmp})
 	if err != nil {
-		return control.Status{}, err
+		return wire.Status{}, err
 	}
 	defer c.Close()
 	return c.QueryStatus()
@@ -523,7 +523,7 @@ func (d *demo) printCounters(ctx context.Context) {
 	fmt.Fprintln(d.out)
 }
 
-func matchString(m control.Match) string {
+func matchString(m wire.Match) string {
 	proto := map[uint8]string{6: "TCP", 17: "UDP"}[m.Protocol]
 	if proto == "" {
 		proto = "proto " + strconv.Itoa(int(m.Protocol))

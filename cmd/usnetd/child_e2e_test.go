@@ -21,7 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/usnet"
 )
 
@@ -346,7 +346,7 @@ func (p *packetNIC) RequestUDS(string) (*os.File, error) {
 	p.f = nil
 	return f, nil
 }
-func (p *packetNIC) AddMatch(control.Match) error               { return nil }
-func (p *packetNIC) RemoveMatch(control.Match) error            { return nil }
-func (p *packetNIC) QueryUsedPorts() (control.UsedPorts, error) { return control.UsedPorts{}, nil }
-func (p *packetNIC) Close() error                               { return nil }
+func (p *packetNIC) AddMatch(wire.Match) error               { return nil }
+func (p *packetNIC) RemoveMatch(wire.Match) error            { return nil }
+func (p *packetNIC) QueryUsedPorts() (wire.UsedPorts, error) { return wire.UsedPorts{}, nil }
+func (p *packetNIC) Close() error                            { return nil }

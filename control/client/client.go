@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // Errors of the client. They are wrapped with what was asked of whom, so
@@ -46,7 +46,7 @@ const DefaultTimeout = 5 * time.Second
 // Options configure Dial. Zero values mean the defaults.
 type Options struct {
 	// SocketPath is usnetd's control socket, a path or "@name";
-	// default control.DefaultSocketPath.
+	// default wire.DefaultSocketPath.
 	SocketPath string
 	// Abstract binds the client's socket to an abstract name
 	// ("@usnet-client-PID-RANDOM") instead of a file.
@@ -81,7 +81,7 @@ type Client struct {
 // stale socket is ErrNotRunning, missing permissions ErrAccessDenied.
 func Dial(opt Options) (*Client, error) {
 	if opt.SocketPath == "" {
-		opt.SocketPath = control.DefaultSocketPath
+		opt.SocketPath = wire.DefaultSocketPath
 	}
 	if opt.Timeout <= 0 {
 		opt.Timeout = DefaultTimeout
@@ -116,7 +116,7 @@ func Dial(opt Options) (*Client, error) {
 	}
 	return &Client{
 		conn: conn, local: local, laddr: laddr, server: opt.SocketPath, timeout: opt.Timeout,
-		buf: make([]byte, control.MaxAnswerSize+1), oob: make([]byte, unix.CmsgSpace(4*4)),
+		buf: make([]byte, wire.MaxAnswerSize+1), oob: make([]byte, unix.CmsgSpace(4*4)),
 	}, nil
 }
 
@@ -153,7 +153,7 @@ func (c *Client) LocalAddr() string { return c.laddr }
 // datagram socket pair, one Ethernet frame per datagram. The caller owns
 // the file. The PID sent is this process's.
 func (c *Client) RequestUDS(iface string) (*os.File, error) {
-	msg, err := control.EncodeRequest(control.RequestUDS{Interface: iface, PID: int32(os.Getpid())})
+	msg, err := wire.EncodeRequest(wire.RequestUDS{Interface: iface, PID: int32(os.Getpid())})
 	if err != nil {
 		return nil, err
 	}
@@ -163,13 +163,13 @@ func (c *Client) RequestUDS(iface string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("RequestUDS %s: %w", iface, err)
 	}
-	if string(data) == control.RawFD && len(fds) == 1 {
+	if string(data) == wire.RawFD && len(fds) == 1 {
 		return os.NewFile(uintptr(fds[0]), "usnetd-channel-"+iface), nil
 	}
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
-	if string(data) == control.RawER {
+	if string(data) == wire.RawER {
 		return nil, fmt.Errorf("RequestUDS %s: %w", iface, ErrRefused)
 	}
 	return nil, fmt.Errorf("RequestUDS %s: %w: %.40q with %d descriptors", iface, ErrProtocol, data, len(fds))
@@ -177,8 +177,8 @@ func (c *Client) RequestUDS(iface string) (*os.File, error) {
 
 // AddMatch registers a rule for the client's oldest channel (so
 // RequestUDS first).
-func (c *Client) AddMatch(m control.Match) error {
-	msg, err := control.EncodeRequest(control.AddMatch{Match: m})
+func (c *Client) AddMatch(m wire.Match) error {
+	msg, err := wire.EncodeRequest(wire.AddMatch{Match: m})
 	if err != nil {
 		return err
 	}
@@ -189,9 +189,9 @@ func (c *Client) AddMatch(m control.Match) error {
 		return fmt.Errorf("AddMatch: %w", err)
 	}
 	switch a.(type) {
-	case control.AnswerOK:
+	case wire.AnswerOK:
 		return nil
-	case control.AnswerER:
+	case wire.AnswerER:
 		return fmt.Errorf("AddMatch: %w", ErrRefused)
 	}
 	return fmt.Errorf("AddMatch: %w: %s", ErrProtocol, a.Type())
@@ -199,8 +199,8 @@ func (c *Client) AddMatch(m control.Match) error {
 
 // RemoveMatch removes one of the client's rules. usnetd does not answer
 // it, so success is not confirmed.
-func (c *Client) RemoveMatch(m control.Match) error {
-	msg, err := control.EncodeRequest(control.RemoveMatch{Match: m})
+func (c *Client) RemoveMatch(m wire.Match) error {
+	msg, err := wire.EncodeRequest(wire.RemoveMatch{Match: m})
 	if err != nil {
 		return err
 	}
@@ -214,40 +214,40 @@ func (c *Client) RemoveMatch(m control.Match) error {
 
 // QueryUsedPorts asks which local ports are in use: by rules of usnetd's
 // switch and by the kernel's sockets.
-func (c *Client) QueryUsedPorts() (control.UsedPorts, error) {
-	msg, _ := control.EncodeRequest(control.QueryUsedPorts{})
+func (c *Client) QueryUsedPorts() (wire.UsedPorts, error) {
+	msg, _ := wire.EncodeRequest(wire.QueryUsedPorts{})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	a, err := c.ask(msg)
 	if err != nil {
-		return control.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", err)
+		return wire.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", err)
 	}
 	switch v := a.(type) {
-	case control.UsedPorts:
+	case wire.UsedPorts:
 		return v, nil
-	case control.AnswerER:
-		return control.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", ErrRefused)
+	case wire.AnswerER:
+		return wire.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", ErrRefused)
 	}
-	return control.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w: %s", ErrProtocol, a.Type())
+	return wire.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w: %s", ErrProtocol, a.Type())
 }
 
 // QueryStatus asks for usnetd's state: interfaces, endpoints, rules.
 // A usnetd older than this client does not answer it (ErrTimeout).
-func (c *Client) QueryStatus() (control.Status, error) {
-	msg, _ := control.EncodeRequest(control.QueryStatus{})
+func (c *Client) QueryStatus() (wire.Status, error) {
+	msg, _ := wire.EncodeRequest(wire.QueryStatus{})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	a, err := c.ask(msg)
 	if err != nil {
-		return control.Status{}, fmt.Errorf("QueryStatus: %w", err)
+		return wire.Status{}, fmt.Errorf("QueryStatus: %w", err)
 	}
 	switch v := a.(type) {
-	case control.Status:
+	case wire.Status:
 		return v, nil
-	case control.AnswerER:
-		return control.Status{}, fmt.Errorf("QueryStatus: %w", ErrRefused)
+	case wire.AnswerER:
+		return wire.Status{}, fmt.Errorf("QueryStatus: %w", ErrRefused)
 	}
-	return control.Status{}, fmt.Errorf("QueryStatus: %w: %s", ErrProtocol, a.Type())
+	return wire.Status{}, fmt.Errorf("QueryStatus: %w: %s", ErrProtocol, a.Type())
 }
 
 // Close sends DeleteClient (usnetd drops the client's channels and rules),
@@ -259,7 +259,7 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
-	msg, _ := control.EncodeRequest(control.DeleteClient{})
+	msg, _ := wire.EncodeRequest(wire.DeleteClient{})
 	_ = c.conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	_, _ = c.conn.Write(msg) // best effort: usnetd may be gone
 	err := c.conn.Close()
@@ -273,7 +273,7 @@ func (c *Client) Close() error {
 
 // ask sends msg and decodes the answer. Descriptors that come with it are
 // closed.
-func (c *Client) ask(msg []byte) (control.Answer, error) {
+func (c *Client) ask(msg []byte) (wire.Answer, error) {
 	data, fds, err := c.roundTrip(msg)
 	if err != nil {
 		return nil, err
@@ -281,7 +281,7 @@ func (c *Client) ask(msg []byte) (control.Answer, error) {
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
-	a, err := control.DecodeAnswer(data)
+	a, err := wire.DecodeAnswer(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
 	}
@@ -304,11 +304,11 @@ func (c *Client) roundTrip(msg []byte) ([]byte, []int, error) {
 		return nil, nil, c.ioError(err)
 	}
 	fds := parseRights(c.oob[:oobn])
-	if flags&unix.MSG_TRUNC != 0 || n > control.MaxAnswerSize {
+	if flags&unix.MSG_TRUNC != 0 || n > wire.MaxAnswerSize {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
-		return nil, nil, fmt.Errorf("%w: answer longer than %d bytes", ErrProtocol, control.MaxAnswerSize)
+		return nil, nil, fmt.Errorf("%w: answer longer than %d bytes", ErrProtocol, wire.MaxAnswerSize)
 	}
 	return c.buf[:n], fds, nil
 }

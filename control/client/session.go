@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // The backoff of a Session between attempts to attach again.
@@ -53,7 +53,7 @@ type Session struct {
 	opt  SessionOptions
 	mu   sync.Mutex // guards c, rules; held across the requests
 	c    *Client    // nil while usnetd is away
-	rule []control.Match
+	rule []wire.Match
 
 	gen      atomic.Uint64 // channels handed out so far
 	lostGen  atomic.Uint64 // 1 + the channel generation reported lost; 0: none
@@ -91,7 +91,7 @@ func OpenSession(opt SessionOptions) (*Session, *os.File, error) {
 
 // AddMatch registers a rule for the session's channel; it is registered
 // again after each reattach until RemoveMatch.
-func (s *Session) AddMatch(m control.Match) error {
+func (s *Session) AddMatch(m wire.Match) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.c == nil {
@@ -105,7 +105,7 @@ func (s *Session) AddMatch(m control.Match) error {
 }
 
 // RemoveMatch removes a rule (from usnetd, if it is there).
-func (s *Session) RemoveMatch(m control.Match) error {
+func (s *Session) RemoveMatch(m wire.Match) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, r := range s.rule {
@@ -121,11 +121,11 @@ func (s *Session) RemoveMatch(m control.Match) error {
 }
 
 // QueryUsedPorts asks usnetd which local ports are in use.
-func (s *Session) QueryUsedPorts() (control.UsedPorts, error) {
+func (s *Session) QueryUsedPorts() (wire.UsedPorts, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.c == nil {
-		return control.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", ErrDetached)
+		return wire.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", ErrDetached)
 	}
 	return s.c.QueryUsedPorts()
 }

@@ -1,4 +1,4 @@
-package control
+package wire
 
 // The wire types of the control protocol.
 //
@@ -84,6 +84,11 @@ import (
 	"strconv"
 	"unicode/utf8"
 )
+
+// DefaultSocketPath is where the original and this usnetd listen: the
+// control socket's path unless the server's SOCKET_PATH or a client's
+// configuration says otherwise. It is the one definition of that path.
+const DefaultSocketPath = "/run/usnetd.socket"
 
 // MaxMessageSize is the largest request DecodeRequest accepts, in bytes.
 // Every real request is under 300 bytes; the original read requests into a
@@ -704,6 +709,18 @@ func (r *reader) addr() (netip.Addr, error) {
 		return netip.Addr{}, r.errAt(off, ErrAddress, "%q is not an IPv6 address", s)
 	}
 	return a, r.closeTag()
+}
+
+// PeekType returns the tag of a message that may not decode:
+// "RequestUDS", "DeleteClient", ..., or "" when not even that can be read.
+// It reads at most the first 256 bytes.
+func PeekType(b []byte) string {
+	r := reader{b: b[:min(len(b), 256)]}
+	name, _, err := r.tag("")
+	if err != nil {
+		return ""
+	}
+	return name
 }
 
 // EncodeRequest returns serde_json's bytes for req. It fails if req is not
