@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/netorder"
 )
 
 // packetWire copies frames between a channel end and an AF_PACKET socket.
@@ -58,7 +59,7 @@ func newWire(t *testing.T, ns *netlab.NS, link string) (*packetWire, *os.File) {
 		if err != nil {
 			return err
 		}
-		proto := int(htons(unix.ETH_P_ALL))
+		proto := int(netorder.Htons(unix.ETH_P_ALL))
 		pfd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, proto)
 		if err != nil {
 			return err
@@ -68,7 +69,7 @@ func newWire(t *testing.T, ns *netlab.NS, link string) (*packetWire, *os.File) {
 			unix.Close(pfd)
 			return err
 		}
-		if err := unix.Bind(pfd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: nic.Index}); err != nil {
+		if err := unix.Bind(pfd, &unix.SockaddrLinklayer{Protocol: netorder.Htons(unix.ETH_P_ALL), Ifindex: nic.Index}); err != nil {
 			unix.Close(pfd)
 			return err
 		}
@@ -112,8 +113,6 @@ func (w *packetWire) close() {
 	w.ch.Close()
 	w.wg.Wait()
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // txChecksumOff turns off TX checksum offload of link in ns (ethtool -K
 // LINK tx off). A veth hands frames on with CHECKSUM_PARTIAL, so an

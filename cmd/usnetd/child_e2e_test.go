@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/netorder"
 	"github.com/usnetd/usnetd/usnet"
 )
 
@@ -319,7 +320,7 @@ func newPacketNIC(ifname string) (usnet.Attacher, error) {
 	if err != nil {
 		return nil, err
 	}
-	all := htons(unix.ETH_P_ALL)
+	all := netorder.Htons(unix.ETH_P_ALL)
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(all))
 	if err != nil {
 		return nil, err
@@ -335,8 +336,6 @@ func newPacketNIC(ifname string) (usnet.Attacher, error) {
 	}
 	return &packetNIC{f: os.NewFile(uintptr(fd), "packet-nic")}, nil
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func (p *packetNIC) RequestUDS(string) (*os.File, error) {
 	if p.f == nil {

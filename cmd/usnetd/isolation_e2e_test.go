@@ -22,6 +22,7 @@ import (
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/netorder"
 )
 
 // Endpoint isolation, end to end: two endpoints A and B attach through the
@@ -221,7 +222,7 @@ func capture(t *testing.T, ns *netlab.NS, link string) *recorder {
 		if err != nil {
 			return err
 		}
-		proto := int(htons(unix.ETH_P_ALL))
+		proto := int(netorder.Htons(unix.ETH_P_ALL))
 		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto); err != nil {
 			return err
 		}
@@ -230,7 +231,7 @@ func capture(t *testing.T, ns *netlab.NS, link string) *recorder {
 			unix.Close(fd)
 			return err
 		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: lk.Index}); err != nil {
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: netorder.Htons(unix.ETH_P_ALL), Ifindex: lk.Index}); err != nil {
 			unix.Close(fd)
 			return err
 		}
