@@ -16,13 +16,15 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+
+	"github.com/usnetd/usnetd/internal/ipproto"
 )
 
-// IP protocol numbers of the sockets in the inventory.
+// IP protocol numbers of the sockets in the inventory (internal/ipproto's).
 const (
-	ProtoTCP     uint8 = 6
-	ProtoUDP     uint8 = 17
-	ProtoUDPLite uint8 = 136
+	ProtoTCP     uint8 = ipproto.TCP
+	ProtoUDP     uint8 = ipproto.UDP
+	ProtoUDPLite uint8 = ipproto.UDPLite
 )
 
 // TCP states as /proc/net/tcp writes them (include/net/tcp_states.h).

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/usnetd/usnetd/internal/ipproto"
 )
 
 // PortID names a switch port (a NIC, the kernel path, an endpoint) within
@@ -176,26 +178,9 @@ func hostPort(a Addr, hasPort bool, port uint16) string {
 	return h + ":" + strconv.Itoa(int(port))
 }
 
-// ProtoName names an IP protocol ("tcp", "udp", "icmp", ... or its number).
-func ProtoName(p uint8) string {
-	switch p {
-	case ProtoICMP:
-		return "icmp"
-	case ProtoTCP:
-		return "tcp"
-	case ProtoUDP:
-		return "udp"
-	case ProtoDCCP:
-		return "dccp"
-	case ProtoICMPv6:
-		return "icmpv6"
-	case ProtoSCTP:
-		return "sctp"
-	case ProtoUDPLite:
-		return "udplite"
-	}
-	return "proto-" + strconv.Itoa(int(p))
-}
+// ProtoName names an IP protocol ("tcp", "udp", "icmp", ... or
+// "proto-N"): ipproto.Name.
+func ProtoName(p uint8) string { return ipproto.Name(p) }
 
 func (r Rule) String() string {
 	st := ""

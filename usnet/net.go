@@ -18,11 +18,13 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/ipproto"
 )
 
+// IP protocol numbers of the rules a stack registers (internal/ipproto's).
 const (
-	protoTCP = 6
-	protoUDP = 17
+	protoTCP = ipproto.TCP
+	protoUDP = ipproto.UDP
 )
 
 // Listen announces on the stack like net.Listen: network is "tcp", "tcp4"
