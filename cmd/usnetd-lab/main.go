@@ -311,13 +311,13 @@ func (d *demo) setup(ctx context.Context) bool {
 	if err != nil {
 		return d.record(name, "listening on :"+strconv.Itoa(usnetPort), err.Error(), false)
 	}
-	want := fmt.Sprintf("rule TCP %s", netip.AddrPortFrom(d.hostIP, usnetPort))
+	want := fmt.Sprintf("rule tcp %s", netip.AddrPortFrom(d.hostIP, usnetPort))
 	ep, err := d.endpointOf(d.usnetSrv.cmd.Process.Pid)
 	if err != nil {
 		return d.record(name, want, err.Error(), false)
 	}
 	for _, m := range ep.Rules {
-		if matchString(m) == want[len("rule "):] {
+		if m.String() == want[len("rule "):] {
 			return d.record(name, want, fmt.Sprintf("endpoint %d (pid %d) has it", ep.ID, ep.PID), true) && ctx.Err() == nil
 		}
 	}
@@ -491,7 +491,7 @@ func (d *demo) printCounters(ctx context.Context) {
 	for _, e := range st.Endpoints {
 		var rules []string
 		for _, m := range e.Rules {
-			rules = append(rules, matchString(m))
+			rules = append(rules, m.String())
 		}
 		fmt.Fprintf(d.out, "  endpoint %d, pid %d: rules %s; %d frames delivered, %d sent, %d dropped\n",
 			e.ID, e.PID, strings.Join(rules, ", "), e.RxPackets, e.TxPackets, e.Drops)
@@ -521,18 +521,6 @@ func (d *demo) printCounters(ctx context.Context) {
 		}
 	}
 	fmt.Fprintln(d.out)
-}
-
-func matchString(m wire.Match) string {
-	proto := map[uint8]string{6: "TCP", 17: "UDP"}[m.Protocol]
-	if proto == "" {
-		proto = "proto " + strconv.Itoa(int(m.Protocol))
-	}
-	s := proto + " " + m.DstAddr.String()
-	if m.DstPort != nil {
-		s = proto + " " + netip.AddrPortFrom(m.DstAddr, *m.DstPort).String()
-	}
-	return s
 }
 
 type sample struct {
