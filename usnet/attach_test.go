@@ -5,12 +5,10 @@ package usnet
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -147,8 +145,8 @@ func TestControlClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	cc := att.(*controlClient)
-	if filepath.Dir(cc.path) != os.Getenv("XDG_RUNTIME_DIR") {
-		t.Errorf("client socket %s not in XDG_RUNTIME_DIR", cc.path)
+	if filepath.Dir(cc.LocalAddr()) != os.Getenv("XDG_RUNTIME_DIR") {
+		t.Errorf("client socket %s not in XDG_RUNTIME_DIR", cc.LocalAddr())
 	}
 	if _, err := att.RequestUDS("nosuch0"); !errors.Is(err, ErrRefused) {
 		t.Errorf("RequestUDS of an unknown interface: %v", err)
@@ -182,13 +180,13 @@ func TestControlClient(t *testing.T) {
 	if err != nil || len(used.Listening) != 1 || used.Listening[0].Port != 22 {
 		t.Errorf("QueryUsedPorts: %+v %v", used, err)
 	}
-	if _, err := os.Stat(cc.path); err != nil {
+	if _, err := os.Stat(cc.LocalAddr()); err != nil {
 		t.Errorf("client socket file missing while open: %v", err)
 	}
 	if err := att.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(cc.path); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(cc.LocalAddr()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("client socket file left behind: %v", err)
 	}
 	// DeleteClient arrives last; RemoveMatch had no answer and did not
@@ -212,39 +210,6 @@ func TestControlClient(t *testing.T) {
 			t.Fatalf("requests: %v", reqs)
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// TestRemoveStale: sockets of dead clients are removed, those of live
-// ones and other files are not.
-func TestRemoveStale(t *testing.T) {
-	dir := t.TempDir()
-	bind := func(name string) string {
-		p := filepath.Join(dir, name)
-		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: p, Net: "unixgram"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close() // the file stays, as after a crash
-		return p
-	}
-	// A PID that is surely gone: a child that has exited and been reaped.
-	cmd := exec.Command("true")
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
-	}
-	dead := bind(fmt.Sprintf("usnet-client-%d-abc", cmd.Process.Pid))
-	live := bind(fmt.Sprintf("usnet-client-%d-abc", os.Getpid()))
-	other := filepath.Join(dir, "usnet-client-1-plainfile")
-	os.WriteFile(other, nil, 0o600)
-	removeStale(dir)
-	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("socket of a dead client kept: %v", err)
-	}
-	for _, p := range []string{live, other} {
-		if _, err := os.Stat(p); err != nil {
-			t.Errorf("%s removed", p)
-		}
 	}
 }
 

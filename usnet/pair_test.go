@@ -44,7 +44,7 @@ func TestHTTP(t *testing.T) {
 	_, _, active, _ := fa.snapshot()
 	for _, want := range []wire.Match{listenMatch("198.18.0.1", 8080, 6), listenMatch("2001:db8::1", 8080, 6)} {
 		if !containsMatch(active, want) {
-			t.Errorf("rule %s not registered; have %v", matchString(want), active)
+			t.Errorf("rule %s not registered; have %v", want, active)
 		}
 	}
 

@@ -40,17 +40,20 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/control/client"
 )
 
-// The backoff between attempts to attach again.
+// The backoff between attempts to attach again: control/client's, as its
+// Session's.
 const (
-	reattachFirst = 50 * time.Millisecond
-	reattachMax   = time.Second
+	reattachFirst = client.ReattachFirst
+	reattachMax   = client.ReattachMax
 )
 
 // ErrDetached is the error of Listen, ListenPacket and Dial while the stack
-// waits for usnetd to come back.
-var ErrDetached = errors.New("usnet: usnetd went away; waiting for it to come back")
+// waits for usnetd to come back. It is client.ErrDetached.
+var ErrDetached = client.ErrDetached
 
 // supervisor watches the stack's channel and attaches again when it is
 // lost.
@@ -224,7 +227,7 @@ func (s *supervisor) attachOnce() (refused, err error) {
 				}
 				return nil, err
 			}
-			errs = append(errs, fmt.Errorf("usnet: rule %s of an open listener after usnetd restarted: %w", matchString(m), err))
+			errs = append(errs, fmt.Errorf("usnet: rule %s of an open listener after usnetd restarted: %w", m, err))
 		}
 	}
 	n.att = att
@@ -245,32 +248,14 @@ const (
 // peerPidfd returns a pidfd of the process that made the channel f
 // (usnetd), or noPeer when there is none to watch (the kernel cannot say,
 // the process is not visible from here), or selfPeer when it is this
-// process (a channel made in-process).
+// process (a channel made in-process): client.ChannelPeer.
 func peerPidfd(f *os.File) int {
-	rc, err := f.SyscallConn()
-	if err != nil {
+	p, self := client.ChannelPeer(f)
+	if self {
+		return selfPeer
+	}
+	if p < 0 {
 		return noPeer
 	}
-	pidfd := noPeer
-	rc.Control(func(fd uintptr) {
-		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil || cred.Pid <= 0 {
-			return
-		}
-		if int(cred.Pid) == os.Getpid() {
-			pidfd = selfPeer
-			return
-		}
-		p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
-		if err != nil {
-			// Before Linux 6.5: by PID (a PID reused before this runs
-			// would only delay noticing to the first failed send).
-			p, err = unix.PidfdOpen(int(cred.Pid), 0)
-		}
-		if err == nil && p >= 0 {
-			unix.CloseOnExec(p)
-			pidfd = p
-		}
-	})
-	return pidfd
+	return p
 }

@@ -52,9 +52,13 @@ type Options struct {
 	// ("@usnet-client-PID-RANDOM") instead of a file.
 	Abstract bool
 	// Dir is where the client's socket file is made
-	// ("usnet-client-PID-RANDOM", as the Rust client names it); default
-	// /run/user/UID if it exists, else the temporary directory. usnetd
-	// must be able to reach it (root can).
+	// ("usnet-client-PID-RANDOM", as the Rust client names it). By
+	// default the first of $XDG_RUNTIME_DIR (as the Rust client), then
+	// /run/user/UID if it exists, then the temporary directory, where the
+	// socket can be bound and connected. usnetd must be able to reach it
+	// (root can). Before binding, the sockets that clients killed before
+	// they could remove them left in the directory are removed
+	// (RemoveStale).
 	Dir string
 	// Timeout bounds the wait for each answer; default DefaultTimeout.
 	Timeout time.Duration
@@ -73,6 +77,7 @@ type Client struct {
 	buf     []byte
 	oob     []byte
 	closed  bool
+	asked   bool // a RequestUDS was sent: usnetd may hold a channel and rules of ours
 }
 
 // Dial binds a private client socket and connects it to usnetd's control
@@ -86,47 +91,86 @@ func Dial(opt Options) (*Client, error) {
 	if opt.Timeout <= 0 {
 		opt.Timeout = DefaultTimeout
 	}
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return nil, err
-	}
-	name := "usnet-client-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rnd[:])
-	local := ""
-	laddr := "@" + name
-	if !opt.Abstract {
-		dir := opt.Dir
-		if dir == "" {
-			dir = defaultDir()
+	raddr := &net.UnixAddr{Name: opt.SocketPath, Net: "unixgram"}
+	newClient := func(conn *net.UnixConn, local, laddr string) *Client {
+		return &Client{
+			conn: conn, local: local, laddr: laddr, server: opt.SocketPath, timeout: opt.Timeout,
+			buf: make([]byte, wire.MaxAnswerSize+1), oob: make([]byte, unix.CmsgSpace(4*4)),
 		}
-		local = filepath.Join(dir, name)
-		laddr = local
 	}
-	conn, err := net.DialUnix("unixgram", &net.UnixAddr{Name: laddr, Net: "unixgram"}, &net.UnixAddr{Name: opt.SocketPath, Net: "unixgram"})
-	if err != nil {
-		if local != "" {
+	if opt.Abstract {
+		laddr := "@" + clientName()
+		conn, err := net.DialUnix("unixgram", &net.UnixAddr{Name: laddr, Net: "unixgram"}, raddr)
+		if err != nil {
+			return nil, dialError(opt.SocketPath, err)
+		}
+		return newClient(conn, "", laddr), nil
+	}
+	dirs := []string{opt.Dir}
+	if opt.Dir == "" {
+		dirs = defaultDirs()
+	}
+	var lastErr error
+	for _, dir := range dirs {
+		RemoveStale(dir)
+		local := filepath.Join(dir, clientName())
+		conn, err := net.DialUnix("unixgram", &net.UnixAddr{Name: local, Net: "unixgram"}, raddr)
+		if err != nil {
 			os.Remove(local) // bound before the connect failed
+			lastErr = err
+			continue
 		}
-		return nil, dialError(opt.SocketPath, err)
-	}
-	if local != "" {
 		// Anyone may write to the file; only the server can send to a
 		// connected socket anyway. This lets a usnetd that does not run
-		// as root answer.
+		// as root, or runs without CAP_DAC_OVERRIDE
+		// (deploy/usnetd.service), answer.
 		_ = os.Chmod(local, 0o666)
+		return newClient(conn, local, local), nil
 	}
-	return &Client{
-		conn: conn, local: local, laddr: laddr, server: opt.SocketPath, timeout: opt.Timeout,
-		buf: make([]byte, wire.MaxAnswerSize+1), oob: make([]byte, unix.CmsgSpace(4*4)),
-	}, nil
+	return nil, dialError(opt.SocketPath, lastErr)
 }
 
-// defaultDir is /run/user/UID when it exists, else the temporary directory.
-func defaultDir() string {
-	d := "/run/user/" + strconv.Itoa(os.Getuid())
-	if fi, err := os.Stat(d); err == nil && fi.IsDir() {
-		return d
+// clientName is "usnet-client-PID-RANDOM", as the Rust client names its
+// socket.
+func clientName() string {
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:]) // crypto/rand's Read never fails
+	return "usnet-client-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rnd[:])
+}
+
+// defaultDirs lists where the client's socket may be bound, best first:
+// $XDG_RUNTIME_DIR, /run/user/UID when it exists, the temporary directory.
+func defaultDirs() []string {
+	var ds []string
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		ds = append(ds, d)
 	}
-	return os.TempDir()
+	d := "/run/user/" + strconv.Itoa(os.Getuid())
+	if fi, err := os.Stat(d); err == nil && fi.IsDir() && (len(ds) == 0 || ds[0] != d) {
+		ds = append(ds, d)
+	}
+	return append(ds, os.TempDir())
+}
+
+// RemoveStale removes the client sockets ("usnet-client-PID-RANDOM") in
+// dir of processes that are gone, killed before they could remove theirs,
+// going by the PID in the name. Files that are not sockets, and sockets of
+// live processes, are left alone. Dial calls it.
+func RemoveStale(dir string) {
+	names, _ := filepath.Glob(filepath.Join(dir, "usnet-client-*-*"))
+	for _, p := range names {
+		var pid int
+		var rest string
+		if n, _ := fmt.Sscanf(filepath.Base(p), "usnet-client-%d-%s", &pid, &rest); n != 2 || pid <= 0 {
+			continue
+		}
+		if fi, err := os.Lstat(p); err != nil || fi.Mode().Type() != os.ModeSocket {
+			continue
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			os.Remove(p)
+		}
+	}
 }
 
 // dialError names why the connect failed.
@@ -159,6 +203,7 @@ func (c *Client) RequestUDS(iface string) (*os.File, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.asked = true
 	data, fds, err := c.roundTrip(msg)
 	if err != nil {
 		return nil, fmt.Errorf("RequestUDS %s: %w", iface, err)
@@ -186,15 +231,15 @@ func (c *Client) AddMatch(m wire.Match) error {
 	defer c.mu.Unlock()
 	a, err := c.ask(msg)
 	if err != nil {
-		return fmt.Errorf("AddMatch: %w", err)
+		return fmt.Errorf("AddMatch %s: %w", m, err)
 	}
 	switch a.(type) {
 	case wire.AnswerOK:
 		return nil
 	case wire.AnswerER:
-		return fmt.Errorf("AddMatch: %w", ErrRefused)
+		return fmt.Errorf("AddMatch %s: %w", m, ErrRefused)
 	}
-	return fmt.Errorf("AddMatch: %w: %s", ErrProtocol, a.Type())
+	return fmt.Errorf("AddMatch %s: %w: %s", m, ErrProtocol, a.Type())
 }
 
 // RemoveMatch removes one of the client's rules. usnetd does not answer
@@ -250,8 +295,10 @@ func (c *Client) QueryStatus() (wire.Status, error) {
 	return wire.Status{}, fmt.Errorf("QueryStatus: %w: %s", ErrProtocol, a.Type())
 }
 
-// Close sends DeleteClient (usnetd drops the client's channels and rules),
-// closes the socket and removes its file. It is idempotent.
+// Close sends DeleteClient (usnetd drops the client's channels and rules)
+// if the client ever sent RequestUDS (a client that only queried holds
+// nothing to delete), closes the socket and removes its file. It is
+// idempotent.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -259,9 +306,11 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
-	msg, _ := wire.EncodeRequest(wire.DeleteClient{})
-	_ = c.conn.SetWriteDeadline(time.Now().Add(c.timeout))
-	_, _ = c.conn.Write(msg) // best effort: usnetd may be gone
+	if c.asked {
+		msg, _ := wire.EncodeRequest(wire.DeleteClient{})
+		_ = c.conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		_, _ = c.conn.Write(msg) // best effort: usnetd may be gone
+	}
 	err := c.conn.Close()
 	if c.local != "" {
 		if rerr := os.Remove(c.local); rerr != nil && err == nil {

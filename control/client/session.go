@@ -276,19 +276,33 @@ func (s *Session) attachOnce() (ch *os.File, refused, err error) {
 // there is none to watch: the kernel cannot say, the process is not
 // visible from here, or it is this process. The caller closes it.
 func PeerPidfd(ch *os.File) int {
+	p, _ := ChannelPeer(ch)
+	return p
+}
+
+// ChannelPeer is PeerPidfd that also says whether this process made the
+// channel (self; the pidfd is then -1): a channel made in-process, by a
+// switch in the same program as in tests, has no usnetd to come back, so
+// a failed send on it is not a reason to attach again.
+func ChannelPeer(ch *os.File) (pidfd int, self bool) {
 	rc, err := ch.SyscallConn()
 	if err != nil {
-		return -1
+		return -1, false
 	}
-	pidfd := -1
+	pidfd = -1
 	rc.Control(func(fd uintptr) {
 		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil || cred.Pid <= 0 || int(cred.Pid) == os.Getpid() {
+		if err != nil || cred.Pid <= 0 {
+			return
+		}
+		if int(cred.Pid) == os.Getpid() {
+			self = true
 			return
 		}
 		p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
 		if err != nil {
-			// Before Linux 6.5: by PID.
+			// Before Linux 6.5: by PID (a PID reused before this runs
+			// would only delay noticing to the first failed send).
 			p, err = unix.PidfdOpen(int(cred.Pid), 0)
 		}
 		if err == nil && p >= 0 {
@@ -296,5 +310,5 @@ func PeerPidfd(ch *os.File) int {
 			pidfd = p
 		}
 	})
-	return pidfd
+	return pidfd, self
 }
