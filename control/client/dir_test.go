@@ -7,7 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/control/client"
 )
@@ -98,4 +103,46 @@ func TestDialDirs(t *testing.T) {
 		t.Errorf("client socket %s in a directory that does not exist", c.LocalAddr())
 	}
 	c.Close()
+}
+
+// TestDeleteClientOnlyAfterRequestUDS: a client that only queried sends
+// nothing at Close (usnetd holds nothing of it); one that asked for a
+// channel sends DeleteClient, also when the answer never came.
+func TestDeleteClientOnlyAfterRequestUDS(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mute.socket")
+	srv := fakeServer(t, path)
+	q, err := client.Dial(client.Options{SocketPath: path, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.Dial(client.Options{SocketPath: path, Dir: dir, Timeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RequestUDS("eth0"); !errors.Is(err, client.ErrTimeout) {
+		t.Errorf("RequestUDS from a mute server: %v, want ErrTimeout", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	buf := make([]byte, 200)
+	for {
+		n, from, err := unix.Recvfrom(srv, buf, unix.MSG_DONTWAIT)
+		if err != nil {
+			break
+		}
+		got = append(got, from.(*unix.SockaddrUnix).Name+" "+string(buf[:n]))
+	}
+	want := []string{
+		c.LocalAddr() + ` {"RequestUDS":["eth0",` + strconv.Itoa(os.Getpid()) + `]}`,
+		c.LocalAddr() + ` "DeleteClient"`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("the server got %q, want %q", got, want)
+	}
 }
