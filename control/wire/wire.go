@@ -228,28 +228,23 @@ func (m Match) Equal(o Match) bool {
 		eqPtr(m.DstPort, o.DstPort) && eqPtr(m.SrcAddr, o.SrcAddr) && eqPtr(m.SrcPort, o.SrcPort)
 }
 
-// String is how usnetd writes a rule for people (logs, errors, usnetd-lab):
-// the protocol's name, the local address and port, and the remote when the
-// rule has one: "tcp 198.18.0.1:8080", "udp [2001:db8::1]:53",
-// "icmp 198.18.0.1", "tcp 198.18.0.1:22 from 198.18.0.2:41234",
-// "udp 198.18.0.1:53 from port 5353".
+// String is how usnetd writes a rule for people (ipproto.Rule): the
+// protocol's name, the local address and port, and the remote side if the
+// rule has one: "tcp 198.18.0.1:8080", "icmp 198.18.0.1",
+// "tcp 198.18.0.1:22 <- 198.18.0.2:41234", "udp [2001:db8::1]:53 <- *:5353".
 func (m Match) String() string {
-	s := ipproto.Name(m.Protocol) + " " + addrPort(m.DstAddr, m.DstPort)
-	switch {
-	case m.SrcAddr != nil:
-		s += " from " + addrPort(*m.SrcAddr, m.SrcPort)
-	case m.SrcPort != nil:
-		s += " from port " + strconv.Itoa(int(*m.SrcPort))
+	lp, rp := -1, -1
+	if m.DstPort != nil {
+		lp = int(*m.DstPort)
 	}
-	return s
-}
-
-// addrPort writes a, or a:port ([a]:port for IPv6) when port is set.
-func addrPort(a netip.Addr, port *uint16) string {
-	if port == nil {
-		return a.String()
+	if m.SrcPort != nil {
+		rp = int(*m.SrcPort)
 	}
-	return netip.AddrPortFrom(a, *port).String()
+	var remote netip.Addr
+	if m.SrcAddr != nil {
+		remote = *m.SrcAddr
+	}
+	return ipproto.Rule(m.Protocol, m.DstAddr, lp, remote, rp)
 }
 
 func eqPtr[T comparable](a, b *T) bool {

@@ -689,9 +689,9 @@ func TestMatchString(t *testing.T) {
 		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(8080), Protocol: 6}, "tcp 198.18.0.1:8080"},
 		{Match{DstAddr: ip("2001:db8::1"), DstPort: p16(53), Protocol: 17}, "udp [2001:db8::1]:53"},
 		{Match{DstAddr: ip("198.18.0.1"), Protocol: 1}, "icmp 198.18.0.1"},
-		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(22), SrcAddr: pa("198.18.0.2"), SrcPort: p16(41234), Protocol: 6}, "tcp 198.18.0.1:22 from 198.18.0.2:41234"},
-		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(22), SrcAddr: pa("2001:db8::2"), Protocol: 6}, "tcp 198.18.0.1:22 from 2001:db8::2"},
-		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(53), SrcPort: p16(5353), Protocol: 17}, "udp 198.18.0.1:53 from port 5353"},
+		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(22), SrcAddr: pa("198.18.0.2"), SrcPort: p16(41234), Protocol: 6}, "tcp 198.18.0.1:22 <- 198.18.0.2:41234"},
+		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(22), SrcAddr: pa("2001:db8::2"), Protocol: 6}, "tcp 198.18.0.1:22 <- [2001:db8::2]"},
+		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(53), SrcPort: p16(5353), Protocol: 17}, "udp 198.18.0.1:53 <- *:5353"},
 		{Match{DstAddr: ip("198.18.0.1"), Protocol: 200}, "proto-200 198.18.0.1"},
 	} {
 		if got := c.m.String(); got != c.want {

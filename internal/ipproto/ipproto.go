@@ -1,11 +1,15 @@
 // Package ipproto holds the IP protocol numbers (IANA's "Assigned Internet
-// Protocol Numbers", the kernel's IPPROTO_*) that usnetd deals with, and
-// their names: the one definition that the switch, the firewall, the
-// configuration, the backends and usnet share. It imports only the
+// Protocol Numbers", the kernel's IPPROTO_*) that usnetd deals with, their
+// names, and how a rule on them is written for people (Rule): the one
+// definition that the switch, the firewall, the configuration, the
+// backends, the control protocol and usnet share. It imports only the
 // standard library.
 package ipproto
 
-import "strconv"
+import (
+	"net/netip"
+	"strconv"
+)
 
 // IP protocol numbers. They are untyped, so that each package may use them
 // as the integer type it needs.
@@ -40,4 +44,38 @@ func Name(p uint8) string {
 		return "udplite"
 	}
 	return "proto-" + strconv.Itoa(int(p))
+}
+
+// Rule writes a rule (or a flow) for people, the one way usnetd does in
+// logs, errors and tools: the protocol's name, the local address and port,
+// and "<-" the remote side if the rule has one, "*" standing for any
+// address; IPv6 addresses in brackets:
+//
+//	tcp 198.18.0.1:80
+//	tcp 198.18.0.1:80 <- 198.18.1.2:41000
+//	icmp 198.18.0.1
+//	udp [2001:db8::1]:53 <- [2001:db8:1::2]
+//	udp 198.18.0.1:53 <- *:5353
+//
+// A port < 0 is none; an invalid remote with no remote port is no remote.
+func Rule(proto uint8, local netip.Addr, localPort int, remote netip.Addr, remotePort int) string {
+	s := Name(proto) + " " + hostPort(local, localPort)
+	if remote.IsValid() || remotePort >= 0 {
+		s += " <- " + hostPort(remote, remotePort)
+	}
+	return s
+}
+
+func hostPort(a netip.Addr, port int) string {
+	h := "*"
+	if a.IsValid() {
+		h = a.String()
+		if !a.Is4() {
+			h = "[" + h + "]"
+		}
+	}
+	if port < 0 {
+		return h
+	}
+	return h + ":" + strconv.Itoa(port)
 }

@@ -1,6 +1,7 @@
 package ipproto
 
 import (
+	"net/netip"
 	"syscall"
 	"testing"
 )
@@ -29,5 +30,24 @@ func TestNumbers(t *testing.T) {
 	}
 	if got := Name(200); got != "proto-200" {
 		t.Errorf("Name(200) = %q", got)
+	}
+}
+
+func TestRule(t *testing.T) {
+	a := netip.MustParseAddr
+	for _, c := range []struct {
+		got, want string
+	}{
+		{Rule(TCP, a("198.18.0.1"), 80, netip.Addr{}, -1), "tcp 198.18.0.1:80"},
+		{Rule(TCP, a("198.18.0.1"), 80, a("198.18.1.2"), 41000), "tcp 198.18.0.1:80 <- 198.18.1.2:41000"},
+		{Rule(ICMP, a("198.18.0.1"), -1, netip.Addr{}, -1), "icmp 198.18.0.1"},
+		{Rule(ICMPv6, a("2001:db8::1"), -1, netip.Addr{}, -1), "icmpv6 [2001:db8::1]"},
+		{Rule(UDP, a("2001:db8::1"), 53, a("2001:db8:1::2"), -1), "udp [2001:db8::1]:53 <- [2001:db8:1::2]"},
+		{Rule(UDP, a("198.18.0.1"), 53, netip.Addr{}, 5353), "udp 198.18.0.1:53 <- *:5353"},
+		{Rule(200, a("198.18.0.1"), -1, netip.Addr{}, -1), "proto-200 198.18.0.1"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%q, want %q", c.got, c.want)
+		}
 	}
 }
