@@ -6,9 +6,11 @@
 // strict decoding (DecodeRequest, DecodeAnswer), byte-compatible with the
 // original's serde_json messages. It also holds DefaultSocketPath.
 //
-// It imports only the standard library, so that a program that speaks the
-// protocol (control/client, usnet) does not pull in the server, the
-// backends or the eBPF firewall. The server is package control, the Go
+// It imports only the standard library and internal/ipproto (the protocol
+// numbers' names for Match.String, itself standard library only; TestDeps
+// keeps it so), so that a program that speaks the protocol
+// (control/client, usnet) does not pull in the server, the backends or the
+// eBPF firewall. The server is package control, the Go
 // client control/client.
 //
 // Decoding never panics and bounds what it reads (MaxMessageSize,
