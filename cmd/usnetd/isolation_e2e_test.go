@@ -398,7 +398,7 @@ func udpTo(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, data stri
 func tcpFlags(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, flags byte) func([]byte) bool {
 	return func(f []byte) bool {
 		t := l4At(f, 6)
-		return t != nil && len(t) >= 14 && ip4Src(f) == src && ip4Dst(f) == dst && binary.BigEndian.Uint16(t[0:]) == sport &&
+		return len(t) >= 14 && ip4Src(f) == src && ip4Dst(f) == dst && binary.BigEndian.Uint16(t[0:]) == sport &&
 			binary.BigEndian.Uint16(t[2:]) == dport && t[13]&flags == flags
 	}
 }

@@ -332,7 +332,7 @@ var variables = []variable{
 
 // parseMemoryLimit parses MEMORY_LIMIT, e.g. 256MiB.
 func parseMemoryLimit(st *state, v string) *Error {
-	num := strings.TrimRight(v, "BKMGiB")
+	num := strings.TrimRight(v, "BKMGi")
 	unit := v[len(num):]
 	shift := map[string]uint{"B": 0, "KiB": 10, "MiB": 20, "GiB": 30}
 	sh, ok := shift[unit]
