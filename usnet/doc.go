@@ -74,7 +74,7 @@
 // channel, from SO_PEERPIDFD, client.ChannelPeer; where that process
 // cannot be watched, a send that finds the channel closed), then attaches
 // again: at once, then after 50 ms, doubling up to 1 s between tries
-// (client.ReattachFirst, client.ReattachMax, as a client.Session), forever, until the last socket of the Config is closed (the
+// (a client.Watch, the loop of a client.Session), forever, until the last socket of the Config is closed (the
 // supervisor goroutine of the stack stops then). Once usnetd answers, it
 // requests a new channel, swaps it in under the running gVisor stack (the
 // link endpoint's descriptor is replaced; addresses, listeners and TCP

@@ -23,9 +23,9 @@
 // send the caller reports with Lost), dials again with bounded backoff
 // (50 ms doubling to 1 s, until Close), requests a new channel, registers
 // its rules again and hands the new channel to SessionOptions.Reattached.
-// ChannelPeer and PeerPidfd tell whom to watch; usnet's stacks use them and
-// the same backoff (ReattachFirst, ReattachMax) to swap a new channel under
-// a running stack.
+// The loop itself is a Watch (StartWatch), which usnet's stacks use too,
+// to swap a new channel under a running network stack; ChannelPeer and
+// PeerPidfd tell whom to watch.
 //
 // It never leaves its socket file behind after Close, never keeps a
 // descriptor it did not return to the caller, and never takes an answer

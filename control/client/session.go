@@ -56,11 +56,7 @@ type Session struct {
 	rule []wire.Match
 
 	gen      atomic.Uint64 // channels handed out so far
-	lostGen  atomic.Uint64 // 1 + the channel generation reported lost; 0: none
-	wake     int           // eventfd: Close or Lost
-	stop     chan struct{}
-	done     chan struct{}
-	peer     int // pidfd of the channel's maker or -1; owned by run
+	w        *Watch
 	stopOnce sync.Once
 }
 
@@ -76,16 +72,15 @@ func OpenSession(opt SessionOptions) (*Session, *os.File, error) {
 		c.Close()
 		return nil, nil, err
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	s := &Session{opt: opt, c: c}
+	s.gen.Store(1)
+	s.w, err = StartWatch(WatchOptions{Peer: PeerPidfd(ch), Sends: true, Generation: s.gen.Load,
+		Detach: s.detach, Attach: s.attach})
 	if err != nil {
 		c.Close()
 		ch.Close()
 		return nil, nil, err
 	}
-	s := &Session{opt: opt, c: c, wake: wake, peer: PeerPidfd(ch),
-		stop: make(chan struct{}), done: make(chan struct{})}
-	s.gen.Store(1)
-	go s.run()
 	return s, ch, nil
 }
 
@@ -135,11 +130,7 @@ func (s *Session) QueryUsedPorts() (wire.UsedPorts, error) {
 // not block. Reports about a channel that was replaced already do
 // nothing, so call it from the goroutine that uses the channel, before it
 // takes the next one from Reattached.
-func (s *Session) Lost() {
-	s.lostGen.Store(s.gen.Load() + 1)
-	var one = [8]byte{1}
-	unix.Write(s.wake, one[:])
-}
+func (s *Session) Lost() { s.w.Lost(s.gen.Load()) }
 
 // Close stops the session and sends DeleteClient if usnetd is there. An
 // attempt to attach that is under way finishes first (bounded by the
@@ -147,14 +138,7 @@ func (s *Session) Lost() {
 func (s *Session) Close() error {
 	var err error
 	s.stopOnce.Do(func() {
-		close(s.stop)
-		var one = [8]byte{1}
-		unix.Write(s.wake, one[:])
-		<-s.done
-		unix.Close(s.wake)
-		if s.peer >= 0 {
-			unix.Close(s.peer)
-		}
+		s.w.Stop()
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.c != nil {
@@ -165,43 +149,8 @@ func (s *Session) Close() error {
 	return err
 }
 
-func (s *Session) stopped() bool {
-	select {
-	case <-s.stop:
-		return true
-	default:
-		return false
-	}
-}
-
-func (s *Session) run() {
-	defer close(s.done)
-	for {
-		fds := []unix.PollFd{{Fd: int32(s.wake), Events: unix.POLLIN}}
-		if s.peer >= 0 {
-			fds = append(fds, unix.PollFd{Fd: int32(s.peer), Events: unix.POLLIN})
-		}
-		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
-			return
-		}
-		if s.stopped() {
-			return
-		}
-		var cnt [8]byte
-		unix.Read(s.wake, cnt[:])
-		lost := len(fds) > 1 && fds[1].Revents != 0
-		if g := s.lostGen.Swap(0); g != 0 && g-1 == s.gen.Load() {
-			lost = true
-		}
-		if lost && !s.reattach() {
-			return
-		}
-	}
-}
-
-// reattach attaches again with backoff until it succeeds (true) or the
-// session is closed (false).
-func (s *Session) reattach() bool {
+// detach drops the client of the usnetd that went away.
+func (s *Session) detach() {
 	s.mu.Lock()
 	old := s.c
 	s.c = nil
@@ -209,36 +158,22 @@ func (s *Session) reattach() bool {
 	if old != nil {
 		old.Close() // DeleteClient goes nowhere; the socket file goes
 	}
-	if s.peer >= 0 {
-		unix.Close(s.peer)
-		s.peer = -1
+}
+
+// attach is one attempt to attach again (the Watch's Attach): on success
+// the new channel goes to SessionOptions.Reattached.
+func (s *Session) attach() (peer int, sends bool, err error) {
+	ch, refused, err := s.attachOnce()
+	if err != nil {
+		return -1, false, err
 	}
-	delay := ReattachFirst
-	for try := 0; ; try++ {
-		if try > 0 {
-			t := time.NewTimer(delay)
-			select {
-			case <-s.stop:
-				t.Stop()
-				return false
-			case <-t.C:
-			}
-			delay = min(2*delay, ReattachMax)
-		}
-		if s.stopped() {
-			return false
-		}
-		ch, refused, err := s.attachOnce()
-		if err != nil {
-			continue
-		}
-		if s.opt.Reattached != nil {
-			s.opt.Reattached(ch, refused)
-		} else {
-			ch.Close()
-		}
-		return true
+	peer = PeerPidfd(ch)
+	if s.opt.Reattached != nil {
+		s.opt.Reattached(ch, refused)
+	} else {
+		ch.Close()
 	}
+	return peer, true, nil
 }
 
 // attachOnce dials, requests a channel and registers the rules again.
@@ -267,7 +202,6 @@ func (s *Session) attachOnce() (ch *os.File, refused, err error) {
 	}
 	s.c = c
 	s.gen.Add(1)
-	s.peer = PeerPidfd(ch)
 	return ch, errors.Join(errs...), nil
 }
 
