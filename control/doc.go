@@ -1,8 +1,8 @@
-// Package control is usnetd's control socket: the wire types of the
-// original's protocol (byte-compatible, wire.go), the server (server.go),
-// the control socket itself (socket.go), kernel-verified credentials and
-// fd handover (creds.go) and the policy that decides who may claim what
-// (policy.go). The Go client is control/client.
+// Package control is usnetd's control socket: the server (server.go), the
+// control socket itself (socket.go), kernel-verified credentials and fd
+// handover (creds.go) and the policy that decides who may claim what
+// (policy.go). The messages and their byte-compatible codec are package
+// control/wire (standard library only); the Go client is control/client.
 //
 // A client binds its own Unix datagram socket and sends JSON requests to
 // the server's; every request that gets an answer gets one ("OK", "ER",

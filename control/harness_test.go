@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/backends/memory"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -244,7 +245,7 @@ func (c *rawClient) recv(d time.Duration) (data []byte, fds []int, ok bool) {
 	if n == 0 {
 		return nil, nil, false
 	}
-	buf := make([]byte, MaxAnswerSize+1)
+	buf := make([]byte, wire.MaxAnswerSize+1)
 	oob := make([]byte, unix.CmsgSpace(4*8))
 	k, oobn, _, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 	if err != nil {
@@ -427,3 +428,5 @@ func (c *rawClient) askAs(msg string, uid uint32) (string, []int) {
 	}
 	return string(data), fds
 }
+
+func ip(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 const (
@@ -60,7 +62,7 @@ func (h *helperClient) ask(msg string) (string, int) {
 	if n, _ := unix.Poll(p, 3000); n == 0 {
 		return "timeout", -1
 	}
-	buf := make([]byte, MaxAnswerSize)
+	buf := make([]byte, wire.MaxAnswerSize)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := unix.Recvmsg(h.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 	if err != nil {

@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -43,7 +44,7 @@ var (
 )
 
 // matchToKey turns a Match into a rule key, or says why it cannot be one.
-func matchToKey(m Match) (l4.Key, error) {
+func matchToKey(m wire.Match) (l4.Key, error) {
 	if !m.DstAddr.IsValid() {
 		return l4.Key{}, errors.New("no local address")
 	}
@@ -76,8 +77,8 @@ func matchToKey(m Match) (l4.Key, error) {
 }
 
 // keyToMatch is the Match of a rule key, for QueryStatus.
-func keyToMatch(k l4.Key) Match {
-	m := Match{DstAddr: k.Local.Netip(), Protocol: k.Proto}
+func keyToMatch(k l4.Key) wire.Match {
+	m := wire.Match{DstAddr: k.Local.Netip(), Protocol: k.Proto}
 	if k.Flags&l4.KeyLocalPort != 0 {
 		p := k.LocalPort
 		m.DstPort = &p
@@ -174,29 +175,29 @@ func mayBindPrivileged(uid uint32, st procStatus) bool {
 }
 
 // portEntry is the line of QueryUsedPortsAnswer for a rule with a local port.
-func portEntry(k l4.Key) (PortEntry, bool) {
+func portEntry(k l4.Key) (wire.PortEntry, bool) {
 	if k.Flags&l4.KeyLocalPort == 0 {
-		return PortEntry{}, false
+		return wire.PortEntry{}, false
 	}
-	return PortEntry{Protocol: k.Proto, Addr: k.Local.Netip(), Port: k.LocalPort}, true
+	return wire.PortEntry{Protocol: k.Proto, Addr: k.Local.Netip(), Port: k.LocalPort}, true
 }
 
 // socketEntries lists a kernel socket in QueryUsedPortsAnswer: once per
 // local address of the claimed interfaces when bound to the wildcard
 // address (addrs), otherwise as bound. Loopback sockets are left out: they
 // never see a frame of a NIC.
-func socketEntries(s firewall.Socket, addrs []netip.Addr) []PortEntry {
+func socketEntries(s firewall.Socket, addrs []netip.Addr) []wire.PortEntry {
 	a := s.Local.Addr().Unmap()
 	if a.IsLoopback() {
 		return nil
 	}
 	if !s.Wildcard() || len(addrs) == 0 {
-		return []PortEntry{{Protocol: s.Proto, Addr: a, Port: s.Local.Port()}}
+		return []wire.PortEntry{{Protocol: s.Proto, Addr: a, Port: s.Local.Port()}}
 	}
-	var es []PortEntry
+	var es []wire.PortEntry
 	for _, l := range addrs {
 		if l.Is4() || !a.Is4() {
-			es = append(es, PortEntry{Protocol: s.Proto, Addr: l, Port: s.Local.Port()})
+			es = append(es, wire.PortEntry{Protocol: s.Proto, Addr: l, Port: s.Local.Port()})
 		}
 	}
 	return es

@@ -51,6 +51,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/backends/uds"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -363,7 +364,7 @@ func (s *Server) Close() error {
 // readLoop receives and handles one message after the other.
 func (s *Server) readLoop() {
 	defer s.wg.Done()
-	buf := make([]byte, MaxMessageSize+1)
+	buf := make([]byte, wire.MaxMessageSize+1)
 	oob := make([]byte, 1024)
 	for {
 		var r received
@@ -395,8 +396,8 @@ type answer struct {
 }
 
 var (
-	answerER = answer{data: []byte(RawER)}
-	answerOK = answer{data: []byte(RawOK)}
+	answerER = answer{data: []byte(wire.RawER)}
+	answerOK = answer{data: []byte(wire.RawOK)}
 )
 
 // handle checks one received datagram and acts on it.
@@ -420,8 +421,8 @@ func (s *Server) handle(r *received, buf []byte) {
 	}
 	var a answer
 	switch {
-	case r.flags&unix.MSG_TRUNC != 0 || r.n > MaxMessageSize:
-		log.Warn().Int("bytes", r.n).Int("limit", MaxMessageSize).Msg("message too long")
+	case r.flags&unix.MSG_TRUNC != 0 || r.n > wire.MaxMessageSize:
+		log.Warn().Int("bytes", r.n).Int("limit", wire.MaxMessageSize).Msg("message too long")
 		a = answerIfDue(body)
 	case r.flags&unix.MSG_CTRUNC != 0:
 		log.Warn().Msg("control data of the message truncated")
@@ -465,22 +466,11 @@ func (s *Server) handle(r *received, buf []byte) {
 // else, and an unexpected "ER" would be taken for the answer to its next
 // request.
 func answerIfDue(body []byte) answer {
-	switch peekType(body) {
+	switch wire.PeekType(body) {
 	case "RemoveMatch", "DeleteClient":
 		return answer{}
 	}
 	return answerER
-}
-
-// peekType is the tag of a message that may not decode: "RequestUDS",
-// "DeleteClient", ..., or "" when not even that can be read.
-func peekType(b []byte) string {
-	r := reader{b: b[:min(len(b), 256)]}
-	name, _, err := r.tag("")
-	if err != nil {
-		return ""
-	}
-	return name
 }
 
 // message is a request with what the kernel says about its sender.
@@ -503,24 +493,24 @@ func (s *Server) process(m message, log zerolog.Logger) answer {
 		log.Warn().Msg("access denied: not root and not in ALLOW_GID")
 		return answerIfDue(m.body)
 	}
-	req, err := DecodeRequest(m.body)
+	req, err := wire.DecodeRequest(m.body)
 	if err != nil {
 		log.Warn().Err(err).Msg("malformed message")
 		return answerIfDue(m.body)
 	}
 	key := epKey{addr: m.from, pid: m.cred.Pid}
 	switch v := req.(type) {
-	case RequestUDS:
+	case wire.RequestUDS:
 		return s.requestUDS(m, key, v, log)
-	case RequestNetmapPipe:
+	case wire.RequestNetmapPipe:
 		log.Info().Str("interface", v.Interface).Msg("RequestNetmapPipe: no netmap here; answering ER")
 		return answerER
-	case AddMatch:
+	case wire.AddMatch:
 		return s.addMatch(key, v.Match, log)
-	case RemoveMatch:
+	case wire.RemoveMatch:
 		s.removeMatch(key, v.Match, log)
 		return answer{}
-	case DeleteClient:
+	case wire.DeleteClient:
 		ep := s.endpoints[key]
 		if ep == nil {
 			log.Warn().Msg("DeleteClient from a client without channel")
@@ -528,9 +518,9 @@ func (s *Server) process(m message, log zerolog.Logger) answer {
 		}
 		s.removeEndpoint(ep, "DeleteClient")
 		return answer{}
-	case QueryUsedPorts:
+	case wire.QueryUsedPorts:
 		return answer{data: s.usedPorts(log)}
-	case QueryStatus:
+	case wire.QueryStatus:
 		return answer{data: s.statusBytes(log)}
 	}
 	log.Warn().Str("type", req.Type()).Msg("unhandled request")
@@ -555,7 +545,7 @@ func (s *Server) allowed(c unix.Ucred) bool {
 	return err == nil && slices.Contains(st.Groups, s.cfg.AllowGID) && st.Tgid == c.Pid
 }
 
-func (s *Server) requestUDS(m message, key epKey, v RequestUDS, log zerolog.Logger) answer {
+func (s *Server) requestUDS(m message, key epKey, v wire.RequestUDS, log zerolog.Logger) answer {
 	log = log.With().Str("interface", v.Interface).Int32("claimed_pid", v.PID).Logger()
 	ifc := s.ifaces[v.Interface]
 	if ifc == nil {
@@ -673,7 +663,7 @@ func (s *Server) requestUDS(m message, key epKey, v RequestUDS, log zerolog.Logg
 	s.channels++
 	u.channels++
 	ep.log.Info().Str("interface", ifc.Name).Uint32("port", uint32(owner.Port)).Int("channels", len(ep.channels)).Msg("channel attached")
-	return answer{data: []byte(RawFD), file: peer, undo: func() { s.removeChannel(ep, ch, "the answer could not be sent") }}
+	return answer{data: []byte(wire.RawFD), file: peer, undo: func() { s.removeChannel(ep, ch, "the answer could not be sent") }}
 }
 
 // mayUse reports whether endpoints on the interface may use local address
@@ -701,7 +691,7 @@ func (ep *endpoint) owns(port l4.PortID) bool {
 	return false
 }
 
-func (s *Server) addMatch(key epKey, m Match, log zerolog.Logger) answer {
+func (s *Server) addMatch(key epKey, m wire.Match, log zerolog.Logger) answer {
 	ep := s.endpoints[key]
 	if ep == nil {
 		log.Warn().Msg("AddMatch from a client without channel (RequestUDS first)")
@@ -767,7 +757,7 @@ func (s *Server) addMatch(key epKey, m Match, log zerolog.Logger) answer {
 	return answerOK
 }
 
-func (s *Server) removeMatch(key epKey, m Match, log zerolog.Logger) {
+func (s *Server) removeMatch(key epKey, m wire.Match, log zerolog.Logger) {
 	ep := s.endpoints[key]
 	if ep == nil {
 		log.Warn().Msg("RemoveMatch from a client without channel")
@@ -931,12 +921,12 @@ func (s *Server) reap() {
 // remote: connected, without: listening), and the kernel's sockets.
 func (s *Server) usedPorts(log zerolog.Logger) []byte {
 	type entry struct {
-		e         PortEntry
+		e         wire.PortEntry
 		connected bool
 	}
 	seen := map[entry]bool{}
 	var list []entry
-	add := func(e PortEntry, connected bool) {
+	add := func(e wire.PortEntry, connected bool) {
 		k := entry{e, connected}
 		if !seen[k] {
 			seen[k] = true
@@ -970,7 +960,7 @@ func (s *Server) usedPorts(log zerolog.Logger) []byte {
 		}
 		return int(a.e.Port) - int(b.e.Port)
 	})
-	var listening, connected []PortEntry
+	var listening, connected []wire.PortEntry
 	for _, x := range list {
 		if x.connected {
 			connected = append(connected, x.e)
@@ -978,7 +968,7 @@ func (s *Server) usedPorts(log zerolog.Logger) []byte {
 			listening = append(listening, x.e)
 		}
 	}
-	return EncodeUsedPorts(listening, connected)
+	return wire.EncodeUsedPorts(listening, connected)
 }
 
 // SetAddrs replaces the address list of interface ifname (Interface.Addrs:
@@ -995,17 +985,17 @@ func (s *Server) SetAddrs(ifname string, addrs []netip.Addr) {
 
 // maxStatusAnswer bounds the QueryStatus answer below MaxAnswerSize and
 // the control socket's send buffer.
-const maxStatusAnswer = MaxAnswerSize - 4096
+const maxStatusAnswer = wire.MaxAnswerSize - 4096
 
 // Status returns what QueryStatus answers.
-func (s *Server) Status() Status {
+func (s *Server) Status() wire.Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.status()
 }
 
-func (s *Server) status() Status {
-	st := Status{Version: s.cfg.Version}
+func (s *Server) status() wire.Status {
+	st := wire.Status{Version: s.cfg.Version}
 	byPort := map[*ifaceState]map[l4.PortID]string{}
 	for _, ifc := range s.order {
 		ps := ifc.Pipeline.Stats()
@@ -1024,7 +1014,7 @@ func (s *Server) status() Status {
 			ringDrops[r.To] += r.DroppedFull
 		}
 		byPort[ifc] = names
-		in := InterfaceStatus{Name: ifc.Name, Backend: ifc.Backend, Queues: queues, XDPMode: ifc.XDPMode}
+		in := wire.InterfaceStatus{Name: ifc.Name, Backend: ifc.Backend, Queues: queues, XDPMode: ifc.XDPMode}
 		if ifc.MTU != nil {
 			in.MTU = ifc.MTU()
 		}
@@ -1033,7 +1023,7 @@ func (s *Server) status() Status {
 			if ep.ifc != ifc {
 				continue
 			}
-			es := EndpointStatus{ID: ep.id, PID: ep.key.pid, UID: ep.uid, Address: ep.key.addr.String(),
+			es := wire.EndpointStatus{ID: ep.id, PID: ep.key.pid, UID: ep.uid, Address: ep.key.addr.String(),
 				Interface: ifc.Name, Channels: len(ep.channels)}
 			for _, k := range ep.rules {
 				es.Rules = append(es.Rules, keyToMatch(k))
@@ -1066,7 +1056,7 @@ func (s *Server) status() Status {
 			if !ok {
 				owner = r.Owner.Kind.String() + " port " + strconv.Itoa(int(r.Owner.Port))
 			}
-			st.Rules = append(st.Rules, RuleStatus{Match: keyToMatch(r.Key), Owner: owner, Kind: r.Kind.String(), Sticky: r.Sticky})
+			st.Rules = append(st.Rules, wire.RuleStatus{Match: keyToMatch(r.Key), Owner: owner, Kind: r.Kind.String(), Sticky: r.Sticky})
 		}
 	}
 	return st
@@ -1076,25 +1066,25 @@ func (s *Server) status() Status {
 // datagram: learned rules are left out first, then rules from the end.
 func (s *Server) statusBytes(log zerolog.Logger) []byte {
 	st := s.status()
-	b, err := EncodeStatus(st)
+	b, err := wire.EncodeStatus(st)
 	if err != nil {
 		log.Error().Err(err).Msg("QueryStatus: encoding")
-		return []byte(RawER)
+		return []byte(wire.RawER)
 	}
 	if len(b) <= maxStatusAnswer {
 		return b
 	}
 	all := len(st.Rules)
-	st.Rules = slices.DeleteFunc(st.Rules, func(r RuleStatus) bool { return r.Kind == RuleLearned })
+	st.Rules = slices.DeleteFunc(st.Rules, func(r wire.RuleStatus) bool { return r.Kind == wire.RuleLearned })
 	for {
-		if b, err = EncodeStatus(st); err != nil || len(b) <= maxStatusAnswer || len(st.Rules) == 0 {
+		if b, err = wire.EncodeStatus(st); err != nil || len(b) <= maxStatusAnswer || len(st.Rules) == 0 {
 			break
 		}
 		st.Rules = st.Rules[:len(st.Rules)*3/4]
 	}
 	if err != nil || len(b) > maxStatusAnswer {
 		log.Error().Int("bytes", len(b)).Msg("QueryStatus: the answer does not fit a datagram")
-		return []byte(RawER)
+		return []byte(wire.RawER)
 	}
 	log.Warn().Int("rules", all).Int("listed", len(st.Rules)).Msg("QueryStatus: too many rules for one datagram; listed a part")
 	return b

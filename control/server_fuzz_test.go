@@ -8,6 +8,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // FuzzProcess feeds arbitrary messages to the server as if this process
@@ -47,16 +49,16 @@ func FuzzProcess(f *testing.F) {
 			a.file.Close()
 		}
 		switch s := string(a.data); {
-		case a.data == nil, s == RawOK, s == RawER:
+		case a.data == nil, s == wire.RawOK, s == wire.RawER:
 			if a.file != nil {
 				t.Fatalf("a descriptor with answer %q", s)
 			}
-		case s == RawFD:
+		case s == wire.RawFD:
 			if a.file == nil {
 				t.Fatal(`"$" without a descriptor`)
 			}
 		default:
-			if _, err := DecodeAnswer(a.data); err != nil {
+			if _, err := wire.DecodeAnswer(a.data); err != nil {
 				t.Fatalf("answer %q does not decode: %v", s, err)
 			}
 		}

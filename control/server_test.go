@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -67,11 +68,11 @@ func TestWireOnSocket(t *testing.T) {
 	if !strings.HasPrefix(st, `{"QueryStatusAnswer":{"version":"test","interfaces":[{"name":"eth0","backend":"memory","queues":1,"xdp_mode":""}],"endpoints":[{"id":1,"pid":`+fmt.Sprint(pid)) {
 		t.Errorf("QueryStatus: %s", st)
 	}
-	a, err := DecodeAnswer([]byte(st))
+	a, err := wire.DecodeAnswer([]byte(st))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := a.(Status)
+	s := a.(wire.Status)
 	if len(s.Endpoints) != 1 || s.Endpoints[0].Address != c.addr() || s.Endpoints[0].Channels != 1 ||
 		len(s.Endpoints[0].Rules) != 1 || s.Endpoints[0].UID != uint32(os.Getuid()) {
 		t.Errorf("QueryStatus endpoints = %+v", s.Endpoints)
@@ -178,8 +179,8 @@ func TestMalformed(t *testing.T) {
 		`{"QueryUsedPortsAnswer":{"listening":[],"connected":[]}}`,
 		"\xff\xfe",
 		`"QueryStatus" trailing`,
-		strings.Repeat(" ", MaxMessageSize) + `"QueryStatus"`, // too long
-		`{"QueryStatus":` + strings.Repeat("[", 100000),       // too long as well
+		strings.Repeat(" ", wire.MaxMessageSize) + `"QueryStatus"`, // too long
+		`{"QueryStatus":` + strings.Repeat("[", 100000),            // too long as well
 	}
 	for _, m := range due {
 		if got := c.ask(m); got != "ER" {

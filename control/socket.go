@@ -13,10 +13,13 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/control/wire"
 )
 
-// DefaultSocketPath is where the original and this usnetd listen.
-const DefaultSocketPath = "/run/usnetd.socket"
+// DefaultSocketPath is where the original and this usnetd listen
+// (wire.DefaultSocketPath).
+const DefaultSocketPath = wire.DefaultSocketPath
 
 // ErrAlreadyRunning is returned by NewServer when another usnetd serves the
 // socket path already.

@@ -16,13 +16,15 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+
+	"github.com/usnetd/usnetd/internal/ipproto"
 )
 
-// IP protocol numbers of the sockets in the inventory.
+// IP protocol numbers of the sockets in the inventory (internal/ipproto's).
 const (
-	ProtoTCP     uint8 = 6
-	ProtoUDP     uint8 = 17
-	ProtoUDPLite uint8 = 136
+	ProtoTCP     uint8 = ipproto.TCP
+	ProtoUDP     uint8 = ipproto.UDP
+	ProtoUDPLite uint8 = ipproto.UDPLite
 )
 
 // TCP states as /proc/net/tcp writes them (include/net/tcp_states.h).
@@ -63,15 +65,7 @@ func (s Socket) Wildcard() bool { return s.Local.Addr().IsUnspecified() }
 
 // String formats s as "tcp 0.0.0.0:22 <- *" or "udp 198.18.0.1:53 <- 198.18.1.2:5353".
 func (s Socket) String() string {
-	name := "proto-" + strconv.Itoa(int(s.Proto))
-	switch s.Proto {
-	case ProtoTCP:
-		name = "tcp"
-	case ProtoUDP:
-		name = "udp"
-	case ProtoUDPLite:
-		name = "udplite"
-	}
+	name := ipproto.Name(s.Proto)
 	r := "*"
 	if !s.Listening() {
 		r = s.Remote.String()

@@ -1,6 +1,10 @@
 package l4
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/usnetd/usnetd/internal/ipproto"
+)
 
 // EtherTypes that the switch knows.
 const (
@@ -11,16 +15,16 @@ const (
 	EtherTypeEAPOL = 0x888e
 )
 
-// IP protocol numbers that the switch knows.
+// IP protocol numbers that the switch knows (internal/ipproto's).
 const (
-	ProtoICMP    = 1
-	ProtoTCP     = 6
-	ProtoUDP     = 17
-	ProtoDCCP    = 33
-	ProtoICMPv6  = 58
-	ProtoNone6   = 59 // IPv6 "no next header"
-	ProtoSCTP    = 132
-	ProtoUDPLite = 136
+	ProtoICMP    = ipproto.ICMP
+	ProtoTCP     = ipproto.TCP
+	ProtoUDP     = ipproto.UDP
+	ProtoDCCP    = ipproto.DCCP
+	ProtoICMPv6  = ipproto.ICMPv6
+	ProtoNone6   = ipproto.None6 // IPv6 "no next header"
+	ProtoSCTP    = ipproto.SCTP
+	ProtoUDPLite = ipproto.UDPLite
 )
 
 // HasPorts reports whether the IP protocol proto carries 16-bit source and

@@ -107,10 +107,11 @@ type PortPolicy struct {
 	BindPrivileged bool
 }
 
-// policies is the per-port policy map, copy-on-write: it is read on the
-// data path only for frames from a privileged source port.
+// policies serialises the writers of the per-port policy map
+// (Switch.polMap, copy-on-write: it is read on the data path only for
+// frames from a privileged source port).
 type policies struct {
-	mu sync.Mutex // serialises the writers of Switch.polMap
+	mu sync.Mutex
 }
 
 // SetPortPolicy sets the policy of port id (the zero PortPolicy, the

@@ -3,7 +3,9 @@ package l4
 import (
 	"errors"
 	"fmt"
-	"strconv"
+	"net/netip"
+
+	"github.com/usnetd/usnetd/internal/ipproto"
 )
 
 // PortID names a switch port (a NIC, the kernel path, an endpoint) within
@@ -155,47 +157,26 @@ func (k Key) Validate() error {
 // Listening reports whether k has no remote side.
 func (k Key) Listening() bool { return k.Flags&KeyRemote == 0 }
 
-// String formats k as "tcp 198.18.0.1:80 <- 198.18.1.2:41000", with "*"
-// for unset fields.
+// String formats k as "tcp 198.18.0.1:80 <- 198.18.1.2:41000"
+// (ipproto.Rule, the one way usnetd writes a rule).
 func (k Key) String() string {
-	s := ProtoName(k.Proto) + " " + hostPort(k.Local, k.Flags&KeyLocalPort != 0, k.LocalPort)
+	lp, rp := -1, -1
+	if k.Flags&KeyLocalPort != 0 {
+		lp = int(k.LocalPort)
+	}
+	var remote netip.Addr
 	if k.Flags&KeyRemote != 0 {
-		s += " <- " + hostPort(k.Remote, k.Flags&KeyRemotePort != 0, k.RemotePort)
+		remote = k.Remote.Netip()
+		if k.Flags&KeyRemotePort != 0 {
+			rp = int(k.RemotePort)
+		}
 	}
-	return s
+	return ipproto.Rule(k.Proto, k.Local.Netip(), lp, remote, rp)
 }
 
-func hostPort(a Addr, hasPort bool, port uint16) string {
-	h := a.String()
-	if !a.Is4() {
-		h = "[" + h + "]"
-	}
-	if !hasPort {
-		return h
-	}
-	return h + ":" + strconv.Itoa(int(port))
-}
-
-// ProtoName names an IP protocol ("tcp", "udp", "icmp", ... or its number).
-func ProtoName(p uint8) string {
-	switch p {
-	case ProtoICMP:
-		return "icmp"
-	case ProtoTCP:
-		return "tcp"
-	case ProtoUDP:
-		return "udp"
-	case ProtoDCCP:
-		return "dccp"
-	case ProtoICMPv6:
-		return "icmpv6"
-	case ProtoSCTP:
-		return "sctp"
-	case ProtoUDPLite:
-		return "udplite"
-	}
-	return "proto-" + strconv.Itoa(int(p))
-}
+// ProtoName names an IP protocol ("tcp", "udp", "icmp", ... or
+// "proto-N"): ipproto.Name.
+func ProtoName(p uint8) string { return ipproto.Name(p) }
 
 func (r Rule) String() string {
 	st := ""

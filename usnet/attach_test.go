@@ -5,12 +5,10 @@ package usnet
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -18,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // fakeServer is a usnetd control socket: it answers as the original does
@@ -28,14 +26,14 @@ type fakeServer struct {
 	conn  *net.UnixConn
 	path  string
 	mu    sync.Mutex
-	reqs  []control.Request
+	reqs  []wire.Request
 	peers []string // client addresses seen
 	chans []*os.File
-	rules []control.Match
-	used  control.UsedPorts
+	rules []wire.Match
+	used  wire.UsedPorts
 	// status, if set, answers QueryStatus (as this usnetd does); nil
 	// leaves it unanswered, as the original does.
-	status *control.Status
+	status *wire.Status
 	done   chan struct{}
 }
 
@@ -59,13 +57,13 @@ func newFakeServer(t *testing.T, chans ...*os.File) *fakeServer {
 
 func (s *fakeServer) serve() {
 	defer close(s.done)
-	buf := make([]byte, control.MaxMessageSize+1)
+	buf := make([]byte, wire.MaxMessageSize+1)
 	for {
 		n, from, err := s.conn.ReadFromUnix(buf)
 		if err != nil {
 			return
 		}
-		req, err := control.DecodeRequest(buf[:n])
+		req, err := wire.DecodeRequest(buf[:n])
 		if err != nil {
 			s.t.Errorf("fake usnetd: %v", err)
 			continue
@@ -73,35 +71,35 @@ func (s *fakeServer) serve() {
 		s.mu.Lock()
 		s.reqs = append(s.reqs, req)
 		s.peers = append(s.peers, from.Name)
-		var answer control.Answer
+		var answer wire.Answer
 		var oob []byte
 		switch r := req.(type) {
-		case control.RequestUDS:
-			answer = control.AnswerER{}
+		case wire.RequestUDS:
+			answer = wire.AnswerER{}
 			if r.Interface == "usnet0" && len(s.chans) > 0 {
-				answer = control.AnswerFD{}
+				answer = wire.AnswerFD{}
 				oob = unix.UnixRights(int(s.chans[0].Fd()))
 			}
-		case control.AddMatch:
-			answer = control.AnswerOK{}
+		case wire.AddMatch:
+			answer = wire.AnswerOK{}
 			for _, m := range s.rules {
 				if m.Equal(r.Match) {
-					answer = control.AnswerER{}
+					answer = wire.AnswerER{}
 				}
 			}
-			if answer == (control.AnswerOK{}) {
+			if answer == (wire.AnswerOK{}) {
 				s.rules = append(s.rules, r.Match)
 			}
-		case control.RemoveMatch:
+		case wire.RemoveMatch:
 			for i, m := range s.rules {
 				if m.Equal(r.Match) {
 					s.rules = append(s.rules[:i], s.rules[i+1:]...)
 					break
 				}
 			}
-		case control.QueryUsedPorts:
+		case wire.QueryUsedPorts:
 			answer = s.used
-		case control.QueryStatus:
+		case wire.QueryStatus:
 			if s.status != nil {
 				answer = *s.status
 			}
@@ -110,7 +108,7 @@ func (s *fakeServer) serve() {
 		if answer == nil {
 			continue
 		}
-		b, _ := control.EncodeAnswer(answer)
+		b, _ := wire.EncodeAnswer(answer)
 		if _, _, err := s.conn.WriteMsgUnix(b, oob, from); err != nil {
 			s.t.Errorf("fake usnetd: answer: %v", err)
 		}
@@ -123,10 +121,10 @@ func (s *fakeServer) serve() {
 	}
 }
 
-func (s *fakeServer) requests() []control.Request {
+func (s *fakeServer) requests() []wire.Request {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]control.Request(nil), s.reqs...)
+	return append([]wire.Request(nil), s.reqs...)
 }
 
 func TestControlClient(t *testing.T) {
@@ -139,7 +137,7 @@ func TestControlClient(t *testing.T) {
 	defer ours.Close()
 	srv := newFakeServer(t, os.NewFile(uintptr(fds[0]), "handed"))
 	srv.mu.Lock()
-	srv.used = control.UsedPorts{Listening: []control.PortEntry{{Protocol: 6, Addr: netip.MustParseAddr("198.18.0.1"), Port: 22}}}
+	srv.used = wire.UsedPorts{Listening: []wire.PortEntry{{Protocol: 6, Addr: netip.MustParseAddr("198.18.0.1"), Port: 22}}}
 	srv.mu.Unlock()
 
 	att, err := DialControl(srv.path)
@@ -147,8 +145,8 @@ func TestControlClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	cc := att.(*controlClient)
-	if filepath.Dir(cc.path) != os.Getenv("XDG_RUNTIME_DIR") {
-		t.Errorf("client socket %s not in XDG_RUNTIME_DIR", cc.path)
+	if filepath.Dir(cc.LocalAddr()) != os.Getenv("XDG_RUNTIME_DIR") {
+		t.Errorf("client socket %s not in XDG_RUNTIME_DIR", cc.LocalAddr())
 	}
 	if _, err := att.RequestUDS("nosuch0"); !errors.Is(err, ErrRefused) {
 		t.Errorf("RequestUDS of an unknown interface: %v", err)
@@ -182,13 +180,13 @@ func TestControlClient(t *testing.T) {
 	if err != nil || len(used.Listening) != 1 || used.Listening[0].Port != 22 {
 		t.Errorf("QueryUsedPorts: %+v %v", used, err)
 	}
-	if _, err := os.Stat(cc.path); err != nil {
+	if _, err := os.Stat(cc.LocalAddr()); err != nil {
 		t.Errorf("client socket file missing while open: %v", err)
 	}
 	if err := att.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(cc.path); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(cc.LocalAddr()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("client socket file left behind: %v", err)
 	}
 	// DeleteClient arrives last; RemoveMatch had no answer and did not
@@ -203,7 +201,7 @@ func TestControlClient(t *testing.T) {
 					t.Errorf("request %d: %s, want %s", i, r.Type(), want[i])
 				}
 			}
-			if pid := reqs[0].(control.RequestUDS).PID; pid != int32(os.Getpid()) {
+			if pid := reqs[0].(wire.RequestUDS).PID; pid != int32(os.Getpid()) {
 				t.Errorf("RequestUDS PID %d", pid)
 			}
 			break
@@ -212,39 +210,6 @@ func TestControlClient(t *testing.T) {
 			t.Fatalf("requests: %v", reqs)
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// TestRemoveStale: sockets of dead clients are removed, those of live
-// ones and other files are not.
-func TestRemoveStale(t *testing.T) {
-	dir := t.TempDir()
-	bind := func(name string) string {
-		p := filepath.Join(dir, name)
-		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: p, Net: "unixgram"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close() // the file stays, as after a crash
-		return p
-	}
-	// A PID that is surely gone: a child that has exited and been reaped.
-	cmd := exec.Command("true")
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
-	}
-	dead := bind(fmt.Sprintf("usnet-client-%d-abc", cmd.Process.Pid))
-	live := bind(fmt.Sprintf("usnet-client-%d-abc", os.Getpid()))
-	other := filepath.Join(dir, "usnet-client-1-plainfile")
-	os.WriteFile(other, nil, 0o600)
-	removeStale(dir)
-	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("socket of a dead client kept: %v", err)
-	}
-	for _, p := range []string{live, other} {
-		if _, err := os.Stat(p); err != nil {
-			t.Errorf("%s removed", p)
-		}
 	}
 }
 

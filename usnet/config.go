@@ -10,11 +10,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // DefaultSocketPath is where usnetd's control socket is unless
-// Config.SocketPath, USNET_SOCKET or SOCKET_PATH says otherwise.
-const DefaultSocketPath = "/run/usnetd.socket"
+// Config.SocketPath, USNET_SOCKET or SOCKET_PATH says otherwise
+// (wire.DefaultSocketPath).
+const DefaultSocketPath = wire.DefaultSocketPath
 
 // Config describes one userspace stack: the NIC it shares through usnetd,
 // the control socket, and the stack's MAC and addresses. The stack is made

@@ -44,9 +44,12 @@
 // Ethernet link over the packet channel that usnetd hands over
 // (RequestUDS: one end of a socketpair(AF_UNIX, SOCK_DGRAM), one frame per
 // datagram). The link endpoint is this package's own (link.go says why it
-// is not gVisor's fdbased). The control protocol is spoken by a small
-// client here (attach.go, with package control's wire codec); tests put a
-// fake Attacher in Config.Attach.
+// is not gVisor's fdbased). The control protocol is spoken by
+// control/client (DialControl, the default of Config.Attach: one client
+// and one set of errors, ErrRefused and ErrDetached being the client's),
+// with control/wire's message types; usnet does not depend on usnetd's
+// server, its firewall or their dependencies. Tests put a fake Attacher in
+// Config.Attach.
 //
 // A listener registers its port with usnetd (AddMatch: the stack's
 // address, the port, TCP or UDP; one rule per address) and removes it on
@@ -68,10 +71,10 @@
 //
 // usnetd's channels and rules die with its process; a stack survives
 // that. It notices usnetd's exit (a pidfd of the process that made the
-// channel, from SO_PEERPIDFD; where that process cannot be watched, a send
-// that finds the channel closed), then
-// attaches again: at once, then after 50 ms, doubling up to 1 s between
-// tries, forever, until the last socket of the Config is closed (the
+// channel, from SO_PEERPIDFD, client.ChannelPeer; where that process
+// cannot be watched, a send that finds the channel closed), then attaches
+// again: at once, then after 50 ms, doubling up to 1 s between tries
+// (a client.Watch, the loop of a client.Session), forever, until the last socket of the Config is closed (the
 // supervisor goroutine of the stack stops then). Once usnetd answers, it
 // requests a new channel, swaps it in under the running gVisor stack (the
 // link endpoint's descriptor is replaced; addresses, listeners and TCP

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // fakeAttacher stands in for usnetd: it hands out one end of a socketpair
@@ -18,9 +18,9 @@ import (
 type fakeAttacher struct {
 	mu      sync.Mutex
 	ch      *os.File // handed out once by RequestUDS
-	used    control.UsedPorts
-	added   []control.Match
-	removed []control.Match
+	used    wire.UsedPorts
+	added   []wire.Match
+	removed []wire.Match
 	queries int
 	closed  int
 	iface   string
@@ -38,7 +38,7 @@ func (f *fakeAttacher) RequestUDS(iface string) (*os.File, error) {
 	return ch, nil
 }
 
-func (f *fakeAttacher) AddMatch(m control.Match) error {
+func (f *fakeAttacher) AddMatch(m wire.Match) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, a := range f.active() {
@@ -50,14 +50,14 @@ func (f *fakeAttacher) AddMatch(m control.Match) error {
 	return nil
 }
 
-func (f *fakeAttacher) RemoveMatch(m control.Match) error {
+func (f *fakeAttacher) RemoveMatch(m wire.Match) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.removed = append(f.removed, m)
 	return nil
 }
 
-func (f *fakeAttacher) QueryUsedPorts() (control.UsedPorts, error) {
+func (f *fakeAttacher) QueryUsedPorts() (wire.UsedPorts, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.queries++
@@ -72,8 +72,8 @@ func (f *fakeAttacher) Close() error {
 }
 
 // active returns the rules added and not removed; f.mu is held.
-func (f *fakeAttacher) active() []control.Match {
-	var act []control.Match
+func (f *fakeAttacher) active() []wire.Match {
+	var act []wire.Match
 	for _, a := range f.added {
 		n := 0
 		for _, b := range f.added {
@@ -93,13 +93,13 @@ func (f *fakeAttacher) active() []control.Match {
 	return act
 }
 
-func (f *fakeAttacher) snapshot() (added, removed, active []control.Match, closed int) {
+func (f *fakeAttacher) snapshot() (added, removed, active []wire.Match, closed int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]control.Match(nil), f.added...), append([]control.Match(nil), f.removed...), f.active(), f.closed
+	return append([]wire.Match(nil), f.added...), append([]wire.Match(nil), f.removed...), f.active(), f.closed
 }
 
-func containsMatch(ms []control.Match, m control.Match) bool {
+func containsMatch(ms []wire.Match, m wire.Match) bool {
 	for _, x := range ms {
 		if x.Equal(m) {
 			return true
@@ -108,8 +108,8 @@ func containsMatch(ms []control.Match, m control.Match) bool {
 	return false
 }
 
-func listenMatch(addr string, port uint16, proto uint8) control.Match {
-	return control.Match{DstAddr: netip.MustParseAddr(addr), DstPort: &port, Protocol: proto}
+func listenMatch(addr string, port uint16, proto uint8) wire.Match {
+	return wire.Match{DstAddr: netip.MustParseAddr(addr), DstPort: &port, Protocol: proto}
 }
 
 // testRange is the fake kernel ip_local_port_range of the tests.

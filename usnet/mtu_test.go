@@ -3,7 +3,7 @@ package usnet
 import (
 	"testing"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // TestChannelMTU: a usnetd that answers QueryStatus gives the MTU of its
@@ -22,7 +22,7 @@ func TestChannelMTU(t *testing.T) {
 		t.Fatalf("ChannelMTU from a server that does not answer QueryStatus = %d, nil", m)
 	}
 	s.mu.Lock()
-	s.status = &control.Status{Interfaces: []control.InterfaceStatus{{Name: "other0", MTU: 1500}, {Name: "usnet0", MTU: 9000}}}
+	s.status = &wire.Status{Interfaces: []wire.InterfaceStatus{{Name: "other0", MTU: 1500}, {Name: "usnet0", MTU: 9000}}}
 	s.mu.Unlock()
 	if m, err := q.ChannelMTU("usnet0"); err != nil || m != 9000 {
 		t.Fatalf("ChannelMTU = %d, %v; want 9000", m, err)

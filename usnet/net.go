@@ -17,12 +17,14 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/ipproto"
 )
 
+// IP protocol numbers of the rules a stack registers (internal/ipproto's).
 const (
-	protoTCP = 6
-	protoUDP = 17
+	protoTCP = ipproto.TCP
+	protoUDP = ipproto.UDP
 )
 
 // Listen announces on the stack like net.Listen: network is "tcp", "tcp4"
@@ -418,7 +420,7 @@ type listener struct {
 	l       *gonet.TCPListener
 	n       *netStack
 	port    uint16
-	matches []control.Match
+	matches []wire.Match
 
 	mu      sync.Mutex
 	closed  bool
@@ -496,7 +498,7 @@ type packetConn struct {
 	n       *netStack
 	port    uint16
 	v4      bool
-	matches []control.Match
+	matches []wire.Match
 	once    sync.Once
 }
 

@@ -32,17 +32,18 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/netorder"
 )
 
-// wire copies frames between a channel end and an AF_PACKET socket.
-type wire struct {
+// packetWire copies frames between a channel end and an AF_PACKET socket.
+type packetWire struct {
 	pkt, ch *os.File
 	wg      sync.WaitGroup
 }
 
 // newWire opens an AF_PACKET socket on link inside ns and returns the
 // wire and the channel end for the stack.
-func newWire(t *testing.T, ns *netlab.NS, link string) (*wire, *os.File) {
+func newWire(t *testing.T, ns *netlab.NS, link string) (*packetWire, *os.File) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +59,7 @@ func newWire(t *testing.T, ns *netlab.NS, link string) (*wire, *os.File) {
 		if err != nil {
 			return err
 		}
-		proto := int(htons(unix.ETH_P_ALL))
+		proto := int(netorder.Htons(unix.ETH_P_ALL))
 		pfd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, proto)
 		if err != nil {
 			return err
@@ -68,7 +69,7 @@ func newWire(t *testing.T, ns *netlab.NS, link string) (*wire, *os.File) {
 			unix.Close(pfd)
 			return err
 		}
-		if err := unix.Bind(pfd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: nic.Index}); err != nil {
+		if err := unix.Bind(pfd, &unix.SockaddrLinklayer{Protocol: netorder.Htons(unix.ETH_P_ALL), Ifindex: nic.Index}); err != nil {
 			unix.Close(pfd)
 			return err
 		}
@@ -80,7 +81,7 @@ func newWire(t *testing.T, ns *netlab.NS, link string) (*wire, *os.File) {
 		t.Fatalf("wire: AF_PACKET socket on %s in %s: %v", link, ns, err)
 	}
 	unix.SetNonblock(fds[0], true)
-	w := &wire{pkt: os.NewFile(uintptr(pfd), "wire-packet"), ch: os.NewFile(uintptr(fds[0]), "wire-channel")}
+	w := &packetWire{pkt: os.NewFile(uintptr(pfd), "wire-packet"), ch: os.NewFile(uintptr(fds[0]), "wire-channel")}
 	w.wg.Add(2)
 	go w.copy(w.pkt, w.ch)
 	go w.copy(w.ch, w.pkt)
@@ -90,7 +91,7 @@ func newWire(t *testing.T, ns *netlab.NS, link string) (*wire, *os.File) {
 
 // copy moves one frame per read until either side is closed. Frames that
 // cannot be written are dropped, as usnetd would.
-func (w *wire) copy(from, to *os.File) {
+func (w *packetWire) copy(from, to *os.File) {
 	defer w.wg.Done()
 	buf := make([]byte, 65536)
 	for {
@@ -107,13 +108,11 @@ func (w *wire) copy(from, to *os.File) {
 	}
 }
 
-func (w *wire) close() {
+func (w *packetWire) close() {
 	w.pkt.Close()
 	w.ch.Close()
 	w.wg.Wait()
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // txChecksumOff turns off TX checksum offload of link in ns (ethtool -K
 // LINK tx off). A veth hands frames on with CHECKSUM_PARTIAL, so an

@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // waitClosed waits until the fake saw DeleteClient (the stack's teardown
@@ -42,9 +42,9 @@ func TestHTTP(t *testing.T) {
 		t.Errorf("listener port %d, want 8080", got)
 	}
 	_, _, active, _ := fa.snapshot()
-	for _, want := range []control.Match{listenMatch("198.18.0.1", 8080, 6), listenMatch("2001:db8::1", 8080, 6)} {
+	for _, want := range []wire.Match{listenMatch("198.18.0.1", 8080, 6), listenMatch("2001:db8::1", 8080, 6)} {
 		if !containsMatch(active, want) {
-			t.Errorf("rule %s not registered; have %v", matchString(want), active)
+			t.Errorf("rule %s not registered; have %v", want, active)
 		}
 	}
 
@@ -230,12 +230,12 @@ func TestPortChoice(t *testing.T) {
 	a, _, b, fb := stackPair(t)
 	// Above the range only 64001..65535 are candidates; usnetd uses all
 	// but 64100..64109 for TCP, and 1024..1999 below the range.
-	var used control.UsedPorts
+	var used wire.UsedPorts
 	for p := 1024; p <= 65535; p++ {
 		if (p >= 64100 && p < 64110) || (p >= testRangeLo && p <= testRangeHi) {
 			continue
 		}
-		e := control.PortEntry{Protocol: 6, Addr: netip.MustParseAddr("198.18.0.2"), Port: uint16(p)}
+		e := wire.PortEntry{Protocol: 6, Addr: netip.MustParseAddr("198.18.0.2"), Port: uint16(p)}
 		if p%2 == 0 {
 			used.Listening = append(used.Listening, e)
 		} else {

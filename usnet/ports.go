@@ -21,7 +21,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 const (
@@ -89,7 +89,7 @@ func (n *netStack) withFreePort(proto uint8, bind func(port uint16) tcpip.Error)
 		return 0, err
 	}
 	taken := make(map[uint16]bool)
-	for _, l := range [][]control.PortEntry{used.Listening, used.Connected} {
+	for _, l := range [][]wire.PortEntry{used.Listening, used.Connected} {
 		for _, e := range l {
 			if e.Protocol == proto {
 				taken[e.Port] = true

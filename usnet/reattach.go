@@ -17,10 +17,11 @@ package usnet
 // A channel that this process made itself (an in-process switch, as in
 // tests) is not watched: there is no usnetd to come back.
 //
-// Then the supervisor (one goroutine per stack) detaches (closes the old
-// control connection, removing its socket file), and tries to attach again
-// with a bounded backoff: at once, then after 50 ms, doubling up to 1 s
-// between tries, forever, until the stack is torn down. Once usnetd
+// Then the supervisor (a client.Watch: one goroutine per stack) detaches
+// (closes the old control connection, removing its socket file), and tries
+// to attach again with a bounded backoff: at once, then after 50 ms,
+// doubling up to 1 s between tries, forever, until the stack is torn
+// down. Once usnetd
 // answers, it requests a new channel (RequestUDS), puts it under the
 // running stack (linkEndpoint.swap: the gVisor stack, its addresses,
 // listeners and TCP connections stay as they are; segments lost meanwhile
@@ -35,113 +36,52 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
-	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/control/client"
 )
 
-// The backoff between attempts to attach again.
+// The backoff between attempts to attach again: control/client's, as its
+// Session's.
 const (
-	reattachFirst = 50 * time.Millisecond
-	reattachMax   = time.Second
+	reattachFirst = client.ReattachFirst
+	reattachMax   = client.ReattachMax
 )
 
 // ErrDetached is the error of Listen, ListenPacket and Dial while the stack
-// waits for usnetd to come back.
-var ErrDetached = errors.New("usnet: usnetd went away; waiting for it to come back")
+// waits for usnetd to come back. It is client.ErrDetached.
+var ErrDetached = client.ErrDetached
 
 // supervisor watches the stack's channel and attaches again when it is
-// lost.
+// lost: a client.Watch whose Attach swaps the new channel under the stack.
 type supervisor struct {
-	n    *netStack
-	wake int           // eventfd: written by stop and by a lost send
-	stop chan struct{} // closed by halt
-	done chan struct{} // closed when run returns
-	// lostGen is 1 + the link generation whose send found the channel
-	// closed; 0 when none did.
-	lostGen  atomic.Uint64
-	peer     int // pidfd of the channel's maker, noPeer or selfPeer; owned by run
-	haltOnce sync.Once
+	n *netStack
+	w *client.Watch
 }
 
 // startSupervisor starts watching n's channel; peer is what peerPidfd said
 // of it (the supervisor owns a pidfd).
 func startSupervisor(n *netStack, peer int) (*supervisor, error) {
-	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	s := &supervisor{n: n}
+	w, err := client.StartWatch(client.WatchOptions{
+		Peer: max(peer, -1), Sends: peer == noPeer, Generation: n.link.generation,
+		Detach: s.detach, Attach: s.attach,
+	})
 	if err != nil {
-		if peer >= 0 {
-			unix.Close(peer)
-		}
 		return nil, err
 	}
-	s := &supervisor{n: n, wake: wake, peer: peer, stop: make(chan struct{}), done: make(chan struct{})}
-	n.link.onLost = s.lost
-	go s.run()
+	s.w = w
+	n.link.onLost = w.Lost
 	return s, nil
-}
-
-// lost is the link's report of a send that found the channel closed. It
-// must not block (the link holds its send lock).
-func (s *supervisor) lost(gen uint64) {
-	s.lostGen.Store(gen + 1)
-	var one = [8]byte{1}
-	unix.Write(s.wake, one[:])
 }
 
 // halt stops the supervisor and waits for it; an attempt to attach that is
 // under way finishes first (bounded by the control client's timeout).
-func (s *supervisor) halt() {
-	s.haltOnce.Do(func() {
-		close(s.stop)
-		var one = [8]byte{1}
-		unix.Write(s.wake, one[:])
-		<-s.done
-		unix.Close(s.wake)
-		if s.peer >= 0 {
-			unix.Close(s.peer)
-		}
-	})
-}
+func (s *supervisor) halt() { s.w.Stop() }
 
-func (s *supervisor) stopped() bool {
-	select {
-	case <-s.stop:
-		return true
-	default:
-		return false
-	}
-}
-
-func (s *supervisor) run() {
-	defer close(s.done)
-	for {
-		fds := []unix.PollFd{{Fd: int32(s.wake), Events: unix.POLLIN}}
-		if s.peer >= 0 {
-			fds = append(fds, unix.PollFd{Fd: int32(s.peer), Events: unix.POLLIN})
-		}
-		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
-			return // cannot happen with valid descriptors
-		}
-		if s.stopped() {
-			return
-		}
-		var cnt [8]byte
-		unix.Read(s.wake, cnt[:])
-		lost := len(fds) > 1 && fds[1].Revents != 0
-		if g := s.lostGen.Swap(0); g != 0 && g-1 == s.n.link.generation() && s.peer == noPeer {
-			lost = true // not a late report about a channel already replaced
-		}
-		if lost && !s.reattach() {
-			return
-		}
-	}
-}
-
-// reattach detaches, then attaches again with backoff until it succeeds
-// (true) or the supervisor is stopped (false).
-func (s *supervisor) reattach() bool {
+// detach drops the control connection of the usnetd that went away.
+func (s *supervisor) detach() {
 	n := s.n
 	n.attMu.Lock()
 	old := n.att
@@ -150,45 +90,31 @@ func (s *supervisor) reattach() bool {
 	if old != nil {
 		old.Close() // usnetd is gone: DeleteClient goes nowhere; the socket file is removed
 	}
-	if s.peer >= 0 {
-		unix.Close(s.peer)
+}
+
+// attach is one attempt to attach again (the Watch's Attach); the stack's
+// Config.Reattached is told the outcome.
+func (s *supervisor) attach() (peer int, sends bool, err error) {
+	refused, peer, err := s.attachOnce()
+	if errors.Is(err, errHalted) {
+		return -1, false, client.ErrStopWatch
 	}
-	s.peer = noPeer
-	delay := reattachFirst
-	for try := 0; ; try++ {
-		if try > 0 {
-			t := time.NewTimer(delay)
-			select {
-			case <-s.stop:
-				t.Stop()
-				return false
-			case <-t.C:
-			}
-			delay = min(2*delay, reattachMax)
-		}
-		if s.stopped() {
-			return false
-		}
-		refused, err := s.attachOnce()
-		if errors.Is(err, errHalted) {
-			return false
-		}
-		if err != nil {
-			continue // usnetd not back yet, or gone again halfway
-		}
-		if cb := n.cfg.Reattached; cb != nil {
-			cb(refused)
-		}
-		return true
+	if err != nil {
+		return -1, false, err // usnetd not back yet, or gone again halfway
 	}
+	if cb := s.n.cfg.Reattached; cb != nil {
+		cb(refused)
+	}
+	return max(peer, -1), peer == noPeer, nil
 }
 
 var errHalted = errors.New("usnet: stack torn down")
 
 // attachOnce makes one attempt: attach, request a channel, swap it in,
 // register the open listeners' rules. err is nil once the stack runs on the
-// new channel; refused then joins the rules usnetd refused.
-func (s *supervisor) attachOnce() (refused, err error) {
+// new channel; refused then joins the rules usnetd refused, and peer is
+// what peerOf says of the new channel (the caller owns a pidfd).
+func (s *supervisor) attachOnce() (refused error, peer int, err error) {
 	n := s.n
 	attach := n.cfg.Attach
 	if attach == nil {
@@ -196,20 +122,20 @@ func (s *supervisor) attachOnce() (refused, err error) {
 	}
 	att, err := attach(n.res.socketPath)
 	if err != nil {
-		return nil, err
+		return nil, noPeer, err
 	}
 	f, err := att.RequestUDS(n.res.iface)
 	if err != nil {
 		att.Close()
-		return nil, err
+		return nil, noPeer, err
 	}
-	peer := peerOf(f)
+	peer = peerOf(f)
 	if err := n.link.swap(f); err != nil {
 		att.Close()
 		if peer >= 0 {
 			unix.Close(peer)
 		}
-		return nil, errHalted
+		return nil, noPeer, errHalted
 	}
 	n.attMu.Lock()
 	defer n.attMu.Unlock()
@@ -222,15 +148,14 @@ func (s *supervisor) attachOnce() (refused, err error) {
 				if peer >= 0 {
 					unix.Close(peer)
 				}
-				return nil, err
+				return nil, noPeer, err
 			}
-			errs = append(errs, fmt.Errorf("usnet: rule %s of an open listener after usnetd restarted: %w", matchString(m), err))
+			errs = append(errs, fmt.Errorf("usnet: rule %s of an open listener after usnetd restarted: %w", m, err))
 		}
 	}
 	n.att = att
-	s.peer = peer
 	n.reattaches.Add(1)
-	return errors.Join(errs...), nil
+	return errors.Join(errs...), peer, nil
 }
 
 // peerOf is peerPidfd; tests replace it.
@@ -245,32 +170,14 @@ const (
 // peerPidfd returns a pidfd of the process that made the channel f
 // (usnetd), or noPeer when there is none to watch (the kernel cannot say,
 // the process is not visible from here), or selfPeer when it is this
-// process (a channel made in-process).
+// process (a channel made in-process): client.ChannelPeer.
 func peerPidfd(f *os.File) int {
-	rc, err := f.SyscallConn()
-	if err != nil {
+	p, self := client.ChannelPeer(f)
+	if self {
+		return selfPeer
+	}
+	if p < 0 {
 		return noPeer
 	}
-	pidfd := noPeer
-	rc.Control(func(fd uintptr) {
-		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil || cred.Pid <= 0 {
-			return
-		}
-		if int(cred.Pid) == os.Getpid() {
-			pidfd = selfPeer
-			return
-		}
-		p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
-		if err != nil {
-			// Before Linux 6.5: by PID (a PID reused before this runs
-			// would only delay noticing to the first failed send).
-			p, err = unix.PidfdOpen(int(cred.Pid), 0)
-		}
-		if err == nil && p >= 0 {
-			unix.CloseOnExec(p)
-			pidfd = p
-		}
-	})
-	return pidfd
+	return p
 }

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // pairMakerEnv makes the test binary a pair maker (TestMain): a child
@@ -101,7 +101,7 @@ type fakeUsnetd struct {
 	end       func()        // ends cur's maker
 	attaches  int           // successful attaches
 	refusals  int           // attaches while down
-	rules     [][]control.Match
+	rules     [][]wire.Match
 	closedAtt int
 }
 
@@ -177,13 +177,13 @@ func (u *fakeUsnetd) counts() (attaches, refusals, closed int) {
 	return u.attaches, u.refusals, u.closedAtt
 }
 
-func (u *fakeUsnetd) rulesOf(gen int) []control.Match {
+func (u *fakeUsnetd) rulesOf(gen int) []wire.Match {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if gen >= len(u.rules) {
 		return nil
 	}
-	return append([]control.Match(nil), u.rules[gen]...)
+	return append([]wire.Match(nil), u.rules[gen]...)
 }
 
 // fakeSession is one attach to the fake usnetd.
@@ -222,14 +222,14 @@ func (s *fakeSession) RequestUDS(string) (*os.File, error) {
 	return a, nil
 }
 
-func (s *fakeSession) AddMatch(m control.Match) error {
+func (s *fakeSession) AddMatch(m wire.Match) error {
 	s.u.mu.Lock()
 	defer s.u.mu.Unlock()
 	s.u.rules[s.gen] = append(s.u.rules[s.gen], m)
 	return nil
 }
-func (s *fakeSession) RemoveMatch(control.Match) error            { return nil }
-func (s *fakeSession) QueryUsedPorts() (control.UsedPorts, error) { return control.UsedPorts{}, nil }
+func (s *fakeSession) RemoveMatch(wire.Match) error            { return nil }
+func (s *fakeSession) QueryUsedPorts() (wire.UsedPorts, error) { return wire.UsedPorts{}, nil }
 func (s *fakeSession) Close() error {
 	s.u.mu.Lock()
 	s.u.closedAtt++

@@ -22,9 +22,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"golang.org/x/sys/unix"
+	"github.com/usnetd/usnetd/control/wire"
 
-	"github.com/usnetd/usnetd/control"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -47,8 +47,8 @@ type netStack struct {
 
 	// attMu serialises the calls of the Attacher and guards att and live.
 	attMu sync.Mutex
-	att   Attacher        // nil while usnetd is away (reattach.go)
-	live  []control.Match // rules of the open listeners, registered again after a reattach
+	att   Attacher     // nil while usnetd is away (reattach.go)
+	live  []wire.Match // rules of the open listeners, registered again after a reattach
 
 	reattaches atomic.Int64 // successful reattaches (tests read it)
 }
@@ -281,16 +281,16 @@ func familyOK(network string, a netip.Addr) bool {
 // register adds listening rules for port on each address; on failure it
 // removes those it added. The rules are kept in live until unregister, to
 // be registered again after a reattach.
-func (n *netStack) register(proto uint8, addrs []netip.Addr, port uint16) ([]control.Match, error) {
+func (n *netStack) register(proto uint8, addrs []netip.Addr, port uint16) ([]wire.Match, error) {
 	n.attMu.Lock()
 	defer n.attMu.Unlock()
 	if n.att == nil {
 		return nil, ErrDetached
 	}
-	var ms []control.Match
+	var ms []wire.Match
 	for _, a := range addrs {
 		p := port
-		m := control.Match{DstAddr: a, DstPort: &p, Protocol: proto}
+		m := wire.Match{DstAddr: a, DstPort: &p, Protocol: proto}
 		if err := n.att.AddMatch(m); err != nil {
 			n.unregisterLocked(ms)
 			return nil, err
@@ -301,7 +301,7 @@ func (n *netStack) register(proto uint8, addrs []netip.Addr, port uint16) ([]con
 	return ms, nil
 }
 
-func (n *netStack) unregister(ms []control.Match) error {
+func (n *netStack) unregister(ms []wire.Match) error {
 	n.attMu.Lock()
 	defer n.attMu.Unlock()
 	return n.unregisterLocked(ms)
@@ -309,7 +309,7 @@ func (n *netStack) unregister(ms []control.Match) error {
 
 // unregisterLocked removes the rules from live and from usnetd, if it is
 // there (a usnetd that went away took them along). attMu is held.
-func (n *netStack) unregisterLocked(ms []control.Match) error {
+func (n *netStack) unregisterLocked(ms []wire.Match) error {
 	var errs []error
 	for _, m := range ms {
 		for i, l := range n.live {
@@ -326,11 +326,11 @@ func (n *netStack) unregisterLocked(ms []control.Match) error {
 }
 
 // usedPorts asks usnetd which ports are in use.
-func (n *netStack) usedPorts() (control.UsedPorts, error) {
+func (n *netStack) usedPorts() (wire.UsedPorts, error) {
 	n.attMu.Lock()
 	defer n.attMu.Unlock()
 	if n.att == nil {
-		return control.UsedPorts{}, ErrDetached
+		return wire.UsedPorts{}, ErrDetached
 	}
 	return n.att.QueryUsedPorts()
 }

@@ -2,6 +2,8 @@ package afpacket
 
 import (
 	"encoding/binary"
+
+	"github.com/usnetd/usnetd/internal/ipproto"
 )
 
 // Coalesced frames (GRO, LRO) and offloaded checksums.
@@ -33,8 +35,8 @@ const (
 	gsoUDPL4       = 5                // VIRTIO_NET_HDR_GSO_UDP_L4
 	gsoECN         = 0x80             // VIRTIO_NET_HDR_GSO_ECN
 	maxSegHeaders  = 14 + 4 + 60 + 60 // Ethernet, a VLAN tag, IPv4 with options, TCP with options
-	protoTCP       = 6
-	protoUDP       = 17
+	protoTCP       = ipproto.TCP
+	protoUDP       = ipproto.UDP
 	ethTypeIPv4    = 0x0800
 	ethTypeIPv6    = 0x86dd
 	ethTypeVLAN    = 0x8100

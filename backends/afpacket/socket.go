@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/usnetd/usnetd/internal/netorder"
 )
 
 // rxSock is one worker's AF_PACKET socket with its TPACKET_V3 RX ring.
@@ -81,7 +83,6 @@ const rxFrameSize = 2048
 var dropAll = []unix.SockFilter{{Code: 0x06 /* BPF_RET|BPF_K */, K: 0}}
 
 // htons converts a 16-bit value to network byte order (for sll_protocol).
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // newRxSock creates worker q's socket on ifindex, in this order (docs/platform.md):
 // socket, drop-all filter, PACKET_VERSION, PACKET_IGNORE_OUTGOING,
@@ -136,7 +137,7 @@ func newRxSock(ifindex, q int, o *Options) (s *rxSock, err error) {
 	if err != nil {
 		return s, fmt.Errorf("worker %d: mmap RX ring of %d bytes: %w", q, size, err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifindex}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: netorder.Htons(unix.ETH_P_ALL), Ifindex: ifindex}); err != nil {
 		return s, fmt.Errorf("worker %d: bind to ifindex %d: %w", q, ifindex, err)
 	}
 	return s, nil

@@ -14,8 +14,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -43,7 +43,7 @@ Exit status: 0 done, 1 usnetd not running, access denied or no answer,
 // run is usnetctl with its arguments (without the program name), the
 // environment and the output streams; it returns the exit status.
 func run(args, environ []string, stdout, stderr io.Writer) int {
-	socket := control.DefaultSocketPath
+	socket := wire.DefaultSocketPath
 	for _, kv := range environ {
 		if v, ok := strings.CutPrefix(kv, "SOCKET_PATH="); ok && v != "" {
 			socket = v
@@ -149,7 +149,7 @@ type matchJSON struct {
 	SrcPort  *uint16 `json:"src_port"`
 }
 
-func toMatchJSON(m control.Match) matchJSON {
+func toMatchJSON(m wire.Match) matchJSON {
 	j := matchJSON{Protocol: m.Protocol, DstAddr: m.DstAddr.String(), DstPort: m.DstPort, SrcPort: m.SrcPort}
 	if m.SrcAddr != nil {
 		s := m.SrcAddr.String()
@@ -208,7 +208,7 @@ type portsJSON struct {
 
 func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 8, 2, ' ', 0) }
 
-func statusOut(st control.Status, socket string, asJSON bool, w io.Writer) any {
+func statusOut(st wire.Status, socket string, asJSON bool, w io.Writer) any {
 	if asJSON {
 		j := statusJSON{Version: st.Version, Socket: socket, Interfaces: []interfaceJSON{}, Endpoints: []endpointJSON{}}
 		for _, in := range st.Interfaces {
@@ -246,7 +246,7 @@ func statusOut(st control.Status, socket string, asJSON bool, w io.Writer) any {
 			len(e.Rules), e.RxPackets, e.TxPackets, e.Drops, e.Refused, e.Address)
 	}
 	t.Flush()
-	if slices.ContainsFunc(st.Endpoints, func(e control.EndpointStatus) bool { return e.Refused > 0 }) {
+	if slices.ContainsFunc(st.Endpoints, func(e wire.EndpointStatus) bool { return e.Refused > 0 }) {
 		fmt.Fprintln(w, "\nREFUSED: frames an endpoint sent that it may not send, by reason:")
 		for _, e := range st.Endpoints {
 			if e.Refused == 0 {
@@ -262,7 +262,7 @@ func statusOut(st control.Status, socket string, asJSON bool, w io.Writer) any {
 	return nil
 }
 
-func rulesOut(st control.Status, asJSON bool, w io.Writer) any {
+func rulesOut(st wire.Status, asJSON bool, w io.Writer) any {
 	if asJSON {
 		j := []ruleJSON{}
 		for _, r := range st.Rules {
@@ -292,7 +292,7 @@ func rulesOut(st control.Status, asJSON bool, w io.Writer) any {
 	return nil
 }
 
-func portsOut(up control.UsedPorts, asJSON bool, w io.Writer) any {
+func portsOut(up wire.UsedPorts, asJSON bool, w io.Writer) any {
 	if asJSON {
 		j := portsJSON{Listening: []portJSON{}, Connected: []portJSON{}}
 		for _, e := range up.Listening {
@@ -310,7 +310,7 @@ func portsOut(up control.UsedPorts, asJSON bool, w io.Writer) any {
 	t := table(w)
 	fmt.Fprintln(t, "PROTO\tADDRESS\tPORT\tSTATE")
 	for _, l := range []struct {
-		es    []control.PortEntry
+		es    []wire.PortEntry
 		state string
 	}{{up.Listening, "listening"}, {up.Connected, "connected"}} {
 		for _, e := range l.es {

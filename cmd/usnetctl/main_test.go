@@ -20,6 +20,7 @@ import (
 	"github.com/usnetd/usnetd/backends/memory"
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -91,7 +92,7 @@ func startServer(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ch.Close() })
-	m := control.Match{DstAddr: l4.MustParseAddr("198.18.0.1").Netip(), DstPort: u16(8080), Protocol: 6}
+	m := wire.Match{DstAddr: l4.MustParseAddr("198.18.0.1").Netip(), DstPort: u16(8080), Protocol: 6}
 	if err := c.AddMatch(m); err != nil {
 		t.Fatal(err)
 	}

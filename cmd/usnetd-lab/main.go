@@ -23,8 +23,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/usnetdcmd"
 	"github.com/usnetd/usnetd/usnet"
@@ -311,13 +311,13 @@ func (d *demo) setup(ctx context.Context) bool {
 	if err != nil {
 		return d.record(name, "listening on :"+strconv.Itoa(usnetPort), err.Error(), false)
 	}
-	want := fmt.Sprintf("rule TCP %s", netip.AddrPortFrom(d.hostIP, usnetPort))
+	want := fmt.Sprintf("rule tcp %s", netip.AddrPortFrom(d.hostIP, usnetPort))
 	ep, err := d.endpointOf(d.usnetSrv.cmd.Process.Pid)
 	if err != nil {
 		return d.record(name, want, err.Error(), false)
 	}
 	for _, m := range ep.Rules {
-		if matchString(m) == want[len("rule "):] {
+		if m.String() == want[len("rule "):] {
 			return d.record(name, want, fmt.Sprintf("endpoint %d (pid %d) has it", ep.ID, ep.PID), true) && ctx.Err() == nil
 		}
 	}
@@ -371,25 +371,25 @@ var (
 )
 
 // endpointOf asks usnetd for the endpoint of process pid.
-func (d *demo) endpointOf(pid int) (control.EndpointStatus, error) {
+func (d *demo) endpointOf(pid int) (wire.EndpointStatus, error) {
 	st, err := d.status()
 	if err != nil {
-		return control.EndpointStatus{}, err
+		return wire.EndpointStatus{}, err
 	}
 	for _, e := range st.Endpoints {
 		if int(e.PID) == pid {
 			return e, nil
 		}
 	}
-	return control.EndpointStatus{}, fmt.Errorf("usnetd has no endpoint of pid %d", pid)
+	return wire.EndpointStatus{}, fmt.Errorf("usnetd has no endpoint of pid %d", pid)
 }
 
 // status is what `usnetctl status --json` shows, through the control
 // socket (the client's socket file is in d.tmp).
-func (d *demo) status() (control.Status, error) {
+func (d *demo) status() (wire.Status, error) {
 	c, err := client.Dial(client.Options{SocketPath: d.sock(), Dir: d.tmp})
 	if err != nil {
-		return control.Status{}, err
+		return wire.Status{}, err
 	}
 	defer c.Close()
 	return c.QueryStatus()
@@ -491,7 +491,7 @@ func (d *demo) printCounters(ctx context.Context) {
 	for _, e := range st.Endpoints {
 		var rules []string
 		for _, m := range e.Rules {
-			rules = append(rules, matchString(m))
+			rules = append(rules, m.String())
 		}
 		fmt.Fprintf(d.out, "  endpoint %d, pid %d: rules %s; %d frames delivered, %d sent, %d dropped\n",
 			e.ID, e.PID, strings.Join(rules, ", "), e.RxPackets, e.TxPackets, e.Drops)
@@ -521,18 +521,6 @@ func (d *demo) printCounters(ctx context.Context) {
 		}
 	}
 	fmt.Fprintln(d.out)
-}
-
-func matchString(m control.Match) string {
-	proto := map[uint8]string{6: "TCP", 17: "UDP"}[m.Protocol]
-	if proto == "" {
-		proto = "proto " + strconv.Itoa(int(m.Protocol))
-	}
-	s := proto + " " + m.DstAddr.String()
-	if m.DstPort != nil {
-		s = proto + " " + netip.AddrPortFrom(m.DstAddr, *m.DstPort).String()
-	}
-	return s
 }
 
 type sample struct {

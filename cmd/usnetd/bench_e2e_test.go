@@ -10,14 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/usnetd/usnetd/backends/afpacket"
 	"github.com/usnetd/usnetd/backends/afxdp"
 	"github.com/usnetd/usnetd/backends/uds"
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
-	"golang.org/x/sys/unix"
 )
 
 // End-to-end benchmarks in the netns lab. Each runs its variants in one
@@ -158,7 +159,7 @@ func benchEndpointReceive(b *testing.B, mode string) {
 			b.Fatal(err)
 		}
 		port := uint16(7000)
-		if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+		if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
 			b.Fatal(err)
 		}
 		fd, err := unix.Dup(int(ch.Fd()))

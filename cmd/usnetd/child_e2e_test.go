@@ -21,7 +21,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/netorder"
 	"github.com/usnetd/usnetd/usnet"
 )
 
@@ -319,7 +320,7 @@ func newPacketNIC(ifname string) (usnet.Attacher, error) {
 	if err != nil {
 		return nil, err
 	}
-	all := htons(unix.ETH_P_ALL)
+	all := netorder.Htons(unix.ETH_P_ALL)
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(all))
 	if err != nil {
 		return nil, err
@@ -336,8 +337,6 @@ func newPacketNIC(ifname string) (usnet.Attacher, error) {
 	return &packetNIC{f: os.NewFile(uintptr(fd), "packet-nic")}, nil
 }
 
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
 func (p *packetNIC) RequestUDS(string) (*os.File, error) {
 	if p.f == nil {
 		return nil, errors.New("packet: one channel only")
@@ -346,7 +345,7 @@ func (p *packetNIC) RequestUDS(string) (*os.File, error) {
 	p.f = nil
 	return f, nil
 }
-func (p *packetNIC) AddMatch(control.Match) error               { return nil }
-func (p *packetNIC) RemoveMatch(control.Match) error            { return nil }
-func (p *packetNIC) QueryUsedPorts() (control.UsedPorts, error) { return control.UsedPorts{}, nil }
-func (p *packetNIC) Close() error                               { return nil }
+func (p *packetNIC) AddMatch(wire.Match) error               { return nil }
+func (p *packetNIC) RemoveMatch(wire.Match) error            { return nil }
+func (p *packetNIC) QueryUsedPorts() (wire.UsedPorts, error) { return wire.UsedPorts{}, nil }
+func (p *packetNIC) Close() error                            { return nil }

@@ -29,8 +29,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/backends/macvtap"
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/usnetdcmd"
 )
@@ -771,12 +771,12 @@ func testE2EEndpoint(t *testing.T, backend string) {
 		t.Fatal(err)
 	}
 	port := uint16(7000)
-	if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+	if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
 		t.Fatal(err)
 	}
 	// The kernel's DEBUG_PORTS port cannot be taken.
 	kport := uint16(8022)
-	if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &kport, Protocol: 6}); err == nil {
+	if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &kport, Protocol: 6}); err == nil {
 		t.Fatal("AddMatch of the kernel's DEBUG_PORTS port succeeded")
 	}
 	lk, err := l.host.Link(l.ifname)

@@ -17,8 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/usnetd/usnetd/backends/macvtap"
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/internal/netlab"
 )
 
@@ -244,7 +244,7 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	}
 	defer ch.Close()
 	udpPort := uint16(7000)
-	if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &udpPort, Protocol: 17}); err != nil {
+	if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &udpPort, Protocol: 17}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -345,7 +345,7 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 func prefixOf(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 24) }
 
 // countEndpoints counts the channels of the endpoints QueryStatus lists.
-func countEndpoints(st control.Status) int {
+func countEndpoints(st wire.Status) int {
 	n := 0
 	for _, e := range st.Endpoints {
 		n += e.Channels

@@ -19,9 +19,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/netorder"
 )
 
 // Endpoint isolation, end to end: two endpoints A and B attach through the
@@ -100,7 +101,7 @@ func (l *isoLab) attach(t *testing.T, name string, udpPorts ...uint16) *endpoint
 		t.Fatal(err)
 	}
 	for _, p := range udpPorts {
-		if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &p, Protocol: 17}); err != nil {
+		if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &p, Protocol: 17}); err != nil {
 			t.Fatalf("%s: AddMatch UDP %d: %v", name, p, err)
 		}
 	}
@@ -221,7 +222,7 @@ func capture(t *testing.T, ns *netlab.NS, link string) *recorder {
 		if err != nil {
 			return err
 		}
-		proto := int(htons(unix.ETH_P_ALL))
+		proto := int(netorder.Htons(unix.ETH_P_ALL))
 		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto); err != nil {
 			return err
 		}
@@ -230,7 +231,7 @@ func capture(t *testing.T, ns *netlab.NS, link string) *recorder {
 			unix.Close(fd)
 			return err
 		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: lk.Index}); err != nil {
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: netorder.Htons(unix.ETH_P_ALL), Ifindex: lk.Index}); err != nil {
 			unix.Close(fd)
 			return err
 		}
@@ -449,7 +450,7 @@ func testE2EIsolationAddMatchAndMAC(t *testing.T, backend string) {
 
 	// The attack: a rule for the service's address...
 	port := uint16(8443)
-	if err := c.AddMatch(control.Match{DstAddr: service, DstPort: &port, Protocol: 6}); err == nil {
+	if err := c.AddMatch(wire.Match{DstAddr: service, DstPort: &port, Protocol: 6}); err == nil {
 		t.Fatal("AddMatch for a remote address succeeded")
 	}
 	if v, _ := metricValue(l.scrape(), `usnetd_control_refused_total{reason="address"}`); v != 1 {
@@ -462,7 +463,7 @@ func testE2EIsolationAddMatchAndMAC(t *testing.T, backend string) {
 		t.Errorf("usnetd_local_macs = %v, want 1 (the NIC's)", v)
 	}
 	// The legitimate side: A's rule for the host's own address.
-	if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 6}); err != nil {
+	if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 6}); err != nil {
 		t.Errorf("AddMatch for the host's address: %v", err)
 	}
 	// B's SYN to the service reaches the peer, and the answer reaches B.
@@ -798,7 +799,7 @@ func attachMain() int {
 	if m := os.Getenv(attachMatchEnv); m != "" {
 		ap := netip.MustParseAddrPort(m)
 		p := ap.Port()
-		if err := c.AddMatch(control.Match{DstAddr: ap.Addr(), DstPort: &p, Protocol: 17}); err != nil {
+		if err := c.AddMatch(wire.Match{DstAddr: ap.Addr(), DstPort: &p, Protocol: 17}); err != nil {
 			fmt.Println("error=" + err.Error())
 			return 1
 		}

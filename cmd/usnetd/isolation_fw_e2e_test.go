@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // TestE2EKernelCannotTakeEndpointPorts: a local user, outside ALLOW_GID,
@@ -47,7 +47,7 @@ func testE2EKernelCannotTakeEndpointPorts(t *testing.T, backend string) {
 	}
 	defer ch.Close()
 	port := uint16(7000)
-	if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+	if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
 		t.Fatal(err)
 	}
 	lk, err := l.host.Link(l.ifname)

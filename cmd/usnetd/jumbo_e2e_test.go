@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // Jumbo frames: the host's NIC and its peer at MTU 9000, as on a server
@@ -71,7 +71,7 @@ func testE2EJumbo(t *testing.T, backend string) {
 		t.Fatal(err)
 	}
 	port := uint16(7000)
-	if err := c.AddMatch(control.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+	if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
 		t.Fatal(err)
 	}
 	lk, err := l.host.Link(l.ifname)

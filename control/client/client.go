@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // Errors of the client. They are wrapped with what was asked of whom, so
@@ -46,15 +46,19 @@ const DefaultTimeout = 5 * time.Second
 // Options configure Dial. Zero values mean the defaults.
 type Options struct {
 	// SocketPath is usnetd's control socket, a path or "@name";
-	// default control.DefaultSocketPath.
+	// default wire.DefaultSocketPath.
 	SocketPath string
 	// Abstract binds the client's socket to an abstract name
 	// ("@usnet-client-PID-RANDOM") instead of a file.
 	Abstract bool
 	// Dir is where the client's socket file is made
-	// ("usnet-client-PID-RANDOM", as the Rust client names it); default
-	// /run/user/UID if it exists, else the temporary directory. usnetd
-	// must be able to reach it (root can).
+	// ("usnet-client-PID-RANDOM", as the Rust client names it). By
+	// default the first of $XDG_RUNTIME_DIR (as the Rust client), then
+	// /run/user/UID if it exists, then the temporary directory, where the
+	// socket can be bound and connected. usnetd must be able to reach it
+	// (root can). Before binding, the sockets that clients killed before
+	// they could remove them left in the directory are removed
+	// (RemoveStale).
 	Dir string
 	// Timeout bounds the wait for each answer; default DefaultTimeout.
 	Timeout time.Duration
@@ -73,6 +77,7 @@ type Client struct {
 	buf     []byte
 	oob     []byte
 	closed  bool
+	asked   bool // a RequestUDS was sent: usnetd may hold a channel and rules of ours
 }
 
 // Dial binds a private client socket and connects it to usnetd's control
@@ -81,52 +86,91 @@ type Client struct {
 // stale socket is ErrNotRunning, missing permissions ErrAccessDenied.
 func Dial(opt Options) (*Client, error) {
 	if opt.SocketPath == "" {
-		opt.SocketPath = control.DefaultSocketPath
+		opt.SocketPath = wire.DefaultSocketPath
 	}
 	if opt.Timeout <= 0 {
 		opt.Timeout = DefaultTimeout
 	}
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return nil, err
-	}
-	name := "usnet-client-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rnd[:])
-	local := ""
-	laddr := "@" + name
-	if !opt.Abstract {
-		dir := opt.Dir
-		if dir == "" {
-			dir = defaultDir()
+	raddr := &net.UnixAddr{Name: opt.SocketPath, Net: "unixgram"}
+	newClient := func(conn *net.UnixConn, local, laddr string) *Client {
+		return &Client{
+			conn: conn, local: local, laddr: laddr, server: opt.SocketPath, timeout: opt.Timeout,
+			buf: make([]byte, wire.MaxAnswerSize+1), oob: make([]byte, unix.CmsgSpace(4*4)),
 		}
-		local = filepath.Join(dir, name)
-		laddr = local
 	}
-	conn, err := net.DialUnix("unixgram", &net.UnixAddr{Name: laddr, Net: "unixgram"}, &net.UnixAddr{Name: opt.SocketPath, Net: "unixgram"})
-	if err != nil {
-		if local != "" {
+	if opt.Abstract {
+		laddr := "@" + clientName()
+		conn, err := net.DialUnix("unixgram", &net.UnixAddr{Name: laddr, Net: "unixgram"}, raddr)
+		if err != nil {
+			return nil, dialError(opt.SocketPath, err)
+		}
+		return newClient(conn, "", laddr), nil
+	}
+	dirs := []string{opt.Dir}
+	if opt.Dir == "" {
+		dirs = defaultDirs()
+	}
+	var lastErr error
+	for _, dir := range dirs {
+		RemoveStale(dir)
+		local := filepath.Join(dir, clientName())
+		conn, err := net.DialUnix("unixgram", &net.UnixAddr{Name: local, Net: "unixgram"}, raddr)
+		if err != nil {
 			os.Remove(local) // bound before the connect failed
+			lastErr = err
+			continue
 		}
-		return nil, dialError(opt.SocketPath, err)
-	}
-	if local != "" {
 		// Anyone may write to the file; only the server can send to a
 		// connected socket anyway. This lets a usnetd that does not run
-		// as root answer.
+		// as root, or runs without CAP_DAC_OVERRIDE
+		// (deploy/usnetd.service), answer.
 		_ = os.Chmod(local, 0o666)
+		return newClient(conn, local, local), nil
 	}
-	return &Client{
-		conn: conn, local: local, laddr: laddr, server: opt.SocketPath, timeout: opt.Timeout,
-		buf: make([]byte, control.MaxAnswerSize+1), oob: make([]byte, unix.CmsgSpace(4*4)),
-	}, nil
+	return nil, dialError(opt.SocketPath, lastErr)
 }
 
-// defaultDir is /run/user/UID when it exists, else the temporary directory.
-func defaultDir() string {
-	d := "/run/user/" + strconv.Itoa(os.Getuid())
-	if fi, err := os.Stat(d); err == nil && fi.IsDir() {
-		return d
+// clientName is "usnet-client-PID-RANDOM", as the Rust client names its
+// socket.
+func clientName() string {
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:]) // crypto/rand's Read never fails
+	return "usnet-client-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rnd[:])
+}
+
+// defaultDirs lists where the client's socket may be bound, best first:
+// $XDG_RUNTIME_DIR, /run/user/UID when it exists, the temporary directory.
+func defaultDirs() []string {
+	var ds []string
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		ds = append(ds, d)
 	}
-	return os.TempDir()
+	d := "/run/user/" + strconv.Itoa(os.Getuid())
+	if fi, err := os.Stat(d); err == nil && fi.IsDir() && (len(ds) == 0 || ds[0] != d) {
+		ds = append(ds, d)
+	}
+	return append(ds, os.TempDir())
+}
+
+// RemoveStale removes the client sockets ("usnet-client-PID-RANDOM") in
+// dir of processes that are gone, killed before they could remove theirs,
+// going by the PID in the name. Files that are not sockets, and sockets of
+// live processes, are left alone. Dial calls it.
+func RemoveStale(dir string) {
+	names, _ := filepath.Glob(filepath.Join(dir, "usnet-client-*-*"))
+	for _, p := range names {
+		var pid int
+		var rest string
+		if n, _ := fmt.Sscanf(filepath.Base(p), "usnet-client-%d-%s", &pid, &rest); n != 2 || pid <= 0 {
+			continue
+		}
+		if fi, err := os.Lstat(p); err != nil || fi.Mode().Type() != os.ModeSocket {
+			continue
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			os.Remove(p)
+		}
+	}
 }
 
 // dialError names why the connect failed.
@@ -153,23 +197,24 @@ func (c *Client) LocalAddr() string { return c.laddr }
 // datagram socket pair, one Ethernet frame per datagram. The caller owns
 // the file. The PID sent is this process's.
 func (c *Client) RequestUDS(iface string) (*os.File, error) {
-	msg, err := control.EncodeRequest(control.RequestUDS{Interface: iface, PID: int32(os.Getpid())})
+	msg, err := wire.EncodeRequest(wire.RequestUDS{Interface: iface, PID: int32(os.Getpid())})
 	if err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.asked = true
 	data, fds, err := c.roundTrip(msg)
 	if err != nil {
 		return nil, fmt.Errorf("RequestUDS %s: %w", iface, err)
 	}
-	if string(data) == control.RawFD && len(fds) == 1 {
+	if string(data) == wire.RawFD && len(fds) == 1 {
 		return os.NewFile(uintptr(fds[0]), "usnetd-channel-"+iface), nil
 	}
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
-	if string(data) == control.RawER {
+	if string(data) == wire.RawER {
 		return nil, fmt.Errorf("RequestUDS %s: %w", iface, ErrRefused)
 	}
 	return nil, fmt.Errorf("RequestUDS %s: %w: %.40q with %d descriptors", iface, ErrProtocol, data, len(fds))
@@ -177,8 +222,8 @@ func (c *Client) RequestUDS(iface string) (*os.File, error) {
 
 // AddMatch registers a rule for the client's oldest channel (so
 // RequestUDS first).
-func (c *Client) AddMatch(m control.Match) error {
-	msg, err := control.EncodeRequest(control.AddMatch{Match: m})
+func (c *Client) AddMatch(m wire.Match) error {
+	msg, err := wire.EncodeRequest(wire.AddMatch{Match: m})
 	if err != nil {
 		return err
 	}
@@ -186,21 +231,21 @@ func (c *Client) AddMatch(m control.Match) error {
 	defer c.mu.Unlock()
 	a, err := c.ask(msg)
 	if err != nil {
-		return fmt.Errorf("AddMatch: %w", err)
+		return fmt.Errorf("AddMatch %s: %w", m, err)
 	}
 	switch a.(type) {
-	case control.AnswerOK:
+	case wire.AnswerOK:
 		return nil
-	case control.AnswerER:
-		return fmt.Errorf("AddMatch: %w", ErrRefused)
+	case wire.AnswerER:
+		return fmt.Errorf("AddMatch %s: %w", m, ErrRefused)
 	}
-	return fmt.Errorf("AddMatch: %w: %s", ErrProtocol, a.Type())
+	return fmt.Errorf("AddMatch %s: %w: %s", m, ErrProtocol, a.Type())
 }
 
 // RemoveMatch removes one of the client's rules. usnetd does not answer
 // it, so success is not confirmed.
-func (c *Client) RemoveMatch(m control.Match) error {
-	msg, err := control.EncodeRequest(control.RemoveMatch{Match: m})
+func (c *Client) RemoveMatch(m wire.Match) error {
+	msg, err := wire.EncodeRequest(wire.RemoveMatch{Match: m})
 	if err != nil {
 		return err
 	}
@@ -214,44 +259,46 @@ func (c *Client) RemoveMatch(m control.Match) error {
 
 // QueryUsedPorts asks which local ports are in use: by rules of usnetd's
 // switch and by the kernel's sockets.
-func (c *Client) QueryUsedPorts() (control.UsedPorts, error) {
-	msg, _ := control.EncodeRequest(control.QueryUsedPorts{})
+func (c *Client) QueryUsedPorts() (wire.UsedPorts, error) {
+	msg, _ := wire.EncodeRequest(wire.QueryUsedPorts{})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	a, err := c.ask(msg)
 	if err != nil {
-		return control.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", err)
+		return wire.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", err)
 	}
 	switch v := a.(type) {
-	case control.UsedPorts:
+	case wire.UsedPorts:
 		return v, nil
-	case control.AnswerER:
-		return control.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", ErrRefused)
+	case wire.AnswerER:
+		return wire.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", ErrRefused)
 	}
-	return control.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w: %s", ErrProtocol, a.Type())
+	return wire.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w: %s", ErrProtocol, a.Type())
 }
 
 // QueryStatus asks for usnetd's state: interfaces, endpoints, rules.
 // A usnetd older than this client does not answer it (ErrTimeout).
-func (c *Client) QueryStatus() (control.Status, error) {
-	msg, _ := control.EncodeRequest(control.QueryStatus{})
+func (c *Client) QueryStatus() (wire.Status, error) {
+	msg, _ := wire.EncodeRequest(wire.QueryStatus{})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	a, err := c.ask(msg)
 	if err != nil {
-		return control.Status{}, fmt.Errorf("QueryStatus: %w", err)
+		return wire.Status{}, fmt.Errorf("QueryStatus: %w", err)
 	}
 	switch v := a.(type) {
-	case control.Status:
+	case wire.Status:
 		return v, nil
-	case control.AnswerER:
-		return control.Status{}, fmt.Errorf("QueryStatus: %w", ErrRefused)
+	case wire.AnswerER:
+		return wire.Status{}, fmt.Errorf("QueryStatus: %w", ErrRefused)
 	}
-	return control.Status{}, fmt.Errorf("QueryStatus: %w: %s", ErrProtocol, a.Type())
+	return wire.Status{}, fmt.Errorf("QueryStatus: %w: %s", ErrProtocol, a.Type())
 }
 
-// Close sends DeleteClient (usnetd drops the client's channels and rules),
-// closes the socket and removes its file. It is idempotent.
+// Close sends DeleteClient (usnetd drops the client's channels and rules)
+// if the client ever sent RequestUDS (a client that only queried holds
+// nothing to delete), closes the socket and removes its file. It is
+// idempotent.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -259,9 +306,11 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
-	msg, _ := control.EncodeRequest(control.DeleteClient{})
-	_ = c.conn.SetWriteDeadline(time.Now().Add(c.timeout))
-	_, _ = c.conn.Write(msg) // best effort: usnetd may be gone
+	if c.asked {
+		msg, _ := wire.EncodeRequest(wire.DeleteClient{})
+		_ = c.conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		_, _ = c.conn.Write(msg) // best effort: usnetd may be gone
+	}
 	err := c.conn.Close()
 	if c.local != "" {
 		if rerr := os.Remove(c.local); rerr != nil && err == nil {
@@ -273,7 +322,7 @@ func (c *Client) Close() error {
 
 // ask sends msg and decodes the answer. Descriptors that come with it are
 // closed.
-func (c *Client) ask(msg []byte) (control.Answer, error) {
+func (c *Client) ask(msg []byte) (wire.Answer, error) {
 	data, fds, err := c.roundTrip(msg)
 	if err != nil {
 		return nil, err
@@ -281,7 +330,7 @@ func (c *Client) ask(msg []byte) (control.Answer, error) {
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
-	a, err := control.DecodeAnswer(data)
+	a, err := wire.DecodeAnswer(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
 	}
@@ -304,11 +353,11 @@ func (c *Client) roundTrip(msg []byte) ([]byte, []int, error) {
 		return nil, nil, c.ioError(err)
 	}
 	fds := parseRights(c.oob[:oobn])
-	if flags&unix.MSG_TRUNC != 0 || n > control.MaxAnswerSize {
+	if flags&unix.MSG_TRUNC != 0 || n > wire.MaxAnswerSize {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
-		return nil, nil, fmt.Errorf("%w: answer longer than %d bytes", ErrProtocol, control.MaxAnswerSize)
+		return nil, nil, fmt.Errorf("%w: answer longer than %d bytes", ErrProtocol, wire.MaxAnswerSize)
 	}
 	return c.buf[:n], fds, nil
 }

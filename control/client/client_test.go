@@ -16,6 +16,7 @@ import (
 	"github.com/usnetd/usnetd/backends/memory"
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -63,7 +64,7 @@ func startServer(t *testing.T, path string) (*control.Server, *l4.Table) {
 
 func u16(v uint16) *uint16 { return &v }
 
-var m8080 = control.Match{DstAddr: netip.MustParseAddr("198.18.0.1"), DstPort: u16(8080), Protocol: 6}
+var m8080 = wire.Match{DstAddr: netip.MustParseAddr("198.18.0.1"), DstPort: u16(8080), Protocol: 6}
 
 func TestClient(t *testing.T) {
 	dir := t.TempDir()

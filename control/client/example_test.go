@@ -5,8 +5,8 @@ import (
 	"log"
 	"net/netip"
 
-	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // Attach a userspace stack of your own: ask for a packet channel on the NIC
@@ -24,7 +24,7 @@ func ExampleDial() {
 	}
 	defer ch.Close()
 	port := uint16(8443)
-	err = c.AddMatch(control.Match{DstAddr: netip.MustParseAddr("198.18.0.1"), DstPort: &port, Protocol: 6})
+	err = c.AddMatch(wire.Match{DstAddr: netip.MustParseAddr("198.18.0.1"), DstPort: &port, Protocol: 6})
 	if err != nil {
 		log.Fatal(err) // errors.Is(err, client.ErrRefused): the port is taken
 	}

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/control"
+	"github.com/usnetd/usnetd/control/wire"
 )
 
 // The backoff of a Session between attempts to attach again.
@@ -53,14 +53,10 @@ type Session struct {
 	opt  SessionOptions
 	mu   sync.Mutex // guards c, rules; held across the requests
 	c    *Client    // nil while usnetd is away
-	rule []control.Match
+	rule []wire.Match
 
 	gen      atomic.Uint64 // channels handed out so far
-	lostGen  atomic.Uint64 // 1 + the channel generation reported lost; 0: none
-	wake     int           // eventfd: Close or Lost
-	stop     chan struct{}
-	done     chan struct{}
-	peer     int // pidfd of the channel's maker or -1; owned by run
+	w        *Watch
 	stopOnce sync.Once
 }
 
@@ -76,22 +72,21 @@ func OpenSession(opt SessionOptions) (*Session, *os.File, error) {
 		c.Close()
 		return nil, nil, err
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	s := &Session{opt: opt, c: c}
+	s.gen.Store(1)
+	s.w, err = StartWatch(WatchOptions{Peer: PeerPidfd(ch), Sends: true, Generation: s.gen.Load,
+		Detach: s.detach, Attach: s.attach})
 	if err != nil {
 		c.Close()
 		ch.Close()
 		return nil, nil, err
 	}
-	s := &Session{opt: opt, c: c, wake: wake, peer: PeerPidfd(ch),
-		stop: make(chan struct{}), done: make(chan struct{})}
-	s.gen.Store(1)
-	go s.run()
 	return s, ch, nil
 }
 
 // AddMatch registers a rule for the session's channel; it is registered
 // again after each reattach until RemoveMatch.
-func (s *Session) AddMatch(m control.Match) error {
+func (s *Session) AddMatch(m wire.Match) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.c == nil {
@@ -105,7 +100,7 @@ func (s *Session) AddMatch(m control.Match) error {
 }
 
 // RemoveMatch removes a rule (from usnetd, if it is there).
-func (s *Session) RemoveMatch(m control.Match) error {
+func (s *Session) RemoveMatch(m wire.Match) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, r := range s.rule {
@@ -121,11 +116,11 @@ func (s *Session) RemoveMatch(m control.Match) error {
 }
 
 // QueryUsedPorts asks usnetd which local ports are in use.
-func (s *Session) QueryUsedPorts() (control.UsedPorts, error) {
+func (s *Session) QueryUsedPorts() (wire.UsedPorts, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.c == nil {
-		return control.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", ErrDetached)
+		return wire.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w", ErrDetached)
 	}
 	return s.c.QueryUsedPorts()
 }
@@ -135,11 +130,7 @@ func (s *Session) QueryUsedPorts() (control.UsedPorts, error) {
 // not block. Reports about a channel that was replaced already do
 // nothing, so call it from the goroutine that uses the channel, before it
 // takes the next one from Reattached.
-func (s *Session) Lost() {
-	s.lostGen.Store(s.gen.Load() + 1)
-	var one = [8]byte{1}
-	unix.Write(s.wake, one[:])
-}
+func (s *Session) Lost() { s.w.Lost(s.gen.Load()) }
 
 // Close stops the session and sends DeleteClient if usnetd is there. An
 // attempt to attach that is under way finishes first (bounded by the
@@ -147,14 +138,7 @@ func (s *Session) Lost() {
 func (s *Session) Close() error {
 	var err error
 	s.stopOnce.Do(func() {
-		close(s.stop)
-		var one = [8]byte{1}
-		unix.Write(s.wake, one[:])
-		<-s.done
-		unix.Close(s.wake)
-		if s.peer >= 0 {
-			unix.Close(s.peer)
-		}
+		s.w.Stop()
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.c != nil {
@@ -165,43 +149,8 @@ func (s *Session) Close() error {
 	return err
 }
 
-func (s *Session) stopped() bool {
-	select {
-	case <-s.stop:
-		return true
-	default:
-		return false
-	}
-}
-
-func (s *Session) run() {
-	defer close(s.done)
-	for {
-		fds := []unix.PollFd{{Fd: int32(s.wake), Events: unix.POLLIN}}
-		if s.peer >= 0 {
-			fds = append(fds, unix.PollFd{Fd: int32(s.peer), Events: unix.POLLIN})
-		}
-		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
-			return
-		}
-		if s.stopped() {
-			return
-		}
-		var cnt [8]byte
-		unix.Read(s.wake, cnt[:])
-		lost := len(fds) > 1 && fds[1].Revents != 0
-		if g := s.lostGen.Swap(0); g != 0 && g-1 == s.gen.Load() {
-			lost = true
-		}
-		if lost && !s.reattach() {
-			return
-		}
-	}
-}
-
-// reattach attaches again with backoff until it succeeds (true) or the
-// session is closed (false).
-func (s *Session) reattach() bool {
+// detach drops the client of the usnetd that went away.
+func (s *Session) detach() {
 	s.mu.Lock()
 	old := s.c
 	s.c = nil
@@ -209,36 +158,22 @@ func (s *Session) reattach() bool {
 	if old != nil {
 		old.Close() // DeleteClient goes nowhere; the socket file goes
 	}
-	if s.peer >= 0 {
-		unix.Close(s.peer)
-		s.peer = -1
+}
+
+// attach is one attempt to attach again (the Watch's Attach): on success
+// the new channel goes to SessionOptions.Reattached.
+func (s *Session) attach() (peer int, sends bool, err error) {
+	ch, refused, err := s.attachOnce()
+	if err != nil {
+		return -1, false, err
 	}
-	delay := ReattachFirst
-	for try := 0; ; try++ {
-		if try > 0 {
-			t := time.NewTimer(delay)
-			select {
-			case <-s.stop:
-				t.Stop()
-				return false
-			case <-t.C:
-			}
-			delay = min(2*delay, ReattachMax)
-		}
-		if s.stopped() {
-			return false
-		}
-		ch, refused, err := s.attachOnce()
-		if err != nil {
-			continue
-		}
-		if s.opt.Reattached != nil {
-			s.opt.Reattached(ch, refused)
-		} else {
-			ch.Close()
-		}
-		return true
+	peer = PeerPidfd(ch)
+	if s.opt.Reattached != nil {
+		s.opt.Reattached(ch, refused)
+	} else {
+		ch.Close()
 	}
+	return peer, true, nil
 }
 
 // attachOnce dials, requests a channel and registers the rules again.
@@ -267,7 +202,6 @@ func (s *Session) attachOnce() (ch *os.File, refused, err error) {
 	}
 	s.c = c
 	s.gen.Add(1)
-	s.peer = PeerPidfd(ch)
 	return ch, errors.Join(errs...), nil
 }
 
@@ -276,19 +210,33 @@ func (s *Session) attachOnce() (ch *os.File, refused, err error) {
 // there is none to watch: the kernel cannot say, the process is not
 // visible from here, or it is this process. The caller closes it.
 func PeerPidfd(ch *os.File) int {
+	p, _ := ChannelPeer(ch)
+	return p
+}
+
+// ChannelPeer is PeerPidfd that also says whether this process made the
+// channel (self; the pidfd is then -1): a channel made in-process, by a
+// switch in the same program as in tests, has no usnetd to come back, so
+// a failed send on it is not a reason to attach again.
+func ChannelPeer(ch *os.File) (pidfd int, self bool) {
 	rc, err := ch.SyscallConn()
 	if err != nil {
-		return -1
+		return -1, false
 	}
-	pidfd := -1
+	pidfd = -1
 	rc.Control(func(fd uintptr) {
 		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil || cred.Pid <= 0 || int(cred.Pid) == os.Getpid() {
+		if err != nil || cred.Pid <= 0 {
+			return
+		}
+		if int(cred.Pid) == os.Getpid() {
+			self = true
 			return
 		}
 		p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
 		if err != nil {
-			// Before Linux 6.5: by PID.
+			// Before Linux 6.5: by PID (a PID reused before this runs
+			// would only delay noticing to the first failed send).
 			p, err = unix.PidfdOpen(int(cred.Pid), 0)
 		}
 		if err == nil && p >= 0 {
@@ -296,5 +244,5 @@ func PeerPidfd(ch *os.File) int {
 			pidfd = p
 		}
 	})
-	return pidfd
+	return pidfd, self
 }

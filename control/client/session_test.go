@@ -15,6 +15,7 @@ import (
 	"github.com/usnetd/usnetd/backends/memory"
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -60,8 +61,8 @@ func runServer(t *testing.T, path string) (srv *control.Server, stop func()) {
 	return srv, stop
 }
 
-func rulesOf(st control.Status) []control.Match {
-	var ms []control.Match
+func rulesOf(st wire.Status) []wire.Match {
+	var ms []wire.Match
 	for _, ep := range st.Endpoints {
 		ms = append(ms, ep.Rules...)
 	}
@@ -94,7 +95,7 @@ func TestSessionReattach(t *testing.T) {
 	defer ch.Close()
 	m9090 := m8080
 	m9090.DstPort = u16(9090)
-	for _, m := range []control.Match{m8080, m9090} {
+	for _, m := range []wire.Match{m8080, m9090} {
 		if err := s.AddMatch(m); err != nil {
 			t.Fatal(err)
 		}

@@ -4,13 +4,15 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/usnetd/usnetd/internal/ipproto"
 )
 
-// IP protocol numbers of a PortSpec.
+// IP protocol numbers of a PortSpec (internal/ipproto's).
 const (
-	ProtoICMP uint8 = 1
-	ProtoTCP  uint8 = 6
-	ProtoUDP  uint8 = 17
+	ProtoICMP uint8 = ipproto.ICMP
+	ProtoTCP  uint8 = ipproto.TCP
+	ProtoUDP  uint8 = ipproto.UDP
 )
 
 // PortSpec is one item of DEBUG_PORTS or STATIC_PIPES: IF:TCP:PORT,

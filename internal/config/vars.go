@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/usnetd/usnetd/control/wire"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -251,7 +252,7 @@ var variables = []variable{
 	},
 	{
 		Name:    "SOCKET_PATH",
-		Default: "/run/usnetd.socket",
+		Default: wire.DefaultSocketPath,
 		Allowed: "an absolute path of at most 107 bytes, or @NAME (at most 107 bytes) for an abstract socket",
 		Meaning: "the control socket",
 		parse:   parseSocketPath,

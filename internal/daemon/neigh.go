@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/internal/netorder"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -77,15 +78,13 @@ func newNeighPort(port l4.Port, ifindex int) (*neighPort, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: PACKET_IGNORE_OUTGOING: %w", err)
 	}
-	all := htons(unix.ETH_P_ALL)
+	all := netorder.Htons(unix.ETH_P_ALL)
 	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: all, Ifindex: ifindex}); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: bind: %w", err)
 	}
 	return &neighPort{Port: port, n: port.RxQueues(), f: os.NewFile(uintptr(fd), "neighbour-tap")}, nil
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // RxQueues is the AF_XDP port's queues and the tap.
 func (p *neighPort) RxQueues() int { return p.n + 1 }

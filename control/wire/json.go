@@ -1,4 +1,4 @@
-package control
+package wire
 
 // A small strict JSON reader and writer that behave like serde_json, which
 // the original used on both ends of the control socket. encoding/json is not

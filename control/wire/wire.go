@@ -1,4 +1,4 @@
-package control
+package wire
 
 // The wire types of the control protocol.
 //
@@ -83,7 +83,14 @@ import (
 	"slices"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/usnetd/usnetd/internal/ipproto"
 )
+
+// DefaultSocketPath is where the original and this usnetd listen: the
+// control socket's path unless the server's SOCKET_PATH or a client's
+// configuration says otherwise. It is the one definition of that path.
+const DefaultSocketPath = "/run/usnetd.socket"
 
 // MaxMessageSize is the largest request DecodeRequest accepts, in bytes.
 // Every real request is under 300 bytes; the original read requests into a
@@ -219,6 +226,25 @@ type Match struct {
 func (m Match) Equal(o Match) bool {
 	return m.DstAddr == o.DstAddr && m.Protocol == o.Protocol &&
 		eqPtr(m.DstPort, o.DstPort) && eqPtr(m.SrcAddr, o.SrcAddr) && eqPtr(m.SrcPort, o.SrcPort)
+}
+
+// String is how usnetd writes a rule for people (ipproto.Rule): the
+// protocol's name, the local address and port, and the remote side if the
+// rule has one: "tcp 198.18.0.1:8080", "icmp 198.18.0.1",
+// "tcp 198.18.0.1:22 <- 198.18.0.2:41234", "udp [2001:db8::1]:53 <- *:5353".
+func (m Match) String() string {
+	lp, rp := -1, -1
+	if m.DstPort != nil {
+		lp = int(*m.DstPort)
+	}
+	if m.SrcPort != nil {
+		rp = int(*m.SrcPort)
+	}
+	var remote netip.Addr
+	if m.SrcAddr != nil {
+		remote = *m.SrcAddr
+	}
+	return ipproto.Rule(m.Protocol, m.DstAddr, lp, remote, rp)
 }
 
 func eqPtr[T comparable](a, b *T) bool {
@@ -704,6 +730,18 @@ func (r *reader) addr() (netip.Addr, error) {
 		return netip.Addr{}, r.errAt(off, ErrAddress, "%q is not an IPv6 address", s)
 	}
 	return a, r.closeTag()
+}
+
+// PeekType returns the tag of a message that may not decode:
+// "RequestUDS", "DeleteClient", ..., or "" when not even that can be read.
+// It reads at most the first 256 bytes.
+func PeekType(b []byte) string {
+	r := reader{b: b[:min(len(b), 256)]}
+	name, _, err := r.tag("")
+	if err != nil {
+		return ""
+	}
+	return name
 }
 
 // EncodeRequest returns serde_json's bytes for req. It fails if req is not

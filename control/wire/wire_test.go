@@ -1,4 +1,4 @@
-package control
+package wire
 
 import (
 	"bufio"
@@ -679,4 +679,23 @@ func oracleCorpus(t *testing.T) []string {
 		ins = append(ins, in)
 	}
 	return ins
+}
+
+func TestMatchString(t *testing.T) {
+	for _, c := range []struct {
+		m    Match
+		want string
+	}{
+		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(8080), Protocol: 6}, "tcp 198.18.0.1:8080"},
+		{Match{DstAddr: ip("2001:db8::1"), DstPort: p16(53), Protocol: 17}, "udp [2001:db8::1]:53"},
+		{Match{DstAddr: ip("198.18.0.1"), Protocol: 1}, "icmp 198.18.0.1"},
+		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(22), SrcAddr: pa("198.18.0.2"), SrcPort: p16(41234), Protocol: 6}, "tcp 198.18.0.1:22 <- 198.18.0.2:41234"},
+		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(22), SrcAddr: pa("2001:db8::2"), Protocol: 6}, "tcp 198.18.0.1:22 <- [2001:db8::2]"},
+		{Match{DstAddr: ip("198.18.0.1"), DstPort: p16(53), SrcPort: p16(5353), Protocol: 17}, "udp 198.18.0.1:53 <- *:5353"},
+		{Match{DstAddr: ip("198.18.0.1"), Protocol: 200}, "proto-200 198.18.0.1"},
+	} {
+		if got := c.m.String(); got != c.want {
+			t.Errorf("%#v: %q, want %q", c.m, got, c.want)
+		}
+	}
 }
