@@ -205,6 +205,9 @@ type ifaceState struct {
 	Interface
 	table *l4.Table
 	rules *l4.RuleQuota // MaxRules: every endpoint's rules on this interface
+	// goneTooBig counts the oversized frames of the channels that went
+	// (ChannelDrops adds the live ones'), under the server's lock.
+	goneTooBig uint64
 }
 
 // uidState is what one user's endpoints hold.
@@ -790,6 +793,7 @@ func (s *Server) removeChannel(ep *endpoint, ch *channel, why string) {
 		ep.log.Error().Err(err).Msg("detaching a channel")
 	}
 	ch.port.Close()
+	ep.ifc.goneTooBig += ch.port.Stats().RxTooBig
 	ep.channels = slices.Delete(ep.channels, i, i+1)
 	s.channelGone(ep)
 	if i == 0 && len(ep.rules) > 0 {
@@ -827,6 +831,7 @@ func (s *Server) removeEndpoint(ep *endpoint, why string) {
 			ep.log.Error().Err(err).Msg("detaching a channel")
 		}
 		ch.port.Close()
+		ep.ifc.goneTooBig += ch.port.Stats().RxTooBig
 		s.channelGone(ep)
 	}
 	ep.forgetInFirewall(ep.rules...)
@@ -1088,4 +1093,29 @@ func (s *Server) statusBytes(log zerolog.Logger) []byte {
 	}
 	log.Warn().Int("rules", all).Int("listed", len(st.Rules)).Msg("QueryStatus: too many rules for one datagram; listed a part")
 	return b
+}
+
+// ChannelDrops returns the frames that the endpoints' channels on the
+// interface ifname dropped before the switch saw them, by reason, as
+// running totals over every channel it had: rx_too_big, a datagram an
+// endpoint sent that is longer than a buffer (its MTU is above the NIC's).
+// Frames a channel could not take (its socket buffer full) are counted as
+// the channel port's TX errors.
+func (s *Server) ChannelDrops(ifname string) map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ifc := s.ifaces[ifname]
+	if ifc == nil {
+		return nil
+	}
+	n := ifc.goneTooBig
+	for _, ep := range s.endpoints {
+		if ep.ifc != ifc {
+			continue
+		}
+		for _, ch := range ep.channels {
+			n += ch.port.Stats().RxTooBig
+		}
+	}
+	return map[string]uint64{"rx_too_big": n}
 }

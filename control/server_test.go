@@ -123,6 +123,37 @@ func TestChannelCarriesFrames(t *testing.T) {
 	}
 }
 
+// TestChannelOversizedFramesCounted: a frame longer than a buffer that an
+// endpoint writes into its channel is dropped and counted (ChannelDrops,
+// exported as usnetd_backend_drops_total{backend="uds",reason="rx_too_big"}),
+// also after the channel went; the frame next to it goes out.
+func TestChannelOversizedFramesCounted(t *testing.T) {
+	e := newEnv(t)
+	c := newRawClient(t, e.path, e.dir)
+	ch := c.requestUDS("eth0", os.Getpid())
+	out := tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 8080, 40000)
+	big := append(append([]byte(nil), out...), make([]byte, 64<<10-len(out))...)
+	for _, f := range [][]byte{big, out} {
+		if _, err := ch.Write(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !e.nic.WaitSent(1, 2*time.Second) || string(e.nic.Sent()[0]) != string(out) {
+		t.Fatal("the endpoint's frame after the oversized one did not leave through the NIC")
+	}
+	if got := e.srv.ChannelDrops("eth0")["rx_too_big"]; got != 1 {
+		t.Fatalf("rx_too_big %d, want 1", got)
+	}
+	c.send(`"DeleteClient"`)
+	c.noAnswer(200*time.Millisecond, "DeleteClient")
+	if got := e.srv.ChannelDrops("eth0")["rx_too_big"]; got != 1 {
+		t.Fatalf("after the channel went: rx_too_big %d, want 1 (a running total)", got)
+	}
+	if e.srv.ChannelDrops("eth9") != nil {
+		t.Error("drops for an interface the server does not have")
+	}
+}
+
 // TestAbstractClient: a client bound to an abstract name, even one with a
 // NUL in it, is answered at exactly that name, never at a prefix of it.
 func TestAbstractClient(t *testing.T) {

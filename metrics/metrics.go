@@ -29,6 +29,10 @@ type Domain struct {
 	// kernel below it) dropped, by reason, as running totals: what never
 	// reached the pipeline or left it unsent. Called on each scrape.
 	BackendDrops func() map[string]uint64
+	// ChannelDrops, if set, returns the frames the endpoints' channels
+	// dropped before the switch saw them, by reason, as running totals
+	// (exported with backend="uds").
+	ChannelDrops func() map[string]uint64
 }
 
 // Collector reads the counters of every domain when Prometheus scrapes.
@@ -156,6 +160,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			sort.Strings(reasons)
 			for _, r := range reasons {
 				counter(descBackendDrops, drops[r], ifc, dom.Backend, r)
+			}
+		}
+		if dom.ChannelDrops != nil {
+			for r, n := range dom.ChannelDrops() {
+				counter(descBackendDrops, n, ifc, "uds", r)
 			}
 		}
 		sw := dom.Pipeline.Switch()

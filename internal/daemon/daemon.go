@@ -267,6 +267,10 @@ func (d *daemon) metricDomains() []metrics.Domain {
 		if fw := dom.fw.Load(); fw != nil {
 			md.Firewall = fw.Counters
 		}
+		if d.ctl != nil {
+			ifname := dom.ifname
+			md.ChannelDrops = func() map[string]uint64 { return d.ctl.ChannelDrops(ifname) }
+		}
 		ds = append(ds, md)
 	}
 	return ds
