@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -153,4 +154,24 @@ func testE2EStaticPipe(t *testing.T, backend string) {
 		t.Errorf("pipe socket left after stop (%v)", err)
 	}
 	l.checkNothingLeft()
+}
+
+// TestE2EStaticPipeRefusesNonSocket: a file at a pipe's path that is not a
+// socket stops the start with one line naming the entry, and stays as it
+// was; no pipe socket is made.
+func TestE2EStaticPipeRefusesNonSocket(t *testing.T) {
+	l := newE2ELab(t, 1)
+	dir := t.TempDir()
+	path := filepath.Join(dir, l.ifname+"-tcp-7000")
+	if err := os.WriteFile(path, []byte("not a socket"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := l.ifname + ":TCP:7000"
+	msg := l.startFails("STATIC_PIPES="+spec, "PIPE_DIR="+dir)
+	if msg == "" || !strings.Contains(msg, spec) || !strings.Contains(msg, "is not a socket") {
+		t.Fatalf("start with a regular file at the pipe's path: %q", msg)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "not a socket" {
+		t.Fatalf("the file at the pipe's path changed: %q, %v", b, err)
+	}
 }
