@@ -73,7 +73,8 @@ type Stats struct {
 }
 
 // Port is an l4.Port and l4.RxWaiter over one end of a Unix datagram
-// socket pair. It has one receive queue. WaitRx, Recv, Send and Close
+// socket pair (NewPair, New), or over a Unix datagram socket bound at a
+// path (Listen, bound.go). It has one receive queue. WaitRx, Recv, Send and Close
 // follow the l4.Port contract; PeerClosed and Stats may be called from any
 // goroutine. The socket is non-blocking and waits in Go's netpoller
 // (through an *os.File), so a waiting port costs a parked goroutine, not
