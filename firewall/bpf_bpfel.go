@@ -82,6 +82,13 @@ type bpfFwValue struct {
 	Pad        uint32
 }
 
+type bpfNicMac struct {
+	_   structs.HostLayout
+	Mac [6]uint8
+	Set uint8
+	Pad uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -92,6 +99,7 @@ const (
 	bpfMapFragVerdicts     = "frag_verdicts"
 	bpfMapKernelLearned    = "kernel_learned"
 	bpfMapKernelRules      = "kernel_rules"
+	bpfMapNicMac           = "nic_mac"
 	bpfMapXsks             = "xsks"
 	bpfProgUsnetdLearn     = "usnetd_learn"
 	bpfProgUsnetdTcIngress = "usnetd_tc_ingress"
@@ -157,6 +165,7 @@ type bpfMapSpecs struct {
 	FragVerdicts  *ebpf.MapSpec `ebpf:"frag_verdicts"`
 	KernelLearned *ebpf.MapSpec `ebpf:"kernel_learned"`
 	KernelRules   *ebpf.MapSpec `ebpf:"kernel_rules"`
+	NicMac        *ebpf.MapSpec `ebpf:"nic_mac"`
 	Xsks          *ebpf.MapSpec `ebpf:"xsks"`
 }
 
@@ -194,6 +203,7 @@ type bpfMaps struct {
 	FragVerdicts  *ebpf.Map `ebpf:"frag_verdicts"`
 	KernelLearned *ebpf.Map `ebpf:"kernel_learned"`
 	KernelRules   *ebpf.Map `ebpf:"kernel_rules"`
+	NicMac        *ebpf.Map `ebpf:"nic_mac"`
 	Xsks          *ebpf.Map `ebpf:"xsks"`
 }
 
@@ -205,6 +215,7 @@ func (m *bpfMaps) Close() error {
 		m.FragVerdicts,
 		m.KernelLearned,
 		m.KernelRules,
+		m.NicMac,
 		m.Xsks,
 	)
 }

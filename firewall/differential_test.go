@@ -1,8 +1,10 @@
 package firewall
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -23,8 +25,11 @@ import (
 // fragment takes its first fragment's verdict when that comes, and is
 // lost when it never does. Besides the switch, by design of the AF_XDP and
 // AF_PACKET backends, the kernel gets the link's own business that no rule
-// claims (DHCP answers, UDP 67→68 and DHCPv6 547→546, and MLD), and the
-// daemon copies it to the endpoints (linkBusiness).
+// claims (DHCP answers for the NIC's MAC, UDP 67→68 to the NIC's MAC or a
+// group address with the NIC's MAC as chaddr; DHCPv6 547→546; MLD), and
+// the daemon copies it to the endpoints (linkBusiness). A DHCP answer for
+// another MAC (an endpoint's) goes to userspace, where the switch gives it
+// to the port that asked (its one-shot mark) or drops it.
 //
 // Two divergences are allowed, and each is named where it is checked:
 //
@@ -98,6 +103,11 @@ func newDiffHarness(t testing.TB) *diffHarness {
 	t.Helper()
 	objs := loadObjects(t, false)
 	h := &diffHarness{objs: objs, table: l4.NewTable(), rules: diffRules()}
+	nm := bpfNicMac{Set: 1}
+	copy(nm.Mac[:], macHost)
+	if err := objs.NicMac.Put(uint32(0), &nm); err != nil {
+		t.Fatal(err)
+	}
 	for _, r := range h.rules {
 		if err := checkKey(r.key); err != nil {
 			t.Fatal(err)
@@ -173,14 +183,15 @@ func (h *diffHarness) xdp(t testing.TB, frame []byte) (bool, map[string]uint64, 
 	return ret == xdpPass, d, true
 }
 
-// linkBusiness reports whether f is a DHCP answer or MLD: the kernel's
-// when no rule claims it (see the top of this file).
-func linkBusiness(f *l4.Frame) bool {
+// linkBusiness reports whether f (parsed from frame) is a DHCP answer for
+// the NIC's MAC, a DHCPv6 answer or MLD: the kernel's when no rule claims
+// it (see the top of this file).
+func linkBusiness(f *l4.Frame, frame []byte) bool {
 	if !f.FirstFragment() {
 		return false
 	}
 	if f.DHCP == l4.DHCPAnswer {
-		return true
+		return dhcpForNIC(f, frame)
 	}
 	if f.Kind != l4.KindIPv6 {
 		return false
@@ -189,6 +200,43 @@ func linkBusiness(f *l4.Frame) bool {
 		return true
 	}
 	return f.Proto == l4.ProtoICMPv6 && ((f.ICMPType >= 130 && f.ICMPType <= 132) || f.ICMPType == 143)
+}
+
+// dhcpForNIC reports whether a DHCP answer is the kernel's, as the
+// classifier is told to judge it (nic_mac = macHost): to the NIC's MAC or a
+// group address, and with the NIC's MAC as chaddr (28 bytes into the BOOTP
+// message) where the IP packet holds one.
+func dhcpForNIC(f *l4.Frame, frame []byte) bool {
+	nic := l4.MAC(macHost)
+	if f.DstMAC[0]&1 == 0 && f.DstMAC != nic {
+		return false
+	}
+	end := len(frame)
+	if f.Kind == l4.KindIPv4 && f.L3+4 <= len(frame) {
+		end = min(end, f.L3+int(binary.BigEndian.Uint16(frame[f.L3+2:])))
+	}
+	at := f.L4 + 8 + 28
+	if f.L4 == 0 || at+6 > end {
+		return true
+	}
+	return l4.MAC(frame[at:at+6]) == nic
+}
+
+// dhcpAnswer is a DHCP answer (UDP 67->68, a BOOTP reply) from the peer to
+// dst, at Ethernet address to, for client hardware address chaddr (none:
+// a message cut short before chaddr).
+func dhcpAnswer(t testing.TB, dst string, to, chaddr net.HardwareAddr, o frameOpts) []byte {
+	bootp := make([]byte, 240)
+	bootp[0], bootp[1], bootp[2] = 2, 1, 6
+	copy(bootp[28:], chaddr)
+	copy(bootp[236:], []byte{99, 130, 83, 99}) // the magic cookie
+	if chaddr == nil {
+		bootp = bootp[:30]
+	}
+	o.payload = bootp
+	fr := udpFrame(t, peer4, 67, dst, 68, o)
+	copy(fr[0:6], to)
+	return fr
 }
 
 type dgramKey struct {
@@ -247,7 +295,7 @@ func (h *diffHarness) runSeq(t testing.TB, frames [][]byte) []string {
 		case l4.ActHold:
 			continue // decided when its first fragment comes
 		case l4.ActDrop:
-			if v.Reason == l4.DropNoMatch && (linkBusiness(&f) || (r.later && linkKernel[r.dgram])) {
+			if v.Reason == l4.DropNoMatch && (linkBusiness(&f, fr) || (r.later && linkKernel[r.dgram])) {
 				r.goKernel = true
 			}
 		}
@@ -396,6 +444,17 @@ func diffCorpus(t testing.TB) (singles [][]byte, seqs [][][]byte) {
 	qinq := tcpFrame(t, peer4, 50000, host4, 22, frameOpts{vlan: 7})
 	qinq[12], qinq[13] = 0x88, 0xa8
 	singles = append(singles, qinq, arpFrame(t), arpFrame(t)[:14+27], eapolFrame(t), eapolFrame(t)[:14+3])
+	// DHCP answers: to the NIC's MAC, to broadcast, to an endpoint's MAC;
+	// for the NIC's chaddr, an endpoint's, none (cut short); to the host's
+	// address (an endpoint has a rule on its port 68) and to broadcast.
+	macEndpoint := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x0e}
+	for _, to := range []net.HardwareAddr{macHost, layers.EthernetBroadcast, macEndpoint} {
+		for _, ch := range []net.HardwareAddr{macHost, macEndpoint, nil} {
+			for _, dst := range []string{host4, "255.255.255.255", other4} {
+				singles = append(singles, dhcpAnswer(t, dst, to, ch, frameOpts{}), dhcpAnswer(t, dst, to, ch, frameOpts{vlan: 7}))
+			}
+		}
+	}
 	return singles, seqs
 }
 

@@ -44,8 +44,12 @@
 //     step that finds an entry decides: a kernel entry is the kernel's, an
 //     endpoint's rule is not. Ports count for TCP, UDP, DCCP, SCTP and
 //     UDP-Lite, as in l4.
-//   - No entry at all: DHCP answers (UDP 67→68; DHCPv6 547→546) and MLD
-//     (130–132, 143) are the kernel's, the rest is not.
+//   - No entry at all: DHCP answers for the NIC's MAC (UDP 67→68 to the
+//     NIC's MAC or a group address, with the NIC's MAC as chaddr where the
+//     packet holds one; the loader writes the MAC into nic_mac at Attach
+//     and Reattach), DHCPv6 answers (547→546) and MLD (130–132, 143) are
+//     the kernel's, the rest is not: a DHCP answer for an endpoint's MAC
+//     goes to userspace.
 //   - Later fragments (no ports) take their first fragment's verdict
 //     (source, destination, id and the protocol the fragment header names)
 //     if it came less than 30 s before. One that comes first goes to the

@@ -3,6 +3,7 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -282,6 +283,9 @@ func Attach(opts Options) (_ *Firewall, err error) {
 	}
 	if err := spec.LoadAndAssign(&fw.objs, &ebpf.CollectionOptions{MapReplacements: replace}); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLoad, err)
+	}
+	if err := fw.setNICMAC(attrs.HardwareAddr); err != nil {
+		return nil, err
 	}
 	now := monotonicNow()
 	for _, a := range opts.Allow {
@@ -613,6 +617,22 @@ func pinReplacing(obj pinner, path string) error {
 	return nil
 }
 
+// setNICMAC tells the classifier the kernel's own MAC (the NIC's): DHCP
+// answers for other MACs go to userspace. A MAC that is not 6 bytes
+// leaves it unknown (every DHCP answer that no rule claims is the
+// kernel's).
+func (fw *Firewall) setNICMAC(mac net.HardwareAddr) error {
+	var v bpfNicMac
+	if len(mac) == 6 {
+		copy(v.Mac[:], mac)
+		v.Set = 1
+	}
+	if err := fw.objs.NicMac.Put(uint32(0), &v); err != nil {
+		return fmt.Errorf("firewall: the NIC's MAC: %w", err)
+	}
+	return nil
+}
+
 func (fw *Firewall) maps() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"kernel_rules":   fw.objs.KernelRules,
@@ -764,6 +784,9 @@ func (fw *Firewall) Reattach() (err error) {
 	}
 	fw.in, fw.tcx = nil, nil
 	fw.ifindex = attrs.Index
+	if err := fw.setNICMAC(attrs.HardwareAddr); err != nil {
+		return err
+	}
 	fw.log = fw.baseLog.With().Str("interface", attrs.Name).Int("ifindex", attrs.Index).Logger()
 
 	var in, tcx link.Link

@@ -57,7 +57,7 @@ type Switch struct {
 	pol    policies
 	polMap atomic.Pointer[map[PortID]PortPolicy]
 	frags  *fragTable
-	dhcp   atomic.Uint64 // owner waiting for the next DHCP answer: port<<8 | kind; 0 none
+	dhcp   atomic.Uint64 // owner waiting for the next DHCP answer: port<<8 | kind; 0 none; one-shot
 	// noIsolation turns the checks on endpoints' frames off: benchmarks
 	// use it for the baseline that shows what the checks cost.
 	noIsolation bool
@@ -183,8 +183,14 @@ func (s *Switch) match(in Owner, f *Frame) Verdict {
 		return Verdict{Action: ActForward, To: o}
 	}
 	if f.DHCP == DHCPAnswer {
-		if o := unpackOwner(s.dhcp.Load()); o.Port != 0 && o.Port != in.Port {
-			return Verdict{Action: ActForward, To: o}
+		// The mark is one-shot: the answer that takes it clears it, so
+		// that a port's one request brings it one answer, and a later
+		// answer (another server's offer, a stray one) only with a request
+		// of its own.
+		if m := s.dhcp.Load(); m != 0 {
+			if o := unpackOwner(m); o.Port != 0 && o.Port != in.Port && s.dhcp.CompareAndSwap(m, 0) {
+				return Verdict{Action: ActForward, To: o}
+			}
 		}
 	}
 	return drop(DropNoMatch)

@@ -149,6 +149,12 @@ func TestStep3DHCPRequestMarksReceiverOfAnswer(t *testing.T) {
 	}
 	ans := udp4(macRemote, macBcast, "198.18.1.1", 67, "255.255.255.255", 68)
 	wantVerdict(t, s.Decide(nic, parsed(t, ans), 0), fwd(epB))
+	// The mark is one-shot: a second answer (another server's offer) is
+	// dropped until the next request, whose answer goes to its sender.
+	wantVerdict(t, s.Decide(nic, parsed(t, ans), 0), drop(DropNoMatch))
+	wantVerdict(t, s.Decide(epA, parsed(t, req), 0), Verdict{Action: ActUplink})
+	wantVerdict(t, s.Decide(nic, parsed(t, ans), 0), fwd(epA))
+	wantVerdict(t, s.Decide(nic, parsed(t, ans), 0), drop(DropNoMatch))
 	// Without a mark, an answer is dropped.
 	wantVerdict(t, newTestSwitch(t).Decide(nic, parsed(t, ans), 0), drop(DropNoMatch))
 }

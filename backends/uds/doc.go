@@ -22,6 +22,12 @@
 //     reports it once (Options.OnPeerClosed, PeerClosed) and Recv and Send
 //     return l4.ErrPortClosed, so that the owner can detach it.
 //
+// Listen makes the other kind of port, a static pipe (STATIC_PIPES): a
+// Unix datagram socket bound at a path, same framing and batching, whose
+// peer is whichever named socket sent to it last (bound.go says exactly).
+// It never reports its peer closed; frames for a peer that is not there
+// are dropped and counted. Close removes its socket file.
+//
 // What this package must never do: decide where a frame goes (that is
 // package l4), block the pipeline on a slow peer, or read a frame it did
 // not receive whole.

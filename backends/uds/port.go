@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -72,7 +73,8 @@ type Stats struct {
 }
 
 // Port is an l4.Port and l4.RxWaiter over one end of a Unix datagram
-// socket pair. It has one receive queue. WaitRx, Recv, Send and Close
+// socket pair (NewPair, New), or over a Unix datagram socket bound at a
+// path (Listen, bound.go). It has one receive queue. WaitRx, Recv, Send and Close
 // follow the l4.Port contract; PeerClosed and Stats may be called from any
 // goroutine. The socket is non-blocking and waits in Go's netpoller
 // (through an *os.File), so a waiting port costs a parked goroutine, not
@@ -90,6 +92,11 @@ type Port struct {
 
 	closed    atomic.Bool
 	closeOnce sync.Once
+
+	// bound is set for a port made by Listen; peerAddr is its peer, set
+	// by the Recv goroutine, read by Send.
+	bound    *boundState
+	peerAddr atomic.Pointer[boundPeer]
 
 	peerGone     chan struct{}
 	peerGoneOnce sync.Once
@@ -411,6 +418,9 @@ func (p *Port) recv(fd int, bufs []*l4.Buf) (int, error) {
 		iovs[i].SetLen(len(d))
 		msgs[i] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &iovs[i], Iovlen: 1}}
 	}
+	if p.bound != nil {
+		p.bound.prepareNames(msgs)
+	}
 	r, err := recvmmsg(fd, msgs)
 	runtime.KeepAlive(bufs)
 	clear(iovs) // no pointers into the pool stay behind
@@ -426,6 +436,9 @@ func (p *Port) recv(fd int, bufs []*l4.Buf) (int, error) {
 		bufs[i], bufs[good] = bufs[good], bufs[i]
 		bufs[good].SetLen(int(msgs[i].Len))
 		good++
+		if p.bound != nil {
+			p.learnPeer(msgs, i)
+		}
 	}
 	p.rxFrames.Add(uint64(good))
 	return good, nil
@@ -470,6 +483,13 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 		p.tx.msgs = make([]unix.Mmsghdr, n)
 		p.tx.iovs = make([]unix.Iovec, n)
 	}
+	var peer *boundPeer
+	if p.bound != nil {
+		if peer = p.peerAddr.Load(); peer == nil {
+			p.txDropped.Add(uint64(n)) // no peer yet
+			return 0, nil
+		}
+	}
 	msgs, iovs := p.tx.msgs[:n], p.tx.iovs[:n]
 	for i, b := range bufs {
 		f := b.Bytes()
@@ -481,16 +501,28 @@ func (p *Port) Send(bufs []*l4.Buf) (int, error) {
 			iovs[i].SetLen(len(f))
 		}
 		msgs[i] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &iovs[i], Iovlen: 1}}
+		if peer != nil {
+			msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&peer.sa))
+			msgs[i].Hdr.Namelen = peer.len
+		}
 	}
 	defer clear(iovs)
 	p.tx.n, p.tx.sent, p.tx.err = n, 0, nil
 	werr := p.rc.Write(p.tx.sendOp)
 	runtime.KeepAlive(bufs)
+	runtime.KeepAlive(peer)
+	if peer != nil {
+		clear(msgs) // no pointer to the peer stays behind
+	}
 	sent, err := p.tx.sent, p.tx.err
 	p.txFrames.Add(uint64(sent))
 	switch {
 	case werr != nil:
 		return sent, l4.ErrPortClosed
+	case p.bound != nil:
+		// A bound port's peer may be gone (ECONNREFUSED, ENOENT), its
+		// buffer full or its file closed to us: the frames are dropped,
+		// the port stays.
 	case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
 		// The peer's buffer is full: the rest is dropped.
 	case errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET):
@@ -531,6 +563,9 @@ func (p *Port) Close() error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)
 		_ = p.file.Close()
+		if p.bound != nil {
+			p.bound.removeFile()
+		}
 		p.probeMu.Lock()
 		if p.probe != nil {
 			p.probe.close()

@@ -282,6 +282,31 @@ static __always_inline int CLS_NAME(quote_owner)(CLS_CTX *ctx, __u32 l4, __u32 l
 	return lookup_owner(&k, NULL);
 }
 
+/* Whether a DHCP answer (UDP 67->68, IPv4) is the kernel's: its
+ * destination MAC is the NIC's or a group address, and its client hardware
+ * address (chaddr, 28 bytes into the BOOTP message) is the NIC's. An
+ * answer for another MAC (an endpoint's) goes to userspace, where the
+ * switch gives it to the port that asked. While the NIC's MAC is unknown,
+ * and when chaddr is not in the packet, the answer is the kernel's. */
+static __always_inline int CLS_NAME(dhcp_kernels)(CLS_CTX *ctx, struct ip_info *in)
+{
+	__u32 zero = 0;
+	struct nic_mac *nm = bpf_map_lookup_elem(&nic_mac, &zero);
+	if (!nm || !nm->set)
+		return 1;
+	__u8 dst[6];
+	if (CLS_LOAD(ctx, 0, dst, 6) < 0)
+		return 1;
+	if (!(dst[0] & 1) && !mac_eq(dst, nm->mac))
+		return 0; /* unicast to another MAC */
+	if (in->l4room < 8 + 28 + 6)
+		return 1;
+	__u8 ch[6];
+	if (CLS_LOAD(ctx, in->l4off + 8 + 28, ch, 6) < 0)
+		return 1;
+	return mac_eq(ch, nm->mac);
+}
+
 /* The code of an IP packet at offset l3 (see classify). room: bytes from
  * l3 to the end of the frame. */
 static __always_inline __u32 CLS_NAME(classify_ip)(CLS_CTX *ctx, __u32 l3, __u32 room, __u16 ethtype)
@@ -332,11 +357,14 @@ static __always_inline __u32 CLS_NAME(classify_ip)(CLS_CTX *ctx, __u32 l3, __u32
 		if (owner == OWNER_KERNEL)
 			why = CNT_PASS_ALLOWED;
 	}
-	/* The link's own business, when no rule claims it: DHCP answers and
-	 * MLD go to the kernel (the daemon copies them to the endpoints). */
+	/* The link's own business, when no rule claims it: DHCP answers for
+	 * the NIC's MAC (dhcp_kernels), DHCPv6 answers and MLD go to the
+	 * kernel; a DHCP answer for another MAC goes to userspace. */
 	if (owner == OWNER_NONE) {
-		if (in.proto == PROTO_UDP &&
-		    ((!in.v6 && k.rport == 67 && k.lport == 68) || (in.v6 && k.rport == 547 && k.lport == 546)))
+		if (in.proto == PROTO_UDP && !in.v6 && k.rport == 67 && k.lport == 68) {
+			if (CLS_NAME(dhcp_kernels)(ctx, &in))
+				why = CNT_PASS_DHCP;
+		} else if (in.proto == PROTO_UDP && in.v6 && k.rport == 547 && k.lport == 546)
 			why = CNT_PASS_DHCP;
 		else if (icmp && in.v6 && ((type >= 130 && type <= 132) || type == 143))
 			why = CNT_PASS_NDP;

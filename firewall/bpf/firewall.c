@@ -209,6 +209,28 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* The kernel's own MAC (the NIC's), written by the loader at attach and
+ * when the firewall moves onto a re-created NIC: a DHCP answer for another
+ * MAC (an endpoint's, ADD_MACS) goes to userspace. set == 0: unknown, every
+ * DHCP answer that no rule claims is the kernel's. */
+struct nic_mac {
+	__u8 mac[6];
+	__u8 set;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nic_mac);
+} nic_mac SEC(".maps");
+
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
 /* NO_HOST_RINGS=true: the kernel gets nothing from the NIC. Set at load. */
 volatile const __u8 cfg_no_host_rings = 0;
 

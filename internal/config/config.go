@@ -21,6 +21,7 @@ type Config struct {
 	HasAllowGID bool       // ALLOW_GID was given
 	DebugPorts  []PortSpec // DEBUG_PORTS: sticky kernel rules
 	StaticPipes []PortSpec // STATIC_PIPES: one static channel per item
+	PipeDir     string     // PIPE_DIR: absolute, no trailing '/'
 	AddMACs     []l4.MAC   // ADD_MACS: unicast, no duplicates
 	// ENDPOINT_ADDRS: addresses granted to endpoints, per interface.
 	EndpointAddrs []IfAddr

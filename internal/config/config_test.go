@@ -41,6 +41,7 @@ func TestDefaults(t *testing.T) {
 		RingSize:             1024,
 		BatchSize:            64,
 		SocketPath:           "/run/usnetd.socket",
+		PipeDir:              "/run/usnetd/pipes",
 		MetricsAddr:          "127.0.0.1:9464",
 		MaxRulesPerClient:    1024,
 		MaxChannelsPerClient: 16,
@@ -102,6 +103,10 @@ func TestGoodValues(t *testing.T) {
 		{"DEBUG_PORTS=", func(c *Config) any { return c.DebugPorts }, []PortSpec(nil)},
 
 		{"STATIC_PIPES=eth1:UDP:4789", func(c *Config) any { return c.StaticPipes }, []PortSpec{spec("eth1", ProtoUDP, 4789, "")}},
+		{"STATIC_PIPES=eth1:UDP:4789", func(c *Config) any { return c.PipePath(c.StaticPipes[0]) }, "/run/usnetd/pipes/eth1-udp-4789"},
+		{"PIPE_DIR=/srv/p//", func(c *Config) any { return c.PipePath(spec("eth0", ProtoICMP, 0, "198.18.0.7")) }, "/srv/p/eth0-icmp-198.18.0.7"},
+		{"STATIC_PIPES=eth0:tcp:22:[2001:db8::1]", func(c *Config) any { return c.StaticPipes[0].PipeName() }, "eth0-tcp-22-2001:db8::1"},
+		{"PIPE_DIR=/", func(c *Config) any { return c.PipeDir }, "/"},
 
 		{"ADD_MACS=02:00:00:00:00:01,02-00-00-00-00-0A", func(c *Config) any { return c.AddMACs },
 			[]l4.MAC{mac("02:00:00:00:00:01"), mac("02:00:00:00:00:0a")}},
@@ -232,6 +237,9 @@ func TestBadValues(t *testing.T) {
 		{"DEBUG_PORTS=eth0:TCP:22:[2001:db8::1],eth0:TCP:22:2001:db8:0::1", "DEBUG_PORTS", "eth0:TCP:22:2001:db8:0::1", "listed twice"},
 
 		{"STATIC_PIPES=eth0:UDP:70000", "STATIC_PIPES", "eth0:UDP:70000", "port must be 1..65535"},
+		{"PIPE_DIR=run/pipes", "PIPE_DIR", "run/pipes", "not an absolute path"},
+		{"STATIC_PIPES=eth0:UDP:53|PIPE_DIR=/" + strings.Repeat("d", 100), "PIPE_DIR", "/" + strings.Repeat("d", 100),
+			"the socket path /" + strings.Repeat("d", 100) + "/eth0-udp-53 of STATIC_PIPES item eth0:UDP:53 is longer than 107 bytes"},
 		{"DEBUG_PORTS=eth0:TCP:22|STATIC_PIPES=eth1:UDP:53,eth0:TCP:22", "STATIC_PIPES", "eth0:TCP:22", "also in DEBUG_PORTS: a rule has one owner"},
 
 		{"ADD_MACS=02:00:00:00:00", "ADD_MACS", "02:00:00:00:00", "not a MAC address"},

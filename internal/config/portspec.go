@@ -52,6 +52,35 @@ func (s PortSpec) String() string {
 	return string(b)
 }
 
+// PipeName is the file name of the STATIC_PIPES socket of s:
+// IF-PROTO-PORT, IF-icmp, each followed by -REMOTEIP when s has a remote,
+// the protocol in lower case, e.g. "eth0-udp-4789", "eth0-tcp-22-2001:db8::1".
+func (s PortSpec) PipeName() string {
+	b := make([]byte, 0, 64)
+	b = append(b, s.Interface...)
+	b = append(b, '-')
+	b = append(b, strings.ToLower(protoName(s.Proto))...)
+	if s.Proto != ProtoICMP {
+		b = append(b, '-')
+		b = strconv.AppendUint(b, uint64(s.Port), 10)
+	}
+	if s.Remote.IsValid() {
+		b = append(b, '-')
+		b = s.Remote.AppendTo(b)
+	}
+	return string(b)
+}
+
+// PipePath is the socket path of the STATIC_PIPES item s.
+func (c *Config) PipePath(s PortSpec) string { return pipePath(c.PipeDir, s) }
+
+func pipePath(dir string, s PortSpec) string {
+	if strings.HasSuffix(dir, "/") {
+		return dir + s.PipeName()
+	}
+	return dir + "/" + s.PipeName()
+}
+
 func protoName(p uint8) string {
 	switch p {
 	case ProtoTCP:

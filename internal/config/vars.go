@@ -83,12 +83,19 @@ var variables = []variable{
 	{
 		Name:    "STATIC_PIPES",
 		Allowed: specAllowed,
-		Meaning: "static packet channels, one rule each (the original's netmap pipes counting down from 4094)",
+		Meaning: "static packet channels without the control protocol: per item a Unix datagram socket PIPE_DIR/IF-PROTO-PORT[-REMOTEIP] (one Ethernet frame per datagram, answered to the last named sender; group ALLOW_GID, mode 0660) owning the item's rule on each of the interface's IPv4 and global IPv6 addresses",
 		parse: func(st *state, v string) *Error {
 			specs, e := parseSpecs(st, v, st.cfg.DebugPorts, "DEBUG_PORTS")
 			st.cfg.StaticPipes = specs
 			return e
 		},
+	},
+	{
+		Name:    "PIPE_DIR",
+		Default: "/run/usnetd/pipes",
+		Allowed: "an absolute directory path, short enough that every STATIC_PIPES socket path fits 107 bytes",
+		Meaning: "directory of the STATIC_PIPES sockets (made, mode 0755, if missing)",
+		parse:   parsePipeDir,
 	},
 	{
 		Name:    "ADD_MACS",
@@ -421,6 +428,23 @@ func parseSpecs(st *state, v string, other []PortSpec, otherName string) ([]Port
 	return specs, nil
 }
 
+func parsePipeDir(st *state, v string) *Error {
+	if v == "" || v[0] != '/' {
+		return &Error{Value: v, Reason: "not an absolute path"}
+	}
+	v = strings.TrimRight(v, "/")
+	if v == "" {
+		v = "/"
+	}
+	for _, s := range st.cfg.StaticPipes {
+		if p := pipePath(v, s); len(p) > maxSocketPath {
+			return &Error{Value: v, Reason: fmt.Sprintf("the socket path %s of STATIC_PIPES item %s is longer than %d bytes", p, s, maxSocketPath)}
+		}
+	}
+	st.cfg.PipeDir = v
+	return nil
+}
+
 func parseMACs(st *state, v string) *Error {
 	items, e := splitList(v)
 	if e != nil {
@@ -523,8 +547,12 @@ func parseCPUs(st *state, v string) *Error {
 	return nil
 }
 
+// maxSocketPath is sizeof(sun_path) - 1: a path needs its NUL, '@' stands
+// for the leading NUL of an abstract name.
+const maxSocketPath = 107
+
 func parseSocketPath(st *state, v string) *Error {
-	const maxPath = 107 // sizeof(sun_path) - 1: a path needs its NUL, '@' stands for the leading NUL of an abstract name
+	const maxPath = maxSocketPath
 	switch {
 	case v == "": // not reached: empty means the default; kept so that v[0] is safe
 		return &Error{Value: v, Reason: "empty path"}

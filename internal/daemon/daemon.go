@@ -71,6 +71,7 @@ type domain struct {
 	mac        net.HardwareAddr
 	addrs      ifAddrs
 	rules      []l4.Rule // the DEBUG_PORTS rules in force (Owner = kernel)
+	pipes      []*pipe   // STATIC_PIPES of this interface
 	lastErr    string    // why the last claim of a re-created NIC failed, logged once
 	lastMTUErr string    // why the NIC's new MTU is refused, logged once
 	goneAt     time.Time
@@ -152,10 +153,6 @@ func Run(ctx context.Context, opt Options) (err error) {
 	if cfg.MemoryLimit > 0 {
 		debug.SetMemoryLimit(cfg.MemoryLimit)
 	}
-	if len(cfg.StaticPipes) > 0 {
-		return fmt.Errorf("STATIC_PIPES=%q: static pipes were netmap pipes, which this usnetd does not have; "+
-			"attach the stack through the control socket (RequestUDS) instead", cfg.StaticPipes[0].String())
-	}
 	d := &daemon{cfg: cfg, log: log, logLimit: logLimit, pin: &pinner{cpus: cfg.CPUs, log: log}, status: opt.Status}
 	defer func() {
 		// Fail closed: a start that fails leaves every firewall it
@@ -188,9 +185,16 @@ func Run(ctx context.Context, opt Options) (err error) {
 		d.runPcap()
 		d.pcapRunning = true
 	}
+	// The control socket is bound first (refusing to displace a live
+	// usnetd, whose pipes a second one must not replace), then the pipes
+	// take their rules, then clients are served.
 	if err := d.startControl(); err != nil {
 		return err
 	}
+	if err := d.openPipes(); err != nil {
+		return err
+	}
+	d.serveControl()
 	if cfg.MetricsAddr != "" {
 		c := metrics.NewCollector(d.metricDomains)
 		if d.tap != nil {
@@ -567,6 +571,7 @@ func (d *daemon) close(keep string) error {
 	for i := len(d.domains) - 1; i >= 0; i-- {
 		dom := d.domains[i]
 		dom.mu.Lock()
+		d.closePipes(dom)
 		if err := dom.p.Close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -673,8 +678,8 @@ func (d *daemon) closePcap() error {
 // Version is what QueryStatus and the log report.
 var Version = "dev"
 
-// startControl binds the control socket (refusing to displace a live
-// usnetd) and serves it until the daemon closes.
+// startControl binds the control socket, refusing to displace a live
+// usnetd; serveControl serves it.
 func (d *daemon) startControl() error {
 	ifaces := make([]control.Interface, 0, len(d.domains))
 	for _, dom := range d.domains {
@@ -707,12 +712,18 @@ func (d *daemon) startControl() error {
 		return fmt.Errorf("SOCKET_PATH=%q: %w", d.cfg.SocketPath, err)
 	}
 	d.ctl = srv
+	return nil
+}
+
+// serveControl serves the control socket that startControl bound until
+// the daemon closes.
+func (d *daemon) serveControl() {
+	srv := d.ctl
 	d.wg.Go(func() {
 		if err := srv.Serve(context.Background()); err != nil {
 			d.log.Error().Err(err).Msg("control socket stopped")
 		}
 	})
-	return nil
 }
 
 // backendDrops reads the drops of the backend claiming the NIC now; none

@@ -26,6 +26,12 @@
 // the daemon is not healthy (no watchdog keep-alives) and its status line
 // says so.
 //
+// Static pipes (pipes.go): each STATIC_PIPES entry is a uds.Listen socket
+// in PIPE_DIR, an endpoint port of its interface's pipeline from the start
+// (after the control socket is bound, before it is served) to the stop,
+// owning the entry's sticky rules in the table and in the firewall's
+// endpoint map; they follow the addresses with the DEBUG_PORTS rules.
+//
 // Frames are sized by each NIC's MTU, read when it is claimed (mtu.go):
 // the pipeline's buffers, the backend and the endpoints' channels carry
 // frames of that size, and a backend that cannot makes the claim fail

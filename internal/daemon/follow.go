@@ -275,6 +275,9 @@ func (d *daemon) applyAddrs(dom *domain, addrs ifAddrs) error {
 			}
 		}
 	}
+	if err := d.followPipes(dom, addrs); err != nil {
+		errs = append(errs, err)
+	}
 	changed := !addrs.equal(dom.addrs) || len(dom.rules) != len(rules)
 	dom.rules, dom.addrs = rules, addrs
 	if d.ctl != nil {

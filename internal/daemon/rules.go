@@ -40,36 +40,51 @@ func kernelRules(specs []config.PortSpec, ifname string, a ifAddrs) (rules []l4.
 		if s.Interface != ifname {
 			continue
 		}
-		var locals []netip.Addr
-		switch {
-		case !s.Remote.IsValid():
-			locals = a.list()
-		case s.Remote.Is4():
-			locals = a.v4
-		default:
-			locals = a.v6
+		keys, err := specKeys(s, a)
+		if err != nil {
+			return nil, nil, fmt.Errorf("DEBUG_PORTS=%q: %w", s.String(), err)
 		}
-		if len(locals) == 0 {
+		if len(keys) == 0 {
 			missing = append(missing, s)
 			continue
 		}
-		for _, local := range locals {
-			proto := s.Proto
-			if proto == config.ProtoICMP && local.Is6() {
-				proto = l4.ProtoICMPv6
-			}
-			k := l4.ListenKey(l4.AddrFromNetip(local), proto, s.Port)
-			if s.Remote.IsValid() {
-				k.Remote = l4.AddrFromNetip(s.Remote)
-				k.Flags |= l4.KeyRemote
-			}
-			if err := k.Validate(); err != nil {
-				return nil, nil, fmt.Errorf("DEBUG_PORTS=%q: %w", s.String(), err)
-			}
+		for _, k := range keys {
 			rules = append(rules, l4.Rule{Key: k, Owner: l4.KernelOwner, Kind: l4.Registered, Sticky: true})
 		}
 	}
 	return rules, missing, nil
+}
+
+// specKeys turns one DEBUG_PORTS or STATIC_PIPES entry into its keys on
+// the addresses a (see kernelRules); none when the interface has no
+// address of the entry's family.
+func specKeys(s config.PortSpec, a ifAddrs) ([]l4.Key, error) {
+	var locals []netip.Addr
+	switch {
+	case !s.Remote.IsValid():
+		locals = a.list()
+	case s.Remote.Is4():
+		locals = a.v4
+	default:
+		locals = a.v6
+	}
+	keys := make([]l4.Key, 0, len(locals))
+	for _, local := range locals {
+		proto := s.Proto
+		if proto == config.ProtoICMP && local.Is6() {
+			proto = l4.ProtoICMPv6
+		}
+		k := l4.ListenKey(l4.AddrFromNetip(local), proto, s.Port)
+		if s.Remote.IsValid() {
+			k.Remote = l4.AddrFromNetip(s.Remote)
+			k.Flags |= l4.KeyRemote
+		}
+		if err := k.Validate(); err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }
 
 // missingError is the start's error for DEBUG_PORTS entries without an
