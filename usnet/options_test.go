@@ -6,8 +6,8 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -175,7 +175,7 @@ func relayedPair(t *testing.T) (sa, sb *Stack, r *relay) {
 // connected dials from a to a listener on b and returns both ends.
 func connected(t *testing.T, sa, sb *Stack, port int) (ac, bc *TCPConn) {
 	t.Helper()
-	ln, err := sb.Listen("tcp4", net.JoinHostPort("", itoa(port)))
+	ln, err := sb.Listen("tcp4", net.JoinHostPort("", strconv.Itoa(port)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func connected(t *testing.T, sa, sb *Stack, port int) (ac, bc *TCPConn) {
 		c, _ := ln.Accept()
 		accepted <- c
 	}()
-	ac, err = sa.DialTCP(context.Background(), "tcp4", net.JoinHostPort("198.18.0.2", itoa(port)))
+	ac, err = sa.DialTCP(context.Background(), "tcp4", net.JoinHostPort("198.18.0.2", strconv.Itoa(port)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,8 +195,6 @@ func connected(t *testing.T, sa, sb *Stack, port int) (ac, bc *TCPConn) {
 	}
 	return ac, c.(*TCPConn)
 }
-
-func itoa(n int) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(n)).String()[len("0.0.0.0:"):] }
 
 // fromPort keeps the TCP segments a sent from local port p.
 func fromPort(c *TCPConn) func(seg) bool {
@@ -283,7 +281,7 @@ func TestNoDelay(t *testing.T) {
 		ac, bc := connected(t, sa, sb, port)
 		defer ac.Close()
 		defer bc.Close()
-		if !ac.ep.SocketOptions().GetDelayOption() != true {
+		if ac.ep.SocketOptions().GetDelayOption() {
 			t.Fatal("a new connection delays (Nagle on); net's default is no delay")
 		}
 		if err := ac.SetNoDelay(noDelay); err != nil {
@@ -466,7 +464,7 @@ func TestHalfClose(t *testing.T) {
 func TestUDPBuffers(t *testing.T) {
 	sa, sb, r := relayedPair(t)
 	run := func(port, rcv int) int {
-		pc, err := sb.ListenPacket("udp4", ":"+itoa(port))
+		pc, err := sb.ListenPacket("udp4", ":"+strconv.Itoa(port))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -479,7 +477,7 @@ func TestUDPBuffers(t *testing.T) {
 		if got := uc.ep.SocketOptions().GetReceiveBufferSize(); got != max(int64(rcv), lo) {
 			t.Errorf("SetReadBuffer(%d): gVisor has %d", rcv, got)
 		}
-		dc, err := sa.DialUDP(context.Background(), "udp4", "198.18.0.2:"+itoa(port))
+		dc, err := sa.DialUDP(context.Background(), "udp4", "198.18.0.2:"+strconv.Itoa(port))
 		if err != nil {
 			t.Fatal(err)
 		}
