@@ -168,5 +168,10 @@ func TestStackWithConfig(t *testing.T) {
 	}
 	c.Close()
 	ln.Close()
-	waitClosed(t, fa, "a (the Config's stack, after its last socket)")
+	// The echo goroutine closes its connection, the last socket of a's
+	// stack, when it reads the EOF.
+	waitFor(t, "DeleteClient of the Config's stack after its last socket", func() bool {
+		_, _, _, closed := fa.snapshot()
+		return closed == 1
+	})
 }
