@@ -20,6 +20,9 @@ type Stack struct {
 
 	mu     sync.Mutex
 	closed bool
+	// closing is canceled by Close: dials in progress give up.
+	closing context.Context
+	close   context.CancelFunc
 }
 
 // Open attaches a stack described by cfg (nil: every field from the
@@ -54,7 +57,8 @@ func Open(ctx context.Context, cfg *Config) (*Stack, error) {
 			return nil, r.err
 		}
 		r.n.refs = 1 // the Stack's own, dropped by Close
-		return &Stack{n: r.n}, nil
+		closing, cancel := context.WithCancel(context.Background())
+		return &Stack{n: r.n, closing: closing, close: cancel}, nil
 	case <-ctx.Done():
 		go func() {
 			if r := <-done; r.n != nil {
@@ -77,6 +81,17 @@ func (s *Stack) acquire() (*netStack, error) {
 }
 
 func (s *Stack) loopbackEnabled() bool { return s.n.res.loopback }
+
+// dialContext ends ctx when the Stack is closed, so that Close does not
+// wait for a dial to a peer that does not answer.
+func (s *Stack) dialContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(s.closing, func() { cancel(net.ErrClosed) })
+	return ctx, func() {
+		stop()
+		cancel(nil)
+	}
+}
 
 // Addrs returns the stack's addresses with their prefix lengths.
 func (s *Stack) Addrs() []netip.Prefix {
@@ -153,7 +168,8 @@ func (s *Stack) DialUDP(ctx context.Context, network, address string) (*UDPConn,
 
 // Close closes every socket still open on the stack (listeners, their
 // connections, dialled connections and UDP sockets: their calls fail with
-// net.ErrClosed), lets TCP connections finish their closing handshake (up
+// net.ErrClosed), ends dials in progress (they fail with net.ErrClosed),
+// lets TCP connections finish their closing handshake (up
 // to a second), tears the stack down and detaches from usnetd
 // (DeleteClient). No goroutine and no descriptor of the stack stays.
 // Later calls fail with net.ErrClosed.
@@ -164,6 +180,7 @@ func (s *Stack) Close() error {
 		return &net.OpError{Op: "close", Net: "usnet", Err: net.ErrClosed}
 	}
 	s.closed = true
+	s.close()
 	s.mu.Unlock()
 	s.n.shutdown()
 	s.n.release()

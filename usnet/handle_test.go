@@ -175,3 +175,52 @@ func TestStackWithConfig(t *testing.T) {
 		return closed == 1
 	})
 }
+
+// TestStackCloseDuringDial: Close ends a dial that waits for a peer that
+// does not answer (its SYN-ACKs held back); the dial fails with
+// net.ErrClosed and the stack goes with it.
+func TestStackCloseDuringDial(t *testing.T) {
+	sa, sb, r := relayedPair(t)
+	ln, err := sb.Listen("tcp4", ":7100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// One connection first, so that a knows b's MAC (ARP answered).
+	c, err := sa.Dial("tcp4", "198.18.0.2:7100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	before := len(r.snapshot(func(s seg) bool { return s.fromA && s.flags&tcpSYN != 0 }))
+	r.gate(true)
+	defer r.gate(false)
+	dialed := make(chan error, 1)
+	go func() {
+		c, err := sa.Dial("tcp4", "198.18.0.2:7100")
+		if err == nil {
+			c.Close()
+		}
+		dialed <- err
+	}()
+	// The SYN is out: the dial waits for the answer that the relay holds.
+	waitFor(t, "the SYN", func() bool {
+		return len(r.snapshot(func(s seg) bool { return s.fromA && s.flags&tcpSYN != 0 })) > before
+	})
+	if err := sa.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-dialed:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("dial when the Stack closed: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the dial did not end with the Stack's Close")
+	}
+	waitFor(t, "the stack's teardown", func() bool {
+		sa.n.cfg.mu.Lock()
+		defer sa.n.cfg.mu.Unlock()
+		return sa.n.refs == 0
+	})
+}

@@ -46,6 +46,14 @@ type source interface {
 	acquire() (*netStack, error)
 	// loopbackEnabled reports Loopback without making the stack.
 	loopbackEnabled() bool
+	// dialContext returns the context for a dial: ctx, or one that also
+	// ends when the source is closed.
+	dialContext(ctx context.Context) (context.Context, context.CancelFunc)
+}
+
+// dialContext is ctx: a Config is never closed.
+func (c *Config) dialContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return ctx, func() {}
 }
 
 // adopt records a new socket on its stack (so that Stack.Close closes
@@ -216,6 +224,8 @@ func dial(ctx context.Context, c source, network, address string) (net.Conn, err
 	if err != nil {
 		return nil, opErr(err)
 	}
+	ctx, cancel := c.dialContext(ctx)
+	defer cancel()
 	var conn net.Conn
 	err = ErrNoAddress
 	for _, ip := range ips {
@@ -447,7 +457,7 @@ func (n *netStack) dialTCP(ctx context.Context, local netip.Addr, remote netip.A
 		select {
 		case <-ctx.Done():
 			ep.Close()
-			return nil, ctx.Err()
+			return nil, context.Cause(ctx)
 		case <-notify:
 		}
 		terr = ep.LastError()
