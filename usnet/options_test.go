@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
 // seg is a TCP segment (or UDP datagram, proto 17) the relay forwarded.
@@ -515,5 +516,61 @@ func TestUDPBuffers(t *testing.T) {
 	}
 	if large != 40 {
 		t.Errorf("1 MiB read buffer queued %d of 40 datagrams", large)
+	}
+}
+
+// TestKeepAliveSettings: SetKeepAlivePeriod and SetKeepAliveConfig set
+// what gVisor reads back, with net's meaning of zero (Go's defaults) and
+// negative (unchanged) values; SetKeepAlive(false) turns probes off.
+func TestKeepAliveSettings(t *testing.T) {
+	sa, sb, _ := relayedPair(t)
+	ac, bc := connected(t, sa, sb, 7013)
+	defer ac.Close()
+	defer bc.Close()
+	type ka struct {
+		on             bool
+		idle, interval time.Duration
+		count          int
+	}
+	read := func() ka {
+		var idle tcpip.KeepaliveIdleOption
+		var intv tcpip.KeepaliveIntervalOption
+		if terr := ac.ep.GetSockOpt(&idle); terr != nil {
+			t.Fatal(terr)
+		}
+		if terr := ac.ep.GetSockOpt(&intv); terr != nil {
+			t.Fatal(terr)
+		}
+		n, terr := ac.ep.GetSockOptInt(tcpip.KeepaliveCountOption)
+		if terr != nil {
+			t.Fatal(terr)
+		}
+		return ka{ac.ep.SocketOptions().GetKeepAlive(), time.Duration(idle), time.Duration(intv), n}
+	}
+	steps := []struct {
+		what string
+		do   func() error
+		want ka
+	}{
+		{"SetKeepAlive(true)", func() error { return ac.SetKeepAlive(true) }, ka{true, 2 * time.Hour, 75 * time.Second, 9}},
+		{"SetKeepAlivePeriod(300ms)", func() error { return ac.SetKeepAlivePeriod(300 * time.Millisecond) }, ka{true, 300 * time.Millisecond, 75 * time.Second, 9}},
+		{"SetKeepAlivePeriod(-1)", func() error { return ac.SetKeepAlivePeriod(-1) }, ka{true, 300 * time.Millisecond, 75 * time.Second, 9}},
+		{"SetKeepAlivePeriod(0)", func() error { return ac.SetKeepAlivePeriod(0) }, ka{true, 15 * time.Second, 75 * time.Second, 9}},
+		{"SetKeepAliveConfig{Enable, 1s, 2s, 4}", func() error {
+			return ac.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: 2 * time.Second, Count: 4})
+		}, ka{true, time.Second, 2 * time.Second, 4}},
+		{"SetKeepAliveConfig{Enable, -1, -1, -1}", func() error {
+			return ac.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1})
+		}, ka{true, time.Second, 2 * time.Second, 4}},
+		{"SetKeepAliveConfig{Enable}", func() error { return ac.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true}) }, ka{true, 15 * time.Second, 15 * time.Second, 9}},
+		{"SetKeepAlive(false)", func() error { return ac.SetKeepAlive(false) }, ka{false, 15 * time.Second, 15 * time.Second, 9}},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.what, err)
+		}
+		if got := read(); got != s.want {
+			t.Errorf("%s: gVisor has %+v, want %+v", s.what, got, s.want)
+		}
 	}
 }
