@@ -68,8 +68,8 @@
 // # How it works
 //
 // A Stack, and the implicit stack of a Config (made on its first Listen,
-// ListenPacket or Dial and shared by all its sockets), is a gVisor stack (IPv4, IPv6, ARP,
-// TCP, UDP, ICMP; neighbours resolved by ARP and NDP; routes from the
+// ListenPacket or Dial and shared by all its sockets), is a gVisor stack
+// (IPv4, IPv6, ARP, TCP, UDP, ICMP; neighbours resolved by ARP and NDP; routes from the
 // kernel for passthru, else on-link prefixes and Config.Gateways) on an
 // Ethernet link over the packet channel that usnetd hands over
 // (RequestUDS: one end of a socketpair(AF_UNIX, SOCK_DGRAM), one frame per
