@@ -95,21 +95,14 @@ func (s *Switch) lookupBatch(in Owner, fs []Frame, reasons []DropReason, sc *bat
 		ks[i] = t.firstKey4(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
 		h := t.hash4(&ks[i])
 		hs[i], use[i] = h, true
-		b := t.v4.find(h)
-		switch {
-		case b == nil:
-			sink++
-		case batchTouch == touchPrefetch && havePrefetch:
-			prefetch(&b.n)
+		if batchTouch == touchPrefetch && havePrefetch {
+			prefetch(t.v4.first(h))
 		}
 	}
 	if batchTouch == touchLoad || batchTouch == touchPrefetch && !havePrefetch {
 		for i := range fs {
 			if use[i] {
-				// The first slot's line, and the last slot's (often the same).
-				if b := t.v4.find(hs[i]); b != nil && b.n > 0 && (b.s[0].k.a == ks[i].a || b.s[b.n-1].k.a == ks[i].a) {
-					sink++
-				}
+				sink += int(t.v4.first(hs[i]).Load() & 1) // the bucket's one line
 			}
 		}
 	}

@@ -37,7 +37,7 @@ import (
 // Once Insert or Remove has returned, every lookup that starts afterwards
 // sees the change.
 type Table struct {
-	v4   htab[key4]
+	v4   ftab
 	v6   htab[key6]
 	seed [4]uint64
 	_    [64]byte
@@ -56,10 +56,12 @@ type Table struct {
 	gen     atomic.Uint64 // bumped by every change
 	learned atomic.Int64
 
-	// quotas are read by writers only (Insert, removals: slow paths), so
-	// a plain map under a lock is enough; attach and detach stay O(1).
-	quotaMu sync.RWMutex
-	quotas  map[PortID]*RuleQuota
+	// quotas maps a port to its RuleQuota. Insert reads it for every new
+	// rule, learned flows on the data path included: one atomic load of an
+	// immutable map, no lock, nothing written. SetQuota (attach and detach
+	// of a port: the control plane) copies the map under quotaMu.
+	quotaMu sync.Mutex
+	quotas  atomic.Pointer[map[PortID]*RuleQuota]
 }
 
 // RuleQuota limits the rules that a group of ports holds together (the
@@ -120,20 +122,28 @@ var ErrRuleLimit = errors.New("rule limit reached")
 func (t *Table) SetQuota(port PortID, q *RuleQuota) {
 	t.quotaMu.Lock()
 	defer t.quotaMu.Unlock()
+	var m map[PortID]*RuleQuota
+	if p := t.quotas.Load(); p != nil {
+		m = make(map[PortID]*RuleQuota, len(*p)+1)
+		for k, v := range *p {
+			m[k] = v
+		}
+	} else {
+		m = map[PortID]*RuleQuota{}
+	}
 	if q == nil {
-		delete(t.quotas, port)
-		return
+		delete(m, port)
+	} else {
+		m[port] = q
 	}
-	if t.quotas == nil {
-		t.quotas = map[PortID]*RuleQuota{}
-	}
-	t.quotas[port] = q
+	t.quotas.Store(&m)
 }
 
 func (t *Table) quotaOf(port PortID) *RuleQuota {
-	t.quotaMu.RLock()
-	defer t.quotaMu.RUnlock()
-	return t.quotas[port]
+	if p := t.quotas.Load(); p != nil {
+		return (*p)[port]
+	}
+	return nil
 }
 
 // entry is a rule's value packed into one word: the owner's port in bits
