@@ -298,23 +298,40 @@ func (t *ftab) growNow() {
 // caller holds resizeMu, which grow releases when it is done.
 func (t *ftab) grow(from *farray) {
 	defer t.resizeMu.Unlock()
+	to := t.startGrow(from)
+	for start := uint64(0); start <= from.mask; start += growChunk {
+		t.copyChunk(from, to, start)
+	}
+	t.endGrow(to)
+}
+
+// startGrow publishes a new array of twice from's buckets next to from.
+func (t *ftab) startGrow(from *farray) *farray {
 	to := newFarray(2 * int(from.mask+1)) // zeroed: outside the lock
 	t.mu.Lock()
 	t.state.Store(&fstate{cur: to, old: from})
 	t.mu.Unlock()
-	for start := uint64(0); start <= from.mask; start += growChunk {
-		t.mu.Lock()
-		for i := start; i <= min(start+growChunk-1, from.mask); i++ {
-			b := from.bucket(i)
-			for j := range slots4 {
-				if e := b[3+3*j].Load(); e != 0 {
-					k := key4{b[1+3*j].Load(), b[2+3*j].Load()}
-					to.place(t.hash(&k), k.a, k.b, e)
-				}
+	return to
+}
+
+// copyChunk copies the rules of growChunk buckets of from, from bucket
+// start on, into to.
+func (t *ftab) copyChunk(from, to *farray, start uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := start; i <= min(start+growChunk-1, from.mask); i++ {
+		b := from.bucket(i)
+		for j := range slots4 {
+			if e := b[3+3*j].Load(); e != 0 {
+				k := key4{b[1+3*j].Load(), b[2+3*j].Load()}
+				to.place(t.hash(&k), k.a, k.b, e)
 			}
 		}
-		t.mu.Unlock()
 	}
+}
+
+// endGrow retires the old array: readers that start now read only to.
+func (t *ftab) endGrow(to *farray) {
 	t.mu.Lock()
 	t.state.Store(&fstate{cur: to})
 	t.mu.Unlock()
