@@ -6,8 +6,10 @@ import (
 	"sync/atomic"
 )
 
-// htab is the hash table under a Table: one per IP family, keyed by a
-// compact key (key4, key6) that holds a rule's whole Key. It is a table of
+// htab is the hash table of a Table's IPv6 rules, keyed by a compact key
+// (key6) that holds a rule's whole Key. (IPv4 rules, the bulk of the
+// traffic, live in ftab, hashtab4.go, whose buckets hold no pointer;
+// BenchmarkTableLayout compares the two with IPv4 keys.) It is a table of
 // buckets, each a small immutable array of slots behind an atomic pointer.
 //
 // Readers (get) take no lock and write nothing: one atomic load of the

@@ -13,9 +13,9 @@ import (
 // Table is the rule table of one switch domain: every rule, registered or
 // learned, that says which port owns which traffic.
 //
-// Layout: one hash table per IP family (hashtab.go) holds every rule under
-// a compact key that is the whole Key (16 bytes for IPv4: both addresses,
-// both ports, protocol and shape). A lookup probes it at most three times,
+// Layout: one hash table per IP family (hashtab4.go, hashtab.go) holds
+// every rule under a compact key that is the whole Key (16 bytes for IPv4:
+// both addresses, both ports, protocol and shape). A lookup probes it at most three times,
 // one per lookup step, and skips a step that no rule can answer: the exact
 // step when no exact rule has the frame's local port (a per-port count),
 // the remote-address step when there is no such rule at all. A frame to a
@@ -25,12 +25,15 @@ import (
 //
 // Concurrency: any number of goroutines may call Lookup at full rate while
 // others change the table. Readers take no lock and write no shared
-// memory: a probe is an atomic load of the table's state, one of the
-// bucket pointer, and a read of an immutable bucket (one or two cache
-// lines). Writers lock one of 512 stripes (by the key's hash), copy the
-// one bucket they change (at most 8 rules, rarely a short chain) and
-// publish the copy; the table grows incrementally (each write moves two
-// buckets of a resize under way). A write therefore costs the same however
+// memory. An IPv4 probe (hashtab4.go) is an atomic load of the table's
+// state and a read of one 64-byte bucket (two rules) under the bucket's
+// sequence number, retried if a writer changed the bucket meanwhile; the
+// bucket array holds no pointer. Writers of IPv4 rules hold one lock per
+// table for a few hundred nanoseconds: they change one bucket (and the
+// overflow counts of the few before it); the table grows by a goroutine
+// that copies the old array in chunks while readers read both. IPv6 rules
+// (hashtab.go) sit in immutable buckets of up to 8 rules that writers copy
+// under one of 512 stripe locks. A write therefore costs the same however
 // many rules share its local port and however many the table holds: the
 // data path may learn a flow per frame. BENCHMARKS.md has the numbers.
 //
