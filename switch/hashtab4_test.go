@@ -8,6 +8,13 @@ import (
 	"time"
 )
 
+// settled waits until no resize is under way and returns the array.
+func (t *ftab) settled() *farray {
+	t.resizeMu.Lock()
+	defer t.resizeMu.Unlock()
+	return t.state.Load().cur
+}
+
 // flow4 returns learned flow i of local port lp, owned by o.
 func flow4(i int, lp uint16, o Owner) Rule {
 	r := AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)})
@@ -260,9 +267,7 @@ func TestResizeUnderReaders(t *testing.T) {
 			t.Fatalf("%v after Insert: %v %v", r.Key, o, ok)
 		}
 	}
-	tb.v4.resizeMu.Lock() // the last resize done
-	nb := tb.v4.state.Load().cur.mask + 1
-	tb.v4.resizeMu.Unlock()
+	nb := tb.v4.settled().mask + 1
 	if nb*maxLoadNum/maxLoadDen < n || nb > 4*n {
 		t.Fatalf("%d buckets for %d rules", nb, n)
 	}

@@ -20,8 +20,8 @@ import (
 func BenchmarkTableLayout(b *testing.B) {
 	const n, bs = 101000, 64
 	tb := NewTable()
-	var flat [1]ftab
-	flat[0].init(tb.hash4, minBuckets)
+	var flat ftab
+	flat.init(tb.hash4, minBuckets)
 	var old htab[key4]
 	old.init(tb.hash4, minBuckets)
 	keys := make([]key4, n)
@@ -29,19 +29,14 @@ func BenchmarkTableLayout(b *testing.B) {
 	for i := range keys {
 		keys[i] = key4{rng.Uint64(), rng.Uint64() & (1<<48 - 1)}
 		h := tb.hash4(&keys[i])
-		for v := range flat {
-			flat[v].insert(h, keys[i], entry(i+1))
-		}
+		flat.insert(h, keys[i], entry(i+1))
 		old.insert(h, keys[i], entry(i+1))
 	}
 	for old.state.Load().old != nil { // finish the old table's resize
 		old.insert(0, key4{^uint64(0), ^uint64(0)}, 1)
 		old.remove(0, key4{^uint64(0), ^uint64(0)}, func(entry) bool { return true })
 	}
-	for v := range flat { // and the flat ones'
-		flat[v].resizeMu.Lock()
-		flat[v].resizeMu.Unlock()
-	}
+	flat.settled() // and the flat one's
 	order := rng.Perm(n)
 	var hs [bs]uint64
 	var kb [bs]key4
@@ -59,7 +54,7 @@ func BenchmarkTableLayout(b *testing.B) {
 			for i := range bs {
 				hs[i] = tb.hash4(&kb[i])
 				if v == 0 {
-					prefetch(flat[0].first(hs[i]))
+					prefetch(flat.first(hs[i]))
 				} else if bk := old.find(hs[i]); bk != nil {
 					prefetch((*atomic.Uint64)(unsafe.Pointer(&bk.n)))
 				}
@@ -68,7 +63,7 @@ func BenchmarkTableLayout(b *testing.B) {
 				k := &kb[i]
 				var e entry
 				if v == 0 {
-					e, _ = flat[0].get(hs[i], k)
+					e, _ = flat.get(hs[i], k)
 				} else {
 					e, _ = old.get(hs[i], k)
 				}
