@@ -1,6 +1,7 @@
 package l4
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -288,5 +289,78 @@ func TestResizeUnderReaders(t *testing.T) {
 	}
 	if tb.Len() != len(stable) {
 		t.Fatalf("Len = %d", tb.Len())
+	}
+}
+
+// TestQuotaConcurrent attaches and detaches quotas of other ports while
+// writers insert and remove rules of ports whose quotas stay: the
+// writers' quotas count exactly their rules throughout, and the copy-on-
+// write map loses no port's quota to a concurrent SetQuota. Run it with
+// -race.
+func TestQuotaConcurrent(t *testing.T) {
+	tb := newTable(1)
+	const writers, limit = 2, 50
+	qs := make([]*RuleQuota, writers)
+	for w := range writers {
+		qs[w] = NewRuleQuota(limit, nil)
+		tb.SetQuota(PortID(100+w), qs[w])
+	}
+	stop := make(chan struct{})
+	var churn sync.WaitGroup
+	churn.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			p := PortID(1000 + i%64)
+			tb.SetQuota(p, NewRuleQuota(1, nil))
+			tb.SetQuota(p, nil)
+		}
+	})
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			o := Owner{Port: PortID(100 + w), Kind: PortEndpoint}
+			held := 0
+			for i := range 3000 {
+				r := flow4(i%(2*limit), uint16(200+w), o)
+				err := tb.Insert(r)
+				switch {
+				case err == nil:
+					held++
+				case errors.Is(err, ErrRuleLimit):
+					if held < limit {
+						errs <- fmt.Errorf("writer %d: refused at %d rules", w, held)
+						return
+					}
+					if tb.Remove(flow4((i+limit)%(2*limit), uint16(200+w), o).Key, o.Port) {
+						held--
+					}
+				case errors.Is(err, ErrExists):
+					if tb.Remove(r.Key, o.Port) {
+						held--
+					}
+				}
+				if qs[w].Len() != held {
+					errs <- fmt.Errorf("writer %d: quota counts %d, holds %d", w, qs[w].Len(), held)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	churn.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for w := range writers {
+		if tb.RemoveOwner(PortID(100+w)); qs[w].Len() != 0 {
+			t.Fatalf("writer %d: %d left counted after RemoveOwner", w, qs[w].Len())
+		}
 	}
 }
