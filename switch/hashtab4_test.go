@@ -359,7 +359,7 @@ func TestQuotaConcurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	for w := range writers {
-		if tb.RemoveOwner(PortID(100+w)); qs[w].Len() != 0 {
+		if tb.RemoveOwner(PortID(100 + w)); qs[w].Len() != 0 {
 			t.Fatalf("writer %d: %d left counted after RemoveOwner", w, qs[w].Len())
 		}
 	}
