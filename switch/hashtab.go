@@ -14,8 +14,8 @@ import (
 //
 // Readers (get) take no lock and write nothing: one atomic load of the
 // table's state, one of the bucket pointer, and the bucket's slots, which
-// for an IPv4 key span four cache lines, of which a lookup reads one or
-// two (the table holds 2 to 4 rules per bucket).
+// for an IPv6 key span seven cache lines, of which a lookup reads one to
+// three (the table holds 2 to 4 rules per bucket).
 //
 // Writers lock the stripe of the key's hash (nStripes mutexes), copy the
 // one bucket they change (at most bucketSlots slots, a chain only when a
@@ -79,7 +79,8 @@ type slot[K comparable] struct {
 	e entry
 }
 
-// bucket is immutable once published. For IPv4 keys it is 208 bytes: the
+// bucket is immutable once published. For IPv4 keys (BenchmarkTableLayout)
+// it is 208 bytes: the
 // count and the first two slots share the first cache line.
 type bucket[K comparable] struct {
 	n    int
