@@ -80,8 +80,8 @@ type slot[K comparable] struct {
 }
 
 // bucket is immutable once published. For IPv4 keys (BenchmarkTableLayout)
-// it is 208 bytes: the
-// count and the first two slots share the first cache line.
+// it is 208 bytes: the count and the first two slots share the first
+// cache line.
 type bucket[K comparable] struct {
 	n    int
 	s    [bucketSlots]slot[K]
