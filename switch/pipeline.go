@@ -180,6 +180,7 @@ type portState struct {
 	stop    chan struct{}             // closed to stop the TX goroutine
 	closing atomic.Bool               // set before the port is closed: RX workers stop at their next error
 	quota   bool                      // frames queued to it count against PortQuota and QueuedLimit (non-NIC)
+	host    bool                      // a kernel port beside the NIC (HostPath)
 	queued  atomic.Int64              // frames in its inbox rings, when quota
 	txDone  chan struct{}
 	rx      []*rxWorker
@@ -264,6 +265,9 @@ func (p *Pipeline) AddPortQuota(port Port, q *RuleQuota) (Owner, error) {
 		stop:   make(chan struct{}),
 		txDone: make(chan struct{}),
 		quota:  port.Kind() != PortNIC,
+	}
+	if h, ok := port.(HostPath); ok && port.Kind() == PortKernel {
+		ps.host = h.HostPath()
 	}
 	ps.inbox.Store(&[]*inRing{})
 	for q := range port.RxQueues() {

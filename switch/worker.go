@@ -269,6 +269,10 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 		}
 		w.local[DropPortGone]++
 	case ActUplink:
+		if w.ps.host {
+			w.local[DropNoMatch]++ // the kernel sent it to the wire itself
+			break
+		}
 		if dst := w.topo.nic; dst != nil && dst != w.ps {
 			w.tapFrame(b)
 			w.add(dst, b)
@@ -312,9 +316,16 @@ func (w *rxWorker) tapFrame(b *Buf) {
 }
 
 // floodTo says whether a flooded frame from this worker's port goes to dst:
-// every other port; from the NIC, every port but NICs.
+// every other port; from the NIC, every port but NICs and a HostPath port;
+// from a HostPath port, every port but the NIC.
 func (w *rxWorker) floodTo(dst *portState) bool {
-	return dst != w.ps && !(w.ps.owner.Kind == PortNIC && dst.owner.Kind == PortNIC)
+	if dst == w.ps {
+		return false
+	}
+	if w.ps.owner.Kind == PortNIC {
+		return dst.owner.Kind != PortNIC && !dst.host
+	}
+	return !(w.ps.host && dst.owner.Kind == PortNIC)
 }
 
 func (w *rxWorker) add(dst *portState, b *Buf) {

@@ -66,7 +66,7 @@ type domain struct {
 	// afpacket), loaded and waiting to be moved onto its successor.
 	keptFW     *firewall.Firewall
 	nicPort    l4.PortID // the NIC's port in p
-	kernel     l4.Owner  // owner of the kernel's rules: l4.KernelOwner or the kernel's port (macvtap)
+	kernel     l4.Owner  // owner of the kernel's rules: l4.KernelOwner or the kernel's port (macvtap's TAP, the host path)
 	ifindex    int       // of the claimed NIC; 0 while gone
 	mac        net.HardwareAddr
 	addrs      ifAddrs
@@ -129,7 +129,7 @@ type nicBackend interface {
 }
 
 // kernelPortBackend is a nicBackend whose kernel path is a switch port
-// (macvtap: the kernel's TAP). AttachKernel adds that port to the
+// (macvtap: the kernel's TAP; afxdp, afpacket: the host path's TAP). AttachKernel adds that port to the
 // pipeline and returns its owner, which then owns the kernel's rules
 // (DEBUG_PORTS) instead of l4.KernelOwner; the backend keeps the owner and
 // the table for Expire.
@@ -511,10 +511,10 @@ func (d *daemon) syncKernel(dom *domain) {
 	have := make(map[l4.Key]bool, len(keys))
 	for _, k := range keys {
 		have[k] = true
-		_ = dom.sw.Table.Insert(l4.Rule{Key: k, Owner: l4.KernelOwner, Kind: l4.Learned})
+		_ = dom.sw.Table.Insert(l4.Rule{Key: k, Owner: dom.kernel, Kind: l4.Learned})
 	}
 	dom.sw.Table.RemoveIf(func(r l4.Rule) bool {
-		return r.Owner == l4.KernelOwner && r.Kind == l4.Learned && !have[r.Key]
+		return r.Owner == dom.kernel && r.Kind == l4.Learned && !have[r.Key]
 	})
 }
 
