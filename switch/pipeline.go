@@ -109,7 +109,7 @@ type PipelineConfig struct {
 	// for a fixed-destination baseline that shows what switching costs.
 	Classify func(in Owner, b *Buf) Verdict
 
-	// Tap, when set, gets every switched frame (PCAP_LOG).
+	// Tap, when set, gets every received frame with its verdict (PCAP_LOG).
 	Tap *Tap
 
 	// OnThreadStart is called by every RX worker of the NIC's port on its
@@ -223,6 +223,15 @@ func NewPipeline(sw *Switch, cfg PipelineConfig) (*Pipeline, error) {
 
 // Switch returns the pipeline's switch domain.
 func (p *Pipeline) Switch() *Switch { return p.sw }
+
+// PortName returns the name of port id, while it is attached.
+func (p *Pipeline) PortName(id PortID) (string, bool) {
+	ps := p.topo.Load().ports[id]
+	if ps == nil {
+		return "", false
+	}
+	return ps.name, true
+}
 
 // Pool returns the pipeline's buffer pool (backends that register its
 // memory with a device use it).

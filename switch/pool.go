@@ -94,6 +94,32 @@ type Buf struct {
 	chainLen  uint32        // number of buffers in the chain this buffer heads
 	pool      *BufPool
 	ts        int64 // receive time, Unix nanoseconds, when the pipeline has a Tap
+	tap       TapRecord
+}
+
+// TapRecord is what the pipeline noted about a frame it handed to its Tap:
+// the port it came from and the switch's verdict.
+type TapRecord struct {
+	In      Owner   // the port the frame came from
+	Verdict Verdict // Release is not kept
+}
+
+// Pool returns the pool the buffer belongs to (nil for a nil Buf): the
+// PCAP_LOG writer tells the frames of the switch domains apart by it.
+func (b *Buf) Pool() *BufPool {
+	if b == nil {
+		return nil
+	}
+	return b.pool
+}
+
+// Tapped returns the record of a frame that the pipeline handed to its
+// Tap (Tap.Drain's frames); the zero record otherwise.
+func (b *Buf) Tapped() TapRecord {
+	if b == nil {
+		return TapRecord{}
+	}
+	return b.tap
 }
 
 // Time returns the receive time in Unix nanoseconds that the pipeline

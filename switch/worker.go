@@ -263,22 +263,22 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 	switch v.Action {
 	case ActForward:
 		if dst := w.topo.ports[v.To.Port]; dst != nil {
-			w.tapFrame(b)
+			w.tapFrame(b, v)
 			w.add(dst, b)
 			return
 		}
-		w.local[DropPortGone]++
+		v = drop(DropPortGone)
 	case ActUplink:
 		if w.ps.host {
-			w.local[DropNoMatch]++ // the kernel sent it to the wire itself
+			v = drop(DropNoMatch) // the kernel sent it to the wire itself
 			break
 		}
 		if dst := w.topo.nic; dst != nil && dst != w.ps {
-			w.tapFrame(b)
+			w.tapFrame(b, v)
 			w.add(dst, b)
 			return
 		}
-		w.local[DropPortGone]++
+		v = drop(DropPortGone)
 	case ActFlood:
 		n := int32(0)
 		for _, dst := range w.topo.list {
@@ -287,10 +287,10 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 			}
 		}
 		if n == 0 {
-			w.local[DropNoMatch]++
+			v = drop(DropNoMatch)
 			break
 		}
-		w.tapFrame(b)
+		w.tapFrame(b, v)
 		b.Retain(n - 1)
 		for _, dst := range w.topo.list {
 			if w.floodTo(dst) {
@@ -300,16 +300,19 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 		return
 	case ActHold:
 		return // the switch keeps it until its first fragment comes
-	case ActDrop:
-		w.local[v.Reason]++
 	}
+	// Dropped.
+	w.local[v.Reason]++
+	w.tapFrame(b, v)
 	cache.Release(b)
 }
 
-// tapFrame hands a reference to b to the tap, if there is one; the caller
-// still owns its own.
-func (w *rxWorker) tapFrame(b *Buf) {
+// tapFrame hands a reference to b to the tap, if there is one, with the
+// port it came from and its verdict; the caller still owns its own.
+func (w *rxWorker) tapFrame(b *Buf, v Verdict) {
 	if w.tap != nil {
+		v.Release = false
+		b.tap = TapRecord{In: w.ps.owner, Verdict: v}
 		b.Retain(1)
 		w.tapped = append(w.tapped, b)
 	}

@@ -257,7 +257,7 @@ type daemon struct {
 	lastTick atomic.Int64 // the housekeeping loop's last round, Unix ns
 
 	tap         *l4.Tap // PCAP_LOG
-	pcapw       *pcap.Writer
+	pcapw       *pcap.NgWriter
 	pcapRunning bool
 	tapStop     chan struct{} // stops the pcap writer, after the pipelines
 	tapDone     chan struct{}
@@ -614,7 +614,7 @@ func (d *daemon) close(keep string) error {
 
 // openPcap opens PCAP_LOG and makes the tap that the pipelines feed.
 func (d *daemon) openPcap() error {
-	w, err := pcap.Create(d.cfg.PCAPLog)
+	w, err := pcap.CreateNg(d.cfg.PCAPLog)
 	if err != nil {
 		return err
 	}
@@ -628,26 +628,28 @@ func (d *daemon) openPcap() error {
 }
 
 // runPcap starts the PCAP_LOG writer: one goroutine that drains the tap
-// (every switched frame, by reference) into the file, off the hot path.
-// When the disk is slower than the switch, the tap's rings drop and count
-// (usnetd_pcap_dropped_total). Call it once the domains are claimed.
+// (every received frame with its verdict, by reference) into the pcapng
+// file, off the hot path (pcapWriter). When the disk is slower than the
+// switch, the tap's rings drop and count (usnetd_pcap_dropped_total).
+// Call it once the domains are claimed.
 func (d *daemon) runPcap() {
-	d.log.Info().Str("file", d.cfg.PCAPLog).Msg("writing every switched frame to PCAP_LOG")
-	w, tap := d.pcapw, d.tap
+	d.log.Info().Str("file", d.cfg.PCAPLog).Msg("writing every received frame and its verdict to PCAP_LOG (pcapng)")
+	tap := d.tap
+	pw := newPcapWriter(d.pcapw, d.domains)
 	cache := d.domains[0].p.Pool().NewCache() // frames of other domains' pools go back to their own
 	go func() {
 		defer close(d.tapDone)
 		var werr error
 		write := func(b *l4.Buf) {
 			if werr == nil {
-				if werr = w.WritePacket(b.Time(), b.Bytes()); werr != nil {
+				if werr = pw.write(b); werr != nil {
 					d.log.Error().Err(werr).Str("file", d.cfg.PCAPLog).Msg("PCAP_LOG write failed; frames are no longer written")
 				}
 			}
 		}
 		for tap.Drain(write, cache, d.tapStop) {
 			if werr == nil {
-				werr = w.Flush()
+				werr = d.pcapw.Flush()
 			}
 		}
 		cache.Flush()
