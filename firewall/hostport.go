@@ -31,8 +31,9 @@ const HostMark = 0x75736e64
 //     TAP (host_clone), after its own checks (the kernel still cannot send
 //     from an endpoint's flow).
 //
-// A second call replaces the first. The link on the TAP is not pinned: it
-// goes with the TAP. DetachHostPort, Close and Release undo it.
+// tapIfindex is resolved in the calling thread's network namespace, which
+// must be the NIC's. A second call replaces the first. The link on the TAP
+// is not pinned: it goes with the TAP. DetachHostPort, Close and Release undo it.
 func (fw *Firewall) AttachHostPort(tapIfindex int, macs []net.HardwareAddr) error {
 	if tapIfindex <= 0 {
 		return fmt.Errorf("firewall: host port: bad ifindex %d", tapIfindex)
