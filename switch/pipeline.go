@@ -206,6 +206,9 @@ func NewPipeline(sw *Switch, cfg PipelineConfig) (*Pipeline, error) {
 		return nil, err
 	}
 	pool.SetReserve(cfg.Reserve)
+	if cfg.Tap != nil {
+		pool.enableTap()
+	}
 	p := &Pipeline{sw: sw, pool: pool, cfg: cfg}
 	sw.frags.configure(fragLimits{
 		total:     int64(cfg.FragMemory),

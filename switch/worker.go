@@ -312,7 +312,7 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 func (w *rxWorker) tapFrame(b *Buf, v Verdict) {
 	if w.tap != nil {
 		v.Release = false
-		b.tap = TapRecord{In: w.ps.owner, Verdict: v}
+		b.setTapped(TapRecord{In: w.ps.owner, Verdict: v})
 		b.Retain(1)
 		w.tapped = append(w.tapped, b)
 	}
