@@ -175,3 +175,41 @@ func testE2EEAPOLFromWire(t *testing.T, backend string) {
 	})
 	l.finish(t)
 }
+
+// TestE2EKernelNeighbourSolicitation: the kernel's own neighbour
+// solicitation (IPv6's ARP request, to a solicited-node group) reaches an
+// endpoint on every backend (afxdp, afpacket: the egress program's copy
+// through the host path; macvtap: the kernel's TAP).
+func TestE2EKernelNeighbourSolicitation(t *testing.T) {
+	forEachBackend(t, testE2EKernelNeighbourSolicitation)
+}
+
+func testE2EKernelNeighbourSolicitation(t *testing.T, backend string) {
+	l := newIsoLab(t, backend)
+	sn6 := l.lab.Subnet6()
+	host6, nobody := netlab.Host(sn6, 1), netlab.Host(sn6, 20).Addr()
+	if err := l.host.AddAddr(l.ifname, host6); err != nil {
+		t.Fatal(err)
+	}
+	l.before = l.nicState()
+	l.startIso(t)
+	ep := l.attach(t, "an endpoint")
+	isNS := ndOf(135, nobody)
+	// The kernel asks, again each second, until the endpoint saw it (the
+	// address may still be tentative at first).
+	deadline := time.Now().Add(10 * time.Second)
+	for ep.got.find(isNS) == nil && time.Now().Before(deadline) {
+		_ = l.host.Do(func() error {
+			c, err := net.Dial("udp", netip.AddrPortFrom(nobody, 9).String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write([]byte("who"))
+			return err
+		})
+		time.Sleep(time.Second)
+	}
+	ep.got.wait(t, "the kernel's neighbour solicitation at the endpoint", isNS)
+	l.finish(t)
+}

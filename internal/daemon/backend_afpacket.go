@@ -105,6 +105,7 @@ func (b *afpacketBackend) Drops() map[string]uint64 {
 	}
 	d["tx_dropped"] = st.Tx.Dropped
 	d["tx_full"] = st.Tx.Full
+	b.host.addDrops(d)
 	return d
 }
 

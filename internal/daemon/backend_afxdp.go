@@ -174,6 +174,7 @@ func (b *afxdpBackend) Drops() map[string]uint64 {
 	if c, err := b.fw.Counters(); err == nil {
 		d["no_socket"] = c["dropped_no_xsk"]
 	}
+	b.host.addDrops(d)
 	return d
 }
 

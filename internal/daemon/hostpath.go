@@ -69,6 +69,19 @@ func attachHostPath(h *hostPath, p *l4.Pipeline) (l4.Owner, error) {
 	return o, nil
 }
 
+// addDrops adds the TAP's counters to a backend's drops, as kernel_*
+// (as macvtap's TAP).
+func (h *hostPath) addDrops(d map[string]uint64) {
+	if h == nil {
+		return
+	}
+	st := h.Port.Stats()
+	d["kernel_rx_too_long"] += st.RxTooLong
+	d["kernel_rx_error"] += st.RxErrors
+	d["kernel_tx_dropped"] += st.TxDropped
+	d["kernel_tx_error"] += st.TxErrors
+}
+
 // close closes the TAP (it goes with its fd) after the firewall's entry
 // for it: the kernel's frames to the endpoints' MACs go to the wire again.
 func (h *hostPath) close(fw *firewall.Firewall) error {

@@ -81,9 +81,9 @@ func newNeighPort(port l4.Port, ifindex int) (*neighPort, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: SO_ATTACH_FILTER: %w", err)
 	}
-	// What the kernel sends is not what arrived on the NIC; the kernel's
-	// ARP requests and answers reach the endpoints through the wire's
-	// answers only.
+	// What the kernel sends is not what arrived on the NIC: the kernel's
+	// own ARP, NDP and EAPOL reach the endpoints through the host path
+	// (the egress program's copies, read from the host path's TAP).
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: PACKET_IGNORE_OUTGOING: %w", err)
