@@ -90,6 +90,8 @@ type bpfHostPort struct {
 	_          structs.HostLayout
 	TapIfindex uint32
 	NicIfindex uint32
+	Macs       uint32
+	Pad        uint32
 }
 
 type bpfMacKey struct {

@@ -56,7 +56,7 @@ func (fw *Firewall) AttachHostPort(tapIfindex int, macs []net.HardwareAddr) erro
 	if err != nil {
 		return fmt.Errorf("%w: TCX ingress to the host port (ifindex %d): %w", ErrAttach, tapIfindex, err)
 	}
-	hp := bpfHostPort{TapIfindex: uint32(tapIfindex), NicIfindex: uint32(fw.ifindex)}
+	hp := bpfHostPort{TapIfindex: uint32(tapIfindex), NicIfindex: uint32(fw.ifindex), Macs: uint32(len(macs))}
 	if err := fw.objs.HostPort.Put(uint32(0), &hp); err != nil {
 		_ = l.Close()
 		return fmt.Errorf("firewall: host port: %w", err)

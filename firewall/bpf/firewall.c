@@ -241,6 +241,8 @@ struct {
 struct host_port {
 	__u32 tap_ifindex;
 	__u32 nic_ifindex;
+	__u32 macs; /* entries of endpoint_macs: 0 spares every frame the lookup */
+	__u32 pad;
 };
 
 struct {
@@ -624,8 +626,10 @@ static __always_inline int host_out(struct __sk_buff *skb)
 	struct host_port *hp = bpf_map_lookup_elem(&host_port, &zero);
 	if (!hp || !hp->tap_ifindex)
 		return TCX_NEXT;
-	__u8 eth[14];
-	if (bpf_skb_load_bytes(skb, 0, eth, 14) < 0)
+	/* The Ethernet header, read in place (it is in the linear data at
+	 * egress; a frame where it is not is left alone). */
+	__u8 *eth = (__u8 *)(long)skb->data;
+	if ((void *)(eth + 14) > (void *)(long)skb->data_end)
 		return TCX_NEXT;
 	if (eth[0] & 1) {
 		if (link_business(skb, ((__u16)eth[12] << 8) | eth[13]) &&
@@ -633,6 +637,8 @@ static __always_inline int host_out(struct __sk_buff *skb)
 			count(CNT_HOST_CLONE);
 		return TCX_NEXT;
 	}
+	if (!hp->macs)
+		return TCX_NEXT;
 	struct mac_key mk = {};
 	__builtin_memcpy(mk.mac, eth, 6);
 	if (!bpf_map_lookup_elem(&endpoint_macs, &mk))
