@@ -213,3 +213,34 @@ func testE2EKernelNeighbourSolicitation(t *testing.T, backend string) {
 	ep.got.wait(t, "the kernel's neighbour solicitation at the endpoint", isNS)
 	l.finish(t)
 }
+
+// TestE2EHostPathNoEcho: an endpoint's ARP request for the kernel's
+// address reaches the kernel (through the host path with afxdp and
+// afpacket), whose answer reaches the endpoint; the request does not come
+// back to the endpoint as if it had arrived on the NIC (the packet sockets
+// on the NIC leave out what the host path put into its ingress, by its
+// mark), and neither does a UDP datagram the endpoint sent the kernel.
+func TestE2EHostPathNoEcho(t *testing.T) { forEachBackend(t, testE2EHostPathNoEcho) }
+
+func testE2EHostPathNoEcho(t *testing.T, backend string) {
+	l := newIsoLab(t, backend)
+	epIP := netlab.Host(netip.PrefixFrom(l.hostIP, 24).Masked(), 11).Addr()
+	epMAC := net.HardwareAddr{0x02, 0x00, 0x5e, 0x00, 0x00, 0x52}
+	serveUDP(t, l.host, netip.AddrPortFrom(l.hostIP, 7000).String())
+	l.startIso(t, "ADD_MACS="+epMAC.String(), "ENDPOINT_ADDRS="+l.ifname+":"+epIP.String(),
+		"DEBUG_PORTS="+l.ifname+":UDP:7000")
+	ep := l.attach(t, "an endpoint with its own MAC")
+	own := func(f []byte) bool { return len(f) >= 12 && bytes.Equal(f[6:12], epMAC) }
+	ep.send(t, arpRequest(epMAC, epIP, l.hostIP))
+	ep.got.wait(t, "the kernel's ARP answer", func(f []byte) bool {
+		return len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 2 &&
+			bytes.Equal(f[28:32], l.hostIP.AsSlice()) && bytes.Equal(f[32:38], epMAC)
+	})
+	ep.send(t, udpFrame(l.hostMAC, epMAC, epIP, 40000, l.hostIP, 7000, "no echo"))
+	ep.got.wait(t, "the kernel's UDP answer", udpTo(l.hostIP, 7000, epIP, 40000, "no echo"))
+	// The copies a packet socket would read come before the answers; a
+	// moment more for the slower worker.
+	time.Sleep(500 * time.Millisecond)
+	ep.got.never(t, "the endpoint's own frames, back from the NIC", own)
+	l.finish(t)
+}
