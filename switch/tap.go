@@ -9,10 +9,11 @@ import (
 // port it came from and its verdict (Buf.Tapped: forwarded to whom,
 // flooded, sent out of the NIC, or dropped and why), to one consumer
 // goroutine, for PCAP_LOG. (A fragment held for its first fragment comes
-// when it goes on; one that expires there does not come.) It is off the hot path: each RX worker pushes
-// its frames into a ring of its own (no copy: the frame's reference count
-// is raised), and when the consumer cannot keep up, the ring drops and
-// counts (TapStats.Dropped) instead of slowing the switch down.
+// when it goes on; one that expires there does not come.) It is off the
+// hot path: each RX worker pushes its frames into a ring of its own (no
+// copy: the frame's reference count is raised), and when the consumer
+// cannot keep up, the ring drops and counts (TapStats.Dropped) instead of
+// slowing the switch down. Without a Tap the pipeline keeps no records.
 //
 // The consumer calls Drain in a loop. Frames are stamped with their receive
 // time (Buf.Time), taken once per batch. Stop the consumer only after
