@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/usnetd/usnetd/backends/macvtap"
 	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/usnet"
 )
@@ -160,7 +161,8 @@ func kernelNeighbour(t *testing.T, ns *netlab.NS, ip netip.Addr) net.HardwareAdd
 // TestE2EEAPOLFromWire: an EAPOL frame from the wire (to the PAE group
 // address) reaches an endpoint on every backend (afxdp: the neighbour tap
 // copies it, as ARP and NDP; afpacket: its sockets read it; macvtap: the
-// switch floods it).
+// switch floods it), and so does one the kernel sends (afxdp, afpacket:
+// the egress program's copy through the host path).
 func TestE2EEAPOLFromWire(t *testing.T) { forEachBackend(t, testE2EEAPOLFromWire) }
 
 func testE2EEAPOLFromWire(t *testing.T, backend string) {
@@ -172,6 +174,17 @@ func testE2EEAPOLFromWire(t *testing.T, backend string) {
 	sendRaw(t, l.peer, "eth0", ethFrame(pae, l.peerMAC, 0x888e, payload))
 	ep.got.wait(t, "the EAPOL frame at the endpoint", func(f []byte) bool {
 		return len(f) >= 24 && f[12] == 0x88 && f[13] == 0x8e && bytes.Equal(f[14:24], payload)
+	})
+	// The kernel's own EAPOL (a supplicant on the host's interface: the
+	// NIC, or with macvtap the kernel's TAP) reaches the endpoint too.
+	link := l.ifname
+	if backend == "macvtap" {
+		_, link = macvtap.Names(l.ifname)
+	}
+	mine := []byte{2, 1, 0, 0, 'k', 'e', 'r', 'n', 'e', 'l'}
+	sendRaw(t, l.host, link, ethFrame(pae, l.hostMAC, 0x888e, mine))
+	ep.got.wait(t, "the kernel's EAPOL frame at the endpoint", func(f []byte) bool {
+		return len(f) >= 24 && f[12] == 0x88 && f[13] == 0x8e && bytes.Equal(f[14:24], mine)
 	})
 	l.finish(t)
 }
