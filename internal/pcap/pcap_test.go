@@ -140,7 +140,8 @@ func BenchmarkWriter(b *testing.B) {
 		bw.Flush()
 		f.Close()
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds()/1e6, "Mpps")
-	}) // pcapng with PCAP_LOG's interface and verdict comment per frame.
+	})
+	// pcapng with PCAP_LOG's interface and verdict comment per frame.
 	comment := []byte("forward to endpoint 3 (pid 4242)")
 	b.Run("ng", func(b *testing.B) {
 		w, err := CreateNg(os.DevNull)
