@@ -257,3 +257,70 @@ func testE2EHostPathNoEcho(t *testing.T, backend string) {
 	ep.got.never(t, "the endpoint's own frames, back from the NIC", own)
 	l.finish(t)
 }
+
+// TestE2EHostPathIPv6: TestE2EHostPath's two directions over IPv6, where
+// neighbour discovery instead of ARP finds the other side (the kernel's
+// solicitation to a group copied to the endpoint, the answers switched).
+func TestE2EHostPathIPv6(t *testing.T) { forEachBackend(t, testE2EHostPathIPv6) }
+
+func testE2EHostPathIPv6(t *testing.T, backend string) {
+	l := newIsoLab(t, backend)
+	sn6 := l.lab.Subnet6()
+	host6, ep6 := netlab.Host(sn6, 1), netlab.Host(sn6, 10)
+	if err := l.host.AddAddr(l.ifname, host6); err != nil {
+		t.Fatal(err)
+	}
+	l.before = l.nicState()
+	epMAC := net.HardwareAddr{0x02, 0x00, 0x5e, 0x00, 0x00, 0x53}
+	open := netip.AddrPortFrom(host6.Addr(), 7000).String()
+	serveTCP(t, l.host, open)
+	l.startIso(t, "ADD_MACS="+epMAC.String(), "ENDPOINT_ADDRS="+l.ifname+":"+ep6.Addr().String(),
+		"DEBUG_PORTS="+l.ifname+":TCP:7000")
+	cfg := &usnet.Config{Interface: l.ifname, SocketPath: l.sock, MAC: epMAC, Addrs: []netip.Prefix{ep6}}
+	ln, err := cfg.Listen("tcp6", netip.AddrPortFrom(ep6.Addr(), 8080).String())
+	if err != nil {
+		t.Fatalf("usnet listen: %v\n%s", err, l.u.logText())
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	// The kernel's address may still be tentative (DAD): a few tries.
+	var kerr error
+	for range 5 {
+		if kerr = tcpEcho(l.host, netip.Addr{}, netip.AddrPortFrom(ep6.Addr(), 8080).String(), 5*time.Second); kerr == nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if kerr != nil {
+		t.Fatalf("kernel -> endpoint TCP over IPv6: %v\n%s", kerr, l.u.logText())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := cfg.DialContext(ctx, "tcp6", open)
+	if err != nil {
+		t.Fatalf("endpoint -> kernel TCP over IPv6 %s: %v\n%s", open, err, l.u.logText())
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := []byte("v6 over the host path")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo over IPv6: %q, %v", got, err)
+	}
+	c.Close()
+	ln.Close()
+	l.finish(t)
+}
