@@ -1,5 +1,6 @@
 // Package backends holds one subpackage per way to move frames in and out of
-// usnetd: afxdp, afpacket, macvtap (with its tap for the kernel), uds (the
+// usnetd: afxdp, afpacket, macvtap (with its tap for the kernel, and
+// OpenHostTAP, the kernel's TAP of afxdp's and afpacket's host path), uds (the
 // endpoint channels) and memory (an in-process port for tests and
 // benchmarks). Each is a switch port.
 //
