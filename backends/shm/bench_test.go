@@ -1,14 +1,12 @@
 package shm
 
 import (
-	"os"
 	"runtime"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/backends/shm/ring"
 	"github.com/usnetd/usnetd/backends/uds"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -23,7 +21,11 @@ import (
 //   - to-endpoint/shm: usnetd's shm port (copy into the ring) to
 //     ring.Endpoint (Wait, polling 50 µs before it sleeps, then Recv);
 //   - from-endpoint/uds and from-endpoint/shm: the other way, into usnetd's
-//     port through WaitRx and Recv as the pipeline's worker calls them.
+//     port through WaitRx and Recv as the pipeline's worker calls them;
+//   - same-goroutine/uds and same-goroutine/shm: one goroutine sends a
+//     batch from usnetd's port and receives it on the endpoint's side: no
+//     scheduling between cores, only the cost per frame (what a loaded
+//     machine distorts least).
 //
 // Only ratios within one run mean anything on a shared machine.
 func BenchmarkChannel(b *testing.B) {
@@ -170,7 +172,53 @@ func BenchmarkChannel(b *testing.B) {
 		<-done
 		report(b, start)
 	})
+	b.Run("same-goroutine/uds", func(b *testing.B) {
+		tx, rx := udsPair(b)
+		defer tx.Close()
+		defer rx.Close()
+		out, free := bufsOf(batch)
+		defer free()
+		in, free2 := bufsOf(batch)
+		defer free2()
+		b.ResetTimer()
+		start := time.Now()
+		for i := 0; i < b.N; i += batch {
+			if n, err := tx.Send(out); n != batch || err != nil {
+				b.Fatal(n, err)
+			}
+			for got := 0; got < batch; {
+				n, err := rx.Recv(0, in)
+				if err != nil {
+					b.Fatal(err)
+				}
+				got += n
+			}
+		}
+		report(b, start)
+	})
+	b.Run("same-goroutine/shm", func(b *testing.B) {
+		p, ep := newChannel(b, Options{})
+		out, free := bufsOf(batch)
+		defer free()
+		in := make([][]byte, batch)
+		for i := range in {
+			in[i] = make([]byte, 2048)
+		}
+		lens := make([]int, batch)
+		b.ResetTimer()
+		start := time.Now()
+		for i := 0; i < b.N; i += batch {
+			if n, err := p.Send(out); n != batch || err != nil {
+				b.Fatal(n, err)
+			}
+			for got := 0; got < batch; {
+				n, err := ep.Recv(in, lens)
+				if err != nil {
+					b.Fatal(err)
+				}
+				got += n
+			}
+		}
+		report(b, start)
+	})
 }
-
-var _ = os.Getpid
-var _ = ring.Version
