@@ -123,7 +123,7 @@ type Port struct {
 		kerr   error
 	}
 
-	rxFrames, rxBadIndex, rxBadLen                       atomic.Uint64
+	rxFrames, rxBadIndex, rxBadLen                      atomic.Uint64
 	txFrames, txRingFull, txTooBig, txBadIndex, wakeups atomic.Uint64
 }
 
