@@ -10,12 +10,24 @@ import (
 // BenchmarkUsnetTCP measures TCP goodput from one stack to another over a
 // socketpair, with this package's link endpoint and with gVisor's
 // link/fdbased, and, as the baseline of the same run, over a kernel TCP
-// connection on the loopback interface. One op is 64 KiB written.
+// connection on the loopback interface. usnet-shm-pumped runs the same
+// stacks on shared-memory channels whose usnetd-side ports are joined by
+// two pump goroutines (a hop more than the direct socketpair: a stand-in
+// for usnetd). One op is 64 KiB written.
 //
 //	go test -run '^$' -bench BenchmarkUsnetTCP -benchtime 2000x -count 3 ./usnet/
 func BenchmarkUsnetTCP(b *testing.B) {
 	b.Run("usnet", func(b *testing.B) { benchUsnet(b, false) })
 	b.Run("usnet-fdbased", func(b *testing.B) { benchUsnet(b, true) })
+	b.Run("usnet-shm-pumped", func(b *testing.B) {
+		a, c := shmStackPair(b)
+		ln, err := a.Listen("tcp", ":5001")
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchTransfer(b, ln, func() (net.Conn, error) { return c.Dial("tcp", "198.18.0.1:5001") })
+		ln.Close()
+	})
 	b.Run("kernel-loopback", func(b *testing.B) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

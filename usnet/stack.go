@@ -119,16 +119,17 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 			res.mtu = m
 		}
 	}
-	f, err := att.RequestUDS(res.iface)
+	ch, err := requestChannel(att, res.iface, c.fdbased || c.NoSHM)
 	if err != nil {
 		return nil, err
 	}
 	peer := noPeer
 	if !c.fdbased {
-		peer = peerOf(f)
+		peer = peerOfChannel(ch)
 	}
 	var ep stack.LinkEndpoint
 	if c.fdbased {
+		f := ch.UDS
 		setChannelBuffers(f)
 		n.fd = f
 		ep, err = fdbased.New(&fdbased.Options{
@@ -142,7 +143,10 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 			return nil, err
 		}
 	} else {
-		n.link, err = newLinkEndpoint(f, res.mac, uint32(res.mtu))
+		n.link, err = newLinkEndpoint(ch, res.mac, uint32(res.mtu))
+		if err == nil && c.ChannelPoll != 0 {
+			n.link.poll = max(c.ChannelPoll, 0)
+		}
 		if err != nil {
 			if peer >= 0 {
 				unix.Close(peer)

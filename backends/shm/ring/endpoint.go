@@ -82,14 +82,21 @@ func (e *Endpoint) Recv(bufs [][]byte, lens []int) (int, error) {
 // ring for up to spin (a busy receiver thus makes no system call), then
 // sets need-wakeup.
 func (e *Endpoint) Wait(spin, d time.Duration) error {
+	_, err := e.WaitStop(spin, d, -1)
+	return err
+}
+
+// WaitStop is Wait that also returns (stopped) when the descriptor stop
+// (an eventfd, say; -1: none) becomes readable. It does not read stop.
+func (e *Endpoint) WaitStop(spin, d time.Duration, stop int) (stopped bool, err error) {
 	if e.avail() {
-		return nil
+		return false, nil
 	}
 	if spin > 0 {
 		end := time.Now().Add(spin)
 		for i := 0; ; i++ {
 			if e.avail() {
-				return nil
+				return false, nil
 			}
 			if i&63 == 63 && time.Now().After(end) {
 				break
@@ -99,23 +106,41 @@ func (e *Endpoint) Wait(spin, d time.Duration) error {
 	e.cmu.RLock()
 	if e.closed {
 		e.cmu.RUnlock()
-		return ErrClosed
+		return false, ErrClosed
 	}
 	e.rmu.Lock()
 	ready := e.c.ArmWakeup()
 	e.rmu.Unlock()
 	e.cmu.RUnlock()
 	if ready {
-		return nil
+		return false, nil
 	}
-	gone, err := Wait(e.wake, d)
-	if err != nil {
-		return fmt.Errorf("shm: poll: %w", err)
+	ms := -1
+	if d >= 0 {
+		ms = int((d + time.Millisecond - 1) / time.Millisecond)
 	}
-	if Drain(e.wake) || gone {
-		return ErrClosed
+	pfd := [2]unix.PollFd{{Fd: int32(e.wake), Events: unix.POLLIN}, {Fd: int32(stop), Events: unix.POLLIN}}
+	n := 1
+	if stop >= 0 {
+		n = 2
 	}
-	return nil
+	for {
+		_, err := unix.Poll(pfd[:n], ms)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("shm: poll: %w", err)
+		}
+		break
+	}
+	if n == 2 && pfd[1].Revents != 0 {
+		return true, nil
+	}
+	if pfd[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 || Drain(e.wake) {
+		return false, ErrClosed
+	}
+	return false, nil
 }
 
 func (e *Endpoint) avail() bool {
@@ -159,6 +184,39 @@ func (e *Endpoint) Send(frames [][]byte) (int, error) {
 	}
 	return k, nil
 }
+
+// SendWith writes up to k frames into ring 1 without copying them into a
+// frame first: fill(i, slot) writes the i-th frame into slot and returns
+// its length (1..len(slot); 0 stops the batch there). It returns how many
+// went (the ring may have had room for fewer) and wakes usnetd if it asked.
+func (e *Endpoint) SendWith(k int, fill func(i int, slot []byte) int) (int, error) {
+	e.cmu.RLock()
+	defer e.cmu.RUnlock()
+	if e.closed {
+		return 0, ErrClosed
+	}
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	k = min(k, e.p.Free())
+	done := 0
+	for ; done < k; done++ {
+		n := fill(done, e.p.Slot(done))
+		if n <= 0 || n > e.p.FrameCap() {
+			break
+		}
+		e.p.SetLen(done, n)
+	}
+	if e.p.Publish(done) {
+		if err := Kick(e.wake); err != nil {
+			return done, ErrClosed
+		}
+	}
+	return done, nil
+}
+
+// WakeFD is the endpoint's end of the wake-up socket pair (for
+// SO_PEERCRED: usnetd made the pair). It stays the Endpoint's.
+func (e *Endpoint) WakeFD() int { return e.wake }
 
 // Close marks the channel detached, unmaps it and closes the wake-up
 // socket, which tells usnetd. It is idempotent.
