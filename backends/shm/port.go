@@ -24,8 +24,11 @@ const MaxPoll = 100 * time.Millisecond
 type Options struct {
 	// Name is the port's name in logs and metrics.
 	Name string
-	// Slots per ring (a power of two); default ring.DefaultSlots, fewer
-	// for jumbo frames so that a channel stays within about 4 MiB.
+	// Slots per ring (a power of two); default ring.DefaultSlots (1024:
+	// about 2 MiB per ring with 2 KiB buffers), fewer for jumbo frames so
+	// that a ring stays within 4 MiB. A ring holds what arrives while the
+	// endpoint is not scheduled; the memfd's pages are allocated as the
+	// slots are first used.
 	Slots int
 	// FrameCap is the largest frame the channel carries: the MTU plus the
 	// Ethernet (and VLAN) header; default 1518.

@@ -36,7 +36,7 @@ const (
 	ringFlags    = 128
 	slotHdr      = 8
 	lineSize     = 64
-	DefaultSlots = 256
+	DefaultSlots = 1024
 )
 
 // Geometry is a channel's shape: slots per ring and the frame capacity of
