@@ -119,6 +119,7 @@ type Port struct {
 		idleFn func()
 		waitOp func(uintptr) bool
 		armed  bool
+		d      time.Duration // this wait's limit
 	}
 	tx struct { // the Send goroutine's
 		p      *ring.Producer
@@ -260,7 +261,7 @@ func (p *Port) wait(q int, idle func(), d time.Duration) (bool, error) {
 	case 1:
 		return true, nil
 	}
-	p.rx.ready, p.rx.gone, p.rx.idleFn, p.rx.armed = false, false, idle, false
+	p.rx.ready, p.rx.gone, p.rx.idleFn, p.rx.armed, p.rx.d = false, false, idle, false, d
 	defer func() { p.rx.idleFn = nil }()
 	deadline := time.Now().Add(d)
 	for {
@@ -324,7 +325,7 @@ func (p *Port) waitOp(fd uintptr) bool {
 	}
 	if !p.rx.armed {
 		p.rx.armed = true
-		_ = p.wake.SetReadDeadline(time.Now().Add(p.opt.Idle))
+		_ = p.wake.SetReadDeadline(time.Now().Add(p.rx.d))
 	}
 	return false
 }

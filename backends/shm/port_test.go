@@ -362,3 +362,26 @@ func TestNoLeaks(t *testing.T) {
 		t.Errorf("%d goroutines after 1,000 channels, %d before", g, g0)
 	}
 }
+
+// TestRecvPolls: an idle Recv returns (no frames) after Options.Poll, not
+// Options.Idle, so that the worker notices a stop.
+func TestRecvPolls(t *testing.T) {
+	p, _ := newChannel(t, Options{Poll: 20 * time.Millisecond, Idle: time.Hour})
+	pool := newPool(t, 0)
+	bufs, c := getBufs(t, pool, 4)
+	defer c.ReleaseBatch(bufs)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if n, err := p.Recv(0, bufs); n != 0 || err != nil {
+			t.Errorf("Recv = %d, %v", n, err)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		p.Close()
+		<-done
+		t.Fatal("an idle Recv did not return within its poll interval")
+	}
+}
