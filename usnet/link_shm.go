@@ -29,7 +29,7 @@ import (
 // DefaultChannelPoll is how long the receiver of a shared-memory channel
 // polls its ring before it sleeps (Config.ChannelPoll). BENCHMARKS.md has
 // the measurement it was chosen by.
-const DefaultChannelPoll = 50 * time.Microsecond
+const DefaultChannelPoll = 10 * time.Microsecond
 
 // receiveSHM is receive for a shared-memory channel.
 func (e *linkEndpoint) receiveSHM(ep *ring.Endpoint) {
