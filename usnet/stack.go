@@ -22,6 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
 
 	"golang.org/x/sys/unix"
@@ -111,15 +112,20 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 			n.teardown()
 		}
 	}()
+	uds := c.fdbased || c.NoSHM
 	if q, ok := att.(channelMTUer); ok && !res.mtuSet {
 		// What the channel carries: usnetd's buffers and backend are
 		// sized for the NIC's MTU when it claims the NIC. An older
 		// usnetd (or the original) does not say; the NIC's MTU stays.
 		if m, err := q.ChannelMTU(res.iface); err == nil && m >= 576 {
 			res.mtu = m
+		} else if errors.Is(err, client.ErrTimeout) {
+			// QueryStatus unanswered: the original, which would leave
+			// RequestSHM unanswered too. Ask for what it has.
+			uds = true
 		}
 	}
-	ch, err := requestChannel(att, res.iface, c.fdbased || c.NoSHM)
+	ch, err := requestChannel(att, res.iface, uds)
 	if err != nil {
 		return nil, err
 	}
