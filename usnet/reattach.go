@@ -22,10 +22,10 @@ package usnet
 // to attach again with a bounded backoff: at once, then after 50 ms,
 // doubling up to 1 s between tries, forever, until the stack is torn
 // down. Once usnetd answers, it requests a new channel (RequestSHM, else
-// RequestUDS), puts it under the running stack (linkEndpoint.swap: the gVisor stack, its addresses,
-// listeners and TCP connections stay as they are; segments lost meanwhile
-// are retransmitted by TCP) and registers the rules of every open listener
-// again (AddMatch). Config.Reattached, if set, is told the outcome.
+// RequestUDS), puts it under the running stack (linkEndpoint.swap: the
+// gVisor stack, its addresses, listeners and TCP connections stay as they
+// are; segments lost meanwhile are retransmitted by TCP) and registers the
+// rules of every open listener again (AddMatch). Config.Reattached, if set, is told the outcome.
 //
 // While usnetd is away, Listen, ListenPacket and Dial fail with ErrDetached
 // (they need usnetd to register or choose a port); Close of a listener
