@@ -80,11 +80,11 @@
 // socketpair(AF_UNIX, SOCK_DGRAM), one frame per datagram). The link
 // endpoint is this package's own (link.go says why it is not gVisor's
 // fdbased; link_shm.go has the shared-memory side). The control protocol
-// is spoken by control/client (DialControl, the default of Config.Attach: one client
-// and one set of errors, ErrRefused and ErrDetached being the client's),
-// with control/wire's message types; usnet does not depend on usnetd's
-// server, its firewall or their dependencies. Tests put a fake Attacher in
-// Config.Attach.
+// is spoken by control/client (DialControl, the default of Config.Attach:
+// one client and one set of errors, ErrRefused and ErrDetached being the
+// client's), with control/wire's message types; usnet does not depend on
+// usnetd's server, its firewall or their dependencies. Tests put a fake
+// Attacher in Config.Attach.
 //
 // A listener registers its port with usnetd (AddMatch: the stack's
 // address, the port, TCP or UDP; one rule per address) and removes it on
