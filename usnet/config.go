@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/usnetd/usnetd/control/wire"
 )
@@ -74,6 +75,14 @@ type Config struct {
 	// port that another client took meanwhile: such a listener gets no
 	// new connections). It must not block for long.
 	Reattached func(err error)
+	// NoSHM makes the stack ask usnetd for a Unix datagram channel
+	// (RequestUDS) instead of a shared-memory one (RequestSHM, the
+	// default; a usnetd without it gets RequestUDS anyway).
+	NoSHM bool
+	// ChannelPoll is how long the receiver of a shared-memory channel
+	// polls its ring before it sleeps until usnetd wakes it: CPU for
+	// latency. Zero: DefaultChannelPoll; negative: never poll.
+	ChannelPoll time.Duration
 
 	mu sync.Mutex
 	st *netStack // nil while no socket is open

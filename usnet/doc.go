@@ -71,15 +71,20 @@
 // ListenPacket or Dial and shared by all its sockets), is a gVisor stack
 // (IPv4, IPv6, ARP, TCP, UDP, ICMP; neighbours resolved by ARP and NDP; routes from the
 // kernel for passthru, else on-link prefixes and Config.Gateways) on an
-// Ethernet link over the packet channel that usnetd hands over
-// (RequestUDS: one end of a socketpair(AF_UNIX, SOCK_DGRAM), one frame per
-// datagram). The link endpoint is this package's own (link.go says why it
-// is not gVisor's fdbased). The control protocol is spoken by
-// control/client (DialControl, the default of Config.Attach: one client
-// and one set of errors, ErrRefused and ErrDetached being the client's),
-// with control/wire's message types; usnet does not depend on usnetd's
-// server, its firewall or their dependencies. Tests put a fake Attacher in
-// Config.Attach.
+// Ethernet link over the packet channel that usnetd hands over: a
+// shared-memory channel where usnetd offers one (RequestSHM,
+// backends/shm/ring: rings of frame slots read and written in batches, no
+// system call while frames keep coming; the receiver polls the ring for
+// Config.ChannelPoll, default DefaultChannelPoll, before it sleeps), else
+// (or with Config.NoSHM) a Unix datagram channel (RequestUDS: one end of a
+// socketpair(AF_UNIX, SOCK_DGRAM), one frame per datagram). The link
+// endpoint is this package's own (link.go says why it is not gVisor's
+// fdbased; link_shm.go has the shared-memory side). The control protocol
+// is spoken by control/client (DialControl, the default of Config.Attach:
+// one client and one set of errors, ErrRefused and ErrDetached being the
+// client's), with control/wire's message types; usnet does not depend on
+// usnetd's server, its firewall or their dependencies. Tests put a fake
+// Attacher in Config.Attach.
 //
 // A listener registers its port with usnetd (AddMatch: the stack's
 // address, the port, TCP or UDP; one rule per address) and removes it on

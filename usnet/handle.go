@@ -27,7 +27,7 @@ type Stack struct {
 
 // Open attaches a stack described by cfg (nil: every field from the
 // environment, as Default) and keeps it until Close. ctx bounds the
-// attach (connecting to usnetd, RequestUDS); a stack that attaches after
+// attach (connecting to usnetd, requesting a channel); a stack that attaches after
 // ctx is done is torn down again. The stack is the Stack's own: it is not
 // the one that cfg's Listen, ListenPacket and Dial share, and cfg must not
 // change while the Stack is open.

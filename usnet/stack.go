@@ -24,6 +24,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
 
 	"golang.org/x/sys/unix"
@@ -159,24 +160,30 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 			n.teardown()
 		}
 	}()
+	uds := c.fdbased || c.NoSHM
 	if q, ok := att.(channelMTUer); ok && !res.mtuSet {
 		// What the channel carries: usnetd's buffers and backend are
 		// sized for the NIC's MTU when it claims the NIC. An older
 		// usnetd (or the original) does not say; the NIC's MTU stays.
 		if m, err := q.ChannelMTU(res.iface); err == nil && m >= 576 {
 			res.mtu = m
+		} else if errors.Is(err, client.ErrTimeout) {
+			// QueryStatus unanswered: the original, which would leave
+			// RequestSHM unanswered too. Ask for what it has.
+			uds = true
 		}
 	}
-	f, err := att.RequestUDS(res.iface)
+	ch, err := requestChannel(att, res.iface, uds)
 	if err != nil {
 		return nil, err
 	}
 	peer := noPeer
 	if !c.fdbased {
-		peer = peerOf(f)
+		peer = peerOfChannel(ch)
 	}
 	var ep stack.LinkEndpoint
 	if c.fdbased {
+		f := ch.UDS
 		setChannelBuffers(f)
 		n.fd = f
 		ep, err = fdbased.New(&fdbased.Options{
@@ -190,7 +197,10 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 			return nil, err
 		}
 	} else {
-		n.link, err = newLinkEndpoint(f, res.mac, uint32(res.mtu))
+		n.link, err = newLinkEndpoint(ch, res.mac, uint32(res.mtu))
+		if err == nil && c.ChannelPoll != 0 {
+			n.link.poll = max(c.ChannelPoll, 0)
+		}
 		if err != nil {
 			if peer >= 0 {
 				unix.Close(peer)

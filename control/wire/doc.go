@@ -1,6 +1,6 @@
 // Package wire is the codec of usnetd's control protocol: the message types
 // (requests RequestUDS, RequestNetmapPipe, AddMatch, RemoveMatch,
-// QueryUsedPorts, DeleteClient, QueryStatus; answers "OK", "ER", "$",
+// QueryUsedPorts, DeleteClient, QueryStatus, RequestSHM; answers "OK", "ER", "$",
 // UsedPorts, Status; the rule a client states, Match), their encoding
 // (EncodeRequest, EncodeAnswer, EncodeUsedPorts, EncodeStatus) and their
 // strict decoding (DecodeRequest, DecodeAnswer), byte-compatible with the

@@ -274,6 +274,7 @@ func (d *daemon) metricDomains() []metrics.Domain {
 		if d.ctl != nil {
 			ifname := dom.ifname
 			md.ChannelDrops = func() map[string]uint64 { return d.ctl.ChannelDrops(ifname) }
+			md.SHMChannels = func() map[string]uint64 { return d.ctl.SHMChannels(ifname) }
 		}
 		ds = append(ds, md)
 	}
