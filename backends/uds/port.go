@@ -23,7 +23,7 @@ const DefaultBufferSize = 4 << 20
 
 // MaxPoll is the longest Recv waits before it returns no frames, so that the
 // pipeline's worker can notice a stop.
-const MaxPoll = 100 * time.Millisecond
+const MaxPoll = l4.RecvTimeout
 
 // Options configure a Port. Zero values mean the defaults.
 type Options struct {
