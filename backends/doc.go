@@ -1,7 +1,8 @@
 // Package backends holds one subpackage per way to move frames in and out of
 // usnetd: afxdp, afpacket, macvtap (with its tap for the kernel), uds (the
-// endpoint channels) and memory (an in-process port for tests and
-// benchmarks). Each is a switch port.
+// endpoint channels), memory (an in-process port for tests and
+// benchmarks) and neightap (the neighbour tap the afxdp NIC port gets as
+// its last queue). Each is a switch port.
 //
 // A backend moves frames and owns its device; it never decides where a frame
 // goes. That is the l4 package's job.

@@ -1,4 +1,4 @@
-package daemon
+package neightap
 
 import (
 	"errors"
@@ -13,9 +13,9 @@ import (
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
-// neighPort is the NIC's AF_XDP port with one more receive queue, the
-// last: copies of the ARP and IPv6 neighbour-discovery frames that arrive
-// on the NIC.
+// Port is the NIC's AF_XDP port with one more receive queue, the last:
+// copies of the ARP and IPv6 neighbour-discovery frames that arrive on the
+// NIC.
 //
 // The XDP classifier passes those frames to the kernel (it needs them,
 // and XDP cannot clone a frame), so they never reach the AF_XDP sockets,
@@ -33,18 +33,18 @@ import (
 // queue number RxQueues()-1: a NIC with one queue shows two. It has its own RX worker, which sleeps
 // in the netpoller while there is nothing to read; with CPUS it takes a
 // place in the list like any worker.
-type neighPort struct {
+type Port struct {
 	l4.Port           // the AF_XDP port: queues 0..n-1 and TX
 	n       int       // the AF_XDP port's queues; queue n is the tap
 	f       *os.File  // the AF_PACKET socket, non-blocking, in the netpoller
 	once    sync.Once // Close
 }
 
-// neighFilter accepts ARP and ICMPv6 neighbour discovery (router
+// Filter accepts ARP and ICMPv6 neighbour discovery (router
 // solicitation and advertisement, neighbour solicitation and
 // advertisement, redirect: types 133 to 137, right after the IPv6 header
 // as NDP sends them) and nothing else.
-var neighFilter = []unix.SockFilter{
+var Filter = []unix.SockFilter{
 	{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 12},                    // 0: EtherType
 	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 6, Jf: 0, K: 0x0806}, // 1: ARP: accept
 	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 6, K: 0x86dd}, // 2: not IPv6: reject
@@ -57,16 +57,16 @@ var neighFilter = []unix.SockFilter{
 	{Code: unix.BPF_RET | unix.BPF_K, K: 0},                                   // 9: reject
 }
 
-// newNeighPort opens the tap on ifname, in the calling thread's network
-// namespace, and wraps port with it.
-func newNeighPort(port l4.Port, ifindex int) (*neighPort, error) {
+// New opens the tap on the link ifindex, in the calling thread's network
+// namespace, and wraps port with it: the tap is queue port.RxQueues().
+func New(port l4.Port, ifindex int) (*Port, error) {
 	// Protocol 0 receives nothing until bind: the filter is in place
 	// before the first frame.
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("neighbour tap: AF_PACKET socket: %w", err)
 	}
-	prog := unix.SockFprog{Len: uint16(len(neighFilter)), Filter: &neighFilter[0]}
+	prog := unix.SockFprog{Len: uint16(len(Filter)), Filter: &Filter[0]}
 	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: SO_ATTACH_FILTER: %w", err)
@@ -83,22 +83,22 @@ func newNeighPort(port l4.Port, ifindex int) (*neighPort, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: bind: %w", err)
 	}
-	return &neighPort{Port: port, n: port.RxQueues(), f: os.NewFile(uintptr(fd), "neighbour-tap")}, nil
+	return &Port{Port: port, n: port.RxQueues(), f: os.NewFile(uintptr(fd), "neighbour-tap")}, nil
 }
 
 // RxQueues is the AF_XDP port's queues and the tap.
-func (p *neighPort) RxQueues() int { return p.n + 1 }
+func (p *Port) RxQueues() int { return p.n + 1 }
 
 // Recv implements l4.Port: the AF_XDP queues as they are, and on the last
-// queue one frame of the tap, waiting up to 100 ms for it.
-func (p *neighPort) Recv(q int, bufs []*l4.Buf) (int, error) {
+// queue one frame of the tap, waiting up to l4.RecvTimeout for it.
+func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 	if q != p.n {
 		return p.Port.Recv(q, bufs)
 	}
 	if len(bufs) == 0 {
 		return 0, nil
 	}
-	if err := p.f.SetReadDeadline(time.Now().Add(100 * time.Millisecond)); err != nil {
+	if err := p.f.SetReadDeadline(time.Now().Add(l4.RecvTimeout)); err != nil {
 		if errors.Is(err, os.ErrClosed) {
 			return 0, l4.ErrPortClosed
 		}
@@ -119,7 +119,7 @@ func (p *neighPort) Recv(q int, bufs []*l4.Buf) (int, error) {
 }
 
 // Close closes the tap and the AF_XDP port; it is idempotent.
-func (p *neighPort) Close() error {
+func (p *Port) Close() error {
 	var err error
 	p.once.Do(func() {
 		p.f.Close() // wakes a Recv in the netpoller
