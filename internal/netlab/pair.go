@@ -14,6 +14,11 @@ type PairOpts struct {
 	Prefix string
 	// HostLink and PeerLink name the veth ends; default "eth0" each.
 	HostLink, PeerLink string
+	// UniqueHostLink names the host's end after the lab (the lab's name
+	// and "h"), a name no other lab uses: for tests that key state
+	// outside the namespaces by the link's name, such as bpffs pins. It
+	// overrides HostLink.
+	UniqueHostLink bool
 	// IPv6 adds ::1 (host) and ::2 (peer) of Subnet6, with duplicate
 	// address detection off on both ends, so that they work at once.
 	IPv6 bool
@@ -45,7 +50,10 @@ func NewPair(t testing.TB, opts PairOpts) (*Pair, error) {
 		return nil, err
 	}
 	p := &Pair{Lab: lab, HostLink: opts.HostLink, PeerLink: opts.PeerLink}
-	if p.HostLink == "" {
+	switch {
+	case opts.UniqueHostLink:
+		p.HostLink = lab.Name() + "h"
+	case p.HostLink == "":
 		p.HostLink = "eth0"
 	}
 	if p.PeerLink == "" {
