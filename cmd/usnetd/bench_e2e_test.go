@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
+	"github.com/usnetd/usnetd/internal/netlab"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -34,9 +34,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkE2EKernelTCP -benchtime 3x ./cmd/usnetd
 func BenchmarkE2EKernelTCP(b *testing.B) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Fatal("iperf3 is not installed (apt-get install iperf3)")
-	}
+	netlab.RequireTool(b, "iperf3", "iperf3")
 	for _, mode := range []string{"direct", "afxdp-native", "afxdp-generic", "afpacket", "macvtap"} {
 		b.Run(mode, func(b *testing.B) {
 			l := newE2ELab(b, 1)

@@ -2,9 +2,10 @@ package main
 
 import (
 	"fmt"
-	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/usnetd/usnetd/internal/netlab"
 )
 
 // BenchmarkE2EKernelGRO: TCP goodput of the kernel's own transfer (iperf3,
@@ -16,9 +17,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkE2EKernelGRO -benchtime 2x ./cmd/usnetd
 func BenchmarkE2EKernelGRO(b *testing.B) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Fatal("iperf3 is not installed (apt-get install iperf3)")
-	}
+	netlab.RequireTool(b, "iperf3", "iperf3")
 	for _, backend := range []string{"direct", "afpacket", "afxdp", "macvtap"} {
 		for _, gro := range []bool{false, true} {
 			name := fmt.Sprintf("%s/gro-%s", backend, map[bool]string{true: "on", false: "off"}[gro])

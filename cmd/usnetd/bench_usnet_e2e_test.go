@@ -4,13 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/usnetd/usnetd/internal/netlab"
 )
 
 // End-to-end benchmarks of the userspace stack through usnetd, each
@@ -179,9 +180,7 @@ var wrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 //
 //	go test -run '^$' -bench BenchmarkE2EHTTP -benchtime 1x -count 3 ./cmd/usnetd
 func BenchmarkE2EHTTP(b *testing.B) {
-	if _, err := exec.LookPath("wrk"); err != nil {
-		b.Fatal("wrk is not installed (apt-get install wrk)")
-	}
+	netlab.RequireTool(b, "wrk", "wrk")
 	for _, v := range benchVariants {
 		b.Run(v, func(b *testing.B) {
 			s := benchLab(b, v, 8080, httpPortEnv+"=8080")

@@ -3,7 +3,6 @@ package client_test
 import (
 	"errors"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -219,7 +218,7 @@ func TestNoLeaks(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "usnetd.socket")
 	startServer(t, path)
-	fds := func() int { es, _ := os.ReadDir("/proc/self/fd"); return len(es) }
+	fds := func() int { return testkit.OpenFDs(t) }
 	c, _ := client.Dial(client.Options{SocketPath: path, Dir: dir})
 	c.QueryStatus()
 	c.Close()
