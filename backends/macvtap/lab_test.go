@@ -198,11 +198,6 @@ func (tl *testLab) link(name string) netlink.Link {
 	return l
 }
 
-func isTimeout(err error) bool {
-	ne, ok := err.(net.Error)
-	return ok && ne.Timeout()
-}
-
 // pipeline switches between the claim's two ports, with kernel rules for
 // the listening ports given; t.Cleanup closes it (before the claim).
 func (tl *testLab) pipeline(c *Claim, listen ...uint16) (*l4.Pipeline, l4.Owner) {
@@ -325,7 +320,7 @@ func TestKernelThroughTheSwitch(t *testing.T) {
 					t.Errorf("peer to the open port on %s: %v", a, err)
 				}
 			}
-			if err := testkit.TCPEcho(tl.peer, netip.Addr{}, netip.AddrPortFrom(tl.hostIP, 8024).String(), 700*time.Millisecond); !isTimeout(err) {
+			if err := testkit.TCPEcho(tl.peer, netip.Addr{}, netip.AddrPortFrom(tl.hostIP, 8024).String(), 700*time.Millisecond); !testkit.IsTimeout(err) {
 				t.Errorf("peer to a closed port: %v, want no answer", err)
 			}
 			netlab.RequireTool(t, "ping", "iputils-ping")
@@ -487,7 +482,7 @@ func TestNoKernel(t *testing.T) {
 		t.Error("TAP made without a kernel path")
 	}
 	testkit.ServeTCPEcho(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8022).String())
-	if err := testkit.TCPEcho(tl.peer, netip.Addr{}, netip.AddrPortFrom(tl.hostIP, 8022).String(), 700*time.Millisecond); !isTimeout(err) {
+	if err := testkit.TCPEcho(tl.peer, netip.Addr{}, netip.AddrPortFrom(tl.hostIP, 8022).String(), 700*time.Millisecond); !testkit.IsTimeout(err) {
 		t.Errorf("peer to the host with the NIC claimed and no kernel path: %v, want no answer", err)
 	}
 	if err := c.Close(); err != nil {
