@@ -25,11 +25,11 @@ func BenchmarkE2EKernelGRO(b *testing.B) {
 				l := newPeerLab(b)
 				setGRO(b, l, gro)
 				if backend != "direct" {
-					env := []string{fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname), "BACKEND=" + backend}
+					env := []string{fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.Ifname), "BACKEND=" + backend}
 					if backend == "afxdp" {
 						env = append(env, "XDP_MODE=generic") // the veth host's choice (see BenchmarkE2EKernelTCP)
 					}
-					l.start(env...)
+					l.Start(env...)
 				}
 				startIperf3Server(b, l, 5201)
 				var bits float64
@@ -57,14 +57,14 @@ func BenchmarkE2EJumboUsnetTCP(b *testing.B) {
 		for _, mtu := range []int{1500, jumboMTU} {
 			b.Run(fmt.Sprintf("%s/mtu-%d", backend, mtu), func(b *testing.B) {
 				l := newE2ELabMTU(b, 1, mtu)
-				if err := l.peer.TxChecksumOff("eth0"); err != nil {
+				if err := l.Peer.TxChecksumOff("eth0"); err != nil {
 					b.Fatal(err)
 				}
-				l.backend = backend
-				u := l.start("LOG_LEVEL=info")
-				b.Cleanup(func() { u.stop(b) })
+				l.Backend = backend
+				u := l.Start("LOG_LEVEL=info")
+				b.Cleanup(func() { u.Stop(b) })
 				l.startServer("usnet", sinkPortEnv+"=5203")
-				dial := l.peerDialer(l.hostIP.String() + ":5203")
+				dial := l.peerDialer(l.HostIP.String() + ":5203")
 				if _, err := sendToSink(dial, 1<<20, time.Minute); err != nil {
 					b.Fatal(err)
 				}

@@ -14,18 +14,20 @@ type PairOpts struct {
 	Prefix string
 	// HostLink and PeerLink name the veth ends; default "eth0" each.
 	HostLink, PeerLink string
-	// UniqueHostLink names the host's end after the lab (the lab's name
-	// and "h"), a name no other lab uses: for tests that key state
-	// outside the namespaces by the link's name, such as bpffs pins. It
+	// UniqueHostLink names the host's end after the lab (Lab.Name), a
+	// name no other lab uses: for programs that key state outside the
+	// namespaces by the link's name, such as usnetd's bpffs pins. It
 	// overrides HostLink.
 	UniqueHostLink bool
+	// PeerNS names the peer's namespace; default "peer".
+	PeerNS string
 	// IPv6 adds ::1 (host) and ::2 (peer) of Subnet6, with duplicate
 	// address detection off on both ends, so that they work at once.
 	IPv6 bool
 }
 
 // A Pair is the lab most tests want: a namespace "host" (the machine
-// under test) and a namespace "peer" (the rest of the network) joined by
+// under test) and a namespace "peer" (the rest of the network; PeerNS) joined by
 // a veth that is up, the host's end with address .1 of Subnet and the
 // peer's with .2 (and ::1, ::2 of Subnet6 with PairOpts.IPv6).
 type Pair struct {
@@ -40,8 +42,9 @@ type Pair struct {
 }
 
 // NewPair makes a lab (New, with t: skipped without privileges, closed at
-// the test's end) and the Pair in it.
-func NewPair(t testing.TB, opts PairOpts) (*Pair, error) {
+// the test's end; with t nil the caller closes Pair.Lab) and the Pair in
+// it. On an error the lab is closed already.
+func NewPair(t testing.TB, opts PairOpts) (_ *Pair, err error) {
 	if t != nil {
 		t.Helper()
 	}
@@ -49,10 +52,15 @@ func NewPair(t testing.TB, opts PairOpts) (*Pair, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			_ = lab.Close()
+		}
+	}()
 	p := &Pair{Lab: lab, HostLink: opts.HostLink, PeerLink: opts.PeerLink}
 	switch {
 	case opts.UniqueHostLink:
-		p.HostLink = lab.Name() + "h"
+		p.HostLink = lab.Name()
 	case p.HostLink == "":
 		p.HostLink = "eth0"
 	}
@@ -62,7 +70,10 @@ func NewPair(t testing.TB, opts PairOpts) (*Pair, error) {
 	if p.Host, err = lab.AddNS("host"); err != nil {
 		return nil, err
 	}
-	if p.Peer, err = lab.AddNS("peer"); err != nil {
+	if opts.PeerNS == "" {
+		opts.PeerNS = "peer"
+	}
+	if p.Peer, err = lab.AddNS(opts.PeerNS); err != nil {
 		return nil, err
 	}
 	opts.Veth.Up = true

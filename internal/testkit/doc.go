@@ -7,7 +7,8 @@
 //     ParseUDP for what comes back;
 //   - OpenFDs and FDList, for leak checks;
 //   - echo servers and clients inside netlab namespaces: ServeTCPEcho,
-//     ServeUDPEcho, TCPEcho, UDPEcho, EchoConn;
+//     ServeUDPEcho, TCPEcho, UDPEcho, EchoConn, and IsTimeout to tell no
+//     answer (a firewall's drop) from a refusal;
 //   - the in-memory switch domain a control server runs over in tests
 //     (NewDomain), and Serve, which runs a server until the test ends;
 //   - Eventually, a bounded wait for a condition.
