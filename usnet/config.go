@@ -20,11 +20,14 @@ import (
 const DefaultSocketPath = wire.DefaultSocketPath
 
 // Config describes one userspace stack: the NIC it shares through usnetd,
-// the control socket, and the stack's MAC and addresses. The stack is made
-// on the first Listen, ListenPacket or Dial and shared by every socket of
-// the Config; when the last of them is closed, the stack is torn down and
-// the client detaches from usnetd (DeleteClient). A later call makes a new
-// stack.
+// the control socket, and the stack's MAC and addresses. Open makes a
+// Stack of it that stays attached until Stack.Close.
+//
+// A Config's own Listen, ListenPacket and Dial are a thin layer over the
+// same code with an implicit stack: made on the first of them and shared
+// by every socket of the Config; when the last of them is closed, the
+// stack is torn down and the client detaches from usnetd (DeleteClient).
+// A later call makes a new stack.
 //
 // Zero fields take their value from the environment, read when the stack
 // is made, and else from the defaults below. A Config must not be copied
@@ -84,7 +87,9 @@ type Config struct {
 }
 
 // Default is the Config of the package-level functions: every field from
-// the environment.
+// the environment. The package-level functions are Default's methods:
+// its implicit stack lives while one of their sockets is open. A program
+// that wants one stack for its whole life uses Open.
 var Default = &Config{}
 
 // Listen announces on the local network address of Default's stack; see
