@@ -188,12 +188,11 @@ func (c *rawClient) send(msg string) {
 // false when none came within d.
 func (c *rawClient) recv(d time.Duration) (data []byte, fds []int, ok bool) {
 	c.t.Helper()
-	p := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(p, int(d/time.Millisecond))
-	if err != nil && !errors.Is(err, unix.EINTR) {
+	ready, err := testkit.WaitReadable(c.fd, d)
+	if err != nil {
 		c.t.Fatal(err)
 	}
-	if n == 0 {
+	if !ready {
 		return nil, nil, false
 	}
 	buf := make([]byte, wire.MaxAnswerSize+1)
@@ -297,8 +296,7 @@ func tcpFrame(t testing.TB, srcMAC, dstMAC net.HardwareAddr, src, dst string, sp
 // readFrame reads one datagram from a channel end within d.
 func readFrame(t testing.TB, f *os.File, d time.Duration) ([]byte, bool) {
 	t.Helper()
-	p := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(p, int(d/time.Millisecond)); n == 0 {
+	if ready, _ := testkit.WaitReadable(int(f.Fd()), d); !ready {
 		return nil, false
 	}
 	b := make([]byte, 4096)

@@ -30,8 +30,7 @@ func tcpFrame(t testing.TB, srcMAC, dstMAC net.HardwareAddr, src, dst string, sp
 
 // readTimeout reads one datagram from fd, waiting at most d.
 func readTimeout(fd int, b []byte, d time.Duration) (int, error) {
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	if n, err := unix.Poll(pfd, int(d/time.Millisecond)); err != nil || n == 0 {
+	if ok, err := testkit.WaitReadable(fd, d); !ok {
 		return 0, fmt.Errorf("nothing to read within %v (%v)", d, err)
 	}
 	return unix.Read(fd, b)
