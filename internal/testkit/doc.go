@@ -5,7 +5,8 @@
 //     switch, which reads headers only) and UDP and TCP (gopacket, IPv4 or
 //     IPv6 by the addresses, correct checksums: for real kernels), and
 //     ParseUDP for what comes back;
-//   - OpenFDs and FDList, for leak checks;
+//   - OpenFDs and FDList, for leak checks; WaitReadable, a poll that a
+//     signal does not cut short;
 //   - echo servers and clients inside netlab namespaces: ServeTCPEcho,
 //     ServeUDPEcho, TCPEcho, UDPEcho, EchoConn, and IsTimeout to tell no
 //     answer (a firewall's drop) from a refusal;
