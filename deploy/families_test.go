@@ -71,7 +71,8 @@ func scrapeFamilies() (map[string]family, string) {
 	c := metrics.NewCollector(func() []metrics.Domain {
 		return []metrics.Domain{{Interface: "eth0", Pipeline: p, Backend: "afpacket",
 			BackendDrops: func() map[string]uint64 { return map[string]uint64{"rx_oversize": 0} },
-			Firewall:     func() (map[string]uint64, error) { return map[string]uint64{"pass_kernel": 0}, nil }}}
+			Firewall:     func() (map[string]uint64, error) { return map[string]uint64{"pass_kernel": 0}, nil },
+			SHMChannels:  func() map[string]uint64 { return map[string]uint64{"ring_full": 0, "wakeups": 0} }}}
 	})
 	c.SetTap(tap)
 	// The control server's refusals and the log's suppressed lines, as
