@@ -193,7 +193,7 @@ func TestKernelPeer(t *testing.T) {
 			if os.Getenv("CI") == "true" {
 				t.Fatal("curl is not installed (CI installs it in .ci/run)")
 			}
-			t.Logf("no curl, fetched with Go's client only")
+			t.Logf("curl is not installed (apt-get install curl): fetched with Go's client only")
 			continue
 		}
 		out, err := peer.Command(ctx, "curl", "-sS", "--max-time", "10", tc.url).CombinedOutput()
