@@ -29,7 +29,7 @@ import (
 
 	"github.com/usnetd/usnetd/backends/memory"
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -81,7 +81,7 @@ type env struct {
 	dir     string
 	path    string // socket path (or "@name")
 	logs    *syncBuffer
-	sockets atomic.Pointer[[]firewall.Socket] // the fake kernel inventory
+	sockets atomic.Pointer[[]sockdiag.Socket] // the fake kernel inventory
 	invErr  atomic.Pointer[error]             // or its error
 	served  chan error
 }
@@ -90,7 +90,7 @@ func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 	t.Helper()
 	requirePrivileged(t)
 	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, served: make(chan error, 1)}
-	e.sockets.Store(&[]firewall.Socket{})
+	e.sockets.Store(&[]sockdiag.Socket{})
 	e.sw = l4.NewSwitch(l4.NewTable(), l4.MAC(macNIC))
 	e.sw.SetLocal([]l4.MAC{l4.MAC(macNIC)}, []l4.Addr{l4.MustParseAddr(localIP)})
 	pl, err := l4.NewPipeline(e.sw, l4.PipelineConfig{Buffers: 2048})
@@ -114,7 +114,7 @@ func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 	cfg := ServerConfig{
 		SocketPath: e.path,
 		Interfaces: []Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{ip(localIP)}}},
-		KernelPorts: func() ([]firewall.Socket, error) {
+		KernelPorts: func() ([]sockdiag.Socket, error) {
 			if err := e.invErr.Load(); err != nil {
 				return nil, *err
 			}
@@ -157,7 +157,7 @@ func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 }
 
 // setKernelSockets sets the fake kernel inventory.
-func (e *env) setKernelSockets(ss ...firewall.Socket) { e.sockets.Store(&ss) }
+func (e *env) setKernelSockets(ss ...sockdiag.Socket) { e.sockets.Store(&ss) }
 
 // rules returns the rules of eth0's table.
 func (e *env) rules() []l4.Rule { return e.sw.Table.Rules() }

@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -52,7 +53,7 @@ import (
 
 	"github.com/usnetd/usnetd/backends/uds"
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -114,9 +115,13 @@ type ServerConfig struct {
 	// Interfaces are the claimed NICs, by name as RequestUDS names them.
 	Interfaces []Interface
 	// KernelPorts lists the kernel's sockets, whose ports no endpoint may
-	// take; default firewall.ProcSockets (the namespace of the calling
-	// thread). Tests fake it.
-	KernelPorts func() ([]firewall.Socket, error)
+	// take (but its own reservations, see the policy); KernelPortsOn the
+	// ones on one protocol and local port. Default: sock_diag dumps
+	// (internal/sockdiag) in the network namespace of the thread that
+	// calls NewServer. Tests fake KernelPorts; KernelPortsOn then
+	// defaults to filtering its answer.
+	KernelPorts   func() ([]sockdiag.Socket, error)
+	KernelPortsOn func(proto uint8, port uint16) ([]sockdiag.Socket, error)
 	// Channel configures the channels' ports (buffer size, poll and probe
 	// intervals); Name and OnPeerClosed are the server's.
 	Channel uds.Options
@@ -163,8 +168,18 @@ func (c *ServerConfig) fill() {
 	if c.PrivilegedPorts == 0 {
 		c.PrivilegedPorts = 1024
 	}
-	if c.KernelPorts == nil {
-		c.KernelPorts = firewall.ProcSockets
+	if c.KernelPorts != nil && c.KernelPortsOn == nil {
+		all := c.KernelPorts
+		c.KernelPortsOn = func(proto uint8, port uint16) ([]sockdiag.Socket, error) {
+			ss, err := all()
+			var on []sockdiag.Socket
+			for _, so := range ss {
+				if so.Proto == proto && so.Local.Port() == port {
+					on = append(on, so)
+				}
+			}
+			return on, err
+		}
 	}
 	if c.CheckInterval <= 0 {
 		c.CheckInterval = 200 * time.Millisecond
@@ -199,6 +214,7 @@ type Server struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 	serving   atomic.Bool
+	diag      *sockdiag.Conn // the default KernelPorts', closed by Close
 }
 
 type ifaceState struct {
@@ -274,6 +290,32 @@ type channel struct {
 // to a file already at the path) and returns a server that is not yet
 // serving.
 func NewServer(cfg ServerConfig) (*Server, error) {
+	var diag *sockdiag.Conn
+	if cfg.KernelPorts == nil {
+		runtime.LockOSThread() // the namespace of this thread
+		c, err := sockdiag.Open()
+		runtime.UnlockOSThread()
+		if err != nil {
+			return nil, fmt.Errorf("control: %w", err)
+		}
+		diag = c
+		cfg.KernelPorts = c.Sockets
+		if cfg.KernelPortsOn == nil {
+			cfg.KernelPortsOn = c.SocketsOnPort
+		}
+	}
+	s, err := newServer(cfg)
+	if err != nil {
+		if diag != nil {
+			diag.Close()
+		}
+		return nil, err
+	}
+	s.diag = diag
+	return s, nil
+}
+
+func newServer(cfg ServerConfig) (*Server, error) {
 	cfg.fill()
 	addr, err := parseSocketPath(cfg.SocketPath)
 	if err != nil {
@@ -359,6 +401,9 @@ func (s *Server) Close() error {
 		s.mu.Unlock()
 		if cerr := s.sock.close(); err == nil && !errors.Is(cerr, os.ErrClosed) {
 			err = cerr
+		}
+		if s.diag != nil {
+			s.diag.Close()
 		}
 	})
 	return err
@@ -728,14 +773,14 @@ func (s *Server) addMatch(key epKey, m wire.Match, log zerolog.Logger) answer {
 		log.Info().Stringer("held", r).Msg("AddMatch: the rule exists already")
 		return answerER
 	}
-	var sockets []firewall.Socket
+	var sockets []sockdiag.Socket
 	if l4.HasPorts(k.Proto) {
-		if sockets, err = s.cfg.KernelPorts(); err != nil {
+		if sockets, err = s.cfg.KernelPortsOn(k.Proto, k.LocalPort); err != nil {
 			log.Error().Err(err).Msg("AddMatch: cannot read the kernel's sockets; refusing")
 			return answerER
 		}
 	}
-	if c, ok := findOverlap(ep.ifc.table, k, ep.owns, sockets); ok {
+	if c, ok := findOverlap(ep.ifc.table, k, ep.owns, sockets, s.heldBy(ep)); ok {
 		log.Warn().Stringer("conflict", c).Msg("AddMatch refused: the rule overlaps another owner's")
 		return answerER
 	}
@@ -758,6 +803,32 @@ func (s *Server) addMatch(key epKey, m wire.Match, log zerolog.Logger) answer {
 	ep.rules = append(ep.rules, k)
 	log.Info().Msg("rule added")
 	return answerOK
+}
+
+// heldBy returns the check of findOverlap for ep's own kernel sockets: the
+// inodes among them that ep's process holds (/proc/PID/fd), trusted only
+// when the process is still the one of ep's pidfd after the read.
+func (s *Server) heldBy(ep *endpoint) func([]sockdiag.Socket) map[uint64]bool {
+	return func(over []sockdiag.Socket) map[uint64]bool {
+		want := map[uint64]bool{}
+		for _, so := range over {
+			if so.Inode != 0 {
+				want[so.Inode] = true
+			}
+		}
+		if len(want) == 0 {
+			return nil
+		}
+		found, err := socketInodes(s.cfg.procDir, ep.key.pid, want)
+		if err != nil || !pidfdAlive(ep.pidfd) {
+			ep.log.Warn().Err(err).Msg("AddMatch: cannot read the client's open files")
+			return nil
+		}
+		if len(found) > 0 {
+			ep.log.Info().Int("sockets", len(found)).Msg("AddMatch: the kernel sockets on the rule's port are the client's own reservation")
+		}
+		return found
+	}
 }
 
 func (s *Server) removeMatch(key epKey, m wire.Match, log zerolog.Logger) {

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -543,5 +542,3 @@ func TestSocketGroup(t *testing.T) {
 		t.Errorf("socket gid %d mode %o, want 4242 and 0770", st.Gid, st.Mode&0o777)
 	}
 }
-
-var _ = firewall.Socket{}

@@ -21,7 +21,7 @@ import (
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -70,7 +70,7 @@ func startServer(t *testing.T, dir string) string {
 	srv, err := control.NewServer(control.ServerConfig{
 		SocketPath:  path,
 		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.1")}}},
-		KernelPorts: func() ([]firewall.Socket, error) { return nil, nil },
+		KernelPorts: func() ([]sockdiag.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "1.2.3",
 	})

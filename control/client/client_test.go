@@ -17,7 +17,7 @@ import (
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -48,7 +48,7 @@ func startServer(t *testing.T, path string) (*control.Server, *l4.Table) {
 	srv, err := control.NewServer(control.ServerConfig{
 		SocketPath:  path,
 		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{m8080.DstAddr}}},
-		KernelPorts: func() ([]firewall.Socket, error) { return nil, nil },
+		KernelPorts: func() ([]sockdiag.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "test",
 	})
