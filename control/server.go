@@ -568,6 +568,8 @@ func (s *Server) process(m message, log zerolog.Logger) answer {
 		return answer{}
 	case wire.QueryUsedPorts:
 		return answer{data: s.usedPorts(log)}
+	case wire.QueryPortsInUse:
+		return answer{data: s.portsInUse(v.Protocol, log)}
 	case wire.QueryStatus:
 		return answer{data: s.statusBytes(log)}
 	}
@@ -993,8 +995,20 @@ func (s *Server) reap() {
 	}
 }
 
-// usedPorts answers QueryUsedPorts: every rule with a local port (with a
-// remote: connected, without: listening), and the kernel's sockets.
+// MaxUsedPortsAnswer bounds the answer to QueryUsedPorts: the buffer the
+// original's client library reads it into.
+const MaxUsedPortsAnswer = 1_000_000
+
+// usedPorts answers QueryUsedPorts, at most MaxUsedPortsAnswer bytes: the
+// rules with a local port (with a remote: connected, without: listening),
+// as the original listed them, and the kernel's listening sockets (bound,
+// unconnected: on a claimed interface's address or a wildcard one, listed
+// under each address of the interfaces). The kernel's connected sockets
+// are left out: those that carried traffic are learned rules already, and
+// the rest would make the answer grow with every connection of the host
+// (QueryPortsInUse answers for every socket in a fixed size). When the
+// list does not fit, the registered rules come first, then the kernel's
+// listening sockets, then the learned rules, and the rest is left out.
 func (s *Server) usedPorts(log zerolog.Logger) []byte {
 	type entry struct {
 		e         wire.PortEntry
@@ -1002,17 +1016,26 @@ func (s *Server) usedPorts(log zerolog.Logger) []byte {
 	}
 	seen := map[entry]bool{}
 	var list []entry
+	base := len(wire.EncodeUsedPorts(nil, nil))
+	size, left := base, 0
 	add := func(e wire.PortEntry, connected bool) {
 		k := entry{e, connected}
-		if !seen[k] {
-			seen[k] = true
-			list = append(list, k)
+		if seen[k] {
+			return
 		}
+		n := len(wire.EncodeUsedPorts([]wire.PortEntry{e}, nil)) - base + 1 // and a comma
+		if size+n > MaxUsedPortsAnswer {
+			left++
+			return
+		}
+		seen[k] = true
+		size += n
+		list = append(list, k)
 	}
 	var addrs []netip.Addr
 	for _, ifc := range s.order {
 		ifc.table.Each(func(r l4.Rule) {
-			if e, ok := portEntry(r.Key); ok {
+			if e, ok := portEntry(r.Key); ok && r.Kind == l4.Registered {
 				add(e, !r.Listening())
 			}
 		})
@@ -1022,10 +1045,24 @@ func (s *Server) usedPorts(log zerolog.Logger) []byte {
 		log.Error().Err(err).Msg("QueryUsedPorts: cannot read the kernel's sockets; answering with the rules only")
 	} else {
 		for _, so := range sockets {
+			if !so.Listening() {
+				continue
+			}
 			for _, e := range socketEntries(so, addrs) {
-				add(e, !so.Listening())
+				add(e, false)
 			}
 		}
+	}
+	for _, ifc := range s.order {
+		ifc.table.Each(func(r l4.Rule) {
+			if e, ok := portEntry(r.Key); ok && r.Kind != l4.Registered {
+				add(e, !r.Listening())
+			}
+		})
+	}
+	if left > 0 {
+		log.Warn().Int("listed", len(list)).Int("left_out", left).Int("bytes", MaxUsedPortsAnswer).
+			Msg("QueryUsedPorts: the answer would not fit the original client's buffer; left entries out (QueryPortsInUse answers for every port)")
 	}
 	slices.SortFunc(list, func(a, b entry) int {
 		if a.e.Protocol != b.e.Protocol {
@@ -1045,6 +1082,32 @@ func (s *Server) usedPorts(log zerolog.Logger) []byte {
 		}
 	}
 	return wire.EncodeUsedPorts(listening, connected)
+}
+
+// portsInUse answers QueryPortsInUse: the local ports of proto that a rule
+// (any owner, any address) or a kernel socket (any state, any address)
+// holds. Without the kernel's inventory it answers ER: a partial set would
+// let a client pick a port the kernel uses.
+func (s *Server) portsInUse(proto uint8, log zerolog.Logger) []byte {
+	ps := new(wire.PortSet)
+	for _, ifc := range s.order {
+		ifc.table.Each(func(r l4.Rule) {
+			if r.Proto == proto && r.Flags&l4.KeyLocalPort != 0 {
+				ps.Add(r.LocalPort)
+			}
+		})
+	}
+	sockets, err := s.cfg.KernelPorts()
+	if err != nil {
+		log.Error().Err(err).Msg("QueryPortsInUse: cannot read the kernel's sockets")
+		return []byte(wire.RawER)
+	}
+	for _, so := range sockets {
+		if so.Proto == proto {
+			ps.Add(so.Local.Port())
+		}
+	}
+	return wire.EncodePortsInUse(proto, ps)
 }
 
 // SetAddrs replaces the address list of interface ifname (Interface.Addrs:
