@@ -61,6 +61,8 @@ type Switch struct {
 	// noIsolation turns the checks on endpoints' frames off: benchmarks
 	// use it for the baseline that shows what the checks cost.
 	noIsolation bool
+	// flows, when set, sees the frames of endpoints' flows (flowwatch.go).
+	flows atomic.Pointer[FlowWatch]
 }
 
 // NewSwitch returns a domain over table t with the local MACs macs (the
@@ -121,6 +123,11 @@ func (s *Switch) Decide(in Owner, f *Frame, h uint64) Verdict {
 		if r := s.learn(in, f, ep, local); r != DropNone {
 			return drop(r)
 		}
+		if in.Kind == PortEndpoint && f.Ports && !f.ICMPError {
+			if w := s.flows.Load(); w != nil {
+				w.note(&f.Src, f.SrcPort, &f.Dst, f.DstPort, f.Proto, f.TCPFlags, true)
+			}
+		}
 		if ep && f.Fragment {
 			// An endpoint's first fragment: its later fragments follow
 			// only as long as this one passed, and only from this port.
@@ -146,6 +153,11 @@ func (s *Switch) Decide(in Owner, f *Frame, h uint64) Verdict {
 	v := s.match(in, f)
 	if f.Fragment {
 		v.Release = s.frags.remember(f, v, in.Port)
+	}
+	if v.Action == ActForward && v.To.Kind == PortEndpoint && f.Ports && !f.ICMPError {
+		if w := s.flows.Load(); w != nil {
+			w.note(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto, f.TCPFlags, false)
+		}
 	}
 	return v
 }
