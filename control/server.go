@@ -126,8 +126,16 @@ type ServerConfig struct {
 	// intervals); Name and OnPeerClosed are the server's.
 	Channel uds.Options
 	// CheckInterval is how often the server looks for endpoints whose
-	// process exited or whose channel closed; default 200 ms.
+	// process exited or whose channel closed, and for flow rules that
+	// ended; default 200 ms.
 	CheckInterval time.Duration
+	// FlowIdle and FlowLinger end a rule that a client registered with a
+	// full 5-tuple (a connection's rule) with its flow: FlowIdle after its
+	// last frame either way (default 90 s, the original's housekeeping
+	// period), FlowLinger after the last frame once a TCP RST or a FIN
+	// each way passed (default 2 s). See flows.go.
+	FlowIdle   time.Duration
+	FlowLinger time.Duration
 	// Log receives what clients did wrong (warn) and attach and detach
 	// (info).
 	Log zerolog.Logger
@@ -184,6 +192,12 @@ func (c *ServerConfig) fill() {
 	if c.CheckInterval <= 0 {
 		c.CheckInterval = 200 * time.Millisecond
 	}
+	if c.FlowIdle <= 0 {
+		c.FlowIdle = 90 * time.Second
+	}
+	if c.FlowLinger <= 0 {
+		c.FlowLinger = 2 * time.Second
+	}
 	if c.procDir == "" {
 		c.procDir = "/proc"
 	}
@@ -224,6 +238,8 @@ type ifaceState struct {
 	// goneTooBig counts the oversized frames of the channels that went
 	// (ChannelDrops adds the live ones'), under the server's lock.
 	goneTooBig uint64
+	watch      *l4.FlowWatch         // the switch's, for flows
+	flows      map[l4.Key]*flowState // the endpoints' 5-tuple rules (flows.go)
 }
 
 // uidState is what one user's endpoints hold.
@@ -338,13 +354,17 @@ func newServer(cfg ServerConfig) (*Server, error) {
 		if _, dup := s.ifaces[in.Name]; dup {
 			return nil, fmt.Errorf("control: interface %q twice", in.Name)
 		}
-		st := &ifaceState{Interface: in, table: in.Pipeline.Switch().Table, rules: l4.NewRuleQuota(cfg.MaxRules, nil)}
+		st := &ifaceState{Interface: in, table: in.Pipeline.Switch().Table, rules: l4.NewRuleQuota(cfg.MaxRules, nil),
+			watch: l4.NewFlowWatch(flowEvents), flows: map[l4.Key]*flowState{}}
 		s.ifaces[in.Name] = st
 		s.order = append(s.order, st)
 	}
 	sock, err := listenControl(addr, cfg.AllowGID, cfg.HasAllowGID)
 	if err != nil {
 		return nil, err
+	}
+	for _, st := range s.order {
+		st.Pipeline.Switch().SetFlowWatch(st.watch)
 	}
 	rc, err := sock.file.SyscallConn()
 	if err != nil {
@@ -397,6 +417,9 @@ func (s *Server) Close() error {
 		s.closed = true
 		for _, ep := range s.sortedEndpoints() {
 			s.removeEndpoint(ep, "usnetd stops")
+		}
+		for _, ifc := range s.order {
+			ifc.Pipeline.Switch().SetFlowWatch(nil)
 		}
 		s.mu.Unlock()
 		if cerr := s.sock.close(); err == nil && !errors.Is(cerr, os.ErrClosed) {
@@ -803,6 +826,11 @@ func (s *Server) addMatch(key epKey, m wire.Match, log zerolog.Logger) answer {
 		}
 	}
 	ep.rules = append(ep.rules, k)
+	if isFlowKey(k) {
+		ep.ifc.addFlow(k, ep)
+		log.Debug().Msg("rule added (a connection's: ends with its flow)")
+		return answerOK
+	}
 	log.Info().Msg("rule added")
 	return answerOK
 }
@@ -850,10 +878,17 @@ func (s *Server) removeMatch(key epKey, m wire.Match, log zerolog.Logger) {
 		log.Warn().Stringer("rule", k).Bool("exists", ok).Msg("RemoveMatch of a rule the client does not hold; ignored")
 		return
 	}
-	ep.ifc.table.Remove(k, r.Owner.Port)
+	s.removeRule(ep, k, r.Owner.Port)
+	log.Info().Stringer("rule", k).Msg("rule removed")
+}
+
+// removeRule removes ep's rule k (owned by its port) from the table, the
+// firewall and the flows.
+func (s *Server) removeRule(ep *endpoint, k l4.Key, port l4.PortID) {
+	ep.ifc.table.Remove(k, port)
 	ep.rules = slices.DeleteFunc(ep.rules, func(x l4.Key) bool { return x == k })
 	ep.forgetInFirewall(k)
-	log.Info().Stringer("rule", k).Msg("rule removed")
+	delete(ep.ifc.flows, k)
 }
 
 // removeChannel detaches one channel; the endpoint goes with its last one.
@@ -872,6 +907,7 @@ func (s *Server) removeChannel(ep *endpoint, ch *channel, why string) {
 	if i == 0 && len(ep.rules) > 0 {
 		ep.log.Info().Int("rules", len(ep.rules)).Msg("the registered rules went with the oldest channel")
 		ep.forgetInFirewall(ep.rules...)
+		ep.ifc.forgetFlows(ep.rules)
 		ep.rules = nil
 	}
 	ep.log.Info().Str("why", why).Uint32("port", uint32(ch.owner.Port)).Int("channels", len(ep.channels)).Msg("channel detached")
@@ -908,6 +944,7 @@ func (s *Server) removeEndpoint(ep *endpoint, why string) {
 		s.channelGone(ep)
 	}
 	ep.forgetInFirewall(ep.rules...)
+	ep.ifc.forgetFlows(ep.rules)
 	ep.channels, ep.rules = nil, nil
 	if u := s.uids[ep.uid]; u != nil {
 		if u.clients--; u.clients <= 0 {
@@ -952,15 +989,20 @@ func (s *Server) janitor() {
 	t := time.NewTicker(s.cfg.CheckInterval)
 	defer t.Stop()
 	for {
+		tick := false
 		select {
 		case <-s.done:
 			return
 		case <-t.C:
+			tick = true
 		case <-s.kick:
 		}
 		s.mu.Lock()
 		if !s.closed {
 			s.reap()
+			if tick {
+				s.endFlows()
+			}
 		}
 		s.mu.Unlock()
 	}
