@@ -6,8 +6,14 @@ package control
 // as a connection would: a rule with a local port, a remote address and a
 // remote port (TCP, UDP, or any protocol with ports) goes
 //
-//   - FlowLinger (2 s) after its last frame once its flow is over: a TCP
-//     RST either way, or a FIN from each side, passed the switch;
+//   - at the janitor's next run after the endpoint sent a TCP RST (its
+//     stack is done with the connection);
+//   - FlowLinger (2 s) after its last frame once a FIN from each side
+//     passed (the last ACK and retransmitted FINs still get through), or
+//     a RST from the remote side: a RST that someone off the path forged
+//     (the switch does not check sequence numbers) thus ends no
+//     connection that still carries frames, only one quiet for
+//     FlowLinger after it;
 //   - FlowIdle (90 s, the original's housekeeping period) after its last
 //     frame either way, whatever the protocol (UDP, or a TCP flow whose
 //     FIN or RST was not seen).
@@ -35,6 +41,7 @@ const flowEvents = 16384
 type flowState struct {
 	ep             *endpoint
 	finEP, finPeer bool   // a FIN passed from the endpoint, from the peer
+	rst            bool   // the endpoint sent a RST
 	ended          uint32 // the clock when the flow was over (RST, both FINs); 0 while open
 }
 
@@ -79,7 +86,7 @@ func (s *Server) endFlows() {
 				}
 				switch {
 				case e.RST:
-					fs.ended = now
+					fs.ended, fs.rst = now, e.FromEndpoint
 				case e.FromEndpoint:
 					fs.finEP = true
 				default:
@@ -100,6 +107,8 @@ func (s *Server) endFlows() {
 		for k, fs := range ifc.flows {
 			last := ifc.watch.LastSeen(k)
 			switch {
+			case fs.rst:
+				gone, why = append(gone, k), append(why, "the connection was reset")
 			case fs.ended != 0 && now-max(last, fs.ended) >= linger:
 				gone, why = append(gone, k), append(why, "the connection ended")
 			case now-last >= idle:

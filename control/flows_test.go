@@ -81,15 +81,15 @@ func drain(t *testing.T, ch *os.File) *atomic.Int64 {
 // TestConnectionsEndWithTheirFlows is the original client library's
 // outgoing connections: 5,000 connects over one client's life, each an
 // AddMatch with the full 5-tuple and never a RemoveMatch, at most 100
-// open at a time, each ended the way TCP ends (half by the peer's RST,
-// half by a FIN each way). Every AddMatch is accepted under the default
+// open at a time, each ended the way TCP ends (a third each by the peer's
+// RST, the client's RST, a FIN each way). Every AddMatch is accepted under the default
 // rule limit (1,024): the rules end with their flows. A flow that goes
 // quiet without FIN or RST ends after FlowIdle; a listening rule and a
 // live connection stay.
 func TestConnectionsEndWithTheirFlows(t *testing.T) {
 	e := newEnv(t, func(c *ServerConfig) {
 		c.CheckInterval = 5 * time.Millisecond
-		c.FlowLinger = 10 * time.Millisecond
+		c.FlowLinger = 100 * time.Millisecond
 		c.FlowIdle = 3 * time.Second
 	})
 	c := newRawClient(t, e.path, e.dir)
@@ -101,8 +101,14 @@ func TestConnectionsEndWithTheirFlows(t *testing.T) {
 	}
 	end := func(i int) {
 		port := uint16(20000 + i)
-		if i%2 == 0 {
+		switch i % 3 {
+		case 0: // the peer resets
 			e.nic.Inject(0, tcpFlagsFrame(t, macRemote, macNIC, remote, localIP, 80, port, "RA"))
+			return
+		case 1: // the client resets
+			if _, err := ch.Write(tcpFlagsFrame(t, macNIC, macRemote, localIP, remote, port, 80, "R")); err != nil {
+				t.Fatal(err)
+			}
 			return
 		}
 		if _, err := ch.Write(tcpFlagsFrame(t, macNIC, macRemote, localIP, remote, port, 80, "FA")); err != nil {
@@ -141,8 +147,15 @@ func TestConnectionsEndWithTheirFlows(t *testing.T) {
 		}
 		return n
 	}
+	// A RST forged by someone off the path ends no connection that still
+	// carries frames.
+	e.nic.Inject(0, tcpFlagsFrame(t, macRemote, macNIC, remote, localIP, 80, live.LocalPort, "R"))
 	deadline := time.Now().Add(10 * time.Second)
 	for rulesOf() != 2 && time.Now().Before(deadline) {
+		e.nic.Inject(0, tcpFlagsFrame(t, macRemote, macNIC, remote, localIP, 80, live.LocalPort, "A"))
+		time.Sleep(20 * time.Millisecond)
+	}
+	for range 10 { // FlowLinger (100 ms) twice over, with traffic
 		e.nic.Inject(0, tcpFlagsFrame(t, macRemote, macNIC, remote, localIP, 80, live.LocalPort, "A"))
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -132,8 +132,9 @@ type ServerConfig struct {
 	// FlowIdle and FlowLinger end a rule that a client registered with a
 	// full 5-tuple (a connection's rule) with its flow: FlowIdle after its
 	// last frame either way (default 90 s, the original's housekeeping
-	// period), FlowLinger after the last frame once a TCP RST or a FIN
-	// each way passed (default 2 s). See flows.go.
+	// period), FlowLinger after the last frame once a TCP FIN passed each
+	// way or a RST from the remote (default 2 s); a RST from the endpoint
+	// ends it at once. See flows.go.
 	FlowIdle   time.Duration
 	FlowLinger time.Duration
 	// Log receives what clients did wrong (warn) and attach and detach
