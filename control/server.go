@@ -810,7 +810,7 @@ func (s *Server) addMatch(key epKey, m wire.Match, log zerolog.Logger) answer {
 		log.Warn().Stringer("conflict", c).Msg("AddMatch refused: the rule overlaps another owner's")
 		return answerER
 	}
-	if err := ep.ifc.table.Insert(l4.Rule{Key: k, Owner: ep.channels[0].owner, Kind: l4.Registered}); err != nil {
+	if err := ep.ifc.table.Insert(l4.Rule{Key: k, Owner: ep.channels[0].owner, Kind: l4.Registered, Watched: isFlowKey(k)}); err != nil {
 		if errors.Is(err, l4.ErrRuleLimit) {
 			s.refuse(RefusedRules)
 			log.Warn().Err(err).Msg("AddMatch: rule limit of the user or of usnetd reached")

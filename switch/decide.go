@@ -123,11 +123,6 @@ func (s *Switch) Decide(in Owner, f *Frame, h uint64) Verdict {
 		if r := s.learn(in, f, ep, local); r != DropNone {
 			return drop(r)
 		}
-		if in.Kind == PortEndpoint && f.Ports && !f.ICMPError {
-			if w := s.flows.Load(); w != nil {
-				w.note(&f.Src, f.SrcPort, &f.Dst, f.DstPort, f.Proto, f.TCPFlags, true)
-			}
-		}
 		if ep && f.Fragment {
 			// An endpoint's first fragment: its later fragments follow
 			// only as long as this one passed, and only from this port.
@@ -153,11 +148,6 @@ func (s *Switch) Decide(in Owner, f *Frame, h uint64) Verdict {
 	v := s.match(in, f)
 	if f.Fragment {
 		v.Release = s.frags.remember(f, v, in.Port)
-	}
-	if v.Action == ActForward && v.To.Kind == PortEndpoint && f.Ports && !f.ICMPError {
-		if w := s.flows.Load(); w != nil {
-			w.note(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto, f.TCPFlags, false)
-		}
 	}
 	return v
 }
@@ -187,11 +177,16 @@ func (s *Switch) match(in Owner, f *Frame) Verdict {
 			return Verdict{Action: ActForward, To: o}
 		}
 	}
-	o, ok := f.pre.owner, f.pre.ok // looked up with the frame's batch (batch.go)
+	o, ok, watched := f.pre.owner, f.pre.ok, f.pre.watched // looked up with the frame's batch (batch.go)
 	if !f.pre.done {
-		o, ok = s.Table.LookupOwner(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto)
+		var e entry
+		e, _, ok = s.Table.find(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
+		o, watched = e.owner(), e.watched()
 	}
 	if ok && valid(o, in) {
+		if watched && f.Ports {
+			s.noteFlow(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f, false)
+		}
 		return Verdict{Action: ActForward, To: o}
 	}
 	if f.DHCP == DHCPAnswer {
@@ -242,9 +237,12 @@ func (s *Switch) learn(in Owner, f *Frame, ep, local bool) DropReason {
 	if e, ok := s.Table.get(ListenKey(f.Src, f.Proto, f.SrcPort)); ok && e.port() == in.Port && e.kind() == Registered {
 		return DropNone
 	}
-	o, ok := s.Table.LookupOwner(f.Src, f.SrcPort, f.Dst, f.DstPort, f.Proto)
+	e, _, ok := s.Table.find(&f.Src, f.SrcPort, &f.Dst, f.DstPort, f.Proto)
 	if ok {
-		if o.Port == in.Port || o.Kind == PortNIC {
+		if o := e.owner(); o.Port == in.Port || o.Kind == PortNIC {
+			if e.watched() && f.Ports && o.Port == in.Port {
+				s.noteFlow(&f.Src, f.SrcPort, &f.Dst, f.DstPort, f, true)
+			}
 			return DropNone // known already
 		}
 		return DropSpoof

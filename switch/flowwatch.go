@@ -10,8 +10,10 @@ import (
 // that rules an endpoint registered for one connection (a full 5-tuple,
 // as the original's client library registers every outgoing connection
 // and never removes) can end with it. Attach one to a switch with
-// Switch.SetFlowWatch; Decide then notes every frame with ports that an
-// endpoint sends or that is forwarded to one:
+// Switch.SetFlowWatch; Decide then notes every frame of a Watched rule's
+// flow, both ways: one forwarded to the rule's owner, and one the owner
+// sends that the rule would answer. Frames of other rules cost nothing
+// (the bit comes with the lookup Decide does anyway). It keeps:
 //
 //   - activity: the frame's flow (as the endpoint sees it: local address
 //     and port, remote address and port, protocol) hashes to one of 65,536
@@ -89,6 +91,14 @@ func (w *FlowWatch) slot(local *Addr, lport uint16, remote *Addr, rport uint16, 
 	h ^= binary.LittleEndian.Uint32(remote[8:]) ^ (uint32(lport)<<16 | uint32(rport))
 	h = (h ^ uint32(proto) ^ w.seed) * 0xc2b2ae35
 	return (h ^ h>>16) & (1<<16 - 1)
+}
+
+// noteFlow tells the switch's FlowWatch, if any, that a frame f of a
+// Watched rule's flow (as its owner sees it) passed.
+func (s *Switch) noteFlow(local *Addr, lport uint16, remote *Addr, rport uint16, f *Frame, fromEndpoint bool) {
+	if w := s.flows.Load(); w != nil {
+		w.note(local, lport, remote, rport, f.Proto, f.TCPFlags, fromEndpoint)
+	}
 }
 
 // note is Decide's: a frame of the flow (local, lport, remote, rport,
