@@ -230,3 +230,31 @@ func TestRequestLayout(t *testing.T) {
 		t.Errorf("inet_diag_req_v2 = % x", r[16:16+reqV2Len])
 	}
 }
+
+// BenchmarkSocketsOnPort is the dump the control server makes for every
+// AddMatch (one protocol and port, IPv4 and IPv6), against a full dump.
+func BenchmarkSocketsOnPort(b *testing.B) {
+	c, err := Open()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.Run("on-port", func(b *testing.B) {
+		for range b.N {
+			if _, err := c.SocketsOnPort(ProtoTCP, 20001); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("all", func(b *testing.B) {
+		n := 0
+		for range b.N {
+			ss, err := c.Sockets()
+			if err != nil {
+				b.Fatal(err)
+			}
+			n = len(ss)
+		}
+		b.ReportMetric(float64(n), "sockets")
+	})
+}
