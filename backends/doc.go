@@ -1,7 +1,9 @@
 // Package backends holds one subpackage per way to move frames in and out of
-// usnetd: afxdp, afpacket, macvtap (with its tap for the kernel), uds (the
-// endpoint channels) and memory (an in-process port for tests and
-// benchmarks). Each is a switch port.
+// usnetd: afxdp, afpacket, macvtap (with its tap for the kernel, and
+// OpenHostTAP, the kernel's TAP of afxdp's and afpacket's host path), uds and
+// shm (the endpoint channels: Unix datagram sockets, shared-memory rings)
+// and memory (an in-process port for tests and benchmarks). Each is a
+// switch port.
 //
 // A backend moves frames and owns its device; it never decides where a frame
 // goes. That is the l4 package's job.

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/backends/shm/ring"
 	"github.com/usnetd/usnetd/control/wire"
 )
 
@@ -116,6 +117,29 @@ func runHelper(mode, server string) int {
 		}
 		fmt.Println(helperHello)
 		io.Copy(io.Discard, os.Stdin) // the test closes stdin to let us exit
+	case "shm":
+		// A shared-memory channel, mapped and in use, until killed.
+		msg := fmt.Sprintf(`{"RequestSHM":["eth0",%d]}`, pid)
+		if err := unix.Sendto(h.fd, []byte(msg), 0, &unix.SockaddrUnix{Name: h.server}); err != nil {
+			fmt.Println("error=" + err.Error())
+			return 1
+		}
+		buf, oob := make([]byte, 64), make([]byte, unix.CmsgSpace(8))
+		n, oobn, _, _, err := unix.Recvmsg(h.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err != nil {
+			fmt.Println("error=" + err.Error())
+			return 1
+		}
+		fmt.Println("shm=" + string(buf[:n]))
+		if cms, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(cms) > 0 {
+			if fds, err := unix.ParseUnixRights(&cms[0]); err == nil && len(fds) == 2 {
+				if _, err := ring.OpenEndpoint(fds[0], fds[1]); err != nil {
+					fmt.Println("error=" + err.Error())
+				}
+			}
+		}
+		fmt.Println(helperHello)
+		io.Copy(io.Discard, os.Stdin)
 	default:
 		fmt.Println("error=unknown mode " + mode)
 		return 1

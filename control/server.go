@@ -4,9 +4,11 @@ package control
 //
 // Endpoints and channels. An endpoint is a client: its socket address and
 // its process (the PID the kernel's credentials name, verified against the
-// Request*). Its first RequestUDS makes it; each RequestUDS gives it one
-// packet channel (a backends/uds port attached to the NIC's pipeline), up
-// to MaxChannelsPerClient, all on the NIC of the first. As in the original,
+// Request*). Its first RequestUDS or RequestSHM makes it; each gives it one
+// packet channel (a backends/uds port, or for RequestSHM a backends/shm
+// port, attached to the NIC's pipeline), up to MaxChannelsPerClient, all on
+// the NIC of the first. Both requests go through the same checks and limits
+// (requestChannel); a channel is a channel, whatever its kind. As in the original,
 // where each channel was an endpoint of its own and AddMatch, RemoveMatch
 // and DeleteClient acted on the oldest channel with the client's address:
 //   - AddMatch needs a channel (the original sent no answer without one; we
@@ -51,6 +53,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/backends/shm"
 	"github.com/usnetd/usnetd/backends/uds"
 	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/internal/sockdiag"
@@ -125,6 +128,12 @@ type ServerConfig struct {
 	// Channel configures the channels' ports (buffer size, poll and probe
 	// intervals); Name and OnPeerClosed are the server's.
 	Channel uds.Options
+	// SHM configures the shared-memory channels (RequestSHM); Name,
+	// FrameCap, MTU and OnPeerClosed are the server's.
+	SHM shm.Options
+	// NoSHM switches RequestSHM off: it is answered "ER" like an unknown
+	// request, as by a usnetd without it (clients fall back to RequestUDS).
+	NoSHM bool
 	// CheckInterval is how often the server looks for endpoints whose
 	// process exited or whose channel closed, and for flow rules that
 	// ended; default 200 ms.
@@ -239,8 +248,24 @@ type ifaceState struct {
 	// goneTooBig counts the oversized frames of the channels that went
 	// (ChannelDrops adds the live ones'), under the server's lock.
 	goneTooBig uint64
+	goneSHM    shm.Stats             // the same for the shared-memory channels' counters
 	watch      *l4.FlowWatch         // the switch's, for flows
 	flows      map[l4.Key]*flowState // the endpoints' 5-tuple rules (flows.go)
+}
+
+// gone keeps the counters of a channel that went.
+func (ifc *ifaceState) gone(ch *channel) {
+	ifc.goneTooBig += ch.rxTooBig()
+	st := ch.shmStats()
+	g := &ifc.goneSHM
+	g.RxFrames += st.RxFrames
+	g.RxBadIndex += st.RxBadIndex
+	g.RxBadLen += st.RxBadLen
+	g.TxFrames += st.TxFrames
+	g.TxRingFull += st.TxRingFull
+	g.TxTooBig += st.TxTooBig
+	g.TxBadIndex += st.TxBadIndex
+	g.Wakeups += st.Wakeups
 }
 
 // uidState is what one user's endpoints hold.
@@ -299,8 +324,36 @@ type endpoint struct {
 }
 
 type channel struct {
-	port  *uds.Port
+	port  l4.Port // *uds.Port or *shm.Port
+	kind  string  // "uds" or "shm"
 	owner l4.Owner
+}
+
+// peerClosed is closed once the channel's port noticed its peer gone.
+func (ch *channel) peerClosed() <-chan struct{} {
+	switch p := ch.port.(type) {
+	case *uds.Port:
+		return p.PeerClosed()
+	case *shm.Port:
+		return p.PeerClosed()
+	}
+	return nil
+}
+
+// rxTooBig is the uds channel's count of oversized datagrams.
+func (ch *channel) rxTooBig() uint64 {
+	if p, ok := ch.port.(*uds.Port); ok {
+		return p.Stats().RxTooBig
+	}
+	return 0
+}
+
+// shmStats are the shared-memory channel's counters (zero for uds).
+func (ch *channel) shmStats() shm.Stats {
+	if p, ok := ch.port.(*shm.Port); ok {
+		return p.Stats()
+	}
+	return shm.Stats{}
 }
 
 // NewServer binds the control socket (see listenControl for what happens
@@ -464,6 +517,7 @@ func (s *Server) readLoop() {
 type answer struct {
 	data []byte
 	file *os.File
+	more *os.File // a second descriptor (RequestSHM)
 	undo func()
 }
 
@@ -509,7 +563,9 @@ func (s *Server) handle(r *received, buf []byte) {
 		return
 	}
 	var oob []byte
-	if a.file != nil {
+	if a.file != nil && a.more != nil {
+		oob = unix.UnixRights(int(a.file.Fd()), int(a.more.Fd()))
+	} else if a.file != nil {
 		oob = unix.UnixRights(int(a.file.Fd()))
 	}
 	var serr error
@@ -519,6 +575,9 @@ func (s *Server) handle(r *received, buf []byte) {
 	})
 	if a.file != nil {
 		a.file.Close()
+	}
+	if a.more != nil {
+		a.more.Close()
 	}
 	if err == nil {
 		err = serr
@@ -573,7 +632,13 @@ func (s *Server) process(m message, log zerolog.Logger) answer {
 	key := epKey{addr: m.from, pid: m.cred.Pid}
 	switch v := req.(type) {
 	case wire.RequestUDS:
-		return s.requestUDS(m, key, v, log)
+		return s.requestChannel(m, key, v.Interface, v.PID, "uds", log)
+	case wire.RequestSHM:
+		if s.cfg.NoSHM {
+			log.Warn().Msg("RequestSHM: shared-memory channels are off")
+			return answerER
+		}
+		return s.requestChannel(m, key, v.Interface, v.PID, "shm", log)
 	case wire.RequestNetmapPipe:
 		log.Info().Str("interface", v.Interface).Msg("RequestNetmapPipe: no netmap here; answering ER")
 		return answerER
@@ -619,29 +684,35 @@ func (s *Server) allowed(c unix.Ucred) bool {
 	return err == nil && slices.Contains(st.Groups, s.cfg.AllowGID) && st.Tgid == c.Pid
 }
 
-func (s *Server) requestUDS(m message, key epKey, v wire.RequestUDS, log zerolog.Logger) answer {
-	log = log.With().Str("interface", v.Interface).Int32("claimed_pid", v.PID).Logger()
-	ifc := s.ifaces[v.Interface]
+// requestChannel carries out RequestUDS (kind "uds") and RequestSHM
+// (kind "shm"): the same checks and limits, a channel of the kind.
+func (s *Server) requestChannel(m message, key epKey, iface string, pid int32, kind string, log zerolog.Logger) answer {
+	req := "RequestUDS"
+	if kind == "shm" {
+		req = "RequestSHM"
+	}
+	log = log.With().Str("request", req).Str("interface", iface).Int32("claimed_pid", pid).Logger()
+	ifc := s.ifaces[iface]
 	if ifc == nil {
-		log.Info().Msg("RequestUDS for an interface usnetd does not claim")
+		log.Info().Msg(req + " for an interface usnetd does not claim")
 		return answerER
 	}
 	// The PID in the message must be the sender's process or one of its
 	// threads.
-	st, err := readProcStatus(s.cfg.procDir, v.PID)
+	st, err := readProcStatus(s.cfg.procDir, pid)
 	if err != nil || st.Tgid != m.cred.Pid {
-		log.Warn().Err(err).Int32("tgid", st.Tgid).Msg("RequestUDS: the PID is not a thread of the sending process")
+		log.Warn().Err(err).Int32("tgid", st.Tgid).Msg(req + ": the PID is not a thread of the sending process")
 		return answerER
 	}
 	ep := s.endpoints[key]
 	if ep != nil {
 		if ep.ifc != ifc {
-			log.Warn().Str("endpoint_interface", ep.ifc.Name).Msg("RequestUDS for a second interface: use another client socket")
+			log.Warn().Str("endpoint_interface", ep.ifc.Name).Msg(req + " for a second interface: use another client socket")
 			return answerER
 		}
 		if len(ep.channels) >= s.cfg.MaxChannelsPerClient {
 			s.refuse(RefusedChannelsPerClient)
-			log.Warn().Int("limit", s.cfg.MaxChannelsPerClient).Msg("RequestUDS: channel limit of the client reached")
+			log.Warn().Int("limit", s.cfg.MaxChannelsPerClient).Msg(req + ": channel limit of the client reached")
 			return answerER
 		}
 	}
@@ -652,23 +723,23 @@ func (s *Server) requestUDS(m message, key epKey, v wire.RequestUDS, log zerolog
 	if ep == nil {
 		if len(s.endpoints) >= s.cfg.MaxClients {
 			s.refuse(RefusedClients)
-			log.Warn().Int("limit", s.cfg.MaxClients).Msg("RequestUDS: client limit reached")
+			log.Warn().Int("limit", s.cfg.MaxClients).Msg(req + ": client limit reached")
 			return answerER
 		}
 		if u != nil && u.clients >= s.cfg.MaxClientsPerUID {
 			s.refuse(RefusedClientsPerUID)
-			log.Warn().Int("limit", s.cfg.MaxClientsPerUID).Msg("RequestUDS: client limit of the user reached")
+			log.Warn().Int("limit", s.cfg.MaxClientsPerUID).Msg(req + ": client limit of the user reached")
 			return answerER
 		}
 	}
 	if s.channels >= s.cfg.MaxChannels {
 		s.refuse(RefusedChannels)
-		log.Warn().Int("limit", s.cfg.MaxChannels).Msg("RequestUDS: channel limit of usnetd reached")
+		log.Warn().Int("limit", s.cfg.MaxChannels).Msg(req + ": channel limit of usnetd reached")
 		return answerER
 	}
 	if u != nil && u.channels >= s.cfg.MaxChannelsPerUID {
 		s.refuse(RefusedChannelsPerUID)
-		log.Warn().Int("limit", s.cfg.MaxChannelsPerUID).Msg("RequestUDS: channel limit of the user reached")
+		log.Warn().Int("limit", s.cfg.MaxChannelsPerUID).Msg(req + ": channel limit of the user reached")
 		return answerER
 	}
 	if ep == nil {
@@ -676,13 +747,13 @@ func (s *Server) requestUDS(m message, key epKey, v wire.RequestUDS, log zerolog
 		if pidfd >= 0 {
 			*m.pidfd = -1 // ours now
 		} else if pidfd, err = unix.PidfdOpen(int(m.cred.Pid), 0); err != nil {
-			log.Warn().Err(err).Msg("RequestUDS: pidfd_open")
+			log.Warn().Err(err).Msg(req + ": pidfd_open")
 			return answerER
 		}
 		unix.CloseOnExec(pidfd)
 		if !pidfdAlive(pidfd) {
 			unix.Close(pidfd)
-			log.Info().Msg("RequestUDS from a process that exited")
+			log.Info().Msg(req + " from a process that exited")
 			return answerER
 		}
 		s.nextID++
@@ -701,20 +772,43 @@ func (s *Server) requestUDS(m message, key epKey, v wire.RequestUDS, log zerolog
 		ep.log = s.log.With().Uint64("endpoint", ep.id).Str("client", key.addr.String()).Int32("pid", key.pid).Logger()
 		s.endpoints[key] = ep
 	}
-	opt := s.cfg.Channel
-	opt.Name = "endpoint " + strconv.FormatUint(ep.id, 10) + " (pid " + strconv.Itoa(int(key.pid)) + ")"
-	opt.OnPeerClosed = s.wake
-	port, peer, err := uds.NewPair(opt)
+	name := "endpoint " + strconv.FormatUint(ep.id, 10) + " (pid " + strconv.Itoa(int(key.pid)) + ")"
+	var port l4.Port
+	var peer, more *os.File
+	if kind == "shm" {
+		opt := s.cfg.SHM
+		opt.Name, opt.OnPeerClosed = name, s.wake
+		opt.FrameCap = ifc.Pipeline.Pool().Stats().BufSize
+		if ifc.MTU != nil {
+			opt.MTU = ifc.MTU()
+		}
+		var p *shm.Port
+		var h shm.Handoff
+		p, h, err = shm.New(opt)
+		port, peer, more = p, h.Mem, h.Wake
+	} else {
+		opt := s.cfg.Channel
+		opt.Name, opt.OnPeerClosed = name, s.wake
+		var p *uds.Port
+		p, peer, err = uds.NewPair(opt)
+		port = p
+	}
 	if err != nil {
-		log.Error().Err(err).Msg("RequestUDS: making the channel")
+		log.Error().Err(err).Msg(req + ": making the channel")
 		s.dropIfEmpty(ep)
 		return answerER
+	}
+	closePeer := func() {
+		peer.Close()
+		if more != nil {
+			more.Close()
+		}
 	}
 	owner, err := ifc.Pipeline.AddPortQuota(port, ep.quota)
 	if err != nil {
 		port.Close()
-		peer.Close()
-		log.Error().Err(err).Msg("RequestUDS: attaching the channel")
+		closePeer()
+		log.Error().Err(err).Msg(req + ": attaching the channel")
 		s.dropIfEmpty(ep)
 		return answerER
 	}
@@ -727,17 +821,17 @@ func (s *Server) requestUDS(m message, key epKey, v wire.RequestUDS, log zerolog
 	}
 	if err := ifc.Pipeline.SetPortPolicy(owner.Port, pol); err != nil {
 		_ = ifc.Pipeline.RemovePort(owner.Port)
-		peer.Close()
-		log.Error().Err(err).Msg("RequestUDS: setting the channel's policy")
+		closePeer()
+		log.Error().Err(err).Msg(req + ": setting the channel's policy")
 		s.dropIfEmpty(ep)
 		return answerER
 	}
-	ch := &channel{port: port, owner: owner}
+	ch := &channel{port: port, kind: kind, owner: owner}
 	ep.channels = append(ep.channels, ch)
 	s.channels++
 	u.channels++
-	ep.log.Info().Str("interface", ifc.Name).Uint32("port", uint32(owner.Port)).Int("channels", len(ep.channels)).Msg("channel attached")
-	return answer{data: []byte(wire.RawFD), file: peer, undo: func() { s.removeChannel(ep, ch, "the answer could not be sent") }}
+	ep.log.Info().Str("interface", ifc.Name).Str("kind", kind).Uint32("port", uint32(owner.Port)).Int("channels", len(ep.channels)).Msg("channel attached")
+	return answer{data: []byte(wire.RawFD), file: peer, more: more, undo: func() { s.removeChannel(ep, ch, "the answer could not be sent") }}
 }
 
 // mayUse reports whether endpoints on the interface may use local address
@@ -902,7 +996,7 @@ func (s *Server) removeChannel(ep *endpoint, ch *channel, why string) {
 		ep.log.Error().Err(err).Msg("detaching a channel")
 	}
 	ch.port.Close()
-	ep.ifc.goneTooBig += ch.port.Stats().RxTooBig
+	ep.ifc.gone(ch)
 	ep.channels = slices.Delete(ep.channels, i, i+1)
 	s.channelGone(ep)
 	if i == 0 && len(ep.rules) > 0 {
@@ -941,7 +1035,7 @@ func (s *Server) removeEndpoint(ep *endpoint, why string) {
 			ep.log.Error().Err(err).Msg("detaching a channel")
 		}
 		ch.port.Close()
-		ep.ifc.goneTooBig += ch.port.Stats().RxTooBig
+		ep.ifc.gone(ch)
 		s.channelGone(ep)
 	}
 	ep.forgetInFirewall(ep.rules...)
@@ -1030,7 +1124,7 @@ func (s *Server) reap() {
 		}
 		for _, ch := range slices.Clone(ep.channels) {
 			select {
-			case <-ch.port.PeerClosed():
+			case <-ch.peerClosed():
 				s.removeChannel(ep, ch, "the client closed the channel")
 			default:
 			}
@@ -1207,6 +1301,9 @@ func (s *Server) status() wire.Status {
 			}
 			es := wire.EndpointStatus{ID: ep.id, PID: ep.key.pid, UID: ep.uid, Address: ep.key.addr.String(),
 				Interface: ifc.Name, Channels: len(ep.channels)}
+			for _, c := range ep.channels {
+				es.ChannelKinds = append(es.ChannelKinds, c.kind)
+			}
 			for _, k := range ep.rules {
 				es.Rules = append(es.Rules, keyToMatch(k))
 			}
@@ -1291,8 +1388,42 @@ func (s *Server) ChannelDrops(ifname string) map[string]uint64 {
 			continue
 		}
 		for _, ch := range ep.channels {
-			n += ch.port.Stats().RxTooBig
+			n += ch.rxTooBig()
 		}
 	}
 	return map[string]uint64{"rx_too_big": n}
+}
+
+// SHMChannels returns the counters of the shared-memory channels on the
+// interface ifname, as running totals over every such channel it had:
+// "ring_full" (frames for an endpoint whose ring was full), "too_big"
+// (frames longer than a slot), "bad_index" (ring indices of an endpoint
+// that were out of range), "bad_length" (frames of an endpoint with a
+// length out of range) and "wakeups" (wake-ups sent to endpoints).
+func (s *Server) SHMChannels(ifname string) map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ifc := s.ifaces[ifname]
+	if ifc == nil {
+		return nil
+	}
+	t := ifc.goneSHM
+	for _, ep := range s.endpoints {
+		if ep.ifc != ifc {
+			continue
+		}
+		for _, ch := range ep.channels {
+			st := ch.shmStats()
+			t.TxRingFull += st.TxRingFull
+			t.TxTooBig += st.TxTooBig
+			t.RxBadIndex += st.RxBadIndex
+			t.TxBadIndex += st.TxBadIndex
+			t.RxBadLen += st.RxBadLen
+			t.Wakeups += st.Wakeups
+		}
+	}
+	return map[string]uint64{
+		"ring_full": t.TxRingFull, "too_big": t.TxTooBig, "bad_index": t.RxBadIndex + t.TxBadIndex,
+		"bad_length": t.RxBadLen, "wakeups": t.Wakeups,
+	}
 }

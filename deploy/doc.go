@@ -7,6 +7,7 @@
 //	prometheus.yml, usnetd-rules.yml  scrape configuration and alerts (usnetd-rules.test.yml: their unit tests)
 //	grafana-dashboard.json            Grafana dashboard of the metrics in package metrics
 //	capabilities.md                   why the unit grants each capability
+//	usnet-hello.service               example unit of a usnet program (cmd/usnet-hello) next to usnetd
 //	(README.md, "Operating usnetd": install, configure, run, observe and tune usnetd)
 //
 // The tests run the real checkers where they exist (systemd-analyze
@@ -21,6 +22,8 @@
 // bound at /sys/fs/bpf (the unit cannot mount one), usnetd installed by
 // `task install` (go-task), and the test binary itself as the clients. It
 // checks READY=1, CPUAffinity=, clients in /tmp and /run/user/UID, the
+// example usnet program under usnet-hello.service (it serves a peer as a
+// dynamic user in ALLOW_GID and lives through usnetd's restart), the
 // watchdog with the kernel filtered throughout, and a clean stop; it is
 // bounded by a context and removes the container, the mount and the lab
 // also when it fails.

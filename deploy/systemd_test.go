@@ -367,6 +367,9 @@ func isTimeout(err error) bool {
 //     by systemd, and all the while the kernel stays filtered: a kernel
 //     port that is not opened never answers a peer, the DEBUG_PORTS port
 //     answers before and after;
+//   - the example usnet program (deploy/usnet-hello.service, as a dynamic
+//     user in ALLOW_GID) serves the peer, lives through usnetd's restart
+//     by attaching again, and stops cleanly;
 //   - `systemctl stop` leaves nothing: no pins under /sys/fs/bpf/usnetd, no
 //     socket file, no XDP program on the NIC.
 //
@@ -481,6 +484,9 @@ func TestSystemdUnit(t *testing.T) {
 		}
 	}
 
+	// The example usnet program and its unit (hello_test.go).
+	installHello(ctx, t, root, "/opt/usnetd", ifname, clientUID)
+
 	bpffs := t.TempDir()
 	c := bootContainer(ctx, t, root, host.Path(), bpffs)
 	pins := filepath.Join(fmt.Sprintf("/proc/%d/root", c.nspawn), bpffs, "usnetd") // the container's /sys/fs/bpf/usnetd
@@ -585,6 +591,11 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	mainPID = c.show(ctx, "MainPID")
 
+	// The example usnet program under its unit serves the peer on the
+	// shared address; it lives through the restart of usnetd below.
+	helloAddr := h + ":" + helloPort
+	checkHello(ctx, t, c, peer, helloAddr)
+
 	// The watchdog: SIGSTOP, and the kernel stays filtered until a new
 	// usnetd is up.
 	c.must(ctx, "kill", "-STOP", mainPID)
@@ -617,6 +628,17 @@ func TestSystemdUnit(t *testing.T) {
 	if err := probe(peer, closed, 700*time.Millisecond); !isTimeout(err) {
 		fail("the port that is not opened, after the restart: %v, want no answer", err)
 	}
+	// The example attached again to the new usnetd (Wants=, not Requires=:
+	// its unit was not restarted).
+	if body, err := helloGet(peer, helloAddr, 30*time.Second); err != nil {
+		t.Errorf("usnet-hello after the restart of usnetd: %v", err)
+	} else {
+		t.Logf("usnet-hello after the restart of usnetd: %q", strings.TrimSpace(body))
+	}
+	if n := c.must(ctx, "systemctl", "show", "-p", "NRestarts", "--value", helloUnit); n != "0" {
+		t.Errorf("%s restarted %s times; its stack should have attached again instead", helloUnit, n)
+	}
+	stopHello(ctx, t, c, peer, helloAddr)
 
 	// systemctl stop leaves nothing.
 	if out, err := c.run(ctx, "systemctl", "stop", "usnetd.service"); err != nil {

@@ -80,3 +80,45 @@ func loadBefore(b *testing.B) *ebpf.Collection {
 	b.Cleanup(coll.Close)
 	return coll
 }
+
+// BenchmarkEgressHostPath times the egress program per frame of the
+// kernel's (a TCP segment of a learned flow, to the wire) without a host
+// path, with one and no ADD_MACS, and with ADD_MACS (the endpoint_macs
+// lookup that every outgoing frame then pays), in the same run.
+func BenchmarkEgressHostPath(b *testing.B) {
+	netlab.Require(b)
+	objs := loadObjects(b, false)
+	h4, p4 := addr(host4), addr(peer4)
+	if err := objs.KernelLearned.Put(keyOf(l4.FlowKey(h4, 40000, p4, 80, l4.ProtoTCP)), valueOf(false, true, monotonicNow())); err != nil {
+		b.Fatal(err)
+	}
+	frame := tcpFrame(b, host4, 40000, peer4, 80, frameOpts{tcpFlags: "A"})
+	for _, v := range []struct {
+		name string
+		macs uint32
+	}{{"no_host_path", 0}, {"host_path", 0}, {"host_path_add_macs", 1}} {
+		name := v.name
+		if name != "no_host_path" {
+			if err := objs.HostPort.Put(uint32(0), &bpfHostPort{TapIfindex: 1, NicIfindex: 1, Macs: v.macs}); err != nil {
+				b.Fatal(err)
+			}
+			if err := objs.EndpointMacs.Put(&bpfMacKey{Mac: [6]byte{2, 0, 0x5e, 0, 0, 1}}, uint32(0)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(name, func(b *testing.B) {
+			ret, d, err := objs.UsnetdLearn.Benchmark(frame, b.N, b.ResetTimer)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if int32(ret) != -1 { // TCX_NEXT: to the wire
+				b.Fatalf("egress verdict %d, want TCX_NEXT", int32(ret))
+			}
+			ns := float64(d.Nanoseconds())
+			b.ReportMetric(ns, "ns/frame")
+			if ns > 0 {
+				b.ReportMetric(1e3/ns, "Mpps")
+			}
+		})
+	}
+}

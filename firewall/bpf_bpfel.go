@@ -61,7 +61,11 @@ const (
 	bpfFwCounterCNT_LEARN_FAILED        bpfFwCounter = 18
 	bpfFwCounterCNT_TC_DROPPED          bpfFwCounter = 19
 	bpfFwCounterCNT_EGRESS_ENDPOINT     bpfFwCounter = 20
-	bpfFwCounterCNT_MAX                 bpfFwCounter = 21
+	bpfFwCounterCNT_HOST_IN             bpfFwCounter = 21
+	bpfFwCounterCNT_HOST_IN_DROPPED     bpfFwCounter = 22
+	bpfFwCounterCNT_HOST_OUT            bpfFwCounter = 23
+	bpfFwCounterCNT_HOST_CLONE          bpfFwCounter = 24
+	bpfFwCounterCNT_MAX                 bpfFwCounter = 25
 )
 
 type bpfFwKey struct {
@@ -82,6 +86,20 @@ type bpfFwValue struct {
 	Pad        uint32
 }
 
+type bpfHostPort struct {
+	_          structs.HostLayout
+	TapIfindex uint32
+	NicIfindex uint32
+	Macs       uint32
+	Pad        uint32
+}
+
+type bpfMacKey struct {
+	_   structs.HostLayout
+	Mac [6]uint8
+	Pad [2]uint8
+}
+
 type bpfNicMac struct {
 	_   structs.HostLayout
 	Mac [6]uint8
@@ -93,19 +111,22 @@ type bpfNicMac struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapCounters         = "counters"
-	bpfMapEndpointPorts    = "endpoint_ports"
-	bpfMapEndpointRules    = "endpoint_rules"
-	bpfMapFragVerdicts     = "frag_verdicts"
-	bpfMapKernelLearned    = "kernel_learned"
-	bpfMapKernelRules      = "kernel_rules"
-	bpfMapNicMac           = "nic_mac"
-	bpfMapXsks             = "xsks"
-	bpfProgUsnetdLearn     = "usnetd_learn"
-	bpfProgUsnetdTcIngress = "usnetd_tc_ingress"
-	bpfProgUsnetdXdp       = "usnetd_xdp"
-	bpfVarCfgNoHostRings   = "cfg_no_host_rings"
-	bpfVarFwCounterMax     = "fw_counter_max"
+	bpfMapCounters           = "counters"
+	bpfMapEndpointMacs       = "endpoint_macs"
+	bpfMapEndpointPorts      = "endpoint_ports"
+	bpfMapEndpointRules      = "endpoint_rules"
+	bpfMapFragVerdicts       = "frag_verdicts"
+	bpfMapHostPort           = "host_port"
+	bpfMapKernelLearned      = "kernel_learned"
+	bpfMapKernelRules        = "kernel_rules"
+	bpfMapNicMac             = "nic_mac"
+	bpfMapXsks               = "xsks"
+	bpfProgUsnetdHostIngress = "usnetd_host_ingress"
+	bpfProgUsnetdLearn       = "usnetd_learn"
+	bpfProgUsnetdTcIngress   = "usnetd_tc_ingress"
+	bpfProgUsnetdXdp         = "usnetd_xdp"
+	bpfVarCfgNoHostRings     = "cfg_no_host_rings"
+	bpfVarFwCounterMax       = "fw_counter_max"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -150,9 +171,10 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	UsnetdLearn     *ebpf.ProgramSpec `ebpf:"usnetd_learn"`
-	UsnetdTcIngress *ebpf.ProgramSpec `ebpf:"usnetd_tc_ingress"`
-	UsnetdXdp       *ebpf.ProgramSpec `ebpf:"usnetd_xdp"`
+	UsnetdHostIngress *ebpf.ProgramSpec `ebpf:"usnetd_host_ingress"`
+	UsnetdLearn       *ebpf.ProgramSpec `ebpf:"usnetd_learn"`
+	UsnetdTcIngress   *ebpf.ProgramSpec `ebpf:"usnetd_tc_ingress"`
+	UsnetdXdp         *ebpf.ProgramSpec `ebpf:"usnetd_xdp"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -160,9 +182,11 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	EndpointMacs  *ebpf.MapSpec `ebpf:"endpoint_macs"`
 	EndpointPorts *ebpf.MapSpec `ebpf:"endpoint_ports"`
 	EndpointRules *ebpf.MapSpec `ebpf:"endpoint_rules"`
 	FragVerdicts  *ebpf.MapSpec `ebpf:"frag_verdicts"`
+	HostPort      *ebpf.MapSpec `ebpf:"host_port"`
 	KernelLearned *ebpf.MapSpec `ebpf:"kernel_learned"`
 	KernelRules   *ebpf.MapSpec `ebpf:"kernel_rules"`
 	NicMac        *ebpf.MapSpec `ebpf:"nic_mac"`
@@ -198,9 +222,11 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Counters      *ebpf.Map `ebpf:"counters"`
+	EndpointMacs  *ebpf.Map `ebpf:"endpoint_macs"`
 	EndpointPorts *ebpf.Map `ebpf:"endpoint_ports"`
 	EndpointRules *ebpf.Map `ebpf:"endpoint_rules"`
 	FragVerdicts  *ebpf.Map `ebpf:"frag_verdicts"`
+	HostPort      *ebpf.Map `ebpf:"host_port"`
 	KernelLearned *ebpf.Map `ebpf:"kernel_learned"`
 	KernelRules   *ebpf.Map `ebpf:"kernel_rules"`
 	NicMac        *ebpf.Map `ebpf:"nic_mac"`
@@ -210,9 +236,11 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Counters,
+		m.EndpointMacs,
 		m.EndpointPorts,
 		m.EndpointRules,
 		m.FragVerdicts,
+		m.HostPort,
 		m.KernelLearned,
 		m.KernelRules,
 		m.NicMac,
@@ -232,13 +260,15 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	UsnetdLearn     *ebpf.Program `ebpf:"usnetd_learn"`
-	UsnetdTcIngress *ebpf.Program `ebpf:"usnetd_tc_ingress"`
-	UsnetdXdp       *ebpf.Program `ebpf:"usnetd_xdp"`
+	UsnetdHostIngress *ebpf.Program `ebpf:"usnetd_host_ingress"`
+	UsnetdLearn       *ebpf.Program `ebpf:"usnetd_learn"`
+	UsnetdTcIngress   *ebpf.Program `ebpf:"usnetd_tc_ingress"`
+	UsnetdXdp         *ebpf.Program `ebpf:"usnetd_xdp"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.UsnetdHostIngress,
 		p.UsnetdLearn,
 		p.UsnetdTcIngress,
 		p.UsnetdXdp,

@@ -12,7 +12,11 @@ package firewall
 // flow (a local port an endpoint registered), which the egress program
 // dropped instead. pass_fragment_early counts later fragments that came
 // before their first fragment, for a (destination, protocol) on which no
-// endpoint has a rule.
+// endpoint has a rule. host_* count the host path (AttachHostPort):
+// frames from usnetd's TAP put into the kernel (host_in) or refused by the
+// classifier (host_in_dropped), the kernel's frames to an endpoint's MAC
+// sent to the TAP (host_out) and its ARP, NDP and EAPOL cloned to it
+// (host_clone).
 var counterNames = [...]string{
 	bpfFwCounterCNT_PASS_KERNEL:         "pass_kernel",
 	bpfFwCounterCNT_TO_XSK:              "to_xsk",
@@ -35,6 +39,10 @@ var counterNames = [...]string{
 	bpfFwCounterCNT_LEARN_FAILED:        "learn_failed",
 	bpfFwCounterCNT_TC_DROPPED:          "tc_dropped",
 	bpfFwCounterCNT_EGRESS_ENDPOINT:     "egress_endpoint_dropped",
+	bpfFwCounterCNT_HOST_IN:             "host_in",
+	bpfFwCounterCNT_HOST_IN_DROPPED:     "host_in_dropped",
+	bpfFwCounterCNT_HOST_OUT:            "host_out",
+	bpfFwCounterCNT_HOST_CLONE:          "host_clone",
 }
 
 // CounterNames returns the names of the counters that Counters reports, in

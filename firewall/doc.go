@@ -81,8 +81,8 @@
 //
 // Packet taps run before tc ingress, so without help the AF_PACKET
 // backend would copy every frame of the kernel's own connections into
-// its rings, and the switch would drop each one (port_gone: there is no
-// kernel port with that backend). Firewall.SocketFilter loads
+// its rings, and the switch would send each one to the kernel a second
+// time, through the host path. Firewall.SocketFilter loads
 // bpf/sockfilter.c, a BPF_PROG_TYPE_SOCKET_FILTER program over this
 // firewall's kernel_rules and kernel_learned maps (so it follows every
 // change at once), for SO_ATTACH_BPF on the backend's sockets. It keeps
@@ -93,7 +93,23 @@
 // switch also gives to endpoints, fragments, IPv6 with extension headers,
 // anything it cannot read. Headers are copied with
 // bpf_skb_load_bytes_relative (a socket filter has no direct packet
-// access). Its counters say how many frames it kept out and let through.
+// access). Frames that the host path put into the NIC's ingress (marked
+// HostMark) are kept out too: the switch has switched them already. Its
+// counters say how many frames it kept out and let through.
+//
+// # The host path
+//
+// AttachHostPort makes a TAP that usnetd owns the kernel's switch port
+// beside the NIC (AF_XDP and AF_PACKET backends): a TCX ingress program
+// on the TAP (usnetd_host_ingress) judges what usnetd writes there with
+// the same classifier and redirects the kernel's frames into the NIC's
+// ingress (bpf_redirect with BPF_F_INGRESS, skb->mark = HostMark), as if
+// the NIC had received them, so the kernel's firewall holds for them; the
+// rest is dropped. The egress program, after its own checks, redirects the
+// kernel's frames to a MAC in endpoint_macs (ADD_MACS) to the TAP and
+// clones its ARP, NDP and EAPOL frames to group addresses there
+// (bpf_clone_redirect). Counters: host_in, host_in_dropped, host_out,
+// host_clone.
 //
 // # The kernel-allow maps
 //

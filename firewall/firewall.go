@@ -171,6 +171,7 @@ type Firewall struct {
 	objs    bpfObjects
 	in      link.Link // the ingress hook's: XDP, or TCX ingress
 	tcx     link.Link // the egress program's (also with NoHostRings: it keeps the kernel off the endpoints' flows)
+	host    link.Link // the host path's TCX ingress on usnetd's TAP (AttachHostPort); not pinned
 	lock    *os.File  // flock on dir: one live Firewall per directory
 }
 
@@ -658,6 +659,9 @@ func (fw *Firewall) Close() error {
 	}
 	fw.closed = true
 	var errs []error
+	if err := fw.detachHost(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, l := range []link.Link{fw.tcx, fw.in} {
 		if l == nil {
 			continue
@@ -716,6 +720,11 @@ func (fw *Firewall) Release() error {
 	}
 	fw.closed = true
 	var errs []error
+	// The host path goes: its TAP dies with usnetd, and the kernel's
+	// frames to the endpoints' MACs go to the wire again.
+	if err := fw.detachHost(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, l := range []link.Link{fw.tcx, fw.in} {
 		if l != nil {
 			if err := l.Close(); err != nil {

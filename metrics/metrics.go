@@ -33,6 +33,11 @@ type Domain struct {
 	// dropped before the switch saw them, by reason, as running totals
 	// (exported with backend="uds").
 	ChannelDrops func() map[string]uint64
+	// SHMChannels, if set, returns the shared-memory channels' counters
+	// as running totals (control.Server.SHMChannels): "wakeups" is
+	// exported as usnetd_channel_wakeups_total, the rest as drops with
+	// backend="shm".
+	SHMChannels func() map[string]uint64
 }
 
 // Collector reads the counters of every domain when Prometheus scrapes.
@@ -90,10 +95,11 @@ var (
 	descReserveRef   = prometheus.NewDesc("usnetd_buffer_reserve_refused_total", "Times a channel's worker found only the NIC's reserve of buffers left and waited.", []string{"interface"}, nil)
 	descRefused      = prometheus.NewDesc("usnetd_control_refused_total", "Control-socket requests refused, by reason: a limit (clients, channels, rules; per client, per uid or in total), or address (AddMatch for a local address that endpoints may not use).", []string{"reason"}, nil)
 	descLogSupp      = prometheus.NewDesc("usnetd_log_suppressed_total", "Log lines not written because their message class went over its rate limit.", []string{"class"}, nil)
-	descPcapFrames   = prometheus.NewDesc("usnetd_pcap_frames_total", "Switched frames handed to the PCAP_LOG writer.", nil, nil)
-	descPcapDrops    = prometheus.NewDesc("usnetd_pcap_dropped_total", "Switched frames not written to PCAP_LOG because the writer (the disk) fell behind.", nil, nil)
+	descPcapFrames   = prometheus.NewDesc("usnetd_pcap_frames_total", "Frames (switched or dropped, with their verdict) handed to the PCAP_LOG writer.", nil, nil)
+	descPcapDrops    = prometheus.NewDesc("usnetd_pcap_dropped_total", "Frames not written to PCAP_LOG because the writer (the disk) fell behind.", nil, nil)
 	descFirewall     = prometheus.NewDesc("usnetd_firewall_frames_total", "Frames the eBPF firewall judged, by counter (see the README: pass_kernel, to_xsk, egress_endpoint_dropped, ...).", []string{"interface", "counter"}, nil)
 	descBackendDrops = prometheus.NewDesc("usnetd_backend_drops_total", "Frames a NIC backend (or the kernel under it) dropped before the switch saw them or after it sent them, by reason; see the README's table.", []string{"interface", "backend", "reason"}, nil)
+	descWakeups      = prometheus.NewDesc("usnetd_channel_wakeups_total", "Wake-ups usnetd sent to endpoints asleep on a shared-memory channel (need-wakeup set).", []string{"interface", "kind"}, nil)
 	descCollectDur   = prometheus.NewDesc("usnetd_scrape_duration_seconds", "Time the collector took to read the counters.", nil, nil)
 )
 
@@ -102,7 +108,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPortRxPackets, descPortRxBytes, descPortRxErrors, descPortTxPackets,
 		descPortTxBytes, descPortTxErrors, descPortDrops, descPortQueues, descPortQueueRx, descRingPushed, descRingDrops, descRingHigh,
 		descRingLen, descRingCap, descRules, descDrops, descBuffers, descPoolEmpty, descLocalMACs, descFragHeld, descFirewall, descCollectDur, descPcapFrames, descPcapDrops,
-		descFragBytes, descQueued, descReserveRef, descRefused, descLogSupp, descBackendDrops} {
+		descFragBytes, descQueued, descReserveRef, descRefused, descLogSupp, descBackendDrops, descWakeups} {
 		ch <- d
 	}
 }
@@ -165,6 +171,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if dom.ChannelDrops != nil {
 			for r, n := range dom.ChannelDrops() {
 				counter(descBackendDrops, n, ifc, "uds", r)
+			}
+		}
+		if dom.SHMChannels != nil {
+			for r, n := range dom.SHMChannels() {
+				if r == "wakeups" {
+					counter(descWakeups, n, ifc, "shm")
+				} else {
+					counter(descBackendDrops, n, ifc, "shm", r)
+				}
 			}
 		}
 		sw := dom.Pipeline.Switch()

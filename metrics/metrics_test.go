@@ -63,7 +63,8 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 	ep.Inject(0, udpFrame(53))
 	c := NewCollector(func() []Domain {
 		return []Domain{{Interface: "eth0", Pipeline: p, Firewall: fwCounters, Backend: "afpacket",
-			BackendDrops: func() map[string]uint64 { return map[string]uint64{"rx_oversize": 3, "rx_ring_full": 0} }}}
+			BackendDrops: func() map[string]uint64 { return map[string]uint64{"rx_oversize": 3, "rx_ring_full": 0} },
+			SHMChannels:  func() map[string]uint64 { return map[string]uint64{"ring_full": 4, "bad_index": 1, "wakeups": 9} }}}
 	})
 	c.SetRefused(func() map[string]uint64 { return map[string]uint64{"address": 2, "channels_per_uid": 3} })
 	c.SetSuppressed(func() map[string]uint64 { return map[string]uint64{"malformed message": 7} })
@@ -113,6 +114,9 @@ func TestCollectorReadsThePipeline(t *testing.T) {
 		"usnetd_firewall_frames_total,counter=pass_kernel,interface=eth0":                               5,
 		"usnetd_backend_drops_total,backend=afpacket,interface=eth0,reason=rx_oversize":                 3,
 		"usnetd_backend_drops_total,backend=afpacket,interface=eth0,reason=rx_ring_full":                0,
+		"usnetd_backend_drops_total,backend=shm,interface=eth0,reason=ring_full":                        4,
+		"usnetd_backend_drops_total,backend=shm,interface=eth0,reason=bad_index":                        1,
+		"usnetd_channel_wakeups_total,interface=eth0,kind=shm":                                          9,
 		"usnetd_log_suppressed_total,class=malformed message":                                           7,
 		"usnetd_buffers,interface=eth0,state=reserve":                                                   16384 / 4,
 		"usnetd_drops_total,interface=eth0,reason=frag_evicted":                                         0,

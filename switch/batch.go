@@ -5,10 +5,9 @@ package l4
 // following one another (the way DPDK's bulk hash lookups do it).
 //
 //	pass 1: per frame, the key of its first lookup step and the key's hash
-//	        (computed once per frame), a load of its bucket pointer (the
-//	        pointer array stays in L2) and a prefetch of the bucket's first
-//	        127 bytes (its count and first five slots: a table holds 2 to
-//	        4 rules per bucket);
+//	        (computed once per frame) and a prefetch of its bucket, one
+//	        cache line at an address computed from the hash (hashtab4.go:
+//	        no pointer to load first);
 //	pass 2: per frame, the lookup itself, on lines that are arriving or
 //	        there; its result is kept in the Frame for Decide's match step.
 //
@@ -40,14 +39,14 @@ type preLookup struct {
 }
 
 // touchRules is the number of IPv4 rules above which lookupBatch touches
-// the buckets of a batch before it compares: 4,096 rules take about
-// 0.3 MB of buckets and bucket pointers, which a core's L2 cache holds.
+// the buckets of a batch before it compares: 4,096 rules take at most
+// 256 KB of buckets, which a core's L2 cache holds.
 const touchRules = 4096
 
 // How lookupBatch brings a big table's buckets in before it compares.
 const (
 	touchPrefetch = iota // prefetch instructions (touchLoad without them)
-	touchLoad            // loads of each bucket's first and last slot
+	touchLoad            // a load of each bucket
 	touchNone            // nothing: compare at once (for measurements)
 )
 
@@ -96,21 +95,14 @@ func (s *Switch) lookupBatch(in Owner, fs []Frame, reasons []DropReason, sc *bat
 		ks[i] = t.firstKey4(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
 		h := t.hash4(&ks[i])
 		hs[i], use[i] = h, true
-		b := t.v4.find(h)
-		switch {
-		case b == nil:
-			sink++
-		case batchTouch == touchPrefetch && havePrefetch:
-			prefetch(&b.n)
+		if batchTouch == touchPrefetch && havePrefetch {
+			prefetch(t.v4.first(h))
 		}
 	}
 	if batchTouch == touchLoad || batchTouch == touchPrefetch && !havePrefetch {
 		for i := range fs {
 			if use[i] {
-				// The first slot's line, and the last slot's (often the same).
-				if b := t.v4.find(hs[i]); b != nil && b.n > 0 && (b.s[0].k.a == ks[i].a || b.s[b.n-1].k.a == ks[i].a) {
-					sink++
-				}
+				sink += int(t.v4.first(hs[i]).Load() & 1) // the bucket's one line
 			}
 		}
 	}

@@ -15,12 +15,15 @@
 //     A malformed frame yields a DropReason (drop.go), never a panic. The
 //     eBPF classifier (firewall/bpf/classify.h) is this decision's kernel
 //     side; firewall/differential_test.go holds the two to one verdict.
-//   - Table (table.go, hashtab.go, key.go) holds the rules (rule.go): a
-//     hash table per IP family under compact keys (16 bytes for IPv4),
-//     buckets of up to 8 rules that writers copy on write one at a time,
-//     read without locks in at most three lookup steps; it grows
-//     incrementally, so a write costs the same at any size. batch.go looks
-//     up a NIC's receive batch in two passes, the first prefetching every
+//   - Table (table.go, hashtab4.go, hashtab.go, key.go) holds the rules
+//     (rule.go): a hash table per IP family under compact keys (16 bytes
+//     for IPv4), read without locks in at most three lookup steps. IPv4
+//     rules live in a flat, pointer-free array of 64-byte buckets (two
+//     rules each, linear probing with overflow counts) that readers read
+//     under a per-bucket sequence number, so a lookup reads one cache line;
+//     IPv6 rules in buckets of up to 8 rules that writers copy on write.
+//     Both grow without a write paying for the table. batch.go looks up a
+//     NIC's receive batch in two passes, the first prefetching every
 //     frame's bucket (prefetch_amd64.s), so that their cache misses overlap.
 //   - Switch.Decide (decide.go) is the forwarding decision of the original,
 //     with learning, the anti-hijack check, the DHCP relay, local switching
@@ -59,7 +62,8 @@
 //
 // Concurrency contract: Parse and Decide are safe from any number of
 // goroutines. Table readers and the local identity's take no lock and
-// write no shared memory; Table writers serialise per bucket (a striped
-// lock), SetLocal swaps one snapshot. Rings, caches and wakers have one
+// write no shared memory; Table writers serialise on a lock per IP family
+// (IPv4; a write holds it for a few hundred nanoseconds) or per stripe of
+// buckets (IPv6), SetLocal swaps one snapshot. Rings, caches and wakers have one
 // owner per end (see ring.go). Pipeline methods are safe from any goroutine.
 package l4

@@ -6,14 +6,16 @@ import (
 	"sync/atomic"
 )
 
-// htab is the hash table under a Table: one per IP family, keyed by a
-// compact key (key4, key6) that holds a rule's whole Key. It is a table of
+// htab is the hash table of a Table's IPv6 rules, keyed by a compact key
+// (key6) that holds a rule's whole Key. (IPv4 rules, the bulk of the
+// traffic, live in ftab, hashtab4.go, whose buckets hold no pointer;
+// BenchmarkTableLayout compares the two with IPv4 keys.) It is a table of
 // buckets, each a small immutable array of slots behind an atomic pointer.
 //
 // Readers (get) take no lock and write nothing: one atomic load of the
 // table's state, one of the bucket pointer, and the bucket's slots, which
-// for an IPv4 key span four cache lines, of which a lookup reads one or
-// two (the table holds 2 to 4 rules per bucket).
+// for an IPv6 key span seven cache lines, of which a lookup reads one to
+// three (the table holds 2 to 4 rules per bucket).
 //
 // Writers lock the stripe of the key's hash (nStripes mutexes), copy the
 // one bucket they change (at most bucketSlots slots, a chain only when a
@@ -77,8 +79,9 @@ type slot[K comparable] struct {
 	e entry
 }
 
-// bucket is immutable once published. For IPv4 keys it is 208 bytes: the
-// count and the first two slots share the first cache line.
+// bucket is immutable once published. For IPv4 keys (BenchmarkTableLayout)
+// it is 208 bytes: the count and the first two slots share the first
+// cache line.
 type bucket[K comparable] struct {
 	n    int
 	s    [bucketSlots]slot[K]

@@ -109,7 +109,7 @@ type PipelineConfig struct {
 	// for a fixed-destination baseline that shows what switching costs.
 	Classify func(in Owner, b *Buf) Verdict
 
-	// Tap, when set, gets every switched frame (PCAP_LOG).
+	// Tap, when set, gets every received frame with its verdict (PCAP_LOG).
 	Tap *Tap
 
 	// OnThreadStart is called by every RX worker of the NIC's port on its
@@ -180,6 +180,7 @@ type portState struct {
 	stop    chan struct{}             // closed to stop the TX goroutine
 	closing atomic.Bool               // set before the port is closed: RX workers stop at their next error
 	quota   bool                      // frames queued to it count against PortQuota and QueuedLimit (non-NIC)
+	host    bool                      // a kernel port beside the NIC (HostPath)
 	queued  atomic.Int64              // frames in its inbox rings, when quota
 	txDone  chan struct{}
 	rx      []*rxWorker
@@ -205,6 +206,9 @@ func NewPipeline(sw *Switch, cfg PipelineConfig) (*Pipeline, error) {
 		return nil, err
 	}
 	pool.SetReserve(cfg.Reserve)
+	if cfg.Tap != nil {
+		pool.enableTap()
+	}
 	p := &Pipeline{sw: sw, pool: pool, cfg: cfg}
 	sw.frags.configure(fragLimits{
 		total:     int64(cfg.FragMemory),
@@ -222,6 +226,15 @@ func NewPipeline(sw *Switch, cfg PipelineConfig) (*Pipeline, error) {
 
 // Switch returns the pipeline's switch domain.
 func (p *Pipeline) Switch() *Switch { return p.sw }
+
+// PortName returns the name of port id, while it is attached.
+func (p *Pipeline) PortName(id PortID) (string, bool) {
+	ps := p.topo.Load().ports[id]
+	if ps == nil {
+		return "", false
+	}
+	return ps.name, true
+}
 
 // Pool returns the pipeline's buffer pool (backends that register its
 // memory with a device use it).
@@ -264,6 +277,9 @@ func (p *Pipeline) AddPortQuota(port Port, q *RuleQuota) (Owner, error) {
 		stop:   make(chan struct{}),
 		txDone: make(chan struct{}),
 		quota:  port.Kind() != PortNIC,
+	}
+	if h, ok := port.(HostPath); ok && port.Kind() == PortKernel {
+		ps.host = h.HostPath()
 	}
 	ps.inbox.Store(&[]*inRing{})
 	for q := range port.RxQueues() {

@@ -361,9 +361,10 @@ func TestAddPortRules(t *testing.T) {
 	}
 }
 
-// TestTapSeesSwitchedFrames: the tap gets every forwarded, flooded and
-// uplinked frame, stamped, and none of the dropped ones; a stalled tap
-// consumer costs the switch nothing but counted tap drops.
+// TestTapSeesSwitchedFrames: the tap gets every received frame, stamped,
+// with the port it came from and its verdict: forwarded, dropped (and
+// why), flooded and uplinked; a stalled tap consumer costs the switch
+// nothing but counted tap drops.
 func TestTapSeesSwitchedFrames(t *testing.T) {
 	tap, err := l4.NewTap(64)
 	if err != nil {
@@ -374,6 +375,7 @@ func TestTapSeesSwitchedFrames(t *testing.T) {
 	l.listen(aid, l4.ProtoUDP, 7)
 	var mu sync.Mutex
 	var seen []int64
+	var recs []l4.TapRecord
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -383,6 +385,7 @@ func TestTapSeesSwitchedFrames(t *testing.T) {
 		for tap.Drain(func(b *l4.Buf) {
 			mu.Lock()
 			seen = append(seen, b.Time())
+			recs = append(recs, b.Tapped())
 			mu.Unlock()
 		}, cache, stop) {
 		}
@@ -395,6 +398,7 @@ func TestTapSeesSwitchedFrames(t *testing.T) {
 		frame4(macRemote, macNIC, remote, 9, local, 8, l4.ProtoUDP), // dropped: no rule
 		arp(), // flooded
 	)
+	waitSent(t, a, 2)
 	a.Inject(0, frame4(macNIC, macRemote, local, 7, remote, 9, l4.ProtoUDP)) // uplinked
 	waitSent(t, l.nic, 1)
 	deadline := time.Now().Add(hang)
@@ -402,11 +406,11 @@ func TestTapSeesSwitchedFrames(t *testing.T) {
 		mu.Lock()
 		n := len(seen)
 		mu.Unlock()
-		if n == 3 {
+		if n == 4 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tap saw %d frames, want 3", n)
+			t.Fatalf("tap saw %d frames, want 4", n)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -416,9 +420,63 @@ func TestTapSeesSwitchedFrames(t *testing.T) {
 			t.Error("frame without a receive time")
 		}
 	}
+	want := []l4.TapRecord{
+		{In: l.nicID, Verdict: l4.Verdict{Action: l4.ActForward, To: aid}},
+		{In: l.nicID, Verdict: l4.Verdict{Action: l4.ActDrop, Reason: l4.DropNoMatch}},
+		{In: l.nicID, Verdict: l4.Verdict{Action: l4.ActFlood}},
+		{In: aid, Verdict: l4.Verdict{Action: l4.ActUplink}},
+	}
+	for i, r := range recs {
+		if r != want[i] {
+			t.Errorf("frame %d: tap record %+v, want %+v", i, r, want[i])
+		}
+	}
 	mu.Unlock()
-	if st := tap.Stats(); st.Pushed != 3 || st.Dropped != 0 {
+	if st := tap.Stats(); st.Pushed != 4 || st.Dropped != 0 {
 		t.Fatalf("tap stats %+v", st)
+	}
+}
+
+// hostPort is a kernel port beside the NIC (l4.HostPath).
+type hostPort struct{ *memory.Port }
+
+func (hostPort) HostPath() bool { return true }
+
+// TestHostPathPort: a HostPath kernel port gets the frames switched to the
+// kernel (from the NIC and from endpoints) and none of the NIC's floods
+// (the kernel has those); its floods reach the endpoints but not the NIC,
+// and nothing it sends leaves through the NIC (the kernel sent it to the
+// wire itself).
+func TestHostPathPort(t *testing.T) {
+	l := newLab(t, l4.PipelineConfig{}, 1)
+	a, _ := l.endpoint("a", l4.PortEndpoint)
+	hp := hostPort{memory.New("host", l4.PortKernel, memory.Options{Keep: true, Poll: 5 * time.Millisecond})}
+	hid, err := l.p.AddPort(hp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.listen(hid, l4.ProtoUDP, 22)
+	l.nic.Inject(0, arp()) // to a only
+	waitSent(t, a, 1)
+	hp.Inject(0, arp()) // to a only
+	waitSent(t, a, 2)
+	hp.Inject(0, frame4(macNIC, macRemote, local, 22, remote, 9, l4.ProtoUDP)) // not out of the NIC
+	a.Inject(0, frame4(macNIC, macNIC, local, 40000, local, 22, l4.ProtoUDP))  // to the kernel
+	waitSent(t, hp.Port, 1)
+	l.nic.Inject(0, frame4(macRemote, macNIC, remote, 9, local, 22, l4.ProtoUDP)) // to the kernel
+	waitSent(t, hp.Port, 2)
+	deadline := time.Now().Add(hang)
+	for l.portStats(hid).Drops[l4.DropNoMatch] == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := l.nic.SentCount(); n != 0 {
+		t.Errorf("the NIC sent %d frames; want none (the host port's flood and uplink stay off it)", n)
+	}
+	if n := hp.SentCount(); n != 2 {
+		t.Errorf("the host port got %d frames, want 2 (not the NIC's flood)", n)
+	}
+	if n := l.portStats(hid).Drops[l4.DropNoMatch]; n != 1 {
+		t.Errorf("the host port's uplinked frame: %d no_match drops, want 1", n)
 	}
 }
 

@@ -96,6 +96,36 @@ type Buf struct {
 	ts        int64 // receive time, Unix nanoseconds, when the pipeline has a Tap
 }
 
+// TapRecord is what the pipeline noted about a frame it handed to its Tap:
+// the port it came from and the switch's verdict.
+type TapRecord struct {
+	In      Owner   // the port the frame came from
+	Verdict Verdict // Release is not kept
+}
+
+// Pool returns the pool the buffer belongs to (nil for a nil Buf): the
+// PCAP_LOG writer tells the frames of the switch domains apart by it.
+func (b *Buf) Pool() *BufPool {
+	if b == nil {
+		return nil
+	}
+	return b.pool
+}
+
+// Tapped returns the record of a frame that the pipeline handed to its
+// Tap (Tap.Drain's frames); the zero record otherwise. The records live
+// beside the buffers (the pool's tap array, made only for a pipeline with
+// a Tap), so that a Buf stays one cache line.
+func (b *Buf) Tapped() TapRecord {
+	if b == nil || b.pool == nil || b.pool.tap == nil {
+		return TapRecord{}
+	}
+	return b.pool.tap[b.idx]
+}
+
+// setTapped notes rec for b; the pool has a tap array.
+func (b *Buf) setTapped(rec TapRecord) { b.pool.tap[b.idx] = rec }
+
 // Time returns the receive time in Unix nanoseconds that the pipeline
 // stamped on the frame (only when it has a Tap), or 0.
 func (b *Buf) Time() int64 {
@@ -245,6 +275,7 @@ type BufPool struct {
 	backing []byte
 	size    int
 	stride  int
+	tap     []TapRecord // per buffer, with a Tap only (enableTap): written by the RX worker that taps it, read by the tap's consumer
 
 	// Slow-path counters, shared: touched only on misuse or exhaustion.
 	doubleFree atomic.Uint64
@@ -254,6 +285,9 @@ type BufPool struct {
 	limitedMu  sync.Mutex    // serialises limited refills
 	_          [bufPad]byte
 }
+
+// enableTap makes the per-buffer tap records (before any frame moves).
+func (p *BufPool) enableTap() { p.tap = make([]TapRecord, len(p.bufs)) }
 
 // bufPad separates groups of fields written by different goroutines; see
 // ringPad for why 128 rather than 64 bytes.

@@ -70,5 +70,19 @@ type RxWaiter interface {
 	WaitRx(q int, idle func()) (bool, error)
 }
 
+// HostPath is implemented by a kernel port (PortKernel) that lies beside a
+// NIC whose frames the kernel gets directly: usnetd's TAP with the AF_XDP
+// and AF_PACKET backends, where an eBPF program passes the kernel's frames
+// from the NIC and sends the kernel's own to the wire. The kernel has, and
+// the wire got, what such a port would otherwise carry twice: a flooded
+// frame from the NIC does not go to it, and frames from it do not go out
+// of the NIC (a flooded one goes to the other ports only; one for the
+// uplink is dropped, DropNoMatch). Forwarded frames from the NIC reach it
+// (the kernel's fragments that came before their first).
+type HostPath interface {
+	// HostPath reports whether the port is such a port.
+	HostPath() bool
+}
+
 // ErrPortClosed is returned by Recv and Send of a closed port.
 var ErrPortClosed = errors.New("port closed")

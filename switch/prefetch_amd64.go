@@ -1,7 +1,9 @@
 package l4
 
-// prefetch asks the CPU to bring the 127 bytes at p (a bucket's count,
-// which starts it) into its caches without waiting for them: unlike a
+import "sync/atomic"
+
+// prefetch asks the CPU to bring the cache line at p (a bucket's first
+// word; a bucket is one line) into its caches without waiting for them: unlike a
 // load, a prefetch retires at once, so a loop of them puts as many misses
 // in flight as the core can track instead of as many as fit in its
 // reorder window. A prefetch never faults; callers pass a live bucket.
@@ -9,6 +11,6 @@ package l4
 // import.)
 //
 //go:noescape
-func prefetch(p *int)
+func prefetch(p *atomic.Uint64)
 
 const havePrefetch = true

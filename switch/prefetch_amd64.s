@@ -1,9 +1,7 @@
 #include "textflag.h"
 
-// func prefetch(p *int)
+// func prefetch(p *atomic.Uint64)
 TEXT ·prefetch(SB), NOSPLIT, $0-8
 	MOVQ	p+0(FP), AX
 	PREFETCHT0	(AX)
-	PREFETCHT0	63(AX)
-	PREFETCHT0	126(AX)
 	RET

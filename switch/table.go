@@ -13,9 +13,9 @@ import (
 // Table is the rule table of one switch domain: every rule, registered or
 // learned, that says which port owns which traffic.
 //
-// Layout: one hash table per IP family (hashtab.go) holds every rule under
-// a compact key that is the whole Key (16 bytes for IPv4: both addresses,
-// both ports, protocol and shape). A lookup probes it at most three times,
+// Layout: one hash table per IP family (hashtab4.go, hashtab.go) holds
+// every rule under a compact key that is the whole Key (16 bytes for IPv4:
+// both addresses, both ports, protocol and shape). A lookup probes it at most three times,
 // one per lookup step, and skips a step that no rule can answer: the exact
 // step when no exact rule has the frame's local port (a per-port count),
 // the remote-address step when there is no such rule at all. A frame to a
@@ -25,19 +25,22 @@ import (
 //
 // Concurrency: any number of goroutines may call Lookup at full rate while
 // others change the table. Readers take no lock and write no shared
-// memory: a probe is an atomic load of the table's state, one of the
-// bucket pointer, and a read of an immutable bucket (one or two cache
-// lines). Writers lock one of 512 stripes (by the key's hash), copy the
-// one bucket they change (at most 8 rules, rarely a short chain) and
-// publish the copy; the table grows incrementally (each write moves two
-// buckets of a resize under way). A write therefore costs the same however
+// memory. An IPv4 probe (hashtab4.go) is an atomic load of the table's
+// state and a read of one 64-byte bucket (two rules) under the bucket's
+// sequence number, retried if a writer changed the bucket meanwhile; the
+// bucket array holds no pointer. Writers of IPv4 rules hold one lock per
+// table for a few hundred nanoseconds: they change one bucket (and the
+// overflow counts of the few before it); the table grows by a goroutine
+// that copies the old array in chunks while readers read both. IPv6 rules
+// (hashtab.go) sit in immutable buckets of up to 8 rules that writers copy
+// under one of 512 stripe locks. A write therefore costs the same however
 // many rules share its local port and however many the table holds: the
 // data path may learn a flow per frame. BENCHMARKS.md has the numbers.
 //
 // Once Insert or Remove has returned, every lookup that starts afterwards
 // sees the change.
 type Table struct {
-	v4   htab[key4]
+	v4   ftab
 	v6   htab[key6]
 	seed [4]uint64
 	_    [64]byte
@@ -56,10 +59,12 @@ type Table struct {
 	gen     atomic.Uint64 // bumped by every change
 	learned atomic.Int64
 
-	// quotas are read by writers only (Insert, removals: slow paths), so
-	// a plain map under a lock is enough; attach and detach stay O(1).
-	quotaMu sync.RWMutex
-	quotas  map[PortID]*RuleQuota
+	// quotas maps a port to its RuleQuota. Insert reads it for every new
+	// rule, learned flows on the data path included: one atomic load of an
+	// immutable map, no lock, nothing written. SetQuota (attach and detach
+	// of a port: the control plane) copies the map under quotaMu.
+	quotaMu sync.Mutex
+	quotas  atomic.Pointer[map[PortID]*RuleQuota]
 }
 
 // RuleQuota limits the rules that a group of ports holds together (the
@@ -120,20 +125,28 @@ var ErrRuleLimit = errors.New("rule limit reached")
 func (t *Table) SetQuota(port PortID, q *RuleQuota) {
 	t.quotaMu.Lock()
 	defer t.quotaMu.Unlock()
+	var m map[PortID]*RuleQuota
+	if p := t.quotas.Load(); p != nil {
+		m = make(map[PortID]*RuleQuota, len(*p)+1)
+		for k, v := range *p {
+			m[k] = v
+		}
+	} else {
+		m = map[PortID]*RuleQuota{}
+	}
 	if q == nil {
-		delete(t.quotas, port)
-		return
+		delete(m, port)
+	} else {
+		m[port] = q
 	}
-	if t.quotas == nil {
-		t.quotas = map[PortID]*RuleQuota{}
-	}
-	t.quotas[port] = q
+	t.quotas.Store(&m)
 }
 
 func (t *Table) quotaOf(port PortID) *RuleQuota {
-	t.quotaMu.RLock()
-	defer t.quotaMu.RUnlock()
-	return t.quotas[port]
+	if p := t.quotas.Load(); p != nil {
+		return (*p)[port]
+	}
+	return nil
 }
 
 // entry is a rule's value packed into one word: the owner's port in bits

@@ -5,12 +5,15 @@ import (
 	"sync/atomic"
 )
 
-// Tap hands a reference to every frame the pipeline switches (forwarded,
-// flooded or sent out of the NIC; not the dropped ones) to one consumer
-// goroutine, for PCAP_LOG. It is off the hot path: each RX worker pushes
-// its frames into a ring of its own (no copy: the frame's reference count
-// is raised), and when the consumer cannot keep up, the ring drops and
-// counts (TapStats.Dropped) instead of slowing the switch down.
+// Tap hands a reference to every frame the pipeline receives, with the
+// port it came from and its verdict (Buf.Tapped: forwarded to whom,
+// flooded, sent out of the NIC, or dropped and why), to one consumer
+// goroutine, for PCAP_LOG. (A fragment held for its first fragment comes
+// when it goes on; one that expires there does not come.) It is off the
+// hot path: each RX worker pushes its frames into a ring of its own (no
+// copy: the frame's reference count is raised), and when the consumer
+// cannot keep up, the ring drops and counts (TapStats.Dropped) instead of
+// slowing the switch down. Without a Tap the pipeline keeps no records.
 //
 // The consumer calls Drain in a loop. Frames are stamped with their receive
 // time (Buf.Time), taken once per batch. Stop the consumer only after

@@ -263,18 +263,22 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 	switch v.Action {
 	case ActForward:
 		if dst := w.topo.ports[v.To.Port]; dst != nil {
-			w.tapFrame(b)
+			w.tapFrame(b, v)
 			w.add(dst, b)
 			return
 		}
-		w.local[DropPortGone]++
+		v = drop(DropPortGone)
 	case ActUplink:
+		if w.ps.host {
+			v = drop(DropNoMatch) // the kernel sent it to the wire itself
+			break
+		}
 		if dst := w.topo.nic; dst != nil && dst != w.ps {
-			w.tapFrame(b)
+			w.tapFrame(b, v)
 			w.add(dst, b)
 			return
 		}
-		w.local[DropPortGone]++
+		v = drop(DropPortGone)
 	case ActFlood:
 		n := int32(0)
 		for _, dst := range w.topo.list {
@@ -283,10 +287,10 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 			}
 		}
 		if n == 0 {
-			w.local[DropNoMatch]++
+			v = drop(DropNoMatch)
 			break
 		}
-		w.tapFrame(b)
+		w.tapFrame(b, v)
 		b.Retain(n - 1)
 		for _, dst := range w.topo.list {
 			if w.floodTo(dst) {
@@ -296,25 +300,35 @@ func (w *rxWorker) route(b *Buf, v Verdict, cache *BufCache) {
 		return
 	case ActHold:
 		return // the switch keeps it until its first fragment comes
-	case ActDrop:
-		w.local[v.Reason]++
 	}
+	// Dropped.
+	w.local[v.Reason]++
+	w.tapFrame(b, v)
 	cache.Release(b)
 }
 
-// tapFrame hands a reference to b to the tap, if there is one; the caller
-// still owns its own.
-func (w *rxWorker) tapFrame(b *Buf) {
+// tapFrame hands a reference to b to the tap, if there is one, with the
+// port it came from and its verdict; the caller still owns its own.
+func (w *rxWorker) tapFrame(b *Buf, v Verdict) {
 	if w.tap != nil {
+		v.Release = false
+		b.setTapped(TapRecord{In: w.ps.owner, Verdict: v})
 		b.Retain(1)
 		w.tapped = append(w.tapped, b)
 	}
 }
 
 // floodTo says whether a flooded frame from this worker's port goes to dst:
-// every other port; from the NIC, every port but NICs.
+// every other port; from the NIC, every port but NICs and a HostPath port;
+// from a HostPath port, every port but the NIC.
 func (w *rxWorker) floodTo(dst *portState) bool {
-	return dst != w.ps && !(w.ps.owner.Kind == PortNIC && dst.owner.Kind == PortNIC)
+	if dst == w.ps {
+		return false
+	}
+	if w.ps.owner.Kind == PortNIC {
+		return dst.owner.Kind != PortNIC && !dst.host
+	}
+	return !(w.ps.host && dst.owner.Kind == PortNIC)
 }
 
 func (w *rxWorker) add(dst *portState, b *Buf) {

@@ -105,6 +105,12 @@ func (s *fakeServer) serve() {
 			if s.status != nil {
 				answer = *s.status
 			}
+		case wire.RequestSHM:
+			// The original does not answer; a usnetd that answers
+			// QueryStatus but has no shared-memory channels says ER.
+			if s.status != nil {
+				answer = wire.AnswerER{}
+			}
 		}
 		s.mu.Unlock()
 		if answer == nil {
@@ -272,6 +278,13 @@ func TestThroughControlSocket(t *testing.T) {
 			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("last request %s, want DeleteClient", last)
+		}
+	}
+	// A usnetd that leaves QueryStatus unanswered (the original) is not
+	// asked for a shared-memory channel either.
+	for _, r := range srv.requests() {
+		if r.Type() == "RequestSHM" {
+			t.Error("RequestSHM sent to a usnetd that does not answer QueryStatus")
 		}
 	}
 	srv.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/usnetd/usnetd/control/wire"
 )
@@ -20,11 +21,14 @@ import (
 const DefaultSocketPath = wire.DefaultSocketPath
 
 // Config describes one userspace stack: the NIC it shares through usnetd,
-// the control socket, and the stack's MAC and addresses. The stack is made
-// on the first Listen, ListenPacket or Dial and shared by every socket of
-// the Config; when the last of them is closed, the stack is torn down and
-// the client detaches from usnetd (DeleteClient). A later call makes a new
-// stack.
+// the control socket, and the stack's MAC and addresses. Open makes a
+// Stack of it that stays attached until Stack.Close.
+//
+// A Config's own Listen, ListenPacket and Dial are a thin layer over the
+// same code with an implicit stack: made on the first of them and shared
+// by every socket of the Config; when the last of them is closed, the
+// stack is torn down and the client detaches from usnetd (DeleteClient).
+// A later call makes a new stack.
 //
 // Zero fields take their value from the environment, read when the stack
 // is made, and else from the defaults below. A Config must not be copied
@@ -71,6 +75,14 @@ type Config struct {
 	// port that another client took meanwhile: such a listener gets no
 	// new connections). It must not block for long.
 	Reattached func(err error)
+	// NoSHM makes the stack ask usnetd for a Unix datagram channel
+	// (RequestUDS) instead of a shared-memory one (RequestSHM, the
+	// default; a usnetd without it gets RequestUDS anyway).
+	NoSHM bool
+	// ChannelPoll is how long the receiver of a shared-memory channel
+	// polls its ring before it sleeps until usnetd wakes it: CPU for
+	// latency. Zero: DefaultChannelPoll; negative: never poll.
+	ChannelPoll time.Duration
 
 	mu sync.Mutex
 	st *netStack // nil while no socket is open
@@ -84,7 +96,9 @@ type Config struct {
 }
 
 // Default is the Config of the package-level functions: every field from
-// the environment.
+// the environment. The package-level functions are Default's methods:
+// its implicit stack lives while one of their sockets is open. A program
+// that wants one stack for its whole life uses Open.
 var Default = &Config{}
 
 // Listen announces on the local network address of Default's stack; see

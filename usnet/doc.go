@@ -35,21 +35,56 @@
 // the stack with usnet.Dial or, for net/http,
 // http.Transport{DialContext: usnet.DialContext}.
 //
+// # One stack for the life of the program
+//
+// Open attaches a stack once and returns a Stack, a handle with Listen,
+// ListenPacket, Dial, DialContext, DialTCP and DialUDP that all use the
+// same gVisor stack and the same channel from usnetd until Stack.Close
+// (which closes the sockets still open, tears the stack down and
+// detaches). This is the API for a program that runs for long, and for
+// one that dials one connection at a time:
+//
+//	st, err := usnet.Open(ctx, nil) // nil: the Config from the environment
+//	...
+//	defer st.Close()
+//	ln, err := st.Listen("tcp", ":8080")
+//	c := &http.Client{Transport: &http.Transport{DialContext: st.DialContext}}
+//
+// The package-level functions and a Config's methods are a thin layer
+// over the same code: a Config keeps an implicit stack, made by its first
+// socket and torn down with its last (see "How it works").
+//
+// # Socket options
+//
+// A TCP connection of the stack is a *TCPConn (what Accept, Dial and
+// DialTCP return) with net.TCPConn's options where gVisor has them:
+// SetNoDelay (no delay by default, as with net), SetKeepAlive,
+// SetKeepAlivePeriod, SetKeepAliveConfig, SetReadBuffer, SetWriteBuffer,
+// SetLinger, CloseRead and CloseWrite. A UDP socket is a *UDPConn with
+// SetReadBuffer and SetWriteBuffer. (With Loopback, what comes through
+// the kernel's loopback is a *net.TCPConn, and ListenPacket returns a
+// conn that merges both.)
+//
 // # How it works
 //
-// Each Config has one stack, made on its first Listen, ListenPacket or
-// Dial and shared by all its sockets: a gVisor stack (IPv4, IPv6, ARP,
-// TCP, UDP, ICMP; neighbours resolved by ARP and NDP; routes from the
+// A Stack, and the implicit stack of a Config (made on its first Listen,
+// ListenPacket or Dial and shared by all its sockets), is a gVisor stack
+// (IPv4, IPv6, ARP, TCP, UDP, ICMP; neighbours resolved by ARP and NDP; routes from the
 // kernel for passthru, else on-link prefixes and Config.Gateways) on an
-// Ethernet link over the packet channel that usnetd hands over
-// (RequestUDS: one end of a socketpair(AF_UNIX, SOCK_DGRAM), one frame per
-// datagram). The link endpoint is this package's own (link.go says why it
-// is not gVisor's fdbased). The control protocol is spoken by
-// control/client (DialControl, the default of Config.Attach: one client
-// and one set of errors, ErrRefused and ErrDetached being the client's),
-// with control/wire's message types; usnet does not depend on usnetd's
-// server, its firewall or their dependencies. Tests put a fake Attacher in
-// Config.Attach.
+// Ethernet link over the packet channel that usnetd hands over: a
+// shared-memory channel where usnetd offers one (RequestSHM,
+// backends/shm/ring: rings of frame slots read and written in batches, no
+// system call while frames keep coming; the receiver polls the ring for
+// Config.ChannelPoll, default DefaultChannelPoll, before it sleeps), else
+// (or with Config.NoSHM) a Unix datagram channel (RequestUDS: one end of a
+// socketpair(AF_UNIX, SOCK_DGRAM), one frame per datagram). The link
+// endpoint is this package's own (link.go says why it is not gVisor's
+// fdbased; link_shm.go has the shared-memory side). The control protocol
+// is spoken by control/client (DialControl, the default of Config.Attach:
+// one client and one set of errors, ErrRefused and ErrDetached being the
+// client's), with control/wire's message types; usnet does not depend on
+// usnetd's server, its firewall or their dependencies. Tests put a fake
+// Attacher in Config.Attach.
 //
 // A listener registers its port with usnetd (AddMatch: the stack's
 // address, the port, TCP or UDP; one rule per address) and removes it on
@@ -59,13 +94,13 @@
 // port usnetd reports in use (QueryPortsInUse), so they never clash with the
 // kernel's own connections on the shared address.
 //
-// Closing the last socket of a Config lets the stack's TCP connections
-// finish their closing handshake (up to a second), tears the stack down
-// (no goroutine and no descriptor stays) and detaches from usnetd
-// (DeleteClient). The next Listen or Dial attaches anew, so a program that
-// dials one connection at a time pays an attach per connection: keep a
-// socket open, such as the listener of a server or the idle connections of
-// an http.Transport.
+// Closing the last socket of a Config, like closing a Stack, lets the
+// stack's TCP connections finish their closing handshake (up to a
+// second), tears the stack down (no goroutine and no descriptor stays)
+// and detaches from usnetd (DeleteClient). The next Listen or Dial of the
+// Config attaches anew, so a program that dials one connection at a time
+// through a Config pays an attach per connection: such a program should
+// Open a Stack instead.
 //
 // # Restarts of usnetd
 //
@@ -107,7 +142,7 @@
 //     when attaching fails. A process killed outright cannot remove its
 //     own; the next client to attach removes those of processes that are
 //     gone.
-//   - It never keeps a stack, a goroutine or a descriptor after the last
-//     socket of its Config is closed, also while it waits for usnetd to
-//     come back.
+//   - It never keeps a stack, a goroutine or a descriptor after its Stack
+//     is closed or the last socket of its Config, also while it waits for
+//     usnetd to come back.
 package usnet

@@ -1,10 +1,13 @@
 package usnet_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
+	"time"
 
 	"github.com/usnetd/usnetd/usnet"
 )
@@ -50,4 +53,31 @@ func ExampleConfig() {
 		log.Fatal(err)
 	}
 	fmt.Printf("%d bytes from %v\n", n, from)
+}
+
+// One stack for the life of the program: a server and a client whose
+// connections all share one attach to usnetd, with a socket option of
+// net.TCPConn on a connection.
+func ExampleOpen() {
+	st, err := usnet.Open(context.Background(), nil) // the Config from the environment
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer st.Close() // closes what is still open and detaches
+
+	ln, err := st.Listen("tcp", ":8080")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "hello")
+	}))
+
+	c, err := st.DialTCP(context.Background(), "tcp", "198.18.0.7:9000")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3})
+	fmt.Fprintln(c, "ping")
 }

@@ -23,6 +23,7 @@ type fakeAttacher struct {
 	removed []wire.Match
 	queries int
 	closed  int
+	uds     int // RequestUDS calls
 	iface   string
 }
 
@@ -30,6 +31,7 @@ func (f *fakeAttacher) RequestUDS(iface string) (*os.File, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.iface = iface
+	f.uds++
 	if f.ch == nil {
 		return nil, errors.New("fake: no channel left")
 	}

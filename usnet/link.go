@@ -1,7 +1,9 @@
 package usnet
 
 // The link endpoint: Ethernet frames over the packet channel that usnetd
-// hands over, one frame per datagram of a socketpair(AF_UNIX, SOCK_DGRAM).
+// hands over, one frame per datagram of a socketpair(AF_UNIX, SOCK_DGRAM),
+// or, on a shared-memory channel (RequestSHM, the default against a usnetd
+// that offers it), through its rings: link_shm.go.
 //
 // gVisor's link/fdbased would do, but it creates an eventfd per dispatcher
 // for stopping and never closes it (gVisor at v0.0.0-20260527191743: the
@@ -41,6 +43,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/usnetd/usnetd/backends/shm/ring"
+	"github.com/usnetd/usnetd/control/client"
 )
 
 const (
@@ -55,9 +60,11 @@ const (
 
 // linkEndpoint implements stack.LinkEndpoint on a datagram socket.
 type linkEndpoint struct {
-	fd   int    // the channel; -1 once closed (guarded by txMu)
-	gen  uint64 // how many times swap replaced fd (guarded by txMu)
-	efd  int    // eventfd that stops the receiver; -1 once closed (guarded by mu)
+	fd   int            // the channel; -1 once closed or on shm (guarded by txMu)
+	shm  *ring.Endpoint // the shared-memory channel, or nil (guarded by txMu)
+	poll time.Duration  // how long the shm receiver polls before it sleeps
+	gen  uint64         // how many times swap replaced fd (guarded by txMu)
+	efd  int            // eventfd that stops the receiver; -1 once closed (guarded by mu)
 	mtu  uint32
 	addr tcpip.LinkAddress
 
@@ -70,6 +77,8 @@ type linkEndpoint struct {
 	txMu   sync.Mutex
 	txHdrs [txBatch]rawfile.MMsgHdr
 	txIovs []unix.Iovec
+	txPkts []*stack.PacketBuffer     // the shm batch being written (txMu)
+	txFill func(i int, b []byte) int // e.fillSlot, made once
 
 	// swapMu orders swap and Close.
 	swapMu sync.Mutex
@@ -106,18 +115,27 @@ func (s *linkStats) add(p *uint64, n int) {
 	s.mu.Unlock()
 }
 
-// newLinkEndpoint takes ownership of f, one end of a SOCK_DGRAM socketpair.
-func newLinkEndpoint(f *os.File, mac net.HardwareAddr, mtu uint32) (*linkEndpoint, error) {
-	fd, err := channelFD(f)
-	if err != nil {
-		return nil, err
+// newLinkEndpoint takes ownership of ch: one end of a SOCK_DGRAM
+// socketpair, or a shared-memory channel.
+func newLinkEndpoint(ch client.Channel, mac net.HardwareAddr, mtu uint32) (*linkEndpoint, error) {
+	fd := -1
+	if ch.SHM == nil {
+		var err error
+		if fd, err = channelFD(ch.UDS); err != nil {
+			return nil, err
+		}
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
-		unix.Close(fd)
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		ch.Close()
 		return nil, err
 	}
-	return &linkEndpoint{fd: fd, efd: efd, mtu: mtu, addr: tcpip.LinkAddress(mac)}, nil
+	e := &linkEndpoint{fd: fd, shm: ch.SHM, poll: DefaultChannelPoll, efd: efd, mtu: mtu, addr: tcpip.LinkAddress(mac)}
+	e.txFill = e.fillSlot
+	return e, nil
 }
 
 // channelFD takes ownership of f, a channel end, and returns a
@@ -191,16 +209,20 @@ func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
 	e.dispatcher = d
 	if start {
 		e.wg.Add(1)
-		go e.receive(e.rxFD())
+		if fd, shm := e.rxChan(); shm != nil {
+			go e.receiveSHM(shm)
+		} else {
+			go e.receive(fd)
+		}
 	}
 	e.mu.Unlock()
 }
 
-// rxFD is the channel for a receiver about to start.
-func (e *linkEndpoint) rxFD() int {
+// rxChan is the channel for a receiver about to start.
+func (e *linkEndpoint) rxChan() (int, *ring.Endpoint) {
 	e.txMu.Lock()
 	defer e.txMu.Unlock()
-	return e.fd
+	return e.fd, e.shm
 }
 
 func (e *linkEndpoint) IsAttached() bool {
@@ -239,41 +261,58 @@ func (e *linkEndpoint) Close() {
 		e.efd = -1
 		e.mu.Unlock()
 		e.txMu.Lock()
-		unix.Close(e.fd)
-		e.fd = -1
+		if e.fd >= 0 {
+			unix.Close(e.fd)
+		}
+		if e.shm != nil {
+			e.shm.Close()
+		}
+		e.fd, e.shm = -1, nil
 		e.txMu.Unlock()
 	})
 }
 
-// swap replaces the channel by f (taking ownership of it) under the running
-// stack: the receiver stops, the old channel is closed, and the receiver
-// starts again on f if the stack is attached. Senders wait on txMu
-// meanwhile. After Close it closes f and returns net.ErrClosed.
-func (e *linkEndpoint) swap(f *os.File) error {
+// swap replaces the channel by ch (taking ownership of it) under the
+// running stack: the receiver stops, the old channel is closed, and the
+// receiver starts again on ch if the stack is attached. Senders wait on
+// txMu meanwhile. After Close it closes ch and returns net.ErrClosed.
+func (e *linkEndpoint) swap(ch client.Channel) error {
 	e.swapMu.Lock()
 	defer e.swapMu.Unlock()
 	if e.closed {
-		f.Close()
+		ch.Close()
 		return net.ErrClosed
 	}
-	fd, err := channelFD(f)
-	if err != nil {
-		return err
+	fd := -1
+	if ch.SHM == nil {
+		var err error
+		if fd, err = channelFD(ch.UDS); err != nil {
+			return err
+		}
 	}
 	e.stop()
 	e.wg.Wait()
 	var cnt [8]byte
 	unix.Read(e.efd, cnt[:]) // clear the stop signal (efd is open: not closed yet)
 	e.txMu.Lock()
-	old := e.fd
-	e.fd = fd
+	old, oldSHM := e.fd, e.shm
+	e.fd, e.shm = fd, ch.SHM
 	e.gen++
 	e.txMu.Unlock()
-	unix.Close(old)
+	if old >= 0 {
+		unix.Close(old)
+	}
+	if oldSHM != nil {
+		oldSHM.Close()
+	}
 	e.mu.Lock()
 	if e.dispatcher != nil {
 		e.wg.Add(1)
-		go e.receive(fd)
+		if ch.SHM != nil {
+			go e.receiveSHM(ch.SHM)
+		} else {
+			go e.receive(fd)
+		}
 	}
 	e.mu.Unlock()
 	return nil
@@ -378,6 +417,9 @@ func (e *linkEndpoint) receive(fd int) {
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	e.txMu.Lock()
 	defer e.txMu.Unlock()
+	if e.shm != nil {
+		return e.writeSHM(pkts.AsSlice())
+	}
 	if e.fd < 0 {
 		return 0, &tcpip.ErrClosedForSend{}
 	}

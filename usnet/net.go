@@ -36,6 +36,38 @@ const (
 // connections to 127.0.0.1 (::1 for tcp6) through the kernel on the same
 // port; a loopback host listens through the kernel only.
 func (c *Config) Listen(network, address string) (net.Listener, error) {
+	return listen(c, network, address)
+}
+
+// source is where Listen, ListenPacket and Dial get their stack: a Config
+// (its shared stack, made on demand) or a Stack (Open).
+type source interface {
+	// acquire returns the stack with one more reference, for a new socket.
+	acquire() (*netStack, error)
+	// loopbackEnabled reports Loopback without making the stack.
+	loopbackEnabled() bool
+	// dialContext returns the context for a dial: ctx, or one that also
+	// ends when the source is closed.
+	dialContext(ctx context.Context) (context.Context, context.CancelFunc)
+}
+
+// dialContext is ctx: a Config is never closed.
+func (c *Config) dialContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return ctx, func() {}
+}
+
+// adopt records a new socket on its stack (so that Stack.Close closes
+// it); if the stack is closing, it closes the socket and fails.
+func adopt[T any](n *netStack, key any, sock T, closeFn func() error) (T, error) {
+	if err := n.track(key, closeFn); err != nil {
+		closeFn()
+		var zero T
+		return zero, err
+	}
+	return sock, nil
+}
+
+func listen(c source, network, address string) (net.Listener, error) {
 	opErr := func(err error) error {
 		return &net.OpError{Op: "listen", Net: network, Addr: nil, Err: err}
 	}
@@ -64,14 +96,23 @@ func (c *Config) Listen(network, address string) (net.Listener, error) {
 		return nil, opErr(err)
 	}
 	if !n.res.loopback {
-		return l, nil
+		ln, err := adopt[net.Listener](n, l, l, l.Close)
+		if err != nil {
+			return nil, opErr(err)
+		}
+		return ln, nil
 	}
 	kl, err := net.Listen(network, net.JoinHostPort(loopbackHost(network), strconv.Itoa(int(l.port))))
 	if err != nil {
 		l.Close()
 		return nil, opErr(err)
 	}
-	return newMirrorListener(l, kl), nil
+	m := newMirrorListener(l, kl)
+	ln, err := adopt[net.Listener](n, l, m, m.Close)
+	if err != nil {
+		return nil, opErr(err)
+	}
+	return ln, nil
 }
 
 // ListenPacket announces on the stack like net.ListenPacket: network is
@@ -80,6 +121,10 @@ func (c *Config) Listen(network, address string) (net.Listener, error) {
 // conn also receives on 127.0.0.1 (::1 for udp6) through the kernel, and
 // WriteTo a loopback address sends through the kernel.
 func (c *Config) ListenPacket(network, address string) (net.PacketConn, error) {
+	return listenPacket(c, network, address)
+}
+
+func listenPacket(c source, network, address string) (net.PacketConn, error) {
 	opErr := func(err error) error {
 		return &net.OpError{Op: "listen", Net: network, Err: err}
 	}
@@ -108,14 +153,23 @@ func (c *Config) ListenPacket(network, address string) (net.PacketConn, error) {
 		return nil, opErr(err)
 	}
 	if !n.res.loopback {
-		return pc, nil
+		p, err := adopt[net.PacketConn](n, pc, pc, pc.Close)
+		if err != nil {
+			return nil, opErr(err)
+		}
+		return p, nil
 	}
 	kpc, err := net.ListenPacket(network, net.JoinHostPort(loopbackHost(network), strconv.Itoa(int(pc.port))))
 	if err != nil {
 		pc.Close()
 		return nil, opErr(err)
 	}
-	return newMirrorPacketConn(pc, kpc), nil
+	m := newMirrorPacketConn(pc, kpc)
+	p, err := adopt[net.PacketConn](n, pc, m, m.Close)
+	if err != nil {
+		return nil, opErr(err)
+	}
+	return p, nil
 }
 
 // Dial connects through the stack; see DialContext.
@@ -131,6 +185,10 @@ func (c *Config) Dial(network, address string) (net.Conn, error) {
 // usnetd learns the connection from its first packet. Loopback addresses
 // are dialled through the kernel with Loopback, else refused.
 func (c *Config) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return dial(ctx, c, network, address)
+}
+
+func dial(ctx context.Context, c source, network, address string) (net.Conn, error) {
 	opErr := func(err error) error {
 		return &net.OpError{Op: "dial", Net: network, Err: err}
 	}
@@ -166,6 +224,8 @@ func (c *Config) DialContext(ctx context.Context, network, address string) (net.
 	if err != nil {
 		return nil, opErr(err)
 	}
+	ctx, cancel := c.dialContext(ctx)
+	defer cancel()
 	var conn net.Conn
 	err = ErrNoAddress
 	for _, ip := range ips {
@@ -174,9 +234,21 @@ func (c *Config) DialContext(ctx context.Context, network, address string) (net.
 			continue
 		}
 		if proto == protoTCP {
-			conn, err = n.dialTCP(ctx, local[0], netip.AddrPortFrom(ip, uint16(port)))
+			var tc *TCPConn
+			if tc, err = n.dialTCP(ctx, local[0], netip.AddrPortFrom(ip, uint16(port))); err == nil {
+				conn, err = adopt[net.Conn](n, tc, tc, tc.Close)
+				if err != nil {
+					return nil, opErr(err) // closed: its reference is gone
+				}
+			}
 		} else {
-			conn, err = n.dialUDP(local[0], netip.AddrPortFrom(ip, uint16(port)))
+			var uc *UDPConn
+			if uc, err = n.dialUDP(local[0], netip.AddrPortFrom(ip, uint16(port))); err == nil {
+				conn, err = adopt[net.Conn](n, uc, uc, uc.Close)
+				if err != nil {
+					return nil, opErr(err)
+				}
+			}
 		}
 		if err == nil || ctx.Err() != nil {
 			break
@@ -318,8 +390,8 @@ func (n *netStack) listenTCP(network string, host netip.Addr, port uint16) (*lis
 	if err != nil {
 		return nil, err
 	}
-	var wq waiter.Queue
-	ep, terr := n.s.NewEndpoint(tcp.ProtocolNumber, np, &wq)
+	wq := new(waiter.Queue)
+	ep, terr := n.s.NewEndpoint(tcp.ProtocolNumber, np, wq)
 	if terr != nil {
 		return nil, errors.New(terr.String())
 	}
@@ -339,16 +411,16 @@ func (n *netStack) listenTCP(network string, host netip.Addr, port uint16) (*lis
 		ep.Close()
 		return nil, err
 	}
-	return &listener{l: gonet.NewTCPListener(n.s, &wq, ep), n: n, port: port, matches: ms}, nil
+	return &listener{ep: ep, wq: wq, cancel: make(chan struct{}), n: n, port: port, matches: ms}, nil
 }
 
-func (n *netStack) listenUDP(network string, host netip.Addr, port uint16) (*packetConn, error) {
+func (n *netStack) listenUDP(network string, host netip.Addr, port uint16) (*UDPConn, error) {
 	np, addrs, v6only, err := n.listenSetup(network, host)
 	if err != nil {
 		return nil, err
 	}
-	var wq waiter.Queue
-	ep, terr := n.s.NewEndpoint(udp.ProtocolNumber, np, &wq)
+	wq := new(waiter.Queue)
+	ep, terr := n.s.NewEndpoint(udp.ProtocolNumber, np, wq)
 	if terr != nil {
 		return nil, errors.New(terr.String())
 	}
@@ -364,12 +436,12 @@ func (n *netStack) listenUDP(network string, host netip.Addr, port uint16) (*pac
 		ep.Close()
 		return nil, err
 	}
-	return &packetConn{UDPConn: gonet.NewUDPConn(&wq, ep), n: n, port: port, v4: np == protoOf(netip.IPv4Unspecified()), matches: ms}, nil
+	return &UDPConn{c: gonet.NewUDPConn(wq, ep), ep: ep, n: n, port: port, v4: np == protoOf(netip.IPv4Unspecified()), matches: ms}, nil
 }
 
-func (n *netStack) dialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (net.Conn, error) {
-	var wq waiter.Queue
-	ep, terr := n.s.NewEndpoint(tcp.ProtocolNumber, protoOf(local), &wq)
+func (n *netStack) dialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (*TCPConn, error) {
+	wq := new(waiter.Queue)
+	ep, terr := n.s.NewEndpoint(tcp.ProtocolNumber, protoOf(local), wq)
 	if terr != nil {
 		return nil, errors.New(terr.String())
 	}
@@ -385,7 +457,7 @@ func (n *netStack) dialTCP(ctx context.Context, local netip.Addr, remote netip.A
 		select {
 		case <-ctx.Done():
 			ep.Close()
-			return nil, ctx.Err()
+			return nil, context.Cause(ctx)
 		case <-notify:
 		}
 		terr = ep.LastError()
@@ -394,12 +466,12 @@ func (n *netStack) dialTCP(ctx context.Context, local netip.Addr, remote netip.A
 		ep.Close()
 		return nil, errors.New(terr.String())
 	}
-	return &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), n: n}, nil
+	return newTCPConn(n, wq, ep), nil
 }
 
-func (n *netStack) dialUDP(local netip.Addr, remote netip.AddrPort) (net.Conn, error) {
-	var wq waiter.Queue
-	ep, terr := n.s.NewEndpoint(udp.ProtocolNumber, protoOf(local), &wq)
+func (n *netStack) dialUDP(local netip.Addr, remote netip.AddrPort) (*UDPConn, error) {
+	wq := new(waiter.Queue)
+	ep, terr := n.s.NewEndpoint(udp.ProtocolNumber, protoOf(local), wq)
 	if terr != nil {
 		return nil, errors.New(terr.String())
 	}
@@ -412,12 +484,15 @@ func (n *netStack) dialUDP(local netip.Addr, remote netip.AddrPort) (net.Conn, e
 		ep.Close()
 		return nil, errors.New(terr.String())
 	}
-	return &packetConn{UDPConn: gonet.NewUDPConn(&wq, ep), n: n, port: port, v4: local.Is4()}, nil
+	return &UDPConn{c: gonet.NewUDPConn(wq, ep), ep: ep, n: n, port: port, v4: local.Is4()}, nil
 }
 
-// listener is a TCP listener on the stack.
+// listener is a TCP listener on the stack. Its Accept is gonet's, keeping
+// the accepted endpoint for the options of TCPConn.
 type listener struct {
-	l       *gonet.TCPListener
+	ep      tcpip.Endpoint
+	wq      *waiter.Queue
+	cancel  chan struct{} // closed by Close: Accept returns
 	n       *netStack
 	port    uint16
 	matches []wire.Match
@@ -427,32 +502,63 @@ type listener struct {
 	accepts sync.WaitGroup // Accept calls in progress
 }
 
-func (l *listener) Addr() net.Addr { return l.l.Addr() }
+func (l *listener) Addr() net.Addr {
+	a, terr := l.ep.GetLocalAddress()
+	if terr != nil {
+		return nil
+	}
+	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
+}
 
-// Accept waits for the next connection. After Close it fails with an
-// error that wraps net.ErrClosed, as net's listeners do (http.Server
-// relies on that).
+// Accept waits for the next connection, a *TCPConn. After Close it fails
+// with an error that wraps net.ErrClosed, as net's listeners do
+// (http.Server relies on that).
 func (l *listener) Accept() (net.Conn, error) {
+	closedErr := func() error {
+		return &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
+	}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
+		return nil, closedErr()
 	}
 	l.accepts.Add(1)
 	l.mu.Unlock()
 	defer l.accepts.Done()
-	c, err := l.l.Accept()
-	if err != nil {
+
+	ep, wq, terr := l.ep.Accept(nil)
+	if _, ok := terr.(*tcpip.ErrWouldBlock); ok {
+		entry, notify := waiter.NewChannelEntry(waiter.ReadableEvents)
+		l.wq.EventRegister(&entry)
+		defer l.wq.EventUnregister(&entry)
+		for {
+			ep, wq, terr = l.ep.Accept(nil)
+			if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+				break
+			}
+			select {
+			case <-l.cancel:
+				return nil, closedErr()
+			case <-notify:
+			}
+		}
+	}
+	if terr != nil {
 		l.mu.Lock()
 		closed := l.closed
 		l.mu.Unlock()
 		if closed {
-			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
+			return nil, closedErr()
 		}
-		return nil, err
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: errors.New(terr.String())}
 	}
 	l.n.ref()
-	return &tcpConn{TCPConn: c.(*gonet.TCPConn), n: l.n}, nil
+	c := newTCPConn(l.n, wq, ep)
+	if err := l.n.track(c, c.Close); err != nil {
+		c.Close() // the stack is being closed
+		return nil, closedErr()
+	}
+	return c, nil
 }
 
 // Close stops listening, removes the listener's rules from usnetd and
@@ -465,68 +571,12 @@ func (l *listener) Close() error {
 	}
 	l.closed = true
 	l.mu.Unlock()
-	l.l.Shutdown()
-	l.l.Close()
+	l.ep.Shutdown(tcpip.ShutdownWrite | tcpip.ShutdownRead)
+	close(l.cancel)
+	l.ep.Close()
 	l.accepts.Wait()
+	l.n.untrack(l)
 	err := l.n.unregister(l.matches)
 	l.n.release()
-	return err
-}
-
-// tcpConn is a TCP connection on the stack.
-type tcpConn struct {
-	*gonet.TCPConn
-	n    *netStack
-	once sync.Once
-}
-
-// Close closes the connection (gracefully: FIN) and drops its reference
-// on the stack.
-func (c *tcpConn) Close() error {
-	err := net.ErrClosed
-	c.once.Do(func() {
-		err = c.TCPConn.Close()
-		c.n.release()
-	})
-	return err
-}
-
-// packetConn is a UDP socket on the stack: listening (matches set) or
-// connected.
-type packetConn struct {
-	*gonet.UDPConn
-	n       *netStack
-	port    uint16
-	v4      bool
-	matches []wire.Match
-	once    sync.Once
-}
-
-// WriteTo sends to addr, a *net.UDPAddr; IPv4 addresses in 16-byte form
-// are accepted on IPv4 sockets, unlike gonet's.
-func (c *packetConn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	ua, ok := addr.(*net.UDPAddr)
-	if !ok {
-		return 0, &net.OpError{Op: "write", Net: "udp", Addr: addr, Err: net.InvalidAddrError("not a *net.UDPAddr")}
-	}
-	if ip4 := ua.IP.To4(); ip4 != nil && c.v4 {
-		ua = &net.UDPAddr{IP: ip4, Port: ua.Port}
-	} else if ip4 != nil && len(ua.IP) == net.IPv4len {
-		ua = &net.UDPAddr{IP: ua.IP.To16(), Port: ua.Port} // v4-mapped on a dual-stack socket
-	}
-	return c.UDPConn.WriteTo(b, ua)
-}
-
-// Close closes the socket, removes its rules from usnetd and drops its
-// reference on the stack.
-func (c *packetConn) Close() error {
-	err := net.ErrClosed
-	c.once.Do(func() {
-		err = c.UDPConn.Close()
-		if uerr := c.n.unregister(c.matches); uerr != nil {
-			err = uerr
-		}
-		c.n.release()
-	})
 	return err
 }

@@ -21,12 +21,11 @@ package usnet
 // (closes the old control connection, removing its socket file), and tries
 // to attach again with a bounded backoff: at once, then after 50 ms,
 // doubling up to 1 s between tries, forever, until the stack is torn
-// down. Once usnetd
-// answers, it requests a new channel (RequestUDS), puts it under the
-// running stack (linkEndpoint.swap: the gVisor stack, its addresses,
-// listeners and TCP connections stay as they are; segments lost meanwhile
-// are retransmitted by TCP) and registers the rules of every open listener
-// again (AddMatch). Config.Reattached, if set, is told the outcome.
+// down. Once usnetd answers, it requests a new channel (RequestSHM, else
+// RequestUDS), puts it under the running stack (linkEndpoint.swap: the
+// gVisor stack, its addresses, listeners and TCP connections stay as they
+// are; segments lost meanwhile are retransmitted by TCP) and registers the
+// rules of every open listener again (AddMatch). Config.Reattached, if set, is told the outcome.
 //
 // While usnetd is away, Listen, ListenPacket and Dial fail with ErrDetached
 // (they need usnetd to register or choose a port); Close of a listener
@@ -124,13 +123,13 @@ func (s *supervisor) attachOnce() (refused error, peer int, err error) {
 	if err != nil {
 		return nil, noPeer, err
 	}
-	f, err := att.RequestUDS(n.res.iface)
+	ch, err := requestChannel(att, n.res.iface, n.cfg.NoSHM)
 	if err != nil {
 		att.Close()
 		return nil, noPeer, err
 	}
-	peer = peerOf(f)
-	if err := n.link.swap(f); err != nil {
+	peer = peerOfChannel(ch)
+	if err := n.link.swap(ch); err != nil {
 		att.Close()
 		if peer >= 0 {
 			unix.Close(peer)

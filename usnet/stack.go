@@ -1,11 +1,13 @@
 package usnet
 
-// The stack of a Config: made on first use, shared by its sockets,
-// counted, and torn down with the last of them.
+// The gVisor stack behind a Stack (Open) or a Config: attached once,
+// shared by its sockets, counted, and torn down with the last reference
+// (the Stack's own, or the last socket of a Config).
 
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -22,6 +24,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
 
 	"golang.org/x/sys/unix"
@@ -51,6 +54,52 @@ type netStack struct {
 	live  []wire.Match // rules of the open listeners, registered again after a reattach
 
 	reattaches atomic.Int64 // successful reattaches (tests read it)
+
+	// sockMu guards socks and shut: the open sockets of the stack with
+	// what closes each (a loopback mirror closes its kernel socket too),
+	// so that Stack.Close can close them. shut is set by Stack.Close: no
+	// socket is added after it.
+	sockMu sync.Mutex
+	socks  map[any]func() error
+	shut   bool
+}
+
+// track records an open socket of the stack (key is what its Close passes
+// to untrack; closeFn closes it and whatever wraps it). After Stack.Close
+// began, it fails with net.ErrClosed and the caller closes the socket.
+func (n *netStack) track(key any, closeFn func() error) error {
+	n.sockMu.Lock()
+	defer n.sockMu.Unlock()
+	if n.shut {
+		return net.ErrClosed
+	}
+	if n.socks == nil {
+		n.socks = make(map[any]func() error)
+	}
+	n.socks[key] = closeFn
+	return nil
+}
+
+// untrack forgets a socket that is being closed.
+func (n *netStack) untrack(key any) {
+	n.sockMu.Lock()
+	delete(n.socks, key)
+	n.sockMu.Unlock()
+}
+
+// shutdown refuses new sockets and closes every open one (each drops its
+// reference on the stack).
+func (n *netStack) shutdown() {
+	n.sockMu.Lock()
+	n.shut = true
+	fns := make([]func() error, 0, len(n.socks))
+	for _, fn := range n.socks {
+		fns = append(fns, fn)
+	}
+	n.sockMu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
 }
 
 // acquire returns the Config's stack, made if there is none, with one more
@@ -111,24 +160,30 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 			n.teardown()
 		}
 	}()
+	uds := c.fdbased || c.NoSHM
 	if q, ok := att.(channelMTUer); ok && !res.mtuSet {
 		// What the channel carries: usnetd's buffers and backend are
 		// sized for the NIC's MTU when it claims the NIC. An older
 		// usnetd (or the original) does not say; the NIC's MTU stays.
 		if m, err := q.ChannelMTU(res.iface); err == nil && m >= 576 {
 			res.mtu = m
+		} else if errors.Is(err, client.ErrTimeout) {
+			// QueryStatus unanswered: the original, which would leave
+			// RequestSHM unanswered too. Ask for what it has.
+			uds = true
 		}
 	}
-	f, err := att.RequestUDS(res.iface)
+	ch, err := requestChannel(att, res.iface, uds)
 	if err != nil {
 		return nil, err
 	}
 	peer := noPeer
 	if !c.fdbased {
-		peer = peerOf(f)
+		peer = peerOfChannel(ch)
 	}
 	var ep stack.LinkEndpoint
 	if c.fdbased {
+		f := ch.UDS
 		setChannelBuffers(f)
 		n.fd = f
 		ep, err = fdbased.New(&fdbased.Options{
@@ -142,7 +197,10 @@ func newNetStack(c *Config, res resolved) (_ *netStack, err error) {
 			return nil, err
 		}
 	} else {
-		n.link, err = newLinkEndpoint(f, res.mac, uint32(res.mtu))
+		n.link, err = newLinkEndpoint(ch, res.mac, uint32(res.mtu))
+		if err == nil && c.ChannelPoll != 0 {
+			n.link.poll = max(c.ChannelPoll, 0)
+		}
 		if err != nil {
 			if peer >= 0 {
 				unix.Close(peer)

@@ -77,6 +77,12 @@ func (c *Claim) makeMacvtap() error {
 	// address (and no fe80::/64 route) for it when it comes up. Without
 	// IPv6 this fails; nothing to do.
 	_ = c.h.LinkSetIP6AddrGenMode(l, nl.IN6_ADDR_GEN_MODE_NONE)
+	// Every multicast frame, not only the groups someone joined on the
+	// macvtap: the switch decides who gets them (EAPOL to the PAE group
+	// address, the solicited-node groups of the endpoints' addresses).
+	if err := c.h.LinkSetAllmulticastOn(l); err != nil {
+		return fmt.Errorf("macvtap: allmulticast on %s: %w", c.mvName, err)
+	}
 	return nil
 }
 

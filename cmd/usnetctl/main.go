@@ -165,6 +165,7 @@ type endpointJSON struct {
 	Address   string            `json:"address"`
 	Interface string            `json:"interface"`
 	Channels  int               `json:"channels"`
+	Kinds     []string          `json:"channel_kinds,omitempty"`
 	Rules     []matchJSON       `json:"rules"`
 	RxPackets uint64            `json:"rx_packets"`
 	TxPackets uint64            `json:"tx_packets"`
@@ -216,7 +217,7 @@ func statusOut(st wire.Status, socket string, asJSON bool, w io.Writer) any {
 		}
 		for _, e := range st.Endpoints {
 			ej := endpointJSON{ID: e.ID, PID: e.PID, UID: e.UID, Address: e.Address, Interface: e.Interface,
-				Channels: e.Channels, Rules: []matchJSON{}, RxPackets: e.RxPackets, TxPackets: e.TxPackets, Drops: e.Drops, Refused: e.Refused, RefusedBy: e.RefusedBy}
+				Channels: e.Channels, Kinds: e.ChannelKinds, Rules: []matchJSON{}, RxPackets: e.RxPackets, TxPackets: e.TxPackets, Drops: e.Drops, Refused: e.Refused, RefusedBy: e.RefusedBy}
 			if ej.RefusedBy == nil {
 				ej.RefusedBy = map[string]uint64{}
 			}
@@ -242,7 +243,7 @@ func statusOut(st wire.Status, socket string, asJSON bool, w io.Writer) any {
 	t = table(w)
 	fmt.Fprintln(t, "ENDPOINT\tPID\tUID\tINTERFACE\tCHANNELS\tRULES\tRX\tTX\tDROPS\tREFUSED\tADDRESS")
 	for _, e := range st.Endpoints {
-		fmt.Fprintf(t, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", e.ID, e.PID, e.UID, e.Interface, e.Channels,
+		fmt.Fprintf(t, "%d\t%d\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", e.ID, e.PID, e.UID, e.Interface, channels(e),
 			len(e.Rules), e.RxPackets, e.TxPackets, e.Drops, e.Refused, e.Address)
 	}
 	t.Flush()
@@ -337,4 +338,13 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// channels is the CHANNELS column: the count, and each channel's kind
+// ("2 shm,uds") where usnetd says them.
+func channels(e wire.EndpointStatus) string {
+	if len(e.ChannelKinds) == 0 {
+		return strconv.Itoa(e.Channels)
+	}
+	return strconv.Itoa(e.Channels) + " " + strings.Join(e.ChannelKinds, ",")
 }

@@ -128,7 +128,7 @@ func TestCommands(t *testing.T) {
 	t.Logf("usnetctl status:\n%s", out)
 	if code != 0 || !strings.Contains(out, "usnetd 1.2.3 at "+path) || !strings.Contains(out, "eth0       memory") ||
 		!strings.Contains(out, fmt.Sprintf("1         %d", os.Getpid())) || !strings.Contains(out, "REFUSED") ||
-		!strings.Contains(out, "  endpoint 1: src_mac 1\n") {
+		!strings.Contains(out, "  endpoint 1: src_mac 1\n") || !strings.Contains(out, "  1 uds  ") {
 		t.Errorf("status: %d\n%s%s", code, out, errs)
 	}
 	code, out, errs = runCtl(env, "ports")
@@ -148,7 +148,7 @@ func TestCommands(t *testing.T) {
 	var st statusJSON
 	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Version != "1.2.3" || len(st.Endpoints) != 1 ||
 		st.Endpoints[0].Rules[0].DstAddr != "198.18.0.1" || *st.Endpoints[0].Rules[0].DstPort != 8080 ||
-		st.Endpoints[0].Refused != 1 || st.Endpoints[0].RefusedBy["src_mac"] != 1 {
+		st.Endpoints[0].Refused != 1 || st.Endpoints[0].RefusedBy["src_mac"] != 1 || len(st.Endpoints[0].Kinds) != 1 || st.Endpoints[0].Kinds[0] != "uds" {
 		t.Errorf("status --json: %d %+v\n%s%s", code, st, out, errs)
 	}
 	code, out, _ = runCtl(env, "--json", "ports")

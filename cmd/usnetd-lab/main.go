@@ -605,7 +605,7 @@ func (d *demo) explain() {
   ip netns exec %[2]s %[7]s --socket %[8]s status
   ip netns exec %[2]s %[7]s --socket %[8]s rules
   ip netns exec %[2]s curl -s http://%[9]s/metrics | grep '^usnetd_'
-  tcpdump -nn -r %[10]s                 # every switched frame (PCAP_LOG)
+  tcpdump -nn -r %[10]s                 # every frame and its verdict (PCAP_LOG)
   less %[11]s                           # usnetd's log (JSON lines)
 
 namespaces: %[2]s (usnetd on %[12]s, the kernel and usnet on %[6]s)

@@ -90,13 +90,15 @@ func BenchmarkE2EKernelTCP(b *testing.B) {
 //     baseline of the other backends;
 //   - usnetd-BACKEND: an endpoint attached to the real usnetd with that
 //     backend through the control socket, reading its channel in batches
-//     (backends/uds).
+//     (backends/uds);
+//   - usnetd-BACKEND-shm: the same on a shared-memory channel (RequestSHM,
+//     backends/shm/ring), polling the ring 50 µs before it sleeps.
 //
 // Mpps counts frames that arrived where they should; loss-% the rest.
 //
 //	go test -run '^$' -bench BenchmarkE2EEndpointReceive -benchtime 500000x ./cmd/usnetd
 func BenchmarkE2EEndpointReceive(b *testing.B) {
-	for _, mode := range []string{"bare-afxdp", "usnetd-afxdp", "bare-afpacket", "usnetd-afpacket", "usnetd-macvtap"} {
+	for _, mode := range []string{"bare-afxdp", "usnetd-afxdp", "usnetd-afxdp-shm", "bare-afpacket", "usnetd-afpacket", "usnetd-afpacket-shm", "usnetd-macvtap"} {
 		b.Run(mode, func(b *testing.B) { benchEndpointReceive(b, mode) })
 	}
 }
@@ -147,6 +149,37 @@ func benchEndpointReceive(b *testing.B, mode string) {
 		}
 		b.Cleanup(func() { port.Close(); fw.Close() })
 		recv = func(bufs []*l4.Buf) (int, error) { return port.Recv(0, bufs) }
+	case "usnetd-afxdp-shm", "usnetd-afpacket-shm":
+		l.start("BACKEND=" + strings.TrimSuffix(strings.TrimPrefix(mode, "usnetd-"), "-shm"))
+		c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: b.TempDir()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		ep, err := c.RequestSHM(l.ifname)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { ep.Close() })
+		port := uint16(7000)
+		if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+			b.Fatal(err)
+		}
+		var data [64][]byte
+		var lens [64]int
+		recv = func(bufs []*l4.Buf) (int, error) {
+			for i, x := range bufs {
+				data[i] = x.Data()
+			}
+			n, err := ep.Recv(data[:len(bufs)], lens[:len(bufs)])
+			if n > 0 || err != nil {
+				return n, err
+			}
+			if err := ep.Wait(50*time.Microsecond, 100*time.Millisecond); err != nil {
+				return 0, err
+			}
+			return ep.Recv(data[:len(bufs)], lens[:len(bufs)])
+		}
 	default: // usnetd-BACKEND
 		l.start("BACKEND=" + strings.TrimPrefix(mode, "usnetd-"))
 		c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: b.TempDir()})

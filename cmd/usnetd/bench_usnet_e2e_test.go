@@ -30,7 +30,9 @@ import (
 //	               the stack's traffic otherwise), but still sees and drops
 //	               every frame, which AF_PACKET only copies
 //	usnet-usnetd   the same stack attached to usnetd through the control
-//	               socket, sharing IP and MAC with the kernel
+//	               socket, sharing IP and MAC with the kernel, on a
+//	               shared-memory channel (the default)
+//	usnet-usnetd-uds  the same on a Unix datagram channel
 //
 // usnet-packet against usnet-usnetd is what usnetd costs a userspace
 // stack (AF_XDP in copy mode, the switch, a socketpair to the stack,
@@ -43,7 +45,7 @@ import (
 // server (VARIANT-server.pprof) and of usnetd (VARIANT-usnetd.pprof) into
 // DIR, for go tool pprof -top.
 
-var benchVariants = []string{"kernel-direct", "kernel-usnetd", "usnet-packet", "usnet-usnetd"}
+var benchVariants = []string{"kernel-direct", "kernel-usnetd", "usnet-packet", "usnet-usnetd", "usnet-usnetd-uds"}
 
 // benchSetup is one variant, set up.
 type benchSetup struct {
@@ -85,6 +87,9 @@ func benchLab(b *testing.B, variant string, port int, env ...string) *benchSetup
 	case "usnet-usnetd":
 		startDaemon()
 		s.server = l.startServer("usnet", env...)
+	case "usnet-usnetd-uds":
+		startDaemon()
+		s.server = l.startServer("usnet-uds", env...)
 	default:
 		b.Fatalf("unknown variant %s", variant)
 	}

@@ -31,7 +31,9 @@ import (
 // its sockets come from:
 //
 //	usnet   usnet's userspace stack, attached to usnetd through the control
-//	        socket (USNET_INTERFACE, USNET_SOCKET), on the host's IP and MAC
+//	        socket (USNET_INTERFACE, USNET_SOCKET), on the host's IP and MAC,
+//	        on a shared-memory channel
+//	usnet-uds  the same on a Unix datagram channel (usnet.Config.NoSHM)
 //	packet  the same usnet stack with an AF_PACKET socket on the NIC as its
 //	        channel (no usnetd; USNET_IP gives the stack the address that
 //	        the host kernel then must not have)
@@ -102,7 +104,8 @@ func serve() int {
 	mode := os.Getenv(serverEnv)
 	var listen func(addr string) (net.Listener, error)
 	switch mode {
-	case "usnet":
+	case "usnet", "usnet-uds":
+		usnet.Default.NoSHM = mode == "usnet-uds"
 		// After a restart of usnetd: the e2e tests wait for this line.
 		usnet.Default.Reattached = func(err error) { fmt.Fprintf(os.Stderr, "%s (%v)\n", serverReattached, err) }
 		listen = func(addr string) (net.Listener, error) { return usnet.Listen("tcp", addr) }
@@ -112,7 +115,7 @@ func serve() int {
 	case "kernel":
 		listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 	default:
-		fmt.Fprintf(os.Stderr, "e2e server: %s=%q: want usnet, packet or kernel\n", serverEnv, mode)
+		fmt.Fprintf(os.Stderr, "e2e server: %s=%q: want usnet, usnet-uds, packet or kernel\n", serverEnv, mode)
 		return 2
 	}
 	var lns []net.Listener

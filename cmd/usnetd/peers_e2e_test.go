@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/internal/netlab"
 )
 
@@ -88,6 +89,16 @@ func TestE2EPeersHTTP(t *testing.T) {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("curl %s: no %q in\n%s", url, want, out)
 			}
+		}
+	}
+	// usnet took a shared-memory channel (the default).
+	if c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()}); err != nil {
+		t.Error(err)
+	} else {
+		st, err := c.QueryStatus()
+		c.Close()
+		if err != nil || len(st.Endpoints) != 1 || strings.Join(st.Endpoints[0].ChannelKinds, ",") != "shm" {
+			t.Errorf("the usnet server's channels: %+v, %v; want one endpoint on shm", st.Endpoints, err)
 		}
 	}
 	out, err := l.peer.Command(ctx, "curl", "-sS", "--connect-timeout", "1", fmt.Sprintf("http://%s:8082/", h)).CombinedOutput()

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/backends/shm/ring"
 	"github.com/usnetd/usnetd/control/wire"
 )
 
@@ -218,6 +219,83 @@ func (c *Client) RequestUDS(iface string) (*os.File, error) {
 		return nil, fmt.Errorf("RequestUDS %s: %w", iface, ErrRefused)
 	}
 	return nil, fmt.Errorf("RequestUDS %s: %w: %.40q with %d descriptors", iface, ErrProtocol, data, len(fds))
+}
+
+// RequestSHM asks for a shared-memory packet channel on the NIC iface
+// (backends/shm/ring has its layout) and maps it. The caller owns the
+// endpoint and closes it. A usnetd without shared-memory channels answers
+// ErrRefused (this one with the feature off, or an older one) or nothing
+// (the Rust original: ErrTimeout).
+func (c *Client) RequestSHM(iface string) (*ring.Endpoint, error) {
+	msg, err := wire.EncodeRequest(wire.RequestSHM{Interface: iface, PID: int32(os.Getpid())})
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.asked = true
+	data, fds, err := c.roundTrip(msg)
+	if err != nil {
+		return nil, fmt.Errorf("RequestSHM %s: %w", iface, err)
+	}
+	if string(data) == wire.RawFD && len(fds) == 2 {
+		ep, err := ring.OpenEndpoint(fds[0], fds[1])
+		if err != nil {
+			return nil, fmt.Errorf("RequestSHM %s: %w: %v", iface, ErrProtocol, err)
+		}
+		return ep, nil
+	}
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	if string(data) == wire.RawER {
+		return nil, fmt.Errorf("RequestSHM %s: %w", iface, ErrRefused)
+	}
+	return nil, fmt.Errorf("RequestSHM %s: %w: %.40q with %d descriptors", iface, ErrProtocol, data, len(fds))
+}
+
+// Channel is a packet channel from usnetd: exactly one of SHM and UDS is
+// set.
+type Channel struct {
+	SHM *ring.Endpoint // a shared-memory channel (RequestSHM)
+	UDS *os.File       // a Unix datagram channel (RequestUDS)
+}
+
+// Kind is "shm" or "uds".
+func (ch Channel) Kind() string {
+	if ch.SHM != nil {
+		return "shm"
+	}
+	return "uds"
+}
+
+// Close closes the channel.
+func (ch Channel) Close() error {
+	if ch.SHM != nil {
+		return ch.SHM.Close()
+	}
+	if ch.UDS != nil {
+		return ch.UDS.Close()
+	}
+	return nil
+}
+
+// RequestChannel asks for a shared-memory channel and, when usnetd refuses
+// it or does not answer (a usnetd without it), for a Unix datagram
+// channel.
+func (c *Client) RequestChannel(iface string) (Channel, error) {
+	ep, err := c.RequestSHM(iface)
+	if err == nil {
+		return Channel{SHM: ep}, nil
+	}
+	if !errors.Is(err, ErrRefused) && !errors.Is(err, ErrTimeout) {
+		return Channel{}, err
+	}
+	f, uerr := c.RequestUDS(iface)
+	if uerr != nil {
+		return Channel{}, fmt.Errorf("%w (after %v)", uerr, err)
+	}
+	return Channel{UDS: f}, nil
 }
 
 // AddMatch registers a rule for the client's oldest channel (so

@@ -33,7 +33,7 @@ func requirePrivileged(t testing.TB) {
 }
 
 // startServer runs a usnetd control server over an in-memory NIC "eth0".
-func startServer(t *testing.T, path string) (*control.Server, *l4.Table) {
+func startServer(t *testing.T, path string, tune ...func(*control.ServerConfig)) (*control.Server, *l4.Table) {
 	t.Helper()
 	requirePrivileged(t)
 	sw := l4.NewSwitch(l4.NewTable())
@@ -45,13 +45,17 @@ func startServer(t *testing.T, path string) (*control.Server, *l4.Table) {
 	if _, err := pl.AddPort(memory.New("eth0", l4.PortNIC, memory.Options{})); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := control.NewServer(control.ServerConfig{
+	cfg := control.ServerConfig{
 		SocketPath:  path,
 		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{m8080.DstAddr}}},
 		KernelPorts: func() ([]sockdiag.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "test",
-	})
+	}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	srv, err := control.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +143,45 @@ func TestClient(t *testing.T) {
 				t.Errorf("socket files left: %v", left)
 			}
 		}
+	}
+}
+
+// TestRequestChannel: RequestChannel gets a shared-memory channel from a
+// usnetd that has them, and falls back to a Unix datagram channel from one
+// that answers RequestSHM with ER (the feature off, as in a usnetd
+// without it); either way the endpoint and its rules work.
+func TestRequestChannel(t *testing.T) {
+	for _, noSHM := range []bool{false, true} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "usnetd.socket")
+		srv, table := startServer(t, path, func(c *control.ServerConfig) { c.NoSHM = noSHM })
+		c, err := client.Dial(client.Options{SocketPath: path, Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, err := c.RequestChannel("eth0")
+		if err != nil {
+			t.Fatalf("noSHM %v: %v", noSHM, err)
+		}
+		want := "shm"
+		if noSHM {
+			want = "uds"
+		}
+		if ch.Kind() != want || (ch.SHM == nil) == (ch.UDS == nil) {
+			t.Fatalf("noSHM %v: a %s channel (%+v), want %s", noSHM, ch.Kind(), ch, want)
+		}
+		if err := c.AddMatch(m8080); err != nil {
+			t.Fatal(err)
+		}
+		st := srv.Status()
+		if len(st.Endpoints) != 1 || len(st.Endpoints[0].ChannelKinds) != 1 || st.Endpoints[0].ChannelKinds[0] != want || table.Len() != 1 {
+			t.Fatalf("noSHM %v: status %+v", noSHM, st.Endpoints)
+		}
+		if _, err := c.RequestChannel("eth9"); !errors.Is(err, client.ErrRefused) {
+			t.Errorf("RequestChannel eth9: %v, want ErrRefused", err)
+		}
+		ch.Close()
+		c.Close()
 	}
 }
 

@@ -1,10 +1,14 @@
 // Package client is the Go client of usnetd's control protocol: Dial,
-// RequestUDS, AddMatch, RemoveMatch, QueryUsedPorts, QueryStatus and Close.
+// RequestUDS, RequestSHM, AddMatch, RemoveMatch, QueryUsedPorts, QueryStatus
+// and Close. RequestChannel asks for a shared-memory channel and falls back
+// to RequestUDS when usnetd refuses it or does not answer (a usnetd
+// without it).
 //
 // The messages are package control/wire's (Match, UsedPorts, Status...);
-// the client depends on it, the standard library and x/sys only, never on
-// usnetd's server (package control). It is the one client of the protocol
-// in this repository: usnetctl, usnetd-lab and usnet (DialControl) use it.
+// the client depends on it, backends/shm/ring (the shared-memory
+// channel's layout, itself standard library and x/sys only), the standard
+// library and x/sys only, never on usnetd's server (package control). It
+// is the one client of the protocol in this repository: usnetctl, usnetd-lab and usnet (DialControl) use it.
 //
 // A Client binds a private socket (a file "usnet-client-PID-RANDOM", mode
 // 0666 so that usnetd can answer without CAP_DAC_OVERRIDE, in the first of

@@ -77,6 +77,11 @@ package wire
 //     holding the protocol number): the answer, QueryPortsInUseAnswer, is
 //     one bit per port (PortSet) and so of fixed size however many sockets
 //     the host has. Old clients never send it.
+//   - RequestSHM is new ({"RequestSHM":["eth0",1234]}, like RequestUDS);
+//     the original rejected it as an unknown variant (no answer; this
+//     usnetd without the feature answers "ER"), old clients never send it.
+//     Its answer is "$" with two descriptors: the channel's memfd and the
+//     endpoint's end of its wake-up socket pair (backends/shm/ring).
 
 import (
 	"encoding/base64"
@@ -113,7 +118,7 @@ const MaxAnswerSize = 256 << 10
 const (
 	RawOK = "OK" // AddMatch succeeded
 	RawER = "ER" // a request failed
-	RawFD = "$"  // RequestUDS succeeded; the datagram carries one fd (SCM_RIGHTS)
+	RawFD = "$"  // RequestUDS succeeded; the datagram carries one fd (SCM_RIGHTS); RequestSHM: two
 )
 
 // Errors. Every error of DecodeRequest and DecodeAnswer is a *DecodeError
@@ -172,6 +177,15 @@ type RequestUDS struct {
 	PID       int32  // the client's process or thread id, 0..2^31-1 (u64 in the original)
 }
 
+// RequestSHM (new, not in the original) asks for a shared-memory packet
+// channel: the answer is RawFD with two descriptors, the channel's memfd
+// and the endpoint's end of its wake-up socket pair (layout and protocol:
+// backends/shm/ring), or RawER. Wire form: {"RequestSHM":["eth0",1234]}.
+type RequestSHM struct {
+	Interface string
+	PID       int32
+}
+
 // RequestNetmapPipe asks for a netmap pipe: the answer is the nmreq struct
 // with the fd, or RawER. Wire form: {"RequestNetmapPipe":["eth0",1234]}.
 type RequestNetmapPipe struct {
@@ -216,6 +230,7 @@ func (RemoveMatch) Type() string       { return "RemoveMatch" }
 func (QueryUsedPorts) Type() string    { return "QueryUsedPorts" }
 func (DeleteClient) Type() string      { return "DeleteClient" }
 func (QueryStatus) Type() string       { return "QueryStatus" }
+func (RequestSHM) Type() string        { return "RequestSHM" }
 
 func (RequestUDS) isRequest()        {}
 func (RequestNetmapPipe) isRequest() {}
@@ -224,6 +239,7 @@ func (RemoveMatch) isRequest()       {}
 func (QueryUsedPorts) isRequest()    {}
 func (DeleteClient) isRequest()      {}
 func (QueryStatus) isRequest()       {}
+func (RequestSHM) isRequest()        {}
 
 // Match is a rule as the protocol states it (the original's WantMsg): the
 // local ("dst") address and port the client wants to receive, optionally
@@ -430,6 +446,9 @@ type EndpointStatus struct {
 	// "refused_by": Refused by reason (the drop reasons' names, e.g.
 	// "src_ip"), an object; reasons with no frames are left out.
 	RefusedBy map[string]uint64
+	// "channel_kinds": the kind of each channel, oldest first ("uds",
+	// "shm"); written only when not empty (older usnetds leave it out).
+	ChannelKinds []string
 }
 
 // The values of RuleStatus.Kind.
@@ -617,7 +636,7 @@ func (r *reader) request() (Request, error) {
 		default:
 			req = QueryStatus{}
 		}
-	case "RequestUDS", "RequestNetmapPipe":
+	case "RequestUDS", "RequestNetmapPipe", "RequestSHM":
 		if !hasValue {
 			return nil, r.errAt(tagOff, ErrWrongType, "%s needs a value: {%q:[interface,pid]}", name, name)
 		}
@@ -625,9 +644,12 @@ func (r *reader) request() (Request, error) {
 		if err != nil {
 			return nil, err
 		}
-		if name == "RequestUDS" {
+		switch name {
+		case "RequestUDS":
 			req = RequestUDS{Interface: iface, PID: pid}
-		} else {
+		case "RequestSHM":
+			req = RequestSHM{Interface: iface, PID: pid}
+		default:
 			req = RequestNetmapPipe{Interface: iface, PID: pid}
 		}
 	case "AddMatch", "RemoveMatch":
@@ -862,6 +884,8 @@ func EncodeRequest(req Request) ([]byte, error) {
 		return encodeIfacePID(v.Type(), v.Interface, v.PID)
 	case RequestNetmapPipe:
 		return encodeIfacePID(v.Type(), v.Interface, v.PID)
+	case RequestSHM:
+		return encodeIfacePID(v.Type(), v.Interface, v.PID)
 	case AddMatch:
 		return encodeMatchRequest(v.Type(), v.Match)
 	case RemoveMatch:
@@ -1039,7 +1063,18 @@ func EncodeStatus(s Status) ([]byte, error) {
 			b = append(b, ':')
 			b = strconv.AppendUint(b, e.RefusedBy[reason], 10)
 		}
-		b = append(b, `}}`...)
+		b = append(b, '}')
+		if len(e.ChannelKinds) > 0 {
+			b = append(b, `,"channel_kinds":[`...)
+			for j, k := range e.ChannelKinds {
+				if j > 0 {
+					b = append(b, ',')
+				}
+				b = appendString(b, k)
+			}
+			b = append(b, ']')
+		}
+		b = append(b, '}')
 	}
 	b = append(b, `],"rules":[`...)
 	for i, rs := range s.Rules {
@@ -1127,7 +1162,7 @@ func DecodeAnswer(b []byte) (Answer, error) {
 		if a, err = r.portsInUse(); err != nil {
 			return nil, err
 		}
-	case "RequestUDS", "RequestNetmapPipe", "AddMatch", "RemoveMatch", "QueryUsedPorts", "DeleteClient", "QueryStatus", "QueryPortsInUse":
+	case "RequestUDS", "RequestNetmapPipe", "AddMatch", "RemoveMatch", "QueryUsedPorts", "DeleteClient", "QueryStatus", "RequestSHM", "QueryPortsInUse":
 		return nil, r.errAt(tagOff, ErrNotAnAnswer, "%s is a request", name)
 	default:
 		r.pop()
@@ -1303,6 +1338,13 @@ func (r *reader) status() (Status, error) {
 					"tx_packets": r.uintInto(1<<64-1, "u64", func(v uint64) { e.TxPackets = v }),
 					"drops":      r.uintInto(1<<64-1, "u64", func(v uint64) { e.Drops = v }),
 					"refused":    r.uintInto(1<<64-1, "u64", func(v uint64) { e.Refused = v }),
+					"channel_kinds": func() error {
+						return r.list(func() error {
+							k, err := r.str(true)
+							e.ChannelKinds = append(e.ChannelKinds, k)
+							return err
+						})
+					},
 					"refused_by": func() error {
 						if isNull, err := r.null(); err != nil || isNull {
 							return err

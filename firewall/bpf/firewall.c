@@ -135,6 +135,15 @@ enum fw_counter {
 	/* Egress: frames the kernel sent from an endpoint's registered flow
 	 * (a local port that an endpoint holds), dropped. */
 	CNT_EGRESS_ENDPOINT,
+	/* The host path (usnetd's TAP beside the NIC): frames an endpoint
+	 * sent to the kernel, redirected into the NIC's ingress or dropped by
+	 * the classifier; the kernel's frames to an endpoint's MAC redirected
+	 * to the TAP, and its ARP, NDP and EAPOL to group addresses cloned to
+	 * it. */
+	CNT_HOST_IN,
+	CNT_HOST_IN_DROPPED,
+	CNT_HOST_OUT,
+	CNT_HOST_CLONE,
 	CNT_MAX,
 };
 
@@ -225,6 +234,45 @@ struct {
 	__type(key, __u32);
 	__type(value, struct nic_mac);
 } nic_mac SEC(".maps");
+
+/* The host path: usnetd's TAP (tap_ifindex, 0: none) beside the NIC
+ * (nic_ifindex). Written by the loader when usnetd opens the TAP and
+ * cleared when it closes it. */
+struct host_port {
+	__u32 tap_ifindex;
+	__u32 nic_ifindex;
+	__u32 macs; /* entries of endpoint_macs: 0 spares every frame the lookup */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct host_port);
+} host_port SEC(".maps");
+
+/* The endpoints' own MACs (ADD_MACS): the kernel's frames to them go to
+ * the host path instead of the wire. Value unused (0). */
+struct mac_key {
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct mac_key);
+	__type(value, __u32);
+} endpoint_macs SEC(".maps");
+
+/* The mark (skb->mark) of the frames that the host path puts into the
+ * NIC's ingress: the packet sockets on the NIC (the neighbour tap, the
+ * AF_PACKET backend's) see them as arriving on the NIC, and leave them out
+ * by this mark, since the switch has switched them already (a fragment or
+ * an ARP frame read back would go round again). Keep it in sync with
+ * HostMark in Go. */
+#define HOST_MARK 0x75736e64 /* "usnd" */
 
 static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 {
@@ -552,12 +600,90 @@ static __always_inline int egress_key(struct __sk_buff *skb, struct fw_key *k, s
 	return 1;
 }
 
+/* Whether an outgoing frame is link business that the endpoints must see
+ * too: ARP, EAPOL, or ICMPv6 neighbour discovery (types 133..137) right
+ * after the IPv6 header. */
+static __always_inline int link_business(struct __sk_buff *skb, __u16 ethtype)
+{
+	if (ethtype == ETH_P_ARP_ || ethtype == ETH_P_PAE_)
+		return 1;
+	if (ethtype != ETH_P_IPV6_)
+		return 0;
+	__u8 nh, type;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) < 0 || nh != PROTO_ICMPV6)
+		return 0;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 40, &type, 1) < 0)
+		return 0;
+	return type >= 133 && type <= 137;
+}
+
+/* The kernel's side of the host path, after the egress checks: a frame to
+ * an endpoint's MAC goes to usnetd's TAP instead of the wire; ARP, NDP and
+ * EAPOL to a group address go to both. */
+static __always_inline int host_out(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct host_port *hp = bpf_map_lookup_elem(&host_port, &zero);
+	if (!hp || !hp->tap_ifindex)
+		return TCX_NEXT;
+	/* The Ethernet header, read in place (it is in the linear data at
+	 * egress; a frame where it is not is left alone). */
+	__u8 *eth = (__u8 *)(long)skb->data;
+	if ((void *)(eth + 14) > (void *)(long)skb->data_end)
+		return TCX_NEXT;
+	if (eth[0] & 1) {
+		if (link_business(skb, ((__u16)eth[12] << 8) | eth[13]) &&
+		    bpf_clone_redirect(skb, hp->tap_ifindex, 0) == 0)
+			count(CNT_HOST_CLONE);
+		return TCX_NEXT;
+	}
+	if (!hp->macs)
+		return TCX_NEXT;
+	struct mac_key mk = {};
+	__builtin_memcpy(mk.mac, eth, 6);
+	if (!bpf_map_lookup_elem(&endpoint_macs, &mk))
+		return TCX_NEXT;
+	count(CNT_HOST_OUT);
+	return bpf_redirect(hp->tap_ifindex, 0);
+}
+
+/* The endpoints' side of the host path: a TCX ingress program on usnetd's
+ * TAP, which gets what usnetd writes there (frames the switch gave the
+ * kernel). The classifier judges each as if it came from the wire, so the
+ * kernel's firewall holds for them as for the NIC's; the kernel's go into
+ * the NIC's ingress, as if received there, the rest are dropped. */
+SEC("tcx/ingress")
+int usnetd_host_ingress(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct host_port *hp = bpf_map_lookup_elem(&host_port, &zero);
+	__u32 code = classify_tc(skb, skb->len);
+	if (!hp || !hp->nic_ifindex || !cls_kernel(code)) {
+		count(CNT_HOST_IN_DROPPED);
+		return TC_ACT_SHOT;
+	}
+	skb->mark = HOST_MARK;
+	count(CNT_HOST_IN);
+	return bpf_redirect(hp->nic_ifindex, BPF_F_INGRESS);
+}
+
 /* The egress program: the kernel may not send from an endpoint's flow (its
  * replies would go to the endpoint, or, once learned, take the endpoint's
  * traffic: a kernel socket bound to an endpoint's port), so such frames
- * are dropped and counted; for the others it learns the way back. */
+ * are dropped and counted; for the others it learns the way back, and
+ * then the host path takes the endpoints' frames (host_out). */
+static __always_inline int learn(struct __sk_buff *skb);
+
 SEC("tcx/egress")
 int usnetd_learn(struct __sk_buff *skb)
+{
+	int v = learn(skb);
+	if (v != TCX_NEXT)
+		return v;
+	return host_out(skb);
+}
+
+static __always_inline int learn(struct __sk_buff *skb)
 {
 	struct fw_key k = {};
 	struct out_info o = {};

@@ -18,7 +18,8 @@
 // value is the length to keep, 0 drops): ARP, EAPOL, DHCP answers, NDP
 // and ICMP errors, which the switch also gives to endpoints; fragments,
 // whose later pieces the switch follows by the first; anything it cannot
-// read. A socket filter has no direct packet access: the headers are
+// read. Frames that usnetd's host path put into the NIC's ingress (marked
+// HOST_MARK) are dropped too: usnetd switched them already. A socket filter has no direct packet access: the headers are
 // copied with bpf_skb_load_bytes_relative from the MAC header; a VLAN tag
 // the NIC took out is not in the frame.
 
@@ -201,10 +202,14 @@ static __always_inline int kernel_frame(struct __sk_buff *skb)
 	return 0;
 }
 
+/* As in firewall.c: the frames the host path put into the NIC's ingress,
+ * which the switch has switched already. */
+#define HOST_MARK 0x75736e64
+
 SEC("socket")
 int usnetd_sock_filter(struct __sk_buff *skb)
 {
-	if (kernel_frame(skb)) {
+	if (skb->mark == HOST_MARK || kernel_frame(skb)) {
 		count(0);
 		return 0;
 	}

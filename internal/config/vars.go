@@ -133,7 +133,7 @@ var variables = []variable{
 	{
 		Name:    "PCAP_LOG",
 		Allowed: "a file path (relative to the working directory unless absolute)",
-		Meaning: "write every switched frame to this pcap file",
+		Meaning: "write every frame usnetd receives to this pcapng file: as interface the port it came from, as comment the verdict (forward to PORT, flood, uplink, drop: REASON)",
 		parse: func(st *state, v string) *Error {
 			if strings.HasSuffix(v, "/") {
 				return &Error{Value: v, Reason: "names a directory, not a file"}

@@ -21,6 +21,7 @@ import (
 type afpacketBackend struct {
 	fw   *firewall.Firewall
 	port *afpacket.Port
+	host *hostPath // the kernel's port; nil with NO_HOST_RINGS
 }
 
 func (d *daemon) openAFPacket(ifname string, rules []l4.Rule, frame int, fw *firewall.Firewall) (_ nicBackend, err error) {
@@ -66,7 +67,17 @@ func (d *daemon) openAFPacket(ifname string, rules []l4.Rule, frame int, fw *fir
 	if err != nil {
 		return nil, fmt.Errorf("AF_PACKET: %w", err)
 	}
-	return &afpacketBackend{fw: fw, port: port}, nil
+	host, err := d.openHostPath(ifname, fw)
+	if err != nil {
+		_ = port.Close()
+		return nil, err
+	}
+	return &afpacketBackend{fw: fw, port: port, host: host}, nil
+}
+
+// AttachKernel adds the host path's port to the pipeline.
+func (b *afpacketBackend) AttachKernel(p *l4.Pipeline) (l4.Owner, error) {
+	return attachHostPath(b.host, p)
 }
 
 func (b *afpacketBackend) Describe() string {
@@ -94,6 +105,7 @@ func (b *afpacketBackend) Drops() map[string]uint64 {
 	}
 	d["tx_dropped"] = st.Tx.Dropped
 	d["tx_full"] = st.Tx.Full
+	b.host.addDrops(d)
 	return d
 }
 
@@ -112,6 +124,7 @@ func (b *afpacketBackend) RevokeKernel(k l4.Key) error { return revokeKernel(b.f
 // Release closes the packet sockets and leaves the firewall attached: its
 // TCX ingress program drops what is not the kernel's.
 func (b *afpacketBackend) Release() error {
+	_ = b.host.close(b.fw)
 	perr := b.port.Close()
 	ferr := b.fw.Release()
 	if perr != nil {
@@ -123,10 +136,12 @@ func (b *afpacketBackend) Release() error {
 // keepFirewall closes the packet sockets of a NIC that is gone and hands
 // over the firewall, still loaded, for the NIC's return.
 func (b *afpacketBackend) keepFirewall() (*firewall.Firewall, error) {
+	_ = b.host.close(b.fw)
 	return b.fw, b.port.Close()
 }
 
 func (b *afpacketBackend) Close() error {
+	_ = b.host.close(b.fw)
 	perr := b.port.Close()
 	ferr := b.fw.Close()
 	if perr != nil {

@@ -66,6 +66,7 @@ type afxdpBackend struct {
 	fw    *firewall.Firewall
 	port  *afxdp.Port
 	neigh *neighPort // port with the neighbour tap as its last queue
+	host  *hostPath  // the kernel's port; nil with NO_HOST_RINGS
 }
 
 func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, frame int, fw *firewall.Firewall) (_ nicBackend, err error) {
@@ -133,7 +134,17 @@ func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, frame int, fw *firewa
 		_ = port.Close()
 		return nil, err
 	}
-	return &afxdpBackend{fw: fw, port: port, neigh: neigh}, nil
+	host, err := d.openHostPath(ifname, fw)
+	if err != nil {
+		_ = neigh.Close()
+		return nil, err
+	}
+	return &afxdpBackend{fw: fw, port: port, neigh: neigh, host: host}, nil
+}
+
+// AttachKernel adds the host path's port to the pipeline.
+func (b *afxdpBackend) AttachKernel(p *l4.Pipeline) (l4.Owner, error) {
+	return attachHostPath(b.host, p)
 }
 
 func (b *afxdpBackend) Describe() string {
@@ -163,6 +174,7 @@ func (b *afxdpBackend) Drops() map[string]uint64 {
 	if c, err := b.fw.Counters(); err == nil {
 		d["no_socket"] = c["dropped_no_xsk"]
 	}
+	b.host.addDrops(d)
 	return d
 }
 
@@ -194,6 +206,7 @@ func (b *afxdpBackend) RevokeKernel(k l4.Key) error { return revokeKernel(b.fw, 
 // Release closes the AF_XDP sockets (the kernel takes them out of the
 // XSKMAP: usnetd's frames are dropped) and leaves the firewall attached.
 func (b *afxdpBackend) Release() error {
+	_ = b.host.close(b.fw)
 	perr := b.neigh.Close()
 	ferr := b.fw.Release()
 	if perr != nil {
@@ -206,10 +219,12 @@ func (b *afxdpBackend) Release() error {
 // that is gone and hands over the firewall, still loaded, for the NIC's
 // return.
 func (b *afxdpBackend) keepFirewall() (*firewall.Firewall, error) {
+	_ = b.host.close(b.fw)
 	return b.fw, b.neigh.Close()
 }
 
 func (b *afxdpBackend) Close() error {
+	_ = b.host.close(b.fw)
 	perr := b.neigh.Close() // and the AF_XDP port
 	ferr := b.fw.Close()
 	if perr != nil {

@@ -66,7 +66,7 @@ type domain struct {
 	// afpacket), loaded and waiting to be moved onto its successor.
 	keptFW     *firewall.Firewall
 	nicPort    l4.PortID // the NIC's port in p
-	kernel     l4.Owner  // owner of the kernel's rules: l4.KernelOwner or the kernel's port (macvtap)
+	kernel     l4.Owner  // owner of the kernel's rules: l4.KernelOwner or the kernel's port (macvtap's TAP, the host path)
 	ifindex    int       // of the claimed NIC; 0 while gone
 	mac        net.HardwareAddr
 	addrs      ifAddrs
@@ -129,7 +129,7 @@ type nicBackend interface {
 }
 
 // kernelPortBackend is a nicBackend whose kernel path is a switch port
-// (macvtap: the kernel's TAP). AttachKernel adds that port to the
+// (macvtap: the kernel's TAP; afxdp, afpacket: the host path's TAP). AttachKernel adds that port to the
 // pipeline and returns its owner, which then owns the kernel's rules
 // (DEBUG_PORTS) instead of l4.KernelOwner; the backend keeps the owner and
 // the table for Expire.
@@ -257,7 +257,7 @@ type daemon struct {
 	lastTick atomic.Int64 // the housekeeping loop's last round, Unix ns
 
 	tap         *l4.Tap // PCAP_LOG
-	pcapw       *pcap.Writer
+	pcapw       *pcap.NgWriter
 	pcapRunning bool
 	tapStop     chan struct{} // stops the pcap writer, after the pipelines
 	tapDone     chan struct{}
@@ -274,6 +274,7 @@ func (d *daemon) metricDomains() []metrics.Domain {
 		if d.ctl != nil {
 			ifname := dom.ifname
 			md.ChannelDrops = func() map[string]uint64 { return d.ctl.ChannelDrops(ifname) }
+			md.SHMChannels = func() map[string]uint64 { return d.ctl.SHMChannels(ifname) }
 		}
 		ds = append(ds, md)
 	}
@@ -511,10 +512,10 @@ func (d *daemon) syncKernel(dom *domain) {
 	have := make(map[l4.Key]bool, len(keys))
 	for _, k := range keys {
 		have[k] = true
-		_ = dom.sw.Table.Insert(l4.Rule{Key: k, Owner: l4.KernelOwner, Kind: l4.Learned})
+		_ = dom.sw.Table.Insert(l4.Rule{Key: k, Owner: dom.kernel, Kind: l4.Learned})
 	}
 	dom.sw.Table.RemoveIf(func(r l4.Rule) bool {
-		return r.Owner == l4.KernelOwner && r.Kind == l4.Learned && !have[r.Key]
+		return r.Owner == dom.kernel && r.Kind == l4.Learned && !have[r.Key]
 	})
 }
 
@@ -614,7 +615,7 @@ func (d *daemon) close(keep string) error {
 
 // openPcap opens PCAP_LOG and makes the tap that the pipelines feed.
 func (d *daemon) openPcap() error {
-	w, err := pcap.Create(d.cfg.PCAPLog)
+	w, err := pcap.CreateNg(d.cfg.PCAPLog)
 	if err != nil {
 		return err
 	}
@@ -628,26 +629,28 @@ func (d *daemon) openPcap() error {
 }
 
 // runPcap starts the PCAP_LOG writer: one goroutine that drains the tap
-// (every switched frame, by reference) into the file, off the hot path.
-// When the disk is slower than the switch, the tap's rings drop and count
-// (usnetd_pcap_dropped_total). Call it once the domains are claimed.
+// (every received frame with its verdict, by reference) into the pcapng
+// file, off the hot path (pcapWriter). When the disk is slower than the
+// switch, the tap's rings drop and count (usnetd_pcap_dropped_total).
+// Call it once the domains are claimed.
 func (d *daemon) runPcap() {
-	d.log.Info().Str("file", d.cfg.PCAPLog).Msg("writing every switched frame to PCAP_LOG")
-	w, tap := d.pcapw, d.tap
+	d.log.Info().Str("file", d.cfg.PCAPLog).Msg("writing every received frame and its verdict to PCAP_LOG (pcapng)")
+	tap := d.tap
+	pw := newPcapWriter(d.pcapw, d.domains)
 	cache := d.domains[0].p.Pool().NewCache() // frames of other domains' pools go back to their own
 	go func() {
 		defer close(d.tapDone)
 		var werr error
 		write := func(b *l4.Buf) {
 			if werr == nil {
-				if werr = w.WritePacket(b.Time(), b.Bytes()); werr != nil {
+				if werr = pw.write(b); werr != nil {
 					d.log.Error().Err(werr).Str("file", d.cfg.PCAPLog).Msg("PCAP_LOG write failed; frames are no longer written")
 				}
 			}
 		}
 		for tap.Drain(write, cache, d.tapStop) {
 			if werr == nil {
-				werr = w.Flush()
+				werr = d.pcapw.Flush()
 			}
 		}
 		cache.Flush()

@@ -9,13 +9,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/netorder"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
 // neighPort is the NIC's AF_XDP port with one more receive queue, the
-// last: copies of the ARP and IPv6 neighbour-discovery frames that arrive
-// on the NIC.
+// last: copies of the ARP, EAPOL and IPv6 neighbour-discovery frames that
+// arrive on the NIC.
 //
 // The XDP classifier passes those frames to the kernel (it needs them,
 // and XDP cannot clone a frame), so they never reach the AF_XDP sockets,
@@ -40,22 +41,31 @@ type neighPort struct {
 	once    sync.Once // Close
 }
 
-// neighFilter accepts ARP and ICMPv6 neighbour discovery (router
+// neighFilter accepts ARP, EAPOL and ICMPv6 neighbour discovery (router
 // solicitation and advertisement, neighbour solicitation and
 // advertisement, redirect: types 133 to 137, right after the IPv6 header
-// as NDP sends them) and nothing else.
+// as NDP sends them) and nothing else; never a frame that the host path
+// put into the NIC's ingress (marked firewall.HostMark): the switch has
+// switched those already.
 var neighFilter = []unix.SockFilter{
-	{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 12},                    // 0: EtherType
-	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 6, Jf: 0, K: 0x0806}, // 1: ARP: accept
-	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 6, K: 0x86dd}, // 2: not IPv6: reject
-	{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: 14 + 6},                // 3: next header
-	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 4, K: 58},     // 4: not ICMPv6: reject
-	{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: 14 + 40},               // 5: ICMPv6 type
-	{Code: unix.BPF_JMP | unix.BPF_JGE | unix.BPF_K, Jt: 0, Jf: 2, K: 133},    // 6: below 133: reject
-	{Code: unix.BPF_JMP | unix.BPF_JGT | unix.BPF_K, Jt: 1, Jf: 0, K: 137},    // 7: above 137: reject
-	{Code: unix.BPF_RET | unix.BPF_K, K: 1 << 16},                             // 8: accept
-	{Code: unix.BPF_RET | unix.BPF_K, K: 0},                                   // 9: reject
+	{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdMark},                         // 0: skb->mark
+	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 10, Jf: 0, K: firewall.HostMark}, // 1: the host path's: reject
+	{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 12},                                // 2: EtherType
+	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 7, Jf: 0, K: 0x0806},             // 3: ARP: accept
+	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 6, Jf: 0, K: 0x888e},             // 4: EAPOL: accept
+	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 6, K: 0x86dd},             // 5: not IPv6: reject
+	{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: 14 + 6},                            // 6: next header
+	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 4, K: 58},                 // 7: not ICMPv6: reject
+	{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: 14 + 40},                           // 8: ICMPv6 type
+	{Code: unix.BPF_JMP | unix.BPF_JGE | unix.BPF_K, Jt: 0, Jf: 2, K: 133},                // 9: below 133: reject
+	{Code: unix.BPF_JMP | unix.BPF_JGT | unix.BPF_K, Jt: 1, Jf: 0, K: 137},                // 10: above 137: reject
+	{Code: unix.BPF_RET | unix.BPF_K, K: 1 << 16},                                         // 11: accept
+	{Code: unix.BPF_RET | unix.BPF_K, K: 0},                                               // 12: reject
 }
+
+// skfAdMark is the classic BPF load offset of skb->mark (SKF_AD_OFF +
+// SKF_AD_MARK).
+const skfAdMark = uint32(0xfffff000 + 20)
 
 // newNeighPort opens the tap on ifname, in the calling thread's network
 // namespace, and wraps port with it.
@@ -71,9 +81,9 @@ func newNeighPort(port l4.Port, ifindex int) (*neighPort, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: SO_ATTACH_FILTER: %w", err)
 	}
-	// What the kernel sends is not what arrived on the NIC; the kernel's
-	// ARP requests and answers reach the endpoints through the wire's
-	// answers only.
+	// What the kernel sends is not what arrived on the NIC: the kernel's
+	// own ARP, NDP and EAPOL reach the endpoints through the host path
+	// (the egress program's copies, read from the host path's TAP).
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: PACKET_IGNORE_OUTGOING: %w", err)

@@ -1,6 +1,7 @@
-// Package pcap writes frames to a pcap file (PCAP_LOG) in the classic
-// format with nanosecond timestamps, which tcpdump, tshark and Wireshark
-// read. It is written by hand rather than with gopacket's pcapgo because
+// Package pcap writes frames to capture files that tcpdump, tshark and
+// Wireshark read, with nanosecond timestamps: NgWriter writes pcapng
+// (PCAP_LOG: interfaces, and a comment per frame), Writer the classic
+// format. It is written by hand rather than with gopacket's pcapgo because
 // the writer is small and gopacket stays a test-only dependency; the
 // benchmark in pcap_test.go compares the two.
 //

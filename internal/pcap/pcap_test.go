@@ -141,4 +141,24 @@ func BenchmarkWriter(b *testing.B) {
 		f.Close()
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds()/1e6, "Mpps")
 	})
+	// pcapng with PCAP_LOG's interface and verdict comment per frame.
+	comment := []byte("forward to endpoint 3 (pid 4242)")
+	b.Run("ng", func(b *testing.B) {
+		w, err := CreateNg(os.DevNull)
+		if err != nil {
+			b.Fatal(err)
+		}
+		id, err := w.AddInterface("eth0: eth0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for i := range b.N {
+			if err := w.WritePacket(id, int64(i), f64, comment); err != nil {
+				b.Fatal(err)
+			}
+		}
+		w.Close()
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds()/1e6, "Mpps")
+	})
 }
