@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/usnetd/usnetd/internal/netlab"
 	"golang.org/x/sys/unix"
 )
 
@@ -13,7 +14,7 @@ import (
 // every message, descriptors a client sends are closed, and the sender's
 // address comes back byte for byte.
 func TestRecvmsgCredentials(t *testing.T) {
-	requirePrivileged(t)
+	netlab.Require(t)
 	dir := t.TempDir()
 	srvAddr := clientAddr{name: filepath.Join(dir, "srv.socket")}
 	cs, err := listenControl(srvAddr, 0, false)

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -86,12 +87,12 @@ func TestEndpointPortsFollowRules(t *testing.T) {
 		t.Fatalf("AddMatch again: %q", got)
 	}
 	c.send(matchJSON("RemoveMatch", localIP, 5353, "", -1, 17))
-	eventually(t, 2*time.Second, "RemoveMatch reaches the firewall", func() bool { return !fake.has(udp) })
+	testkit.Eventually(t, 2*time.Second, "RemoveMatch reaches the firewall", func() bool { return !fake.has(udp) })
 	if !fake.has(tcp) {
 		t.Errorf("%v went with another rule", tcp)
 	}
 	ch.Close() // the channel's end: its endpoint and rules go
-	eventually(t, 5*time.Second, "the closed channel's rules leave the firewall", func() bool { return fake.len() == 0 })
+	testkit.Eventually(t, 5*time.Second, "the closed channel's rules leave the firewall", func() bool { return fake.len() == 0 })
 }
 
 // A process that exits takes its rules out of the firewall, even while
@@ -117,5 +118,5 @@ func TestEndpointPortsProcessExit(t *testing.T) {
 	if err := h.cmd.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "the exited process's rules leave the firewall", func() bool { return fake.len() == 0 })
+	testkit.Eventually(t, 2*time.Second, "the exited process's rules leave the firewall", func() bool { return fake.len() == 0 })
 }

@@ -7,7 +7,6 @@ package control
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -22,28 +21,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/backends/memory"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/sockdiag"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
-
-// requirePrivileged fails (under CI=true) or skips a test that needs root.
-func requirePrivileged(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root, and CI=true: failing instead of skipping")
-	}
-	t.Skip("needs root")
-}
 
 // syncBuffer collects the server's log.
 type syncBuffer struct {
@@ -64,9 +51,9 @@ func (s *syncBuffer) String() string {
 }
 
 var (
-	macNIC    = net.HardwareAddr{0x02, 0, 0, 0, 0, 1}
-	macRemote = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
-	localIP   = "198.18.0.1"
+	macNIC    = testkit.NICMAC
+	macRemote = testkit.RemoteMAC
+	localIP   = testkit.NICAddr.String()
 )
 
 // env is a running server with one interface "eth0": an in-memory NIC and
@@ -83,37 +70,19 @@ type env struct {
 	logs    *syncBuffer
 	sockets atomic.Pointer[[]sockdiag.Socket] // the fake kernel inventory
 	invErr  atomic.Pointer[error]             // or its error
-	served  chan error
 }
 
 func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 	t.Helper()
-	requirePrivileged(t)
-	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, served: make(chan error, 1)}
+	netlab.Require(t)
+	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}}
 	e.sockets.Store(&[]sockdiag.Socket{})
-	e.sw = l4.NewSwitch(l4.NewTable(), l4.MAC(macNIC))
-	e.sw.SetLocal([]l4.MAC{l4.MAC(macNIC)}, []l4.Addr{l4.MustParseAddr(localIP)})
-	pl, err := l4.NewPipeline(e.sw, l4.PipelineConfig{Buffers: 2048})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.pl = pl
-	t.Cleanup(func() { pl.Close() })
-	e.nic = memory.New("eth0", l4.PortNIC, memory.Options{Keep: true})
-	if _, err := pl.AddPort(e.nic); err != nil {
-		t.Fatal(err)
-	}
-	if e.kernel, err = pl.AddPort(memory.New("eth0-kernel", l4.PortKernel, memory.Options{})); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.sw.Table.Insert(l4.Rule{Key: l4.ListenKey(l4.MustParseAddr(localIP), l4.ProtoTCP, 22),
-		Owner: e.kernel, Kind: l4.Registered, Sticky: true}); err != nil {
-		t.Fatal(err)
-	}
+	d := testkit.NewDomain(t, testkit.DomainOptions{KernelPorts: []uint16{22}})
+	e.sw, e.pl, e.nic, e.kernel = d.Switch, d.Pipeline, d.NIC, d.Kernel
 	e.path = filepath.Join(e.dir, "usnetd.socket")
 	cfg := ServerConfig{
 		SocketPath: e.path,
-		Interfaces: []Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{ip(localIP)}}},
+		Interfaces: []Interface{{Name: "eth0", Pipeline: e.pl, Backend: "memory", Addrs: []netip.Addr{ip(localIP)}}},
 		KernelPorts: func() ([]sockdiag.Socket, error) {
 			if err := e.invErr.Load(); err != nil {
 				return nil, *err
@@ -132,15 +101,8 @@ func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 		t.Fatal(err)
 	}
 	e.srv = srv
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { e.served <- srv.Serve(ctx) }()
+	// Runs after Serve returned (cleanups run last-in first-out).
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-e.served:
-		case <-time.After(5 * time.Second):
-			t.Error("Serve did not return after cancel")
-		}
 		if !strings.HasPrefix(e.path, "@") {
 			if _, err := os.Lstat(e.path); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("socket file left behind: %v", err)
@@ -153,6 +115,7 @@ func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 			t.Logf("server log:\n%s", e.logs)
 		}
 	})
+	testkit.Serve(t, srv.Serve)
 	return e
 }
 
@@ -161,18 +124,6 @@ func (e *env) setKernelSockets(ss ...sockdiag.Socket) { e.sockets.Store(&ss) }
 
 // rules returns the rules of eth0's table.
 func (e *env) rules() []l4.Rule { return e.sw.Table.Rules() }
-
-// eventually waits up to d for cond.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // rawClient speaks the protocol with system calls and JSON written by
 // hand, as the original's Rust clients did: bind a path (or an abstract
@@ -237,12 +188,11 @@ func (c *rawClient) send(msg string) {
 // false when none came within d.
 func (c *rawClient) recv(d time.Duration) (data []byte, fds []int, ok bool) {
 	c.t.Helper()
-	p := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(p, int(d/time.Millisecond))
-	if err != nil && !errors.Is(err, unix.EINTR) {
+	ready, err := testkit.WaitReadable(c.fd, d)
+	if err != nil {
 		c.t.Fatal(err)
 	}
-	if n == 0 {
+	if !ready {
 		return nil, nil, false
 	}
 	buf := make([]byte, wire.MaxAnswerSize+1)
@@ -337,28 +287,16 @@ func matchJSON(verb, dst string, dport int, src string, sport int, proto int) st
 		`,"src_port":` + opt(sport) + `,"protocol":` + strconv.Itoa(proto) + `}}`
 }
 
-// tcpFrame builds an Ethernet/IPv4/TCP frame with gopacket.
+// tcpFrame builds an Ethernet/IPv4/TCP segment (ACK) with gopacket.
 func tcpFrame(t testing.TB, srcMAC, dstMAC net.HardwareAddr, src, dst string, sport, dport uint16) []byte {
 	t.Helper()
-	eth := &layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
-	ip4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.ParseIP(src), DstIP: net.ParseIP(dst)}
-	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), ACK: true, Window: 1024}
-	if err := tcp.SetNetworkLayerForChecksum(ip4); err != nil {
-		t.Fatal(err)
-	}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		eth, ip4, tcp, gopacket.Payload("data")); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return testkit.TCP(t, srcMAC, dstMAC, testkit.AddrPort(src, sport), testkit.AddrPort(dst, dport), testkit.ACK, []byte("data"))
 }
 
 // readFrame reads one datagram from a channel end within d.
 func readFrame(t testing.TB, f *os.File, d time.Duration) ([]byte, bool) {
 	t.Helper()
-	p := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(p, int(d/time.Millisecond)); n == 0 {
+	if ready, _ := testkit.WaitReadable(int(f.Fd()), d); !ready {
 		return nil, false
 	}
 	b := make([]byte, 4096)
@@ -367,27 +305,6 @@ func readFrame(t testing.TB, f *os.File, d time.Duration) ([]byte, bool) {
 		t.Fatal(err)
 	}
 	return b[:n], true
-}
-
-// openFDs counts this process's open descriptors.
-func openFDs(t testing.TB) int {
-	t.Helper()
-	es, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(es)
-}
-
-// fdList names this process's open descriptors, for failure messages.
-func fdList() map[string]string {
-	es, _ := os.ReadDir("/proc/self/fd")
-	m := map[string]string{}
-	for _, e := range es {
-		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
-		m[e.Name()] = l
-	}
-	return m
 }
 
 // settledGoroutines waits until the number of goroutines is at most n and

@@ -19,6 +19,7 @@ import (
 
 	"github.com/usnetd/usnetd/backends/shm/ring"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/testkit"
 )
 
 const (
@@ -59,8 +60,7 @@ func (h *helperClient) ask(msg string) (string, int) {
 	if err := unix.Sendto(h.fd, []byte(msg), 0, &unix.SockaddrUnix{Name: h.server}); err != nil {
 		return "send: " + err.Error(), -1
 	}
-	p := []unix.PollFd{{Fd: int32(h.fd), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(p, 3000); n == 0 {
+	if ready, _ := testkit.WaitReadable(h.fd, 3*time.Second); !ready {
 		return "timeout", -1
 	}
 	buf := make([]byte, wire.MaxAnswerSize)

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -47,10 +48,10 @@ func TestLifetimeChannelClosed(t *testing.T) {
 	if _, err := ch.Write(tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 50000, 443)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Second, "a learned rule", func() bool { return len(e.rules()) == 3 })
+	testkit.Eventually(t, time.Second, "a learned rule", func() bool { return len(e.rules()) == 3 })
 	start := time.Now()
 	ch.Close()
-	eventually(t, time.Second, "the endpoint gone after its channel closed", e.gone)
+	testkit.Eventually(t, time.Second, "the endpoint gone after its channel closed", e.gone)
 	t.Logf("gone after %v", time.Since(start))
 }
 
@@ -94,7 +95,7 @@ func TestLifetimeChannels(t *testing.T) {
 		t.Fatal("the second channel got the frame")
 	}
 	first.Close()
-	eventually(t, time.Second, "the oldest channel and its rule gone", func() bool {
+	testkit.Eventually(t, time.Second, "the oldest channel and its rule gone", func() bool {
 		st := e.srv.Status()
 		return len(st.Endpoints) == 1 && st.Endpoints[0].Channels == 1 && len(st.Endpoints[0].Rules) == 0 &&
 			e.onlyKernelRules() && e.endpointPorts() == 1
@@ -145,7 +146,7 @@ func TestLifetimeProcessExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	eventually(t, time.Second, "the endpoint of the exited process gone", e.gone)
+	testkit.Eventually(t, time.Second, "the endpoint of the exited process gone", e.gone)
 	t.Logf("gone %v after the exit", time.Since(start))
 	if _, err := channel.Write([]byte("x")); err == nil {
 		t.Error("the channel still works after its endpoint was removed")
@@ -167,7 +168,7 @@ func TestLifetimeCycles(t *testing.T) {
 	c := newRawClient(t, e.path, e.dir)
 	c.ask(`"QueryStatus"`)
 	runtime.GC()
-	fds, gs := openFDs(t), runtime.NumGoroutine()
+	fds, gs := testkit.OpenFDs(t), runtime.NumGoroutine()
 	rules := len(e.rules())
 	pid := os.Getpid()
 	for i := range n {
@@ -188,15 +189,15 @@ func TestLifetimeCycles(t *testing.T) {
 			c.send(`"DeleteClient"`)
 		case 2: // only close: the server notices
 			unix.Close(got[0])
-			eventually(t, 2*time.Second, "the closed channel noticed", func() bool { return e.endpointPorts() == 0 })
+			testkit.Eventually(t, 2*time.Second, "the closed channel noticed", func() bool { return e.endpointPorts() == 0 })
 		}
 	}
 	c.ask(`"QueryStatus"`)
-	eventually(t, 2*time.Second, "every endpoint gone", e.gone)
+	testkit.Eventually(t, 2*time.Second, "every endpoint gone", e.gone)
 	if got := len(e.rules()); got != rules {
 		t.Errorf("%d rules, %d before", got, rules)
 	}
-	eventually(t, 2*time.Second, "descriptors back to the start", func() bool { return openFDs(t) <= fds })
+	testkit.Eventually(t, 2*time.Second, "descriptors back to the start", func() bool { return testkit.OpenFDs(t) <= fds })
 	if g := settledGoroutines(gs); g > gs {
 		t.Errorf("%d goroutines, %d before", g, gs)
 	}

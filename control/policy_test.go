@@ -15,7 +15,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/sockdiag"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -333,7 +335,7 @@ func TestHijackBySpoofedFrame(t *testing.T) {
 		}
 		return 0
 	}
-	eventually(t, 2*time.Second, "3 spoof drops counted on b's port", func() bool { return spoofs() == 3 })
+	testkit.Eventually(t, 2*time.Second, "3 spoof drops counted on b's port", func() bool { return spoofs() == 3 })
 	if n := e.nic.SentCount(); n != 1 {
 		t.Errorf("the NIC sent %d frames, want only a's 1", n)
 	}
@@ -414,7 +416,7 @@ func TestChannelPolicyPrivilegedSource(t *testing.T) {
 // source port are dropped (src_port_privileged) and never leave; its
 // frames from an unprivileged port, and from its registered port, do.
 func TestChannelPolicyUnprivileged(t *testing.T) {
-	requirePrivileged(t)
+	netlab.Require(t)
 	name := fmt.Sprintf("@usnetd-test-polpriv-%d", os.Getpid())
 	e := newEnv(t, func(c *ServerConfig) { c.SocketPath, c.AllowGID, c.HasAllowGID = name, nobody, true })
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
@@ -444,7 +446,7 @@ func TestChannelPolicyUnprivileged(t *testing.T) {
 	if _, err := ch.Write(tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 700, 2049)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "a src_port_privileged drop", func() bool { return e.pl.Stats().Drops[l4.DropSrcPortPrivileged] == 1 })
+	testkit.Eventually(t, 2*time.Second, "a src_port_privileged drop", func() bool { return e.pl.Stats().Drops[l4.DropSrcPortPrivileged] == 1 })
 	// The legitimate frames: from an ephemeral port, from its registered port 7000.
 	for _, f := range [][]byte{
 		tcpFrame(t, macNIC, macRemote, localIP, "198.18.1.2", 40000, 2049),

@@ -14,6 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -252,11 +254,11 @@ func TestDescriptorsSentToServerAreClosed(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
-	before := openFDs(t)
-	list := fdList()
+	before := testkit.OpenFDs(t)
+	list := testkit.FDList()
 	defer func() {
 		if t.Failed() {
-			t.Logf("descriptors before: %v\nafter: %v", list, fdList())
+			t.Logf("descriptors before: %v\nafter: %v", list, testkit.FDList())
 		}
 	}()
 	for range 20 {
@@ -269,7 +271,7 @@ func TestDescriptorsSentToServerAreClosed(t *testing.T) {
 	}
 	// The server closes its pidfd of a message after answering it.
 	// ("before" may count the pidfd of the warm-up message still.)
-	eventually(t, time.Second, "the descriptors of the messages closed", func() bool { return openFDs(t) <= before })
+	testkit.Eventually(t, time.Second, "the descriptors of the messages closed", func() bool { return testkit.OpenFDs(t) <= before })
 }
 
 // TestUnboundSender: a sender without an address cannot be answered; it
@@ -284,7 +286,7 @@ func TestUnboundSender(t *testing.T) {
 	if err := unix.Sendto(fd, []byte(`"QueryStatus"`), 0, serverSockaddr(e.path)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "a warning about the unbound sender", func() bool {
+	testkit.Eventually(t, 2*time.Second, "a warning about the unbound sender", func() bool {
 		return strings.Contains(e.logs.String(), "unbound socket")
 	})
 	c := newRawClient(t, e.path, e.dir)
@@ -361,7 +363,7 @@ func TestLearnedRulesLimited(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 2*time.Second, "every frame decided", func() bool {
+	testkit.Eventually(t, 2*time.Second, "every frame decided", func() bool {
 		return e.nic.SentCount()+e.pl.Stats().Drops[l4.DropRuleLimit] == 20
 	})
 	learned := func() int {
@@ -452,7 +454,7 @@ func TestLimitsPerUID(t *testing.T) {
 	}
 	// Alice leaves: her slots are free again, for her and in total.
 	a2.sendAs(`"DeleteClient"`, alice)
-	eventually(t, 2*time.Second, "alice's second client gone", func() bool { return len(e.srv.Status().Endpoints) == 2 })
+	testkit.Eventually(t, 2*time.Second, "alice's second client gone", func() bool { return len(e.srv.Status().Endpoints) == 2 })
 	want(a3, alice, req, "$")
 	want(a3, alice, matchJSON("AddMatch", localIP, 9013, "", -1, 6), "OK")
 }
@@ -527,7 +529,7 @@ func TestSecondServerRefused(t *testing.T) {
 
 // TestSocketGroup: with ALLOW_GID the socket file belongs to that group.
 func TestSocketGroup(t *testing.T) {
-	requirePrivileged(t)
+	netlab.Require(t)
 	path := filepath.Join(t.TempDir(), "g.socket")
 	srv, err := NewServer(ServerConfig{SocketPath: path, AllowGID: 4242, HasAllowGID: true})
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/backends/shm/ring"
+	"github.com/usnetd/usnetd/internal/testkit"
 )
 
 // requestSHM asks for a shared-memory channel and opens the endpoint's
@@ -203,7 +204,7 @@ func TestSHMHostileEndpoint(t *testing.T) {
 	}
 	stop.Store(true)
 	wg.Wait()
-	eventually(t, 2*time.Second, "every frame of the good endpoint out through the NIC", func() bool {
+	testkit.Eventually(t, 2*time.Second, "every frame of the good endpoint out through the NIC", func() bool {
 		return e.nic.SentCount() >= n
 	})
 	m := e.srv.SHMChannels("eth0")
@@ -224,7 +225,7 @@ func TestSHMCycles(t *testing.T) {
 	c := newRawClient(t, e.path, e.dir)
 	c.ask(`"QueryStatus"`)
 	runtime.GC()
-	fds, gs, maps := openFDs(t), runtime.NumGoroutine(), shmMappings(t)
+	fds, gs, maps := testkit.OpenFDs(t), runtime.NumGoroutine(), shmMappings(t)
 	rules := len(e.rules())
 	pid := os.Getpid()
 	for i := range n {
@@ -249,16 +250,16 @@ func TestSHMCycles(t *testing.T) {
 			c.send(`"DeleteClient"`)
 		case 2: // only close: the server notices (POLLHUP on the wake-up socket)
 			ep.Close()
-			eventually(t, 2*time.Second, "the closed channel noticed", func() bool { return e.endpointPorts() == 0 })
+			testkit.Eventually(t, 2*time.Second, "the closed channel noticed", func() bool { return e.endpointPorts() == 0 })
 		}
 	}
 	c.ask(`"QueryStatus"`)
-	eventually(t, 2*time.Second, "every endpoint gone", e.gone)
+	testkit.Eventually(t, 2*time.Second, "every endpoint gone", e.gone)
 	if got := len(e.rules()); got != rules {
 		t.Errorf("%d rules, %d before", got, rules)
 	}
-	eventually(t, 2*time.Second, "descriptors back to the start", func() bool { return openFDs(t) <= fds })
-	eventually(t, 2*time.Second, "mappings back to the start", func() bool { return shmMappings(t) <= maps })
+	testkit.Eventually(t, 2*time.Second, "descriptors back to the start", func() bool { return testkit.OpenFDs(t) <= fds })
+	testkit.Eventually(t, 2*time.Second, "mappings back to the start", func() bool { return shmMappings(t) <= maps })
 	if g := settledGoroutines(gs); g > gs {
 		t.Errorf("%d goroutines, %d before", g, gs)
 	}
@@ -282,7 +283,7 @@ func TestSHMProcessKilled(t *testing.T) {
 	}
 	_ = h.cmd.Wait()
 	start := time.Now()
-	eventually(t, time.Second, "the killed endpoint's channel memory released", func() bool {
+	testkit.Eventually(t, time.Second, "the killed endpoint's channel memory released", func() bool {
 		return e.gone() && shmMappings(t) == before
 	})
 	t.Logf("released %v after the kill", time.Since(start))

@@ -1,7 +1,7 @@
 package deploy
 
 import (
-	"encoding/binary"
+	"net"
 	"regexp"
 	"sort"
 	"strings"
@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/usnetd/usnetd/backends/memory"
+	"github.com/usnetd/usnetd/internal/testkit"
 	"github.com/usnetd/usnetd/metrics"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -118,18 +120,8 @@ func scrapeFamilies() (map[string]family, string) {
 
 // udpFrame is a UDP/IPv4 frame from 198.18.1.2:999 to 198.18.0.1:dport.
 func udpFrame(dport uint16) []byte {
-	b := make([]byte, 60)
-	copy(b[0:6], []byte{2, 0, 0, 0, 0, 1})
-	copy(b[6:12], []byte{2, 0, 0, 0, 0, 9})
-	binary.BigEndian.PutUint16(b[12:], l4.EtherTypeIPv4)
-	ip := b[14:]
-	ip[0], ip[9] = 0x45, l4.ProtoUDP
-	binary.BigEndian.PutUint16(ip[2:], 28)
-	copy(ip[12:16], []byte{198, 18, 1, 2})
-	copy(ip[16:20], []byte{198, 18, 0, 1})
-	binary.BigEndian.PutUint16(ip[20:], 999)
-	binary.BigEndian.PutUint16(ip[22:], dport)
-	return b
+	return testkit.IPv4Frame(net.HardwareAddr{2, 0, 0, 0, 0, 9}, net.HardwareAddr{2, 0, 0, 0, 0, 1},
+		testkit.AddrPort("198.18.1.2", 999), testkit.AddrPort("198.18.0.1", dport), l4.ProtoUDP, 60)
 }
 
 // Labels that Prometheus adds to every series of a scrape, and the

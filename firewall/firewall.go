@@ -196,8 +196,49 @@ type Firewall struct {
 // copy, and keeps the earlier instance's learned entries when the map is
 // compatible, so the kernel's established connections survive the
 // restart. A directory held by a live Firewall gives ErrInUse.
+//
+// The steps: checkOptions, newFirewall, lockPinDir, load, attachHooks,
+// pinAll. When one fails, Attach undoes the earlier ones (undoAttach) and
+// returns the error without logging it: the caller, who handles it, logs
+// it.
 func Attach(opts Options) (_ *Firewall, err error) {
-	lk, err := findLink(opts)
+	attrs, err := checkOptions(&opts)
+	if err != nil {
+		return nil, err
+	}
+	fw := newFirewall(opts, attrs)
+	if err := fw.lockPinDir(); err != nil {
+		return nil, err
+	}
+	var newLinks []link.Link // attached here and not pinned yet: undone on failure
+	defer func() {
+		if err != nil {
+			fw.undoAttach(newLinks)
+		}
+	}()
+	spec, err := fw.load(opts, attrs)
+	if err != nil {
+		return nil, err
+	}
+	if err := fw.attachHooks(opts, &newLinks); err != nil {
+		return nil, err
+	}
+	if err := fw.pinAll(newLinks); err != nil {
+		return nil, err
+	}
+	ev := fw.log.Info().Str("hook", string(fw.hook)).Str("mode", fw.mode).Bool("no_host_rings", opts.NoHostRings).
+		Str("pins", fw.dir)
+	if fw.hook == HookXDP {
+		ev = ev.Int("queues", int(spec.Maps["xsks"].MaxEntries))
+	}
+	ev.Msg("firewall: attached")
+	return fw, nil
+}
+
+// checkOptions validates opts, fills in the default hook and returns the
+// interface's attributes.
+func checkOptions(opts *Options) (*netlink.LinkAttrs, error) {
+	lk, err := findLink(*opts)
 	if err != nil {
 		return nil, err
 	}
@@ -228,6 +269,12 @@ func Attach(opts Options) (_ *Firewall, err error) {
 			return nil, err
 		}
 	}
+	return attrs, nil
+}
+
+// newFirewall is the Firewall of checked opts on the interface attrs,
+// nothing loaded yet.
+func newFirewall(opts Options, attrs *netlink.LinkAttrs) *Firewall {
 	root := opts.PinRoot
 	if root == "" {
 		root = DefaultPinRoot
@@ -248,28 +295,38 @@ func Attach(opts Options) (_ *Firewall, err error) {
 	if fw.minIdle == 0 {
 		fw.minIdle = DefaultMinIdle
 	}
-	if err := ensureBPFFS(root, fw.log); err != nil {
-		return nil, err
-	}
-	if fw.lock, err = lockDir(fw.dir); err != nil {
-		return nil, err
-	}
-	var newLinks []link.Link // attached here and not pinned yet: undone on failure
-	defer func() {
-		if err == nil {
-			return
-		}
-		for _, l := range newLinks {
-			_ = l.Close()
-		}
-		fw.objs.Close()
-		// Only empty directories go: an earlier instance's pins stay.
-		_ = os.Remove(fw.dir)
-		_ = os.Remove(fw.root)
-		fw.lock.Close()
-		fw.log.Error().Err(err).Msg("firewall: attach failed")
-	}()
+	return fw
+}
 
+// lockPinDir mounts the bpffs where needed and takes the pin directory's
+// lock: one live Firewall per directory.
+func (fw *Firewall) lockPinDir() error {
+	if err := ensureBPFFS(fw.root, fw.log); err != nil {
+		return err
+	}
+	var err error
+	fw.lock, err = lockDir(fw.dir)
+	return err
+}
+
+// undoAttach undoes a failed Attach after lockPinDir: it closes the links
+// attached and not pinned yet and the objects, removes the directories if
+// empty (an earlier instance's pins stay) and drops the lock. The caller
+// reports the error; it is not logged here.
+func (fw *Firewall) undoAttach(newLinks []link.Link) {
+	for _, l := range newLinks {
+		_ = l.Close()
+	}
+	fw.objs.Close()
+	_ = os.Remove(fw.dir)
+	_ = os.Remove(fw.root)
+	fw.lock.Close()
+}
+
+// load loads the eBPF objects, sized and configured for opts, keeping the
+// learned map of an earlier instance where it fits, and fills the
+// registered map with opts.Allow before any program is attached.
+func (fw *Firewall) load(opts Options, attrs *netlink.LinkAttrs) (*ebpf.CollectionSpec, error) {
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLoad, err)
@@ -294,10 +351,18 @@ func Attach(opts Options) (_ *Firewall, err error) {
 			return nil, fmt.Errorf("firewall: allow %v: %w", a.Key, err)
 		}
 	}
+	return spec, nil
+}
 
-	// The classifier, on the chosen hook; then the other hook's link of an
-	// earlier instance goes.
-	var fresh bool
+// attachHooks attaches (or swaps into an earlier instance's links) the
+// classifier on the chosen hook, removes the other hook's link of an
+// earlier instance, and attaches the egress program. Links it attaches
+// afresh are added to newLinks, also when it fails.
+func (fw *Firewall) attachHooks(opts Options, newLinks *[]link.Link) error {
+	var (
+		fresh bool
+		err   error
+	)
 	if opts.Hook == HookTC {
 		fw.in, fresh, err = fw.updateOrAttach(pinTCIngressLink, fw.objs.UsnetdTcIngress, "", func() (link.Link, error) {
 			l, err := link.AttachTCX(link.TCXOptions{
@@ -314,7 +379,7 @@ func Attach(opts Options) (_ *Firewall, err error) {
 			return l, nil
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		fw.mode = ModeTCX
 	} else {
@@ -322,18 +387,18 @@ func Attach(opts Options) (_ *Firewall, err error) {
 			return fw.attachXDP(opts.XDPMode)
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if fresh {
-		newLinks = append(newLinks, fw.in)
+		*newLinks = append(*newLinks, fw.in)
 	}
 	if opts.Hook == HookTC {
 		fw.dropPinnedLink(pinXDPLink)
 	} else {
 		fw.dropPinnedLink(pinTCIngressLink)
 		if fw.mode, err = xdpMode(fw.ifindex); err != nil {
-			return nil, err
+			return err
 		}
 	}
 
@@ -347,17 +412,20 @@ func Attach(opts Options) (_ *Firewall, err error) {
 		})
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if fresh {
-		newLinks = append(newLinks, fw.tcx)
+		*newLinks = append(*newLinks, fw.tcx)
 	}
+	return nil
+}
 
-	// Pins: the maps replace those of an earlier instance, then the new
-	// links join them.
+// pinAll pins the maps, replacing those of an earlier instance, and then
+// the links attached afresh.
+func (fw *Firewall) pinAll(newLinks []link.Link) error {
 	for name, m := range fw.maps() {
 		if err := pinReplacing(m, filepath.Join(fw.dir, name)); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	for _, l := range newLinks {
@@ -366,16 +434,10 @@ func Attach(opts Options) (_ *Firewall, err error) {
 			name = pinTCXLink
 		}
 		if err := pinReplacing(l, filepath.Join(fw.dir, name)); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	ev := fw.log.Info().Str("hook", string(fw.hook)).Str("mode", fw.mode).Bool("no_host_rings", opts.NoHostRings).
-		Str("pins", fw.dir)
-	if fw.hook == HookXDP {
-		ev = ev.Int("queues", int(spec.Maps["xsks"].MaxEntries))
-	}
-	ev.Msg("firewall: attached")
-	return fw, nil
+	return nil
 }
 
 // inPin is the pin name of the ingress hook's link.
@@ -764,6 +826,7 @@ func (fw *Firewall) Release() error {
 // interface that still has the firewall's links does nothing. On an
 // error, the Firewall is left without links on the new interface;
 // Reattach may be tried again, or Close called.
+// An error is returned, not logged: the caller logs it.
 func (fw *Firewall) Reattach() (err error) {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -807,7 +870,6 @@ func (fw *Firewall) Reattach() (err error) {
 					_ = l.Close()
 				}
 			}
-			fw.log.Error().Err(err).Msg("firewall: reattach failed")
 		}
 	}()
 	if fw.hook == HookTC {

@@ -25,6 +25,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -56,37 +57,18 @@ func newLab(t *testing.T) *fwLab {
 // newLabVeth is newLab with the veth pair made with opts.
 func newLabVeth(t *testing.T, opts netlab.VethOpts) *fwLab {
 	t.Helper()
-	lab, err := netlab.New(t, "")
+	p, err := netlab.NewPair(t, netlab.PairOpts{Veth: opts, IPv6: true, UniqueHostLink: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &fwLab{lab: lab, ifname: lab.Name() + "h"}
-	if l.host, err = lab.AddNS("host"); err != nil {
-		t.Fatal(err)
-	}
-	if l.peer, err = lab.AddNS("peer"); err != nil {
-		t.Fatal(err)
-	}
-	v, err := lab.Veth(l.host, l.ifname, l.peer, "eth0", opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.hostMAC, l.peerIndex = v.A.MAC, v.B.Index
-	sn, sn6 := lab.Subnet(), lab.Subnet6()
+	l := &fwLab{lab: p.Lab, ifname: p.HostLink, host: p.Host, peer: p.Peer}
+	l.hostMAC, l.peerIndex = p.Veth.A.MAC, p.Veth.B.Index
+	l.h4, l.p4, l.h6, l.p6 = p.HostIP, p.PeerIP, p.HostIP6, p.PeerIP6
 	for _, a := range []struct {
-		ns   *netlab.NS
-		link string
-		p    netip.Prefix
-		dst  *netip.Addr
-	}{
-		{l.host, l.ifname, netlab.Host(sn, 1), &l.h4},
-		{l.peer, "eth0", netlab.Host(sn, 2), &l.p4},
-		{l.peer, "eth0", netlab.Host(sn, 3), &l.o4},
-		{l.host, l.ifname, netlab.Host(sn6, 1), &l.h6},
-		{l.peer, "eth0", netlab.Host(sn6, 2), &l.p6},
-		{l.peer, "eth0", netlab.Host(sn6, 3), &l.o6},
-	} {
-		if err := a.ns.AddAddr(a.link, a.p); err != nil {
+		p   netip.Prefix
+		dst *netip.Addr
+	}{{netlab.Host(p.Subnet, 3), &l.o4}, {netlab.Host(p.Subnet6, 3), &l.o6}} {
+		if err := p.Peer.AddAddr("eth0", a.p); err != nil {
 			t.Fatal(err)
 		}
 		*a.dst = a.p.Addr()
@@ -200,14 +182,8 @@ func dial(ns *netlab.NS, from, to netip.Addr, port uint16, timeout time.Duration
 // echo checks that c carries data both ways.
 func echo(t *testing.T, c net.Conn) {
 	t.Helper()
-	msg := []byte("usnetd firewall test")
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := c.Write(msg); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatalf("read: %v", err)
+	if err := testkit.EchoConn(c, []byte("usnetd firewall test"), 3*time.Second); err != nil {
+		t.Fatal(err)
 	}
 }
 

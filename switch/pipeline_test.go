@@ -3,6 +3,7 @@ package l4_test
 import (
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/usnetd/usnetd/backends/memory"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -26,24 +28,11 @@ var (
 	remote    = l4.MustParseAddr("198.18.1.2")
 )
 
-// frame4 builds a minimal Ethernet+IPv4+UDP/TCP frame by hand (the
-// pipeline tests want many frames fast; gopacket checks the parser in the
-// package's own tests).
+// frame4 builds a minimal Ethernet+IPv4+UDP/TCP frame by hand
+// (testkit.IPv4Frame: the pipeline tests want many frames fast; gopacket
+// checks the parser in the package's own tests).
 func frame4(src, dst l4.MAC, sip l4.Addr, sport uint16, dip l4.Addr, dport uint16, proto uint8) []byte {
-	b := make([]byte, 64)
-	copy(b[0:6], dst[:])
-	copy(b[6:12], src[:])
-	binary.BigEndian.PutUint16(b[12:], l4.EtherTypeIPv4)
-	ip := b[14:]
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], 50)
-	ip[8] = 64
-	ip[9] = proto
-	copy(ip[12:16], sip[12:])
-	copy(ip[16:20], dip[12:])
-	binary.BigEndian.PutUint16(ip[20:], sport)
-	binary.BigEndian.PutUint16(ip[22:], dport)
-	return b
+	return testkit.IPv4Frame(src[:], dst[:], netip.AddrPortFrom(sip.Netip(), sport), netip.AddrPortFrom(dip.Netip(), dport), proto, 64)
 }
 
 func arp() []byte {

@@ -1,6 +1,17 @@
 package l4
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
+
+// RecvTimeout is the longest a Port's Recv may block with no frame before
+// it returns (0, nil), so that its worker notices a stop: the poll
+// interval of the port contract. Every backend waits exactly this long.
+const RecvTimeout = 100 * time.Millisecond
+
+// RecvTimeoutMillis is RecvTimeout in milliseconds, for poll(2).
+const RecvTimeoutMillis = int(RecvTimeout / time.Millisecond)
 
 // The port contract: what a backend implements to be a switch port.
 //
@@ -44,7 +55,7 @@ type Port interface {
 	// (into b.Data(), then b.SetLen) and returns how many it filled, in
 	// order from bufs[0]. It blocks until at least one frame arrived, the
 	// port is closed (ErrPortClosed), or a poll interval of at most
-	// 100 ms passed (0, nil), so that the worker can notice a stop. After
+	// RecvTimeout passed (0, nil), so that the worker can notice a stop. After
 	// WaitRx reported frames ready it returns at once.
 	Recv(q int, bufs []*Buf) (int, error)
 	// Send transmits the frames and returns how many the backend took.

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/usnetd/usnetd/internal/testkit"
 )
 
 // openPair opens a Stack on each Config of a stackPair and counts the
@@ -110,11 +112,11 @@ func TestStackLifetime(t *testing.T) {
 	}
 	cycle(1) // warm up: package-level state of gVisor and the runtime
 	runtime.GC()
-	g0, fd0 := runtime.NumGoroutine(), openFDs(t)
+	g0, fd0 := runtime.NumGoroutine(), testkit.OpenFDs(t)
 	cycle(200)
 	var g, fd int
 	for range 200 { // goroutines that were told to stop may take a moment
-		if g, fd = runtime.NumGoroutine(), openFDs(t); g <= g0 && fd <= fd0 {
+		if g, fd = runtime.NumGoroutine(), testkit.OpenFDs(t); g <= g0 && fd <= fd0 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

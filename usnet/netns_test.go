@@ -22,12 +22,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -114,71 +112,21 @@ func (w *packetWire) close() {
 	w.wg.Wait()
 }
 
-// txChecksumOff turns off TX checksum offload of link in ns (ethtool -K
-// LINK tx off). A veth hands frames on with CHECKSUM_PARTIAL, so an
-// AF_PACKET socket on the other end sees TCP and UDP checksums that were
-// never filled in, and gVisor rightly drops those segments. usnetd's
-// backends meet the same; for the wire, the peer computes them instead.
-func txChecksumOff(ns *netlab.NS, link string) error {
-	return ns.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		const ethtoolSTXCSUM = 0x17
-		val := struct{ cmd, data uint32 }{cmd: ethtoolSTXCSUM}
-		var ifr struct {
-			name [unix.IFNAMSIZ]byte
-			data uintptr
-			_    [16]byte
-		}
-		copy(ifr.name[:], link)
-		ifr.data = uintptr(unsafe.Pointer(&val))
-		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
-		runtime.KeepAlive(&val)
-		if errno != 0 {
-			return fmt.Errorf("ethtool -K %s tx off: %w", link, errno)
-		}
-		return nil
-	})
-}
-
-// lab makes the host and peer namespaces joined by a veth; the host end
-// has the kernel's address .1 and the peer .2 (and ::1, ::2).
+// newLab makes the host and peer namespaces joined by a veth
+// (netlab.NewPair); the host end has the kernel's address .1 and the peer
+// .2 (and ::1, ::2).
 func newLab(t *testing.T) (host, peer *netlab.NS, sn, sn6 netip.Prefix) {
-	lab, err := netlab.New(t, "")
+	p, err := netlab.NewPair(t, netlab.PairOpts{IPv6: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if host, err = lab.AddNS("host"); err != nil {
+	// A veth hands frames on with CHECKSUM_PARTIAL, so an AF_PACKET
+	// socket on the other end sees checksums never filled in, and gVisor
+	// rightly drops those segments: the peer computes them instead.
+	if err := p.Peer.TxChecksumOff("eth0"); err != nil {
 		t.Fatal(err)
 	}
-	if peer, err = lab.AddNS("peer"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lab.Veth(host, "eth0", peer, "eth0", netlab.VethOpts{Up: true}); err != nil {
-		t.Fatal(err)
-	}
-	sn, sn6 = lab.Subnet(), lab.Subnet6()
-	if err := txChecksumOff(peer, "eth0"); err != nil {
-		t.Fatal(err)
-	}
-	// No duplicate address detection: the addresses are usable at once.
-	for _, ns := range []*netlab.NS{host, peer} {
-		if err := ns.SetSysctl("net.ipv6.conf.eth0.accept_dad", "0"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, a := range []struct {
-		ns *netlab.NS
-		p  netip.Prefix
-	}{{host, netlab.Host(sn, 1)}, {peer, netlab.Host(sn, 2)}, {host, netlab.Host(sn6, 1)}, {peer, netlab.Host(sn6, 2)}} {
-		if err := a.ns.AddAddr("eth0", a.p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return host, peer, sn, sn6
+	return p.Host, p.Peer, p.Subnet, p.Subnet6
 }
 
 func TestKernelPeer(t *testing.T) {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/testkit"
 )
 
 // waitClosed waits until the fake saw DeleteClient (the stack's teardown
@@ -357,11 +358,11 @@ func TestTeardown(t *testing.T) {
 	}
 	cycle() // warm up: package-level state of gVisor and the runtime
 	runtime.GC()
-	g0, fd0 := runtime.NumGoroutine(), openFDs(t)
+	g0, fd0 := runtime.NumGoroutine(), testkit.OpenFDs(t)
 	cycle()
 	var g, fd int
 	for range 200 { // goroutines that were told to stop may take a moment
-		if g, fd = runtime.NumGoroutine(), openFDs(t); g <= g0 && fd <= fd0 {
+		if g, fd = runtime.NumGoroutine(), testkit.OpenFDs(t); g <= g0 && fd <= fd0 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -385,14 +386,6 @@ func TestTeardown(t *testing.T) {
 	if _, err := b.Dial("tcp", "198.18.0.1:9"); err == nil {
 		t.Error("dial to a closed stack succeeded")
 	}
-}
-
-func openFDs(t *testing.T) int {
-	es, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(es)
 }
 
 func TestLoopbackRefused(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/rs/zerolog"
 
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -50,14 +51,14 @@ func TestSingleWorker(t *testing.T) {
 	}
 	from := conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	for i, u := range got {
-		if !bytes.Equal(u.payload, payloadOf(i)) {
-			t.Errorf("datagram %d: payload %q, want %q", i, u.payload, payloadOf(i))
+		if !bytes.Equal(u.Payload, payloadOf(i)) {
+			t.Errorf("datagram %d: payload %q, want %q", i, u.Payload, payloadOf(i))
 		}
-		if u.src.Port() != from.Port() || u.src.Addr() != tl.peerIP {
-			t.Errorf("datagram %d from %v, want %v", i, u.src, from)
+		if u.Src.Port() != from.Port() || u.Src.Addr() != tl.peerIP {
+			t.Errorf("datagram %d from %v, want %v", i, u.Src, from)
 		}
-		if !bytes.Equal(u.dstMAC, tl.veth.A.MAC) || !bytes.Equal(u.srcMAC, tl.veth.B.MAC) {
-			t.Errorf("datagram %d: MACs %v → %v", i, u.srcMAC, u.dstMAC)
+		if !bytes.Equal(u.DstMAC, tl.veth.A.MAC) || !bytes.Equal(u.SrcMAC, tl.veth.B.MAC) {
+			t.Errorf("datagram %d: MACs %v → %v", i, u.SrcMAC, u.DstMAC)
 		}
 	}
 
@@ -131,7 +132,7 @@ func TestFanout(t *testing.T) {
 	count := map[uint16]int{}
 	used := map[int]bool{}
 	for _, r := range got {
-		sp := r.src.Port()
+		sp := r.Src.Port()
 		if w, ok := worker[sp]; ok && w != r.queue {
 			t.Errorf("flow from port %d on workers %d and %d", sp, w, r.queue)
 		}
@@ -201,13 +202,13 @@ func TestIgnoreOutgoing(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, b := range rb[:k] {
-			u, ok := parseUDP(b.Bytes())
+			u, ok := testkit.ParseUDP(b.Bytes())
 			switch {
 			case !ok:
-			case u.dst == marker:
+			case u.Dst == marker:
 				seen = true
-			case u.dst == to:
-				t.Errorf("Recv got an outgoing frame: %v → %v %q", u.src, u.dst, u.payload)
+			case u.Dst == to:
+				t.Errorf("Recv got an outgoing frame: %v → %v %q", u.Src, u.Dst, u.Payload)
 			}
 		}
 	}
@@ -227,7 +228,7 @@ func TestVLANTagRestored(t *testing.T) {
 		t.Fatalf("peer Send: %d, %v", n, err)
 	}
 	got := recvUDP(t, p, netip.AddrPortFrom(tl.hostIP, 7000), 1)
-	if len(got) != 1 || got[0].vlan != 42 || string(got[0].payload) != "tagged" {
+	if len(got) != 1 || got[0].VLAN != 42 || string(got[0].Payload) != "tagged" {
 		t.Fatalf("got %+v", got)
 	}
 	rb := bufs(t, 1)

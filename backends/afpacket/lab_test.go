@@ -7,10 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -36,31 +34,11 @@ type testLab struct {
 // queues (0: the kernel's default of one), and addresses.
 func newTestLab(t testing.TB, queues int) *testLab {
 	t.Helper()
-	lab, err := netlab.New(t, "")
+	p, err := netlab.NewPair(t, netlab.PairOpts{Veth: netlab.VethOpts{Queues: queues}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, err := lab.AddNS("host")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := lab.AddNS("peer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := lab.Veth(host, "eth0", peer, "eth0", netlab.VethOpts{Queues: queues, Up: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sn := lab.Subnet()
-	hp, pp := netlab.Host(sn, 1), netlab.Host(sn, 2)
-	if err := host.AddAddr("eth0", hp); err != nil {
-		t.Fatal(err)
-	}
-	if err := peer.AddAddr("eth0", pp); err != nil {
-		t.Fatal(err)
-	}
-	return &testLab{t: t, lab: lab, host: host, peer: peer, veth: v, hostIP: hp.Addr(), peerIP: pp.Addr()}
+	return &testLab{t: t, lab: p.Lab, host: p.Host, peer: p.Peer, veth: p.Veth, hostIP: p.HostIP, peerIP: p.PeerIP}
 }
 
 // open opens a port on the host's eth0 inside the host namespace.
@@ -106,54 +84,11 @@ func (tl *testLab) openPeer(opt Options) *Port {
 // udpFrame builds an Ethernet/IPv4/UDP frame with correct checksums.
 func udpFrame(t testing.TB, src, dst net.HardwareAddr, sip netip.Addr, sport uint16, dip netip.Addr, dport uint16, payload []byte) []byte {
 	t.Helper()
-	eth := &layers.Ethernet{SrcMAC: src, DstMAC: dst, EthernetType: layers.EthernetTypeIPv4}
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: sip.AsSlice(), DstIP: dip.AsSlice()}
-	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
-	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
-		t.Fatal(err)
-	}
-	buf := gopacket.NewSerializeBuffer()
-	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
-	if err := gopacket.SerializeLayers(buf, opts, eth, ip, udp, gopacket.Payload(payload)); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return testkit.UDP(t, src, dst, netip.AddrPortFrom(sip, sport), netip.AddrPortFrom(dip, dport), payload)
 }
 
 // parsedUDP is what a test wants to know about a received frame.
-type parsedUDP struct {
-	src, dst       netip.AddrPort
-	srcMAC, dstMAC net.HardwareAddr
-	vlan           uint16 // 0: untagged
-	payload        []byte
-}
-
-// parseUDP decodes an Ethernet[/802.1Q]/IPv4/UDP frame, or reports false.
-func parseUDP(frame []byte) (parsedUDP, bool) {
-	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
-	eth, _ := pkt.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
-	ip, _ := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-	udp, _ := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
-	if eth == nil || ip == nil || udp == nil {
-		return parsedUDP{}, false
-	}
-	u := parsedUDP{
-		src:     netip.AddrPortFrom(mustAddr(ip.SrcIP), uint16(udp.SrcPort)),
-		dst:     netip.AddrPortFrom(mustAddr(ip.DstIP), uint16(udp.DstPort)),
-		srcMAC:  eth.SrcMAC,
-		dstMAC:  eth.DstMAC,
-		payload: append([]byte(nil), udp.Payload...),
-	}
-	if tag, ok := pkt.Layer(layers.LayerTypeDot1Q).(*layers.Dot1Q); ok {
-		u.vlan = tag.VLANIdentifier
-	}
-	return u, true
-}
-
-func mustAddr(ip net.IP) netip.Addr {
-	a, _ := netip.AddrFromSlice(ip)
-	return a.Unmap()
-}
+type parsedUDP = testkit.UDPInfo
 
 // bufs returns n buffers of a fresh pool.
 func bufs(t testing.TB, n int) []*l4.Buf {
@@ -201,7 +136,7 @@ func recvUDP(t testing.TB, p *Port, dst netip.AddrPort, want int) []received {
 					return
 				}
 				for _, b := range bs[:n] {
-					if u, ok := parseUDP(b.Bytes()); ok && u.dst == dst {
+					if u, ok := testkit.ParseUDP(b.Bytes()); ok && u.Dst == dst {
 						got <- received{u, q}
 					}
 				}

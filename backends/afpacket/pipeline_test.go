@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/usnetd/usnetd/backends/memory"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -63,15 +64,15 @@ func TestPipeline(t *testing.T) {
 	for got < n && time.Now().Before(deadline) {
 		got = 0
 		for _, f := range ep.Sent() {
-			u, ok := parseUDP(f)
+			u, ok := testkit.ParseUDP(f)
 			if !ok {
 				continue
 			}
-			if u.dst != dst {
+			if u.Dst != dst {
 				t.Fatalf("endpoint got a datagram that is not for %v: % x", dst, f)
 			}
-			if !bytes.Equal(u.payload, payloadOf(got)) {
-				t.Fatalf("datagram %d: %q", got, u.payload)
+			if !bytes.Equal(u.Payload, payloadOf(got)) {
+				t.Fatalf("datagram %d: %q", got, u.Payload)
 			}
 			got++
 		}

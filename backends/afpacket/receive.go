@@ -13,8 +13,8 @@ import (
 )
 
 // pollTimeout is how long Recv waits for a block (milliseconds): the
-// l4.Port contract allows at most 100 ms.
-const pollTimeout = 100
+// l4.Port contract's receive timeout.
+const pollTimeout = l4.RecvTimeoutMillis
 
 // ne reads the ring's headers, which the kernel writes in its own byte
 // order.
@@ -24,7 +24,7 @@ var ne = binary.NativeEndian
 // ring into the buffers, block by block, and gives each block back to the
 // kernel as soon as every frame in it is copied. With nothing to read it
 // polls the socket (and the port's eventfd, which Close writes) for at
-// most 100 ms.
+// most l4.RecvTimeout.
 func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 	if q < 0 || q >= len(p.rx) {
 		return 0, queueError(q, len(p.rx))

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -28,7 +29,7 @@ func recvUDP(t *testing.T, p *Port, q int, dst netip.AddrPort, want int) []parse
 			t.Fatalf("Recv(%d): %v", q, err)
 		}
 		for _, b := range bs[:n] {
-			if u, ok := parseUDP(b.Bytes()); ok && u.dst == dst {
+			if u, ok := testkit.ParseUDP(b.Bytes()); ok && u.Dst == dst {
 				got = append(got, u)
 			}
 		}
@@ -72,14 +73,14 @@ func TestSingleQueue(t *testing.T) {
 	}
 	from := conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	for i, u := range got {
-		if !bytes.Equal(u.payload, payloadOf(i)) {
-			t.Errorf("datagram %d: payload %q, want %q", i, u.payload, payloadOf(i))
+		if !bytes.Equal(u.Payload, payloadOf(i)) {
+			t.Errorf("datagram %d: payload %q, want %q", i, u.Payload, payloadOf(i))
 		}
-		if u.src.Port() != from.Port() || u.src.Addr() != tl.peerIP {
-			t.Errorf("datagram %d from %v, want %v", i, u.src, from)
+		if u.Src.Port() != from.Port() || u.Src.Addr() != tl.peerIP {
+			t.Errorf("datagram %d from %v, want %v", i, u.Src, from)
 		}
-		if !bytes.Equal(u.dstMAC, tl.veth.A.MAC) || !bytes.Equal(u.srcMAC, tl.veth.B.MAC) {
-			t.Errorf("datagram %d: MACs %v → %v", i, u.srcMAC, u.dstMAC)
+		if !bytes.Equal(u.DstMAC, tl.veth.A.MAC) || !bytes.Equal(u.SrcMAC, tl.veth.B.MAC) {
+			t.Errorf("datagram %d: MACs %v → %v", i, u.SrcMAC, u.DstMAC)
 		}
 	}
 

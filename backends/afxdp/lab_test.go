@@ -10,12 +10,11 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -51,32 +50,13 @@ func newTestLab(t testing.TB, queues int) *testLab {
 // refuses any other above an MTU of about 3,500 in native mode).
 func newTestLabMTU(t testing.TB, queues, mtu int) *testLab {
 	t.Helper()
-	lab, err := netlab.New(t, "")
+	p, err := netlab.NewPair(t, netlab.PairOpts{Veth: netlab.VethOpts{Queues: queues, MTU: mtu}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, err := lab.AddNS("host")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := lab.AddNS("peer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := lab.Veth(host, "eth0", peer, "eth0", netlab.VethOpts{Queues: queues, MTU: mtu, Up: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sn := lab.Subnet()
-	hp, pp := netlab.Host(sn, 1), netlab.Host(sn, 2)
-	if err := host.AddAddr("eth0", hp); err != nil {
-		t.Fatal(err)
-	}
-	if err := peer.AddAddr("eth0", pp); err != nil {
-		t.Fatal(err)
-	}
-	tl := &testLab{t: t, lab: lab, host: host, peer: peer, veth: v, hostIP: hp.Addr(), peerIP: pp.Addr()}
-	err = peer.Do(func() error {
+	v := p.Veth
+	tl := &testLab{t: t, lab: p.Lab, host: p.Host, peer: p.Peer, veth: v, hostIP: p.HostIP, peerIP: p.PeerIP}
+	err = p.Peer.Do(func() error {
 		return netlink.NeighAdd(&netlink.Neigh{
 			LinkIndex:    v.B.Index,
 			Family:       netlink.FAMILY_V4,
@@ -171,48 +151,11 @@ func (tl *testLab) tryOpen(opt Options) (*Port, error) {
 // udpFrame builds an Ethernet/IPv4/UDP frame with correct checksums.
 func udpFrame(t testing.TB, src, dst net.HardwareAddr, sip netip.Addr, sport uint16, dip netip.Addr, dport uint16, payload []byte) []byte {
 	t.Helper()
-	eth := &layers.Ethernet{SrcMAC: src, DstMAC: dst, EthernetType: layers.EthernetTypeIPv4}
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: sip.AsSlice(), DstIP: dip.AsSlice()}
-	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
-	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
-		t.Fatal(err)
-	}
-	buf := gopacket.NewSerializeBuffer()
-	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
-	if err := gopacket.SerializeLayers(buf, opts, eth, ip, udp, gopacket.Payload(payload)); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return testkit.UDP(t, src, dst, netip.AddrPortFrom(sip, sport), netip.AddrPortFrom(dip, dport), payload)
 }
 
 // parsedUDP is what a test wants to know about a received frame.
-type parsedUDP struct {
-	src, dst       netip.AddrPort
-	srcMAC, dstMAC net.HardwareAddr
-	payload        []byte
-	raw            []byte
-}
-
-// parseUDP decodes an Ethernet/IPv4/UDP frame, or reports false.
-func parseUDP(frame []byte) (parsedUDP, bool) {
-	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
-	eth, _ := pkt.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
-	ip, _ := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-	udp, _ := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
-	if eth == nil || ip == nil || udp == nil {
-		return parsedUDP{}, false
-	}
-	sip, _ := netip.AddrFromSlice(ip.SrcIP)
-	dip, _ := netip.AddrFromSlice(ip.DstIP)
-	return parsedUDP{
-		src:     netip.AddrPortFrom(sip.Unmap(), uint16(udp.SrcPort)),
-		dst:     netip.AddrPortFrom(dip.Unmap(), uint16(udp.DstPort)),
-		srcMAC:  eth.SrcMAC,
-		dstMAC:  eth.DstMAC,
-		payload: append([]byte(nil), udp.Payload...),
-		raw:     append([]byte(nil), frame...),
-	}, true
-}
+type parsedUDP = testkit.UDPInfo
 
 // bufs returns n buffers of a fresh pool.
 func bufs(t testing.TB, n int) []*l4.Buf {

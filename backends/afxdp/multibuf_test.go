@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -175,8 +176,8 @@ func TestJumboVeth(t *testing.T) {
 				t.Fatalf("received %d of %d datagrams of 8,972 bytes; stats %+v", len(got), n, p.Stats())
 			}
 			for i, u := range got {
-				if !bytes.Equal(u.payload, jumbo(8972, byte(i))) {
-					t.Errorf("datagram %d: %d bytes, not what was sent", i, len(u.payload))
+				if !bytes.Equal(u.Payload, jumbo(8972, byte(i))) {
+					t.Errorf("datagram %d: %d bytes, not what was sent", i, len(u.Payload))
 				}
 			}
 			from := conn.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -225,8 +226,8 @@ func recvUDPBig(t *testing.T, p *Port, dst netip.AddrPort, want int) []parsedUDP
 			t.Fatalf("Recv: %v", err)
 		}
 		for _, b := range bs[:n] {
-			if u, ok := parseUDP(b.Bytes()); ok && u.dst == dst {
-				u.payload = bytes.Clone(u.payload)
+			if u, ok := testkit.ParseUDP(b.Bytes()); ok && u.Dst == dst {
+				u.Payload = bytes.Clone(u.Payload)
 				got = append(got, u)
 			}
 		}

@@ -3,12 +3,12 @@ package afxdp
 import (
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf/link"
+	"github.com/usnetd/usnetd/internal/testkit"
 )
 
 // TestMultiQueue opens a port on both queues of a two-queue veth and sends
@@ -72,7 +72,7 @@ func TestMultiQueue(t *testing.T) {
 							return
 						}
 						for _, b := range bs[:n] {
-							if u, ok := parseUDP(b.Bytes()); ok && u.dst == dst {
+							if u, ok := testkit.ParseUDP(b.Bytes()); ok && u.Dst == dst {
 								mu.Lock()
 								counts[q]++
 								total++
@@ -127,7 +127,7 @@ func TestRebind(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	before := countFDs(t)
+	before := testkit.OpenFDs(t)
 	busy := bindBusy.Load()
 	start := time.Now()
 	for i := range 20 {
@@ -144,16 +144,7 @@ func TestRebind(t *testing.T) {
 	}
 	t.Logf("20 open/close cycles of 2 queues in %v; bind met EBUSY and retried %d times",
 		time.Since(start).Round(time.Millisecond), bindBusy.Load()-busy)
-	if after := countFDs(t); after != before {
+	if after := testkit.OpenFDs(t); after != before {
 		t.Errorf("%d fds open before the cycles, %d after", before, after)
 	}
-}
-
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/usnetd/usnetd/backends/memory"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -61,13 +62,13 @@ func TestPipeline(t *testing.T) {
 	}
 	var got int
 	for _, f := range ep.Sent() {
-		u, ok := parseUDP(f)
-		if !ok || u.dst != dst {
+		u, ok := testkit.ParseUDP(f)
+		if !ok || u.Dst != dst {
 			t.Errorf("endpoint got a frame that is not for %v: % x", dst, f)
 			continue
 		}
-		if !bytes.Equal(u.payload, payloadOf(got)) {
-			t.Errorf("datagram %d: %q", got, u.payload)
+		if !bytes.Equal(u.Payload, payloadOf(got)) {
+			t.Errorf("datagram %d: %q", got, u.Payload)
 		}
 		got++
 	}

@@ -10,13 +10,13 @@ import (
 )
 
 // pollTimeout is how long Recv waits for a frame (milliseconds): the
-// l4.Port contract allows at most 100 ms.
-const pollTimeout = 100
+// l4.Port contract's receive timeout.
+const pollTimeout = l4.RecvTimeoutMillis
 
 // Recv implements l4.Port. It copies up to len(bufs) frames of queue q
 // into the buffers and gives their UMEM frames back to the kernel at once.
 // With nothing to read it polls the socket (and the port's eventfd, which
-// Close writes) for at most 100 ms.
+// Close writes) for at most l4.RecvTimeout.
 func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 	if q < 0 || q >= len(p.socks) {
 		return 0, queueError(q, len(p.socks))

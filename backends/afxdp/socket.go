@@ -63,8 +63,9 @@ var bindBusy atomic.Uint64
 
 // newXSK creates, registers, maps, pre-fills and binds a socket on queue
 // q of ifindex. The caller's thread must be in the interface's network
-// namespace. tx gives the socket a TX ring and TX frames.
-func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
+// namespace. tx gives the socket a TX ring and TX frames. On an error
+// everything done so far is undone.
+func newXSK(ifindex, q int, tx bool, o *Options) (_ *xsk, err error) {
 	fd, err := unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.EAFNOSUPPORT) {
@@ -72,14 +73,14 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 		}
 		return nil, fmt.Errorf("afxdp: socket(AF_XDP): %w", err)
 	}
-	s = &xsk{queue: q, fd: fd, frame: uint64(o.FrameSize), sg: o.MaxFrame > o.FrameSize-Headroom, maxTx: o.FrameSize}
+	s := &xsk{queue: q, fd: fd, frame: uint64(o.FrameSize), sg: o.MaxFrame > o.FrameSize-Headroom, maxTx: o.FrameSize}
 	if s.sg {
 		s.maxTx = MaxChunks * o.FrameSize
 	}
+	// The steps; the first that fails undoes them all.
 	defer func() {
 		if err != nil {
 			s.close()
-			s = nil
 		}
 	}()
 	s.rxFrames = uint32(o.NumFrames)
@@ -87,24 +88,52 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 		// As many TX frames as the TX ring has slots: more could only wait.
 		s.txFrames = uint32(o.RingSize)
 	}
-	frames := int(s.rxFrames + s.txFrames)
+	if err := s.registerUMEM(o); err != nil {
+		return nil, err
+	}
+	fillSize, compSize, err := s.sizeRings(o, tx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.mapRings(o, tx, fillSize, compSize); err != nil {
+		return nil, err
+	}
+	if err := s.prefill(); err != nil {
+		return nil, err
+	}
+	if err := s.bind(ifindex, o); err != nil {
+		return nil, err
+	}
+	if tx {
+		s.tuneTX(o)
+	}
+	return s, nil
+}
 
-	// 1. UMEM: anonymous memory outside the Go heap, registered whole.
+// registerUMEM maps the UMEM, anonymous memory outside the Go heap, and
+// registers it whole with the socket.
+func (s *xsk) registerUMEM(o *Options) error {
+	frames := int(s.rxFrames + s.txFrames)
+	var err error
 	s.umem, err = unix.Mmap(-1, 0, frames*o.FrameSize, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
 	if err != nil {
-		return s, fmt.Errorf("afxdp: queue %d: mmap UMEM of %d bytes: %w", q, frames*o.FrameSize, err)
+		return fmt.Errorf("afxdp: queue %d: mmap UMEM of %d bytes: %w", s.queue, frames*o.FrameSize, err)
 	}
 	reg := unix.XDPUmemReg{Addr: umemAddr(s.umem), Len: uint64(len(s.umem)), Size: uint32(o.FrameSize)}
-	if err := setsockoptRaw(fd, unix.SOL_XDP, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg)); err != nil {
-		return s, fmt.Errorf("afxdp: queue %d: XDP_UMEM_REG (%d frames of %d bytes; RLIMIT_MEMLOCK without CAP_IPC_LOCK?): %w",
-			q, frames, o.FrameSize, err)
+	if err := setsockoptRaw(s.fd, unix.SOL_XDP, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg)); err != nil {
+		return fmt.Errorf("afxdp: queue %d: XDP_UMEM_REG (%d frames of %d bytes; RLIMIT_MEMLOCK without CAP_IPC_LOCK?): %w",
+			s.queue, frames, o.FrameSize, err)
 	}
+	return nil
+}
 
-	// 2. Ring sizes. The fill ring holds every RX frame and the completion
-	// ring every TX frame, so that neither can refuse a frame we own.
-	fillSize := max(uint32(o.RingSize), pow2(s.rxFrames))
-	compSize := max(uint32(o.RingSize), pow2(s.txFrames))
+// sizeRings sets the sizes of the rings and returns those of the fill and
+// completion rings. The fill ring holds every RX frame and the completion
+// ring every TX frame, so that neither can refuse a frame we own.
+func (s *xsk) sizeRings(o *Options, tx bool) (fillSize, compSize uint32, err error) {
+	fillSize = max(uint32(o.RingSize), pow2(s.rxFrames))
+	compSize = max(uint32(o.RingSize), pow2(s.txFrames))
 	sizes := []struct {
 		opt  int
 		n    uint32
@@ -122,58 +151,61 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 		}{unix.XDP_TX_RING, uint32(o.RingSize), "TX"})
 	}
 	for _, r := range sizes {
-		if err := unix.SetsockoptInt(fd, unix.SOL_XDP, r.opt, int(r.n)); err != nil {
-			return s, fmt.Errorf("afxdp: queue %d: %s ring of %d: %w", q, r.name, r.n, err)
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_XDP, r.opt, int(r.n)); err != nil {
+			return 0, 0, fmt.Errorf("afxdp: queue %d: %s ring of %d: %w", s.queue, r.name, r.n, err)
 		}
 	}
+	return fillSize, compSize, nil
+}
 
-	// 3. Map the rings at the offsets the kernel reports.
+// mapRings maps the rings at the offsets the kernel reports.
+func (s *xsk) mapRings(o *Options, tx bool, fillSize, compSize uint32) error {
+	q := s.queue
 	var off unix.XDPMmapOffsets
-	n, err := getsockoptRaw(fd, unix.SOL_XDP, unix.XDP_MMAP_OFFSETS, unsafe.Pointer(&off), unsafe.Sizeof(off))
+	n, err := getsockoptRaw(s.fd, unix.SOL_XDP, unix.XDP_MMAP_OFFSETS, unsafe.Pointer(&off), unsafe.Sizeof(off))
 	if err != nil {
-		return s, fmt.Errorf("afxdp: queue %d: XDP_MMAP_OFFSETS: %w", q, err)
+		return fmt.Errorf("afxdp: queue %d: XDP_MMAP_OFFSETS: %w", q, err)
 	}
 	if n != unsafe.Sizeof(off) {
-		return s, fmt.Errorf("afxdp: queue %d: XDP_MMAP_OFFSETS without ring flags (kernel older than 5.4): %w", q, ErrNotSupported)
+		return fmt.Errorf("afxdp: queue %d: XDP_MMAP_OFFSETS without ring flags (kernel older than 5.4): %w", q, ErrNotSupported)
 	}
 	descSize := uint64(unsafe.Sizeof(unix.XDPDesc{}))
-	maps := []struct {
+	type ringMap struct {
 		pgoff int64
 		off   unix.XDPRingOffset
 		size  uint32
 		elem  uint64
 		init  func(mem []byte) bool
 		name  string
-	}{
+	}
+	maps := []ringMap{
 		{unix.XDP_UMEM_PGOFF_FILL_RING, off.Fr, fillSize, 8, func(m []byte) bool { return s.fill.init(m, off.Fr, fillSize, true) }, "fill"},
 		{unix.XDP_UMEM_PGOFF_COMPLETION_RING, off.Cr, compSize, 8, func(m []byte) bool { return s.comp.init(m, off.Cr, compSize, false) }, "completion"},
 		{unix.XDP_PGOFF_RX_RING, off.Rx, uint32(o.RingSize), descSize, func(m []byte) bool { return s.rx.init(m, off.Rx, uint32(o.RingSize), false) }, "RX"},
 	}
 	if tx {
-		maps = append(maps, struct {
-			pgoff int64
-			off   unix.XDPRingOffset
-			size  uint32
-			elem  uint64
-			init  func(mem []byte) bool
-			name  string
-		}{unix.XDP_PGOFF_TX_RING, off.Tx, uint32(o.RingSize), descSize, func(m []byte) bool { return s.tx.init(m, off.Tx, uint32(o.RingSize), true) }, "TX"})
+		maps = append(maps, ringMap{unix.XDP_PGOFF_TX_RING, off.Tx, uint32(o.RingSize), descSize,
+			func(m []byte) bool { return s.tx.init(m, off.Tx, uint32(o.RingSize), true) }, "TX"})
 	}
 	for _, m := range maps {
 		length := int(m.off.Desc + uint64(m.size)*m.elem)
-		mem, err := unix.Mmap(fd, m.pgoff, length, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+		mem, err := unix.Mmap(s.fd, m.pgoff, length, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 		if err != nil {
-			return s, fmt.Errorf("afxdp: queue %d: mmap %s ring: %w", q, m.name, err)
+			return fmt.Errorf("afxdp: queue %d: mmap %s ring: %w", q, m.name, err)
 		}
 		if !m.init(mem) {
 			_ = unix.Munmap(mem)
-			return s, fmt.Errorf("afxdp: queue %d: %s ring layout %+v does not fit its mapping of %d bytes", q, m.name, m.off, length)
+			return fmt.Errorf("afxdp: queue %d: %s ring layout %+v does not fit its mapping of %d bytes", q, m.name, m.off, length)
 		}
 	}
+	return nil
+}
 
-	// 4. Hand every RX frame to the kernel; keep the TX frames.
+// prefill hands every RX frame to the kernel through the fill ring and
+// keeps the TX frames in txFree.
+func (s *xsk) prefill() error {
 	if got := s.fill.free(s.rxFrames); got != s.rxFrames {
-		return s, fmt.Errorf("afxdp: queue %d: fill ring takes %d of %d frames", q, got, s.rxFrames)
+		return fmt.Errorf("afxdp: queue %d: fill ring takes %d of %d frames", s.queue, got, s.rxFrames)
 	}
 	for i := range s.rxFrames {
 		s.fill.addrs[(s.fill.local+i)&s.fill.mask] = uint64(i) * s.frame
@@ -184,9 +216,15 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 	for i := range s.txFrames {
 		s.txFree = append(s.txFree, uint64(s.rxFrames+i)*s.frame)
 	}
+	return nil
+}
 
-	// 5. Bind: zero-copy if the driver can (the kernel falls back to copy
-	// mode by itself when no mode flag is given), copy mode if forced.
+// bind binds the socket to its queue: zero-copy if the driver can (the
+// kernel falls back to copy mode by itself when no mode flag is given),
+// copy mode if forced. It retries EBUSY for up to bindRetry, and records
+// the mode the kernel chose.
+func (s *xsk) bind(ifindex int, o *Options) error {
+	q := s.queue
 	flags := uint16(unix.XDP_USE_NEED_WAKEUP)
 	if o.ForceCopy {
 		flags |= unix.XDP_COPY
@@ -195,9 +233,10 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 		flags |= unix.XDP_USE_SG
 	}
 	sa := &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(ifindex), QueueID: uint32(q)}
+	var err error
 	deadline := time.Now().Add(bindRetry)
 	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
-		err = unix.Bind(fd, sa)
+		err = unix.Bind(s.fd, sa)
 		if s.sg && sa.Flags&unix.XDP_COPY == 0 && errors.Is(err, unix.EOPNOTSUPP) {
 			// A driver whose zero-copy mode has no multi-buffer support
 			// refuses the bind; copy mode has it on every driver.
@@ -212,33 +251,35 @@ func newXSK(ifindex, q int, tx bool, o *Options) (s *xsk, err error) {
 	}
 	if err != nil {
 		if errors.Is(err, unix.EBUSY) {
-			return s, fmt.Errorf("afxdp: bind queue %d: %w: %w", q, ErrQueueBusy, err)
+			return fmt.Errorf("afxdp: bind queue %d: %w: %w", q, ErrQueueBusy, err)
 		}
 		if s.sg && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
-			return s, fmt.Errorf("afxdp: bind queue %d: %w: frames of %d bytes span several %d-byte chunks, "+
+			return fmt.Errorf("afxdp: bind queue %d: %w: frames of %d bytes span several %d-byte chunks, "+
 				"and the kernel or the driver refused multi-buffer AF_XDP (XDP_USE_SG): %w; "+
 				"afxdp carries at most %d bytes per frame here", q, ErrFrameSize, o.MaxFrame, o.FrameSize, err, o.FrameSize-Headroom)
 		}
-		return s, fmt.Errorf("afxdp: bind queue %d of ifindex %d: %w", q, ifindex, err)
+		return fmt.Errorf("afxdp: bind queue %d of ifindex %d: %w", q, ifindex, err)
 	}
 	var opts uint32
-	if _, err := getsockoptRaw(fd, unix.SOL_XDP, unix.XDP_OPTIONS, unsafe.Pointer(&opts), 4); err != nil {
-		return s, fmt.Errorf("afxdp: queue %d: XDP_OPTIONS: %w", q, err)
+	if _, err := getsockoptRaw(s.fd, unix.SOL_XDP, unix.XDP_OPTIONS, unsafe.Pointer(&opts), 4); err != nil {
+		return fmt.Errorf("afxdp: queue %d: XDP_OPTIONS: %w", q, err)
 	}
 	s.zeroCopy = opts&unix.XDP_OPTIONS_ZEROCOPY != 0
+	return nil
+}
 
-	if tx {
-		// In copy mode one sendto moves at most max_tx_budget frames (32
-		// by default); let it move a whole ring. Kernels before 6.17 lack
-		// the option: then Send kicks more often.
-		_ = unix.SetsockoptInt(fd, unix.SOL_XDP, unix.XDP_MAX_TX_SKB_BUDGET, o.RingSize)
-		// Copy mode builds an skb per frame, charged to the socket's send
-		// buffer: make room for a full ring of them.
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4*o.RingSize*o.FrameSize); err != nil {
-			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4*o.RingSize*o.FrameSize)
-		}
+// tuneTX sizes the transmitting socket's budget and send buffer. Both are
+// best effort: without them Send kicks more often.
+func (s *xsk) tuneTX(o *Options) {
+	// In copy mode one sendto moves at most max_tx_budget frames (32 by
+	// default); let it move a whole ring. Kernels before 6.17 lack the
+	// option.
+	_ = unix.SetsockoptInt(s.fd, unix.SOL_XDP, unix.XDP_MAX_TX_SKB_BUDGET, o.RingSize)
+	// Copy mode builds an skb per frame, charged to the socket's send
+	// buffer: make room for a full ring of them.
+	if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4*o.RingSize*o.FrameSize); err != nil {
+		_ = unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4*o.RingSize*o.FrameSize)
 	}
-	return s, nil
 }
 
 // close unmaps everything and closes the socket; the kernel removes it

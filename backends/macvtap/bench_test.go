@@ -8,13 +8,13 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os/exec"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/usnetd/usnetd/internal/netlab"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -165,9 +165,7 @@ func (zeros) Read(p []byte) (int, error) {
 //
 // Run: go test -run '^$' -bench BenchmarkKernelTCPIperf3 -benchtime 1x ./backends/macvtap/
 func BenchmarkKernelTCPIperf3(b *testing.B) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Skip("iperf3 not installed (apt-get install -y iperf3)")
-	}
+	netlab.RequireTool(b, "iperf3", "iperf3")
 	type variant struct{ queues, ring int }
 	for _, reverse := range []bool{false, true} {
 		for _, streams := range []int{1, 4} {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -47,35 +47,14 @@ type testLab struct {
 
 func newTestLab(t testing.TB, queues int) *testLab {
 	t.Helper()
-	lab, err := netlab.New(t, "")
+	p, err := netlab.NewPair(t, netlab.PairOpts{Veth: netlab.VethOpts{Queues: queues}, IPv6: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, err := lab.AddNS("host")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := lab.AddNS("peer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := lab.Veth(host, "eth0", peer, "eth0", netlab.VethOpts{Queues: queues, Up: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sn, sn6 := lab.Subnet(), lab.Subnet6()
-	tl := &testLab{t: t, lab: lab, host: host, peer: peer, veth: v,
-		hostIP: netlab.Host(sn, 1).Addr(), peerIP: netlab.Host(sn, 2).Addr(),
-		hostIP6: netlab.Host(sn6, 1).Addr(), peerIP6: netlab.Host(sn6, 2).Addr(),
+	lab, host, v, sn := p.Lab, p.Host, p.Veth, p.Subnet
+	tl := &testLab{t: t, lab: lab, host: host, peer: p.Peer, veth: v,
+		hostIP: p.HostIP, peerIP: p.PeerIP, hostIP6: p.HostIP6, peerIP6: p.PeerIP6,
 		far: lab.Subnet()}
-	for _, a := range []struct {
-		ns *netlab.NS
-		p  netip.Prefix
-	}{{host, netlab.Host(sn, 1)}, {host, netlab.Host(sn6, 1)}, {peer, netlab.Host(sn, 2)}, {peer, netlab.Host(sn6, 2)}} {
-		if err := a.ns.AddAddr("eth0", a.p); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for _, r := range []struct {
 		dst netip.Prefix
 		via netip.Addr
@@ -219,59 +198,6 @@ func (tl *testLab) link(name string) netlink.Link {
 	return l
 }
 
-// serveTCP runs a TCP echo server at addr inside ns until the test ends.
-func serveTCP(t testing.TB, ns *netlab.NS, addr string) {
-	t.Helper()
-	ln, err := ns.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-}
-
-// tcpEcho dials addr from ns and echoes a message.
-func tcpEcho(ns *netlab.NS, addr string, timeout time.Duration) error {
-	var c net.Conn
-	err := ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", addr, timeout)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	msg := []byte("hello macvtap")
-	if _, err := c.Write(msg); err != nil {
-		return err
-	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return err
-	}
-	if string(buf) != string(msg) {
-		return fmt.Errorf("echo %q", buf)
-	}
-	return nil
-}
-
-func isTimeout(err error) bool {
-	ne, ok := err.(net.Error)
-	return ok && ne.Timeout()
-}
-
 // pipeline switches between the claim's two ports, with kernel rules for
 // the listening ports given; t.Cleanup closes it (before the claim).
 func (tl *testLab) pipeline(c *Claim, listen ...uint16) (*l4.Pipeline, l4.Owner) {
@@ -377,24 +303,24 @@ func TestKernelThroughTheSwitch(t *testing.T) {
 	for _, queues := range []int{1, 2} {
 		t.Run(fmt.Sprintf("queues=%d", queues), func(t *testing.T) {
 			tl := newTestLab(t, queues)
-			serveTCP(t, tl.peer, netip.AddrPortFrom(tl.peerIP, 9000).String())
-			serveTCP(t, tl.peer, netip.AddrPortFrom(tl.peerIP6, 9000).String())
-			serveTCP(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8022).String())
-			serveTCP(t, tl.host, netip.AddrPortFrom(tl.hostIP6, 8022).String())
-			serveTCP(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8024).String())
+			testkit.ServeTCPEcho(t, tl.peer, netip.AddrPortFrom(tl.peerIP, 9000).String())
+			testkit.ServeTCPEcho(t, tl.peer, netip.AddrPortFrom(tl.peerIP6, 9000).String())
+			testkit.ServeTCPEcho(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8022).String())
+			testkit.ServeTCPEcho(t, tl.host, netip.AddrPortFrom(tl.hostIP6, 8022).String())
+			testkit.ServeTCPEcho(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8024).String())
 			c := tl.open(Options{Queues: queues})
 			p, kernel := tl.pipeline(c, 8022)
 			for _, a := range []netip.Addr{tl.peerIP, tl.peerIP6} {
-				if err := tcpEcho(tl.host, netip.AddrPortFrom(a, 9000).String(), hang); err != nil {
+				if err := testkit.TCPEcho(tl.host, netip.Addr{}, netip.AddrPortFrom(a, 9000).String(), hang); err != nil {
 					t.Errorf("host kernel to %s: %v", a, err)
 				}
 			}
 			for _, a := range []netip.Addr{tl.hostIP, tl.hostIP6} {
-				if err := tcpEcho(tl.peer, netip.AddrPortFrom(a, 8022).String(), hang); err != nil {
+				if err := testkit.TCPEcho(tl.peer, netip.Addr{}, netip.AddrPortFrom(a, 8022).String(), hang); err != nil {
 					t.Errorf("peer to the open port on %s: %v", a, err)
 				}
 			}
-			if err := tcpEcho(tl.peer, netip.AddrPortFrom(tl.hostIP, 8024).String(), 700*time.Millisecond); !isTimeout(err) {
+			if err := testkit.TCPEcho(tl.peer, netip.Addr{}, netip.AddrPortFrom(tl.hostIP, 8024).String(), 700*time.Millisecond); !testkit.IsTimeout(err) {
 				t.Errorf("peer to a closed port: %v, want no answer", err)
 			}
 			netlab.RequireTool(t, "ping", "iputils-ping")
@@ -436,9 +362,9 @@ func TestOpenRepairsCrash(t *testing.T) {
 	if r := c2.Repaired(); !r.Macvtap || !r.TAP || r.Routes != moved {
 		t.Errorf("repaired %+v, want both links and %d routes", r, moved)
 	}
-	serveTCP(t, tl.peer, netip.AddrPortFrom(tl.peerIP, 9000).String())
+	testkit.ServeTCPEcho(t, tl.peer, netip.AddrPortFrom(tl.peerIP, 9000).String())
 	tl.pipeline(c2)
-	if err := tcpEcho(tl.host, netip.AddrPortFrom(tl.peerIP, 9000).String(), hang); err != nil {
+	if err := testkit.TCPEcho(tl.host, netip.Addr{}, netip.AddrPortFrom(tl.peerIP, 9000).String(), hang); err != nil {
 		t.Errorf("host kernel after the repair: %v", err)
 	}
 	if err := c2.Close(); err != nil {
@@ -555,15 +481,15 @@ func TestNoKernel(t *testing.T) {
 	if tl.link(tapName) != nil {
 		t.Error("TAP made without a kernel path")
 	}
-	serveTCP(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8022).String())
-	if err := tcpEcho(tl.peer, netip.AddrPortFrom(tl.hostIP, 8022).String(), 700*time.Millisecond); !isTimeout(err) {
+	testkit.ServeTCPEcho(t, tl.host, netip.AddrPortFrom(tl.hostIP, 8022).String())
+	if err := testkit.TCPEcho(tl.peer, netip.Addr{}, netip.AddrPortFrom(tl.hostIP, 8022).String(), 700*time.Millisecond); !testkit.IsTimeout(err) {
 		t.Errorf("peer to the host with the NIC claimed and no kernel path: %v, want no answer", err)
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
 	tl.checkRestored(before)
-	if err := tcpEcho(tl.peer, netip.AddrPortFrom(tl.hostIP, 8022).String(), hang); err != nil {
+	if err := testkit.TCPEcho(tl.peer, netip.Addr{}, netip.AddrPortFrom(tl.hostIP, 8022).String(), hang); err != nil {
 		t.Errorf("after Close the host answers directly again: %v", err)
 	}
 }
@@ -583,12 +509,12 @@ func TestCharDeviceOfAnotherNamespace(t *testing.T) {
 		t.Errorf("both macvtaps have ifindex %d, and the second claim opened %s", i1, c2.CharDevice())
 	}
 	for _, tl := range []*testLab{tl1, tl2} {
-		serveTCP(t, tl.peer, netip.AddrPortFrom(tl.peerIP, 9000).String())
+		testkit.ServeTCPEcho(t, tl.peer, netip.AddrPortFrom(tl.peerIP, 9000).String())
 	}
 	tl1.pipeline(c1)
 	tl2.pipeline(c2)
 	for i, tl := range []*testLab{tl1, tl2} {
-		if err := tcpEcho(tl.host, netip.AddrPortFrom(tl.peerIP, 9000).String(), hang); err != nil {
+		if err := testkit.TCPEcho(tl.host, netip.Addr{}, netip.AddrPortFrom(tl.peerIP, 9000).String(), hang); err != nil {
 			t.Errorf("lab %d: %v", i+1, err)
 		}
 	}

@@ -18,8 +18,8 @@ const (
 )
 
 // pollTimeout is how long Recv waits for a frame (milliseconds): the
-// l4.Port contract allows at most 100 ms.
-const pollTimeout = 100
+// l4.Port contract's receive timeout.
+const pollTimeout = l4.RecvTimeoutMillis
 
 // sendWait is how long Send waits (milliseconds) for a queue that refused
 // a frame (EAGAIN) to take frames again, before it drops the rest of the
@@ -89,7 +89,7 @@ func (p *Port) RxQueues() int { return len(p.fds) }
 
 // Recv implements l4.Port. It reads up to len(bufs) frames of queue q, one
 // read each, until the queue is empty; with nothing to read it polls the
-// queue (and the eventfd that Close writes) for at most 100 ms.
+// queue (and the eventfd that Close writes) for at most l4.RecvTimeout.
 func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 	if q < 0 || q >= len(p.fds) {
 		return 0, fmt.Errorf("macvtap: %s: queue %s of %d", p.name, strconv.Itoa(q), len(p.fds))

@@ -10,7 +10,7 @@
 //     cost a thousand parked goroutines, no thread each. WaitRx waits
 //     without buffers until a datagram is queued (it peeks), so the
 //     pipeline takes buffers only for frames that are there; Recv waits at
-//     most Options.Poll (≤ 100 ms). Close wakes both at once. A datagram
+//     most Options.Poll (≤ l4.RecvTimeout). Close wakes both at once. A datagram
 //     longer than a buffer is dropped and counted, never delivered cut
 //     short.
 //   - Send never blocks: when the peer's socket buffer is full (EAGAIN)

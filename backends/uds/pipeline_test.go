@@ -10,40 +10,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/backends/memory"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
 var (
-	macNIC    = net.HardwareAddr{0x02, 0, 0, 0, 0, 1}
-	macRemote = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
+	macNIC    = testkit.NICMAC
+	macRemote = testkit.RemoteMAC
 )
 
-// tcpFrame builds an Ethernet/IPv4/TCP frame with gopacket.
+// tcpFrame builds an Ethernet/IPv4/TCP SYN with gopacket.
 func tcpFrame(t testing.TB, srcMAC, dstMAC net.HardwareAddr, src, dst string, sport, dport uint16) []byte {
 	t.Helper()
-	eth := &layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.ParseIP(src), DstIP: net.ParseIP(dst)}
-	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: true, Window: 1024}
-	if err := tcp.SetNetworkLayerForChecksum(ip); err != nil {
-		t.Fatal(err)
-	}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		eth, ip, tcp, gopacket.Payload("hello")); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return testkit.TCP(t, srcMAC, dstMAC, testkit.AddrPort(src, sport), testkit.AddrPort(dst, dport), testkit.SYN, []byte("hello"))
 }
 
 // readTimeout reads one datagram from fd, waiting at most d.
 func readTimeout(fd int, b []byte, d time.Duration) (int, error) {
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	if n, err := unix.Poll(pfd, int(d/time.Millisecond)); err != nil || n == 0 {
+	if ok, err := testkit.WaitReadable(fd, d); !ok {
 		return 0, fmt.Errorf("nothing to read within %v (%v)", d, err)
 	}
 	return unix.Read(fd, b)

@@ -23,7 +23,7 @@ const DefaultBufferSize = 4 << 20
 
 // MaxPoll is the longest Recv waits before it returns no frames, so that the
 // pipeline's worker can notice a stop.
-const MaxPoll = 100 * time.Millisecond
+const MaxPoll = l4.RecvTimeout
 
 // Options configure a Port. Zero values mean the defaults.
 type Options struct {
@@ -231,7 +231,11 @@ func (p *Port) PeerClosed() <-chan struct{} { return p.peerGone }
 
 // Probing reports whether the port can ask the kernel about its peer
 // (otherwise a closed peer shows only when a send fails).
-func (p *Port) Probing() bool { return p.probe != nil }
+func (p *Port) Probing() bool {
+	p.probeMu.Lock()
+	defer p.probeMu.Unlock()
+	return p.probe != nil
+}
 
 // Stats returns the port's counters.
 func (p *Port) Stats() Stats {
@@ -448,7 +452,9 @@ func (p *Port) recv(fd int, bufs []*l4.Buf) (int, error) {
 // socket still exists. Without probing, or when the kernel does not
 // answer, it says yes.
 func (p *Port) peerAlive() bool {
-	if p.probe == nil || time.Since(p.rx.lastProbe) < p.opt.ProbeInterval {
+	// p.probe is read under probeMu only: Close clears it from another
+	// goroutine.
+	if time.Since(p.rx.lastProbe) < p.opt.ProbeInterval {
 		return true
 	}
 	p.probeMu.Lock()

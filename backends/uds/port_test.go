@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -38,15 +39,6 @@ func frame(i, n int) []byte {
 	b := bytes.Repeat([]byte{byte(i)}, n)
 	copy(b, fmt.Sprintf("frame-%d", i))
 	return b
-}
-
-func openFDs(t testing.TB) int {
-	t.Helper()
-	es, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(es)
 }
 
 func newPair(t testing.TB, opt Options) (*Port, *os.File) {
@@ -389,7 +381,7 @@ func TestNew(t *testing.T) {
 // TestNoLeaks: ports made and closed leave no descriptor and no goroutine.
 func TestNoLeaks(t *testing.T) {
 	runtime.GC()
-	fds, gs := openFDs(t), runtime.NumGoroutine()
+	fds, gs := testkit.OpenFDs(t), runtime.NumGoroutine()
 	for range 200 {
 		p, peer, err := NewPair(Options{})
 		if err != nil {
@@ -398,7 +390,7 @@ func TestNoLeaks(t *testing.T) {
 		peer.Close()
 		p.Close()
 	}
-	if n := openFDs(t); n != fds {
+	if n := testkit.OpenFDs(t); n != fds {
 		t.Errorf("%d descriptors open, %d before", n, fds)
 	}
 	if g := runtime.NumGoroutine(); g > gs {

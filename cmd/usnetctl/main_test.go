@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,11 +16,12 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/usnetd/usnetd/backends/memory"
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/sockdiag"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -34,42 +34,18 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func requirePrivileged(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root, and CI=true: failing instead of skipping")
-	}
-	t.Skip("needs root")
-}
-
 func u16(v uint16) *uint16 { return &v }
 
 // startServer runs a control server over an in-memory NIC with a kernel
 // DEBUG_PORTS rule and one endpoint (a client of this test) holding a rule.
 func startServer(t *testing.T, dir string) string {
 	t.Helper()
-	requirePrivileged(t)
+	netlab.Require(t)
 	path := filepath.Join(dir, "usnetd.socket")
-	sw := l4.NewSwitch(l4.NewTable())
-	pl, err := l4.NewPipeline(sw, l4.PipelineConfig{Buffers: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pl.Close() })
-	if _, err := pl.AddPort(memory.New("eth0", l4.PortNIC, memory.Options{})); err != nil {
-		t.Fatal(err)
-	}
-	kernel, err := pl.AddPort(memory.New("eth0-kernel", l4.PortKernel, memory.Options{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sw.Table.Insert(l4.Rule{Key: l4.ListenKey(l4.MustParseAddr("198.18.0.1"), l4.ProtoTCP, 22), Owner: kernel, Kind: l4.Registered, Sticky: true})
+	d := testkit.NewDomain(t, testkit.DomainOptions{KernelPorts: []uint16{22}})
 	srv, err := control.NewServer(control.ServerConfig{
 		SocketPath:  path,
-		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.1")}}},
+		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: d.Pipeline, Backend: "memory", Addrs: []netip.Addr{testkit.NICAddr}}},
 		KernelPorts: func() ([]sockdiag.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "1.2.3",
@@ -77,10 +53,7 @@ func startServer(t *testing.T, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testkit.Serve(t, srv.Serve)
 
 	c, err := client.Dial(client.Options{SocketPath: path, Dir: dir})
 	if err != nil {
@@ -97,11 +70,7 @@ func startServer(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	// The endpoint sends one frame from a MAC that is not local: refused.
-	f := make([]byte, 60)
-	copy(f[0:12], []byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0x99})
-	f[12], f[13], f[14], f[23] = 0x08, 0x00, 0x45, 17
-	f[17] = 28
-	copy(f[26:34], []byte{198, 18, 0, 1, 198, 18, 1, 2})
+	f := testkit.IPv4Frame(testkit.RemoteMAC, testkit.NICMAC, testkit.AddrPort("198.18.0.1", 0), testkit.AddrPort("198.18.1.2", 0), l4.ProtoUDP, 60)
 	if _, err := ch.Write(f); err != nil {
 		t.Fatal(err)
 	}

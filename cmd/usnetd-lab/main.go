@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/e2e"
 	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/usnetdcmd"
 	"github.com/usnetd/usnetd/usnet"
@@ -41,7 +41,7 @@ const (
 	usnetPort   = 8080 // the usnet HTTP server
 	kernelPort  = 8081 // the kernel's HTTP server, opened with DEBUG_PORTS
 	closedPort  = 8082 // a kernel HTTP server that usnetd keeps closed
-	metricsAddr = "127.0.0.1:9464"
+	metricsAddr = e2e.MetricsAddr
 
 	labPrefix = "ulab" // netlab prefix: namespaces ulabXXXXXX-host, ulabXXXXXX-remote
 )
@@ -325,32 +325,15 @@ func (d *demo) setup(ctx context.Context) bool {
 }
 
 func (d *demo) buildLab() error {
-	lab, err := netlab.New(nil, labPrefix)
+	// The pin directory (/sys/fs/bpf/usnetd/IFNAME) is named after the
+	// interface: the lab's unique name keeps it apart from any other.
+	p, err := netlab.NewPair(nil, netlab.PairOpts{Prefix: labPrefix, PeerNS: "remote", UniqueHostLink: true})
 	if err != nil {
 		return err
 	}
-	d.lab = lab
-	if d.host, err = lab.AddNS("host"); err != nil {
-		return err
-	}
-	if d.remote, err = lab.AddNS("remote"); err != nil {
-		return err
-	}
-	// The pin directory (/sys/fs/bpf/usnetd/IFNAME) is named after the
-	// interface: the lab's unique name keeps it apart from any other.
-	d.ifname = lab.Name()
-	if _, err := lab.Veth(d.host, d.ifname, d.remote, "eth0", netlab.VethOpts{Up: true}); err != nil {
-		return err
-	}
-	sn := lab.Subnet()
-	hp, rp := netlab.Host(sn, 1), netlab.Host(sn, 2)
-	d.hostIP, d.remoteIP = hp.Addr(), rp.Addr()
-	if err := d.host.AddAddr(d.ifname, hp); err != nil {
-		return err
-	}
-	if err := d.remote.AddAddr("eth0", rp); err != nil {
-		return err
-	}
+	d.lab = p.Lab
+	d.host, d.remote, d.ifname = p.Host, p.Peer, p.HostLink
+	d.hostIP, d.remoteIP = p.HostIP, p.PeerIP
 	// The remote computes its TCP checksums itself: a veth leaves them to
 	// the receiver (CHECKSUM_PARTIAL), and the userspace stack, which sees
 	// the raw frame, drops such segments. A real wire carries complete
@@ -504,89 +487,41 @@ func (d *demo) printCounters(ctx context.Context) {
 	tw := tabwriter.NewWriter(d.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  PORT\tKIND\tFRAMES IN\tFRAMES OUT")
 	for _, s := range m {
-		if s.name == "usnetd_port_rx_packets_total" {
-			tx := find(m, "usnetd_port_tx_packets_total", s.labels)
-			fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%.0f\n", s.labels["port"], s.labels["kind"], s.value, tx)
+		if s.Name == "usnetd_port_rx_packets_total" {
+			tx := find(m, "usnetd_port_tx_packets_total", s.Labels)
+			fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%.0f\n", s.Labels["port"], s.Labels["kind"], s.Value, tx)
 		}
 	}
 	tw.Flush()
 	fmt.Fprintln(d.out, "  (the kernel's own frames never enter usnetd: the XDP classifier passes them to it)")
 	for _, s := range m {
-		if s.name == "usnetd_drops_total" && s.value > 0 {
+		if s.Name == "usnetd_drops_total" && s.Value > 0 {
 			what := ""
-			if s.labels["reason"] == "no_match" {
+			if s.Labels["reason"] == "no_match" {
 				what = " (frames no rule claims: the firewall at work)"
 			}
-			fmt.Fprintf(d.out, "  dropped, %s: %.0f%s\n", s.labels["reason"], s.value, what)
+			fmt.Fprintf(d.out, "  dropped, %s: %.0f%s\n", s.Labels["reason"], s.Value, what)
 		}
 	}
 	fmt.Fprintln(d.out)
 }
 
-type sample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
-func find(m []sample, name string, labels map[string]string) float64 {
+func find(m []e2e.Sample, name string, labels map[string]string) float64 {
 	for _, s := range m {
-		if s.name == name && s.labels["port_id"] == labels["port_id"] && s.labels["interface"] == labels["interface"] {
-			return s.value
+		if s.Name == name && s.Labels["port_id"] == labels["port_id"] && s.Labels["interface"] == labels["interface"] {
+			return s.Value
 		}
 	}
 	return 0
 }
 
 // scrape reads usnetd's metrics from inside the host namespace.
-func (d *demo) scrape(ctx context.Context) ([]sample, error) {
-	c := http.Client{Timeout: answerTimeout, Transport: &http.Transport{DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return d.host.Dial(ctx, network, addr)
-		}}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/metrics", nil)
+func (d *demo) scrape(ctx context.Context) ([]e2e.Sample, error) {
+	m, err := e2e.ScrapeIn(ctx, d.host, metricsAddr, answerTimeout)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	return parseMetrics(resp.Body)
-}
-
-// parseMetrics reads the Prometheus text format, as much as the demo
-// needs: name{labels} value.
-func parseMetrics(r io.Reader) ([]sample, error) {
-	var out []sample
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		sp := strings.LastIndexByte(line, ' ')
-		if sp < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[sp+1:], 64)
-		if err != nil {
-			continue
-		}
-		s := sample{name: line[:sp], labels: map[string]string{}, value: v}
-		if i := strings.IndexByte(s.name, '{'); i >= 0 {
-			for _, kv := range strings.Split(strings.TrimSuffix(s.name[i+1:], "}"), ",") {
-				k, v, _ := strings.Cut(kv, "=")
-				s.labels[k] = strings.Trim(v, `"`)
-			}
-			s.name = s.name[:i]
-		}
-		out = append(out, s)
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].labels["port_id"] < out[j].labels["port_id"] })
-	return out, sc.Err()
+	return e2e.ParseMetrics(strings.NewReader(m))
 }
 
 // explain prints how to explore the lab that --keep leaves running.

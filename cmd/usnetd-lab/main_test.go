@@ -332,33 +332,3 @@ func TestUsage(t *testing.T) {
 		t.Errorf("-e novalue: exit %d, want 2", code)
 	}
 }
-
-func TestParseMetrics(t *testing.T) {
-	in := `# HELP x
-usnetd_port_rx_packets_total{interface="eth0",kind="nic",port="eth0",port_id="1"} 9
-usnetd_drops_total{interface="eth0",reason="no_match"} 2
-usnetd_pcap_frames_total 3
-`
-	m, err := parseMetrics(strings.NewReader(in))
-	if err != nil || len(m) != 3 {
-		t.Fatalf("%v %v", m, err)
-	}
-	for _, s := range m {
-		switch s.name {
-		case "usnetd_port_rx_packets_total":
-			if s.labels["kind"] != "nic" || s.labels["port_id"] != "1" || s.value != 9 {
-				t.Errorf("%+v", s)
-			}
-		case "usnetd_drops_total":
-			if s.labels["reason"] != "no_match" || s.value != 2 {
-				t.Errorf("%+v", s)
-			}
-		case "usnetd_pcap_frames_total":
-			if len(s.labels) != 0 || s.value != 3 {
-				t.Errorf("%+v", s)
-			}
-		default:
-			t.Errorf("unexpected %+v", s)
-		}
-	}
-}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -18,6 +17,8 @@ import (
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/firewall"
+	"github.com/usnetd/usnetd/internal/e2e"
+	"github.com/usnetd/usnetd/internal/netlab"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -34,23 +35,21 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkE2EKernelTCP -benchtime 3x ./cmd/usnetd
 func BenchmarkE2EKernelTCP(b *testing.B) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Fatal("iperf3 is not installed (apt-get install iperf3)")
-	}
+	netlab.RequireTool(b, "iperf3", "iperf3")
 	for _, mode := range []string{"direct", "afxdp-native", "afxdp-generic", "afpacket", "macvtap"} {
 		b.Run(mode, func(b *testing.B) {
 			l := newE2ELab(b, 1)
-			h := l.hostIP.String()
-			debug := fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname)
+			h := l.HostIP.String()
+			debug := fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.Ifname)
 			switch mode {
 			case "afxdp-native":
-				l.start(debug, "BACKEND=afxdp", "XDP_MODE=native")
+				l.Start(debug, "BACKEND=afxdp", "XDP_MODE=native")
 			case "afxdp-generic":
-				l.start(debug, "BACKEND=afxdp", "XDP_MODE=generic")
+				l.Start(debug, "BACKEND=afxdp", "XDP_MODE=generic")
 			case "afpacket", "macvtap":
-				l.start(debug, "BACKEND="+mode)
+				l.Start(debug, "BACKEND="+mode)
 			}
-			srv := l.host.Command(context.Background(), "iperf3", "-s", "-B", h, "-p", "5201")
+			srv := l.Host.Command(context.Background(), "iperf3", "-s", "-B", h, "-p", "5201")
 			if err := srv.Start(); err != nil {
 				b.Fatal(err)
 			}
@@ -59,7 +58,7 @@ func BenchmarkE2EKernelTCP(b *testing.B) {
 			var bits float64
 			b.ResetTimer()
 			for range b.N {
-				out, err := l.peer.Command(context.Background(), "iperf3", "-c", h, "-p", "5201", "-t", "2", "-J").Output()
+				out, err := l.Peer.Command(context.Background(), "iperf3", "-c", h, "-p", "5201", "-t", "2", "-J").Output()
 				if err != nil {
 					b.Fatalf("iperf3 -c: %v\n%s", err, out)
 				}
@@ -110,15 +109,15 @@ func benchEndpointReceive(b *testing.B, mode string) {
 		b.Fatal(err)
 	}
 	cache := pool.NewCache()
-	lk, err := l.host.Link(l.ifname)
+	lk, err := l.Host.Link(l.Ifname)
 	if err != nil {
 		b.Fatal(err)
 	}
-	pk, err := l.peer.Link("eth0")
+	pk, err := l.Peer.Link("eth0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	frame := frame4UDP(pk.Attrs().HardwareAddr, lk.Attrs().HardwareAddr, l.peerIP.As4(), 9000, l.hostIP.As4(), 7000)
+	frame := frame4UDP(pk.Attrs().HardwareAddr, lk.Attrs().HardwareAddr, l.PeerIP.As4(), 9000, l.HostIP.As4(), 7000)
 
 	// The receiver: count frames in batches until want arrived or the
 	// sender is done and nothing more comes.
@@ -126,8 +125,8 @@ func benchEndpointReceive(b *testing.B, mode string) {
 	switch mode {
 	case "bare-afpacket":
 		var port *afpacket.Port
-		if err := l.host.Do(func() (err error) {
-			port, err = afpacket.Open(afpacket.Options{Interface: l.ifname, Workers: 1})
+		if err := l.Host.Do(func() (err error) {
+			port, err = afpacket.Open(afpacket.Options{Interface: l.Ifname, Workers: 1})
 			return err
 		}); err != nil {
 			b.Fatal(err)
@@ -137,11 +136,11 @@ func benchEndpointReceive(b *testing.B, mode string) {
 	case "bare-afxdp":
 		var fw *firewall.Firewall
 		var port *afxdp.Port
-		err := l.host.Do(func() (err error) {
-			if fw, err = firewall.Attach(firewall.Options{Interface: l.ifname}); err != nil {
+		err := l.Host.Do(func() (err error) {
+			if fw, err = firewall.Attach(firewall.Options{Interface: l.Ifname}); err != nil {
 				return err
 			}
-			port, err = afxdp.Open(afxdp.Options{Interface: l.ifname, XSKMap: fw.XSKMap()})
+			port, err = afxdp.Open(afxdp.Options{Interface: l.Ifname, XSKMap: fw.XSKMap()})
 			return err
 		})
 		if err != nil {
@@ -150,19 +149,19 @@ func benchEndpointReceive(b *testing.B, mode string) {
 		b.Cleanup(func() { port.Close(); fw.Close() })
 		recv = func(bufs []*l4.Buf) (int, error) { return port.Recv(0, bufs) }
 	case "usnetd-afxdp-shm", "usnetd-afpacket-shm":
-		l.start("BACKEND=" + strings.TrimSuffix(strings.TrimPrefix(mode, "usnetd-"), "-shm"))
-		c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: b.TempDir()})
+		l.Start("BACKEND=" + strings.TrimSuffix(strings.TrimPrefix(mode, "usnetd-"), "-shm"))
+		c, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: b.TempDir()})
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { c.Close() })
-		ep, err := c.RequestSHM(l.ifname)
+		ep, err := c.RequestSHM(l.Ifname)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { ep.Close() })
 		port := uint16(7000)
-		if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+		if err := c.AddMatch(wire.Match{DstAddr: l.HostIP, DstPort: &port, Protocol: 17}); err != nil {
 			b.Fatal(err)
 		}
 		var data [64][]byte
@@ -181,18 +180,18 @@ func benchEndpointReceive(b *testing.B, mode string) {
 			return ep.Recv(data[:len(bufs)], lens[:len(bufs)])
 		}
 	default: // usnetd-BACKEND
-		l.start("BACKEND=" + strings.TrimPrefix(mode, "usnetd-"))
-		c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: b.TempDir()})
+		l.Start("BACKEND=" + strings.TrimPrefix(mode, "usnetd-"))
+		c, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: b.TempDir()})
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { c.Close() })
-		ch, err := c.RequestUDS(l.ifname)
+		ch, err := c.RequestUDS(l.Ifname)
 		if err != nil {
 			b.Fatal(err)
 		}
 		port := uint16(7000)
-		if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+		if err := c.AddMatch(wire.Match{DstAddr: l.HostIP, DstPort: &port, Protocol: 17}); err != nil {
 			b.Fatal(err)
 		}
 		fd, err := unix.Dup(int(ch.Fd()))
@@ -209,7 +208,7 @@ func benchEndpointReceive(b *testing.B, mode string) {
 	}
 
 	var tx *afxdp.Port
-	if err := l.peer.Do(func() (err error) {
+	if err := l.Peer.Do(func() (err error) {
 		tx, err = afxdp.Open(afxdp.Options{Interface: "eth0", ForceCopy: true})
 		return err
 	}); err != nil {
@@ -284,7 +283,7 @@ func frame4UDP(src, dst []byte, sip [4]byte, sport uint16, dip [4]byte, dport ui
 	ip[2], ip[3] = 0, 46
 	copy(ip[12:16], sip[:])
 	copy(ip[16:20], dip[:])
-	c := ipChecksum(ip)
+	c := e2e.IPChecksum(ip)
 	ip[10], ip[11] = byte(c>>8), byte(c)
 	u := f[34:42]
 	u[0], u[1], u[2], u[3] = byte(sport>>8), byte(sport), byte(dport>>8), byte(dport)

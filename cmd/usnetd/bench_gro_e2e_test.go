@@ -2,9 +2,10 @@ package main
 
 import (
 	"fmt"
-	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/usnetd/usnetd/internal/netlab"
 )
 
 // BenchmarkE2EKernelGRO: TCP goodput of the kernel's own transfer (iperf3,
@@ -16,9 +17,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkE2EKernelGRO -benchtime 2x ./cmd/usnetd
 func BenchmarkE2EKernelGRO(b *testing.B) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Fatal("iperf3 is not installed (apt-get install iperf3)")
-	}
+	netlab.RequireTool(b, "iperf3", "iperf3")
 	for _, backend := range []string{"direct", "afpacket", "afxdp", "macvtap"} {
 		for _, gro := range []bool{false, true} {
 			name := fmt.Sprintf("%s/gro-%s", backend, map[bool]string{true: "on", false: "off"}[gro])
@@ -26,11 +25,11 @@ func BenchmarkE2EKernelGRO(b *testing.B) {
 				l := newPeerLab(b)
 				setGRO(b, l, gro)
 				if backend != "direct" {
-					env := []string{fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname), "BACKEND=" + backend}
+					env := []string{fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.Ifname), "BACKEND=" + backend}
 					if backend == "afxdp" {
 						env = append(env, "XDP_MODE=generic") // the veth host's choice (see BenchmarkE2EKernelTCP)
 					}
-					l.start(env...)
+					l.Start(env...)
 				}
 				startIperf3Server(b, l, 5201)
 				var bits float64
@@ -58,14 +57,14 @@ func BenchmarkE2EJumboUsnetTCP(b *testing.B) {
 		for _, mtu := range []int{1500, jumboMTU} {
 			b.Run(fmt.Sprintf("%s/mtu-%d", backend, mtu), func(b *testing.B) {
 				l := newE2ELabMTU(b, 1, mtu)
-				if err := l.peer.TxChecksumOff("eth0"); err != nil {
+				if err := l.Peer.TxChecksumOff("eth0"); err != nil {
 					b.Fatal(err)
 				}
-				l.backend = backend
-				u := l.start("LOG_LEVEL=info")
-				b.Cleanup(func() { u.stop(b) })
+				l.Backend = backend
+				u := l.Start("LOG_LEVEL=info")
+				b.Cleanup(func() { u.Stop(b) })
 				l.startServer("usnet", sinkPortEnv+"=5203")
-				dial := l.peerDialer(l.hostIP.String() + ":5203")
+				dial := l.peerDialer(l.HostIP.String() + ":5203")
 				if _, err := sendToSink(dial, 1<<20, time.Minute); err != nil {
 					b.Fatal(err)
 				}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/usnetd/usnetd/backends/afxdp"
 	"github.com/usnetd/usnetd/backends/uds"
+	"github.com/usnetd/usnetd/internal/e2e"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -29,7 +30,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkE2EIdleChannels -benchtime 300000x ./cmd/usnetd
 func BenchmarkE2EIdleChannels(b *testing.B) {
-	for _, backend := range e2eBackends {
+	for _, backend := range e2e.Backends {
 		for _, idle := range []int{0, 999} {
 			b.Run(fmt.Sprintf("%s/idle=%d", backend, idle), func(b *testing.B) {
 				benchReader(b, backend, manyChannelsEnv, func(l *e2eLab, reader *ctlClient, dir string) func() {
@@ -55,7 +56,7 @@ func BenchmarkE2EIdleChannels(b *testing.B) {
 //
 //	go test -run '^$' -bench BenchmarkE2EFragFlood -benchtime 300000x ./cmd/usnetd
 func BenchmarkE2EFragFlood(b *testing.B) {
-	for _, backend := range e2eBackends {
+	for _, backend := range e2e.Backends {
 		for _, flood := range []bool{false, true} {
 			b.Run(fmt.Sprintf("%s/flood=%v", backend, flood), func(b *testing.B) {
 				var during func(l *e2eLab) func() (int, time.Duration)
@@ -80,17 +81,17 @@ func BenchmarkE2EFragFlood(b *testing.B) {
 func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab, *ctlClient, string) func(),
 	during func(*e2eLab) func() (int, time.Duration)) {
 	l := newE2ELab(b, 2)
-	l.backend = backend
+	l.Backend = backend
 	if dir := os.Getenv("USNETD_BENCH_PROFILE_DIR"); dir != "" {
 		// USNETD_BENCH_PROFILE_DIR=DIR: usnetd writes its CPU profile there.
 		env = append(slices.Clone(env), daemonProfileEnv+"="+filepath.Join(dir, strings.ReplaceAll(b.Name(), "/", "_")+".pprof"))
 	}
-	u := l.start(env...)
-	pid := u.cmd.Process.Pid
+	u := l.Start(env...)
+	pid := u.Cmd.Process.Pid
 	dir := b.TempDir()
-	reader := newCtlClient(b, l.sock, dir, 0)
-	ch := reader.channel(l.ifname)
-	reader.addUDP(l.hostIP.String(), 7000)
+	reader := newCtlClient(b, l.Sock, dir, 0)
+	ch := reader.channel(l.Ifname)
+	reader.addUDP(l.HostIP.String(), 7000)
 	fd, err := unix.Dup(int(ch.Fd()))
 	if err != nil {
 		b.Fatal(err)
@@ -110,7 +111,7 @@ func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab,
 	}
 	cache := pool.NewCache()
 	var tx *afxdp.Port
-	if err := l.peer.Do(func() (err error) {
+	if err := l.Peer.Do(func() (err error) {
 		tx, err = afxdp.Open(afxdp.Options{Interface: "eth0", ForceCopy: true})
 		return err
 	}); err != nil {
@@ -118,7 +119,7 @@ func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab,
 	}
 	b.Cleanup(func() { tx.Close() })
 	peerMAC, hostMAC := l.macs(b)
-	frame := frame4UDP(peerMAC, hostMAC, l.peerIP.As4(), 9000, l.hostIP.As4(), 7000)
+	frame := frame4UDP(peerMAC, hostMAC, l.PeerIP.As4(), 9000, l.HostIP.As4(), 7000)
 	txBufs := make([]*l4.Buf, 64)
 	rxBufs := make([]*l4.Buf, 64)
 	if cache.GetBatch(txBufs) != 64 || cache.GetBatch(rxBufs) != 64 {
@@ -189,5 +190,5 @@ func benchReader(b *testing.B, backend string, env []string, setup func(*e2eLab,
 	if report != nil {
 		report()
 	}
-	u.stop(b)
+	u.Stop(b)
 }

@@ -4,13 +4,15 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/usnetd/usnetd/internal/e2e"
+	"github.com/usnetd/usnetd/internal/netlab"
 )
 
 // End-to-end benchmarks of the userspace stack through usnetd, each
@@ -51,7 +53,7 @@ var benchVariants = []string{"kernel-direct", "kernel-usnetd", "usnet-packet", "
 type benchSetup struct {
 	l      *e2eLab
 	server *server
-	daemon *usnetd // nil without usnetd
+	daemon *e2e.Usnetd // nil without usnetd
 }
 
 // benchLab sets up one variant with the server's env.
@@ -66,21 +68,21 @@ func benchLab(b *testing.B, variant string, port int, env ...string) *benchSetup
 	}
 	s := &benchSetup{l: l}
 	startDaemon := func(env ...string) {
-		s.daemon = l.start(append(daemonEnv, append(env, "LOG_LEVEL=info")...)...)
+		s.daemon = l.Start(append(daemonEnv, append(env, "LOG_LEVEL=info")...)...)
 		// A clean stop (after the server's, cleanups run last-in first-out),
 		// so that the profile is written.
-		b.Cleanup(func() { s.daemon.stop(b) })
+		b.Cleanup(func() { s.daemon.Stop(b) })
 	}
 	switch variant {
 	case "kernel-direct":
 		s.server = l.startServer("kernel", env...)
 	case "kernel-usnetd":
-		startDaemon(fmt.Sprintf("DEBUG_PORTS=%s:TCP:%d", l.ifname, port))
+		startDaemon(fmt.Sprintf("DEBUG_PORTS=%s:TCP:%d", l.Ifname, port))
 		s.server = l.startServer("kernel", env...)
 	case "usnet-packet":
 		// The stack takes the host's address; the kernel gives it up.
-		cidr := l.hostIP.String() + "/24"
-		if out, err := l.host.Command(context.Background(), "ip", "addr", "del", cidr, "dev", l.ifname).CombinedOutput(); err != nil {
+		cidr := l.HostIP.String() + "/24"
+		if out, err := l.Host.Command(context.Background(), "ip", "addr", "del", cidr, "dev", l.Ifname).CombinedOutput(); err != nil {
 			b.Fatalf("ip addr del: %v\n%s", err, out)
 		}
 		s.server = l.startServer("packet", append(env, "USNET_IP="+cidr)...)
@@ -108,7 +110,7 @@ type cpuMeter struct {
 func (s *benchSetup) meter() *cpuMeter {
 	m := &cpuMeter{s: s, start: time.Now(), server0: cpuTime(s.server.cmd.Process.Pid)}
 	if s.daemon != nil {
-		m.daemon0 = cpuTime(s.daemon.cmd.Process.Pid)
+		m.daemon0 = cpuTime(s.daemon.Cmd.Process.Pid)
 	}
 	return m
 }
@@ -117,7 +119,7 @@ func (m *cpuMeter) stop() {
 	m.wall += time.Since(m.start)
 	m.serverCPU += cpuTime(m.s.server.cmd.Process.Pid) - m.server0
 	if m.s.daemon != nil {
-		m.daemonCPU += cpuTime(m.s.daemon.cmd.Process.Pid) - m.daemon0
+		m.daemonCPU += cpuTime(m.s.daemon.Cmd.Process.Pid) - m.daemon0
 	}
 }
 
@@ -153,7 +155,7 @@ func BenchmarkE2EUsnetTCP(b *testing.B) {
 	for _, v := range benchVariants {
 		b.Run(v, func(b *testing.B) {
 			s := benchLab(b, v, 5203, sinkPortEnv+"=5203")
-			dial := s.l.peerDialer(s.l.hostIP.String() + ":5203")
+			dial := s.l.peerDialer(s.l.HostIP.String() + ":5203")
 			if _, err := sendToSink(dial, 1<<20, time.Minute); err != nil { // warm-up: ARP, the stack
 				b.Fatal(err)
 			}
@@ -184,15 +186,13 @@ var wrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 //
 //	go test -run '^$' -bench BenchmarkE2EHTTP -benchtime 1x -count 3 ./cmd/usnetd
 func BenchmarkE2EHTTP(b *testing.B) {
-	if _, err := exec.LookPath("wrk"); err != nil {
-		b.Fatal("wrk is not installed (apt-get install wrk)")
-	}
+	netlab.RequireTool(b, "wrk", "wrk")
 	for _, v := range benchVariants {
 		b.Run(v, func(b *testing.B) {
 			s := benchLab(b, v, 8080, httpPortEnv+"=8080")
-			url := "http://" + s.l.hostIP.String() + ":8080/"
+			url := "http://" + s.l.HostIP.String() + ":8080/"
 			wrk := func(d string) float64 {
-				out, err := s.l.peer.Command(context.Background(), "wrk", "-t", "2", "-c", "32", "-d", d, url).CombinedOutput()
+				out, err := s.l.Peer.Command(context.Background(), "wrk", "-t", "2", "-c", "32", "-d", d, url).CombinedOutput()
 				if err != nil {
 					b.Fatalf("wrk: %v\n%s", err, out)
 				}

@@ -254,17 +254,17 @@ func (s *server) logText() string {
 // startServer runs the child in the host namespace with mode and env and
 // waits until it is ready; t.Cleanup stops it.
 func (l *e2eLab) startServer(mode string, env ...string) *server {
-	t := l.t
+	t := l.T
 	t.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append([]string{serverEnv + "=" + mode, "PATH=" + os.Getenv("PATH"), "GORACE=atexit_sleep_ms=0",
-		"USNET_INTERFACE=" + l.ifname, "USNET_SOCKET=" + l.sock, "XDG_RUNTIME_DIR=" + t.TempDir()}, env...)
+		"USNET_INTERFACE=" + l.Ifname, "USNET_SOCKET=" + l.Sock, "XDG_RUNTIME_DIR=" + t.TempDir()}, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &server{cmd: cmd, done: make(chan error, 1)}
-	if err := l.host.Start(cmd); err != nil {
+	if err := l.Host.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	up := make(chan struct{})

@@ -25,6 +25,8 @@ import (
 
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/e2e"
+	"github.com/usnetd/usnetd/internal/testkit"
 	"github.com/usnetd/usnetd/usnet"
 )
 
@@ -150,26 +152,26 @@ func tcpSeg(t *testing.T, srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, 
 //     that fits the original's 1,000,000-byte buffer; QueryPortsInUse
 //     holds every kernel port, and usnet's port for a listener on port 0
 //     is one that no kernel socket holds.
-func TestE2EOriginalClient(t *testing.T) { forEachBackend(t, testE2EOriginalClient) }
+func TestE2EOriginalClient(t *testing.T) { e2e.ForEachBackend(t, testE2EOriginalClient) }
 
 func testE2EOriginalClient(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
-	l.backend = backend
-	serveTCP(t, l.peer, l.peerIP.String()+":80")
-	u := l.start()
-	hostLink, err := l.host.Link(l.ifname)
+	l.Backend = backend
+	testkit.ServeTCPEcho(t, l.Peer, l.PeerIP.String()+":80")
+	u := l.Start()
+	hostLink, err := l.Host.Link(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
-	peerLink, err := l.peer.Link("eth0")
+	peerLink, err := l.Peer.Link("eth0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	hostMAC, peerMAC := hostLink.Attrs().HardwareAddr, peerLink.Attrs().HardwareAddr
-	h := l.hostIP.String()
+	h := l.HostIP.String()
 
-	c := newOrigClient(t, l.sock)
-	ch := c.requestUDS(l.ifname)
+	c := newOrigClient(t, l.Sock)
+	ch := c.requestUDS(l.Ifname)
 	defer ch.Close()
 
 	// The channel's reader: counts what reaches each local port, and
@@ -223,7 +225,7 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 			if waiting && f[23] == 6 && len(l4h) >= 14 && l4h[13]&0x12 == 0x12 && binary.BigEndian.Uint32(l4h[8:]) == isn+1 {
 				delete(pending, dport)
 				mu.Unlock()
-				rst := tcpSeg(t, hostMAC, peerMAC, l.hostIP, l.peerIP, dport, sport, isn+1, false, true)
+				rst := tcpSeg(t, hostMAC, peerMAC, l.HostIP, l.PeerIP, dport, sport, isn+1, false, true)
 				if _, err := unix.Write(chFD, rst); err == nil {
 					acked.Add(1)
 				}
@@ -235,22 +237,22 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 	defer func() { close(stop); <-stopped }()
 
 	// 1. Binds: the reservations, then AddMatch.
-	tcpRes, err := l.host.Listen("tcp4", h+":7100")
+	tcpRes, err := l.Host.Listen("tcp4", h+":7100")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tcpRes.Close()
-	udpRes, err := l.host.ListenPacket("udp4", h+":7101")
+	udpRes, err := l.Host.ListenPacket("udp4", h+":7101")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer udpRes.Close()
-	tcpAny, err := l.host.Listen("tcp4", "127.0.0.1:7102") // bind 0.0.0.0: the reservation on 127.0.0.1
+	tcpAny, err := l.Host.Listen("tcp4", "127.0.0.1:7102") // bind 0.0.0.0: the reservation on 127.0.0.1
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tcpAny.Close()
-	udpAny, err := l.host.ListenPacket("udp4", "127.0.0.1:7103")
+	udpAny, err := l.Host.ListenPacket("udp4", "127.0.0.1:7103")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,12 +261,12 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 		port  uint16
 		proto int
 	}{{7100, 6}, {7101, 17}, {7102, 6}, {7103, 17}} {
-		if a := c.addMatch(l.hostIP, b.port, netip.Addr{}, 0, b.proto); a != "OK" {
-			t.Fatalf("bind %d/%d: AddMatch over the client's own reservation answered %q\n%s", b.port, b.proto, a, u.logText())
+		if a := c.addMatch(l.HostIP, b.port, netip.Addr{}, 0, b.proto); a != "OK" {
+			t.Fatalf("bind %d/%d: AddMatch over the client's own reservation answered %q\n%s", b.port, b.proto, a, u.LogText())
 		}
 	}
 	// Another process's socket still refuses.
-	other, err := l.host.Listen("tcp4", h+":7104")
+	other, err := l.Host.Listen("tcp4", h+":7104")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,14 +282,14 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
 	of.Close()
 	other.Close()
-	if a := c.addMatch(l.hostIP, 7104, netip.Addr{}, 0, 6); a != "ER" {
+	if a := c.addMatch(l.HostIP, 7104, netip.Addr{}, 0, 6); a != "ER" {
 		t.Fatalf("AddMatch over another process's kernel socket answered %q, want ER", a)
 	}
 
 	// 2. The peer's traffic reaches the channel, not the reservations.
 	for _, port := range []string{"7100", "7102"} {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		conn, err := l.peer.Dial(ctx, "tcp4", h+":"+port)
+		conn, err := l.Peer.Dial(ctx, "tcp4", h+":"+port)
 		cancel()
 		if err == nil {
 			conn.Close() // nobody in the channel answers: a handshake would be the kernel's
@@ -295,12 +297,12 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 		}
 	}
 	for _, port := range []string{"7101", "7103"} {
-		pc, err := l.peer.ListenPacket("udp4", l.peerIP.String()+":0")
+		pc, err := l.Peer.ListenPacket("udp4", l.PeerIP.String()+":0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		for range 3 {
-			if _, err := pc.WriteTo([]byte("to the client"), &net.UDPAddr{IP: l.hostIP.AsSlice(), Port: atoi(t, port)}); err != nil {
+			if _, err := pc.WriteTo([]byte("to the client"), &net.UDPAddr{IP: l.HostIP.AsSlice(), Port: atoi(t, port)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -316,7 +318,7 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the channel got %s, want the SYNs to 7100/7102 and 3 datagrams each to 7101/7103\n%s", got, u.logText())
+			t.Fatalf("the channel got %s, want the SYNs to 7100/7102 and 3 datagrams each to 7101/7103\n%s", got, u.LogText())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -346,14 +348,14 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 		deadline := time.Now().Add(30 * time.Second)
 		for int64(i+n)-acked.Load() > window {
 			if time.Now().After(deadline) {
-				t.Fatalf("connect %d: SYN-ACKs stopped coming (%d answered)\n%s", i, acked.Load(), u.logText())
+				t.Fatalf("connect %d: SYN-ACKs stopped coming (%d answered)\n%s", i, acked.Load(), u.LogText())
 			}
 			if time.Since(retry) > time.Second { // SYNs lost (ARP): send them again
 				retry = time.Now()
 				resent++
 				mu.Lock()
 				for p, isn := range pending {
-					_, _ = ch.Write(tcpSeg(t, hostMAC, peerMAC, l.hostIP, l.peerIP, p, 80, isn, true, false))
+					_, _ = ch.Write(tcpSeg(t, hostMAC, peerMAC, l.HostIP, l.PeerIP, p, 80, isn, true, false))
 				}
 				mu.Unlock()
 			}
@@ -361,7 +363,7 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 		}
 		am := time.Now()
 		for k := range n {
-			c.sendAddMatch(l.hostIP, uint16(20000+i+k), l.peerIP, 80, 6)
+			c.sendAddMatch(l.HostIP, uint16(20000+i+k), l.PeerIP, 80, 6)
 		}
 		answers := make([]string, n)
 		for k := range n {
@@ -383,7 +385,7 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 			mu.Lock()
 			pending[port] = isn
 			mu.Unlock()
-			if _, err := ch.Write(tcpSeg(t, hostMAC, peerMAC, l.hostIP, l.peerIP, port, 80, isn, true, false)); err != nil {
+			if _, err := ch.Write(tcpSeg(t, hostMAC, peerMAC, l.HostIP, l.PeerIP, port, 80, isn, true, false)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -429,8 +431,8 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 		t.Fatalf("QueryPortsInUse misses %d of the %d kernel TCP ports (64005: %v, 7100: %v)", missing, len(kernelTCP), pu.Ports.Has(64005), pu.Ports.Has(7100))
 	}
 	// usnet's listener on port 0 takes a port no kernel socket holds.
-	cfg := &usnet.Config{Interface: l.ifname, SocketPath: l.sock, MAC: hostMAC,
-		Addrs: []netip.Prefix{netip.PrefixFrom(l.hostIP, 24)}}
+	cfg := &usnet.Config{Interface: l.Ifname, SocketPath: l.Sock, MAC: hostMAC,
+		Addrs: []netip.Prefix{netip.PrefixFrom(l.HostIP, 24)}}
 	ln, err := cfg.Listen("tcp4", h+":0")
 	if err != nil {
 		t.Fatalf("usnet Listen on port 0 with 50,000 kernel sockets: %v", err)
@@ -442,7 +444,7 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 	}
 
 	// The connects' rules are gone; the four binds' stay.
-	cc, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
+	cc, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,7 +470,7 @@ func testE2EOriginalClient(t *testing.T, backend string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	c.send(`"DeleteClient"`)
-	u.stop(t)
+	u.Stop(t)
 }
 
 func atoi(t *testing.T, s string) int {
@@ -537,7 +539,7 @@ func openKernelSockets(t *testing.T, l *e2eLab, free map[uint16]bool, n int) []u
 			lo, hi = atoi(t, f[0]), atoi(t, f[1])
 		}
 	}
-	ip := l.hostIP.As4()
+	ip := l.HostIP.As4()
 	var openErr error
 	open := func(typ int, port int) bool {
 		fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
@@ -561,7 +563,7 @@ func openKernelSockets(t *testing.T, l *e2eLab, free map[uint16]bool, n int) []u
 		}
 		return true
 	}
-	err := l.host.Do(func() error {
+	err := l.Host.Do(func() error {
 		for p := 1024; p <= 65535 && held+len(fds) < n && openErr == nil; p++ {
 			if p >= lo && p <= hi || free[uint16(p)] {
 				continue

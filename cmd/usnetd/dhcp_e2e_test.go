@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/internal/e2e"
 	"github.com/usnetd/usnetd/internal/netlab"
 )
 
@@ -64,13 +65,13 @@ func sendRaw(t *testing.T, ns *netlab.NS, link string, frame []byte) {
 // port 68 (afxdp, afpacket: the eBPF classifier decides by MAC; with
 // macvtap the kernel's TAP gets an answer only through the switch's mark,
 // after a request of its own from 0.0.0.0, as before).
-func TestE2EEndpointDHCP(t *testing.T) { forEachBackend(t, testE2EEndpointDHCP) }
+func TestE2EEndpointDHCP(t *testing.T) { e2e.ForEachBackend(t, testE2EEndpointDHCP) }
 
 func testE2EEndpointDHCP(t *testing.T, backend string) {
 	l := newIsoLab(t, backend)
 	epMAC := net.HardwareAddr{0x02, 0x00, 0x5e, 0x00, 0x00, 0x42}
 	// The kernel's DHCP client port.
-	kpc, err := l.host.ListenPacket("udp", "0.0.0.0:68")
+	kpc, err := l.Host.ListenPacket("udp", "0.0.0.0:68")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +99,7 @@ func testE2EEndpointDHCP(t *testing.T, backend string) {
 		t.Fatalf("request's chaddr %v, want %v", chaddr, epMAC)
 	}
 	// The server answers to the client's MAC.
-	sendRaw(t, l.peer, "eth0", udpFrame(chaddr, l.peerMAC, l.peerIP, 67, bcast, 68, bootp(2, xid, chaddr, 2)))
+	sendRaw(t, l.Peer, "eth0", udpFrame(chaddr, l.peerMAC, l.PeerIP, 67, bcast, 68, bootp(2, xid, chaddr, 2)))
 	ep.got.wait(t, "the DHCP answer at the endpoint", dhcpXID(67, 68, xid))
 
 	if backend == "macvtap" {
@@ -107,7 +108,7 @@ func testE2EEndpointDHCP(t *testing.T, backend string) {
 	}
 	// The kernel's own answer, after the endpoint's on the same link: the
 	// kernel gets it, and (seen after it) not the endpoint's.
-	sendRaw(t, l.peer, "eth0", udpFrame(l.hostMAC, l.peerMAC, l.peerIP, 67, bcast, 68, bootp(2, kernelXID, l.hostMAC, 2)))
+	sendRaw(t, l.Peer, "eth0", udpFrame(l.hostMAC, l.peerMAC, l.PeerIP, 67, bcast, 68, bootp(2, kernelXID, l.hostMAC, 2)))
 	isXID := func(x uint32) func([]byte) bool {
 		return func(p []byte) bool { return len(p) >= 8 && binary.BigEndian.Uint32(p[4:]) == x }
 	}
@@ -116,7 +117,7 @@ func testE2EEndpointDHCP(t *testing.T, backend string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if kernelGot.find(isXID(kernelXID)) == nil {
-		t.Fatalf("the kernel's own DHCP answer did not reach its port 68\n%s", l.u.logText())
+		t.Fatalf("the kernel's own DHCP answer did not reach its port 68\n%s", l.u.LogText())
 	}
 	kernelGot.never(t, "the endpoint's DHCP answer at the kernel", isXID(xid))
 	l.finish(t)

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +18,9 @@ import (
 	"github.com/usnetd/usnetd/backends/macvtap"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/e2e"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/testkit"
 )
 
 // End-to-end tests of failure handling: the kernel stays firewalled
@@ -32,15 +33,15 @@ const (
 )
 
 // pinDir is where the firewall of the lab's NIC is pinned.
-func (l *e2eLab) pinDir() string { return filepath.Join("/sys/fs/bpf/usnetd", l.ifname) }
+func (l *e2eLab) pinDir() string { return filepath.Join("/sys/fs/bpf/usnetd", l.Ifname) }
 
 // holdMetricsPort binds the METRICS_ADDR that start uses, in the host
 // namespace, until the returned function is called.
 func (l *e2eLab) holdMetricsPort() (release func()) {
-	l.t.Helper()
-	ln, err := l.host.Listen("tcp", "127.0.0.1:9464")
+	l.T.Helper()
+	ln, err := l.Host.Listen("tcp", "127.0.0.1:9464")
 	if err != nil {
-		l.t.Fatal(err)
+		l.T.Fatal(err)
 	}
 	return func() { ln.Close() }
 }
@@ -53,10 +54,10 @@ func (l *e2eLab) holdMetricsPort() (release func()) {
 func (l *e2eLab) checkFiltered(t *testing.T, backend, when, debug, closed string) {
 	t.Helper()
 	if backend == "macvtap" {
-		if mv, tap := l.helperLinks(); !mv || !tap {
+		if mv, tap := l.HelperLinks(); !mv || !tap {
 			t.Fatalf("%s: macvtap left %v, TAP left %v; want both", when, mv, tap)
 		}
-		if err := tcpEcho(l.peer, l.peerIP, debug, silenceWait); !isTimeout(err) {
+		if err := testkit.TCPEcho(l.Peer, l.PeerIP, debug, silenceWait); !testkit.IsTimeout(err) {
 			t.Fatalf("%s: debug port: %v, want no answer (the macvtap swallows all)", when, err)
 		}
 		return
@@ -64,10 +65,10 @@ func (l *e2eLab) checkFiltered(t *testing.T, backend, when, debug, closed string
 	if _, err := os.Stat(filepath.Join(l.pinDir(), "kernel_rules")); err != nil {
 		t.Errorf("%s: the firewall's pins: %v", when, err)
 	}
-	if err := tcpEcho(l.peer, l.peerIP, debug, answerWait); err != nil {
+	if err := testkit.TCPEcho(l.Peer, l.PeerIP, debug, answerWait); err != nil {
 		t.Fatalf("%s: debug port: %v", when, err)
 	}
-	if err := tcpEcho(l.peer, l.peerIP, closed, silenceWait); !isTimeout(err) {
+	if err := testkit.TCPEcho(l.Peer, l.PeerIP, closed, silenceWait); !testkit.IsTimeout(err) {
 		t.Fatalf("%s: closed port: %v, want no answer (the kernel unfiltered?)", when, err)
 	}
 }
@@ -76,10 +77,10 @@ func (l *e2eLab) checkFiltered(t *testing.T, backend, when, debug, closed string
 // one is silent.
 func (l *e2eLab) checkServing(t *testing.T, when, debug, closed string) {
 	t.Helper()
-	if err := tcpEcho(l.peer, l.peerIP, debug, answerWait); err != nil {
+	if err := testkit.TCPEcho(l.Peer, l.PeerIP, debug, answerWait); err != nil {
 		t.Fatalf("%s: debug port: %v", when, err)
 	}
-	if err := tcpEcho(l.peer, l.peerIP, closed, silenceWait); !isTimeout(err) {
+	if err := testkit.TCPEcho(l.Peer, l.PeerIP, closed, silenceWait); !testkit.IsTimeout(err) {
 		t.Fatalf("%s: closed port: %v, want no answer", when, err)
 	}
 }
@@ -89,21 +90,23 @@ func (l *e2eLab) checkServing(t *testing.T, when, debug, closed string) {
 // both on a fresh host and after a usnetd was killed with SIGKILL (whose
 // firewall it took over); the next good start takes the firewall over, and
 // its SIGTERM leaves nothing.
-func TestE2EFailedStartFailsClosed(t *testing.T) { forEachBackend(t, testE2EFailedStartFailsClosed) }
+func TestE2EFailedStartFailsClosed(t *testing.T) {
+	e2e.ForEachBackend(t, testE2EFailedStartFailsClosed)
+}
 
 func testE2EFailedStartFailsClosed(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
-	l.backend = backend
-	h := l.hostIP.String()
+	l.Backend = backend
+	h := l.HostIP.String()
 	debug, closed := h+":8022", h+":8024"
-	serveTCP(t, l.host, debug)
-	serveTCP(t, l.host, closed)
-	env := []string{fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "BACKEND=" + backend}
+	testkit.ServeTCPEcho(t, l.Host, debug)
+	testkit.ServeTCPEcho(t, l.Host, closed)
+	env := []string{fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.Ifname), "BACKEND=" + backend}
 	failing := append(slices.Clone(env), "METRICS_ADDR=127.0.0.1:9464")
 
 	// A fresh host: the failed start leaves the firewall it attached.
 	release := l.holdMetricsPort()
-	msg := l.startFails(failing...)
+	msg := l.StartFails(failing...)
 	if msg == "" || !strings.Contains(msg, "METRICS_ADDR") {
 		t.Fatalf("start with METRICS_ADDR taken: %q, want a METRICS_ADDR error", msg)
 	}
@@ -111,60 +114,60 @@ func testE2EFailedStartFailsClosed(t *testing.T, backend string) {
 	release()
 
 	// Killed, then a failed start: still filtered.
-	u := l.start(env...)
+	u := l.Start(env...)
 	l.checkServing(t, "running", debug, closed)
-	if err := u.cmd.Process.Kill(); err != nil {
+	if err := u.Cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	<-u.done
+	<-u.Done
 	l.checkFiltered(t, backend, "after SIGKILL", debug, closed)
 	release = l.holdMetricsPort()
-	if msg := l.startFails(failing...); msg == "" {
+	if msg := l.StartFails(failing...); msg == "" {
 		t.Fatal("usnetd started with METRICS_ADDR taken")
 	}
 	l.checkFiltered(t, backend, "after SIGKILL and a failed start", debug, closed)
 	release()
 
 	// The next good start takes over; its clean stop removes everything.
-	u = l.start(env...)
+	u = l.Start(env...)
 	l.checkServing(t, "after the takeover", debug, closed)
-	if backend != "macvtap" && !strings.Contains(u.logText(), "replaced the program of an earlier instance's link") {
-		t.Errorf("the start did not take the pinned links over:\n%s", u.logText())
+	if backend != "macvtap" && !strings.Contains(u.LogText(), "replaced the program of an earlier instance's link") {
+		t.Errorf("the start did not take the pinned links over:\n%s", u.LogText())
 	}
-	u.stop(t)
-	l.checkNothingLeft()
+	u.Stop(t)
+	l.CheckNothingLeft()
 }
 
 // TestE2EKeepFirewall: with KEEP_FIREWALL=true a clean stop (SIGTERM)
 // leaves the kernel filtered, and the next start takes the firewall over;
 // without it, SIGTERM leaves nothing.
-func TestE2EKeepFirewall(t *testing.T) { forEachBackend(t, testE2EKeepFirewall) }
+func TestE2EKeepFirewall(t *testing.T) { e2e.ForEachBackend(t, testE2EKeepFirewall) }
 
 func testE2EKeepFirewall(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
-	l.backend = backend
-	h := l.hostIP.String()
+	l.Backend = backend
+	h := l.HostIP.String()
 	debug, closed := h+":8022", h+":8024"
-	serveTCP(t, l.host, debug)
-	serveTCP(t, l.host, closed)
-	env := fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname)
+	testkit.ServeTCPEcho(t, l.Host, debug)
+	testkit.ServeTCPEcho(t, l.Host, closed)
+	env := fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.Ifname)
 
-	u := l.start(env, "KEEP_FIREWALL=true")
+	u := l.Start(env, "KEEP_FIREWALL=true")
 	l.checkServing(t, "running", debug, closed)
-	u.stop(t)
-	if !strings.Contains(u.logText(), `"reason":"KEEP_FIREWALL=true"`) {
-		t.Errorf("the stop does not say that it keeps the firewall:\n%s", u.logText())
+	u.Stop(t)
+	if !strings.Contains(u.LogText(), `"reason":"KEEP_FIREWALL=true"`) {
+		t.Errorf("the stop does not say that it keeps the firewall:\n%s", u.LogText())
 	}
 	l.checkFiltered(t, backend, "after SIGTERM with KEEP_FIREWALL", debug, closed)
-	if _, err := os.Stat(l.sock); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(l.Sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("control socket file left (%v)", err)
 	}
 
-	u = l.start(env)
+	u = l.Start(env)
 	l.checkServing(t, "after the takeover", debug, closed)
-	u.stop(t)
-	l.checkNothingLeft()
-	if err := tcpEcho(l.peer, l.peerIP, closed, answerWait); err != nil {
+	u.Stop(t)
+	l.CheckNothingLeft()
+	if err := testkit.TCPEcho(l.Peer, l.PeerIP, closed, answerWait); err != nil {
 		t.Errorf("after SIGTERM without KEEP_FIREWALL the kernel is still filtered: %v", err)
 	}
 }
@@ -174,7 +177,7 @@ func (l *e2eLab) waitMetric(t *testing.T, series string, want float64) {
 	t.Helper()
 	deadline := time.Now().Add(120 * time.Second) // a busy machine; no speed is asserted
 	for {
-		v, ok := metricValue(l.scrape(), series)
+		v, ok := e2e.MetricValue(l.Scrape(), series)
 		if ok && v == want {
 			return
 		}
@@ -212,59 +215,59 @@ func eventuallyOK(t *testing.T, what string, f func() error) {
 // the TAP gets none, and the addresses and routes that come later stay on
 // the NIC; the kernel still answers the debug port (an address of the NIC
 // is local on the TAP too, and its answers leave through the NIC).
-func TestE2ELinkRecreated(t *testing.T) { forEachBackend(t, testE2ELinkRecreated) }
+func TestE2ELinkRecreated(t *testing.T) { e2e.ForEachBackend(t, testE2ELinkRecreated) }
 
 func testE2ELinkRecreated(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
-	l.backend = backend
-	h := l.hostIP.String()
+	l.Backend = backend
+	h := l.HostIP.String()
 	debug, closed := h+":8022", h+":8024"
-	serveTCP(t, l.host, "0.0.0.0:8022")
-	serveTCP(t, l.host, "0.0.0.0:8024")
-	notify := listenNotify(t)
+	testkit.ServeTCPEcho(t, l.Host, "0.0.0.0:8022")
+	testkit.ServeTCPEcho(t, l.Host, "0.0.0.0:8024")
+	notify := e2e.ListenNotify(t)
 	// A watchdog of 1 s: a keep-alive every 500 ms while healthy.
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname), "NOTIFY_SOCKET="+notify.path, "WATCHDOG_USEC=1000000")
-	t.Cleanup(func() { u.dumpIfFailed(t) })
-	notify.expect("READY=1")
-	notify.expect("WATCHDOG=1")
+	u := l.Start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.Ifname), "NOTIFY_SOCKET="+notify.Path, "WATCHDOG_USEC=1000000")
+	t.Cleanup(func() { u.DumpIfFailed(t) })
+	notify.Expect("READY=1")
+	notify.Expect("WATCHDOG=1")
 	l.checkServing(t, "before", debug, closed)
-	claimed := fmt.Sprintf(`usnetd_interface_claimed{interface=%q}`, l.ifname)
-	reattached := fmt.Sprintf(`usnetd_interface_reattach_total{interface=%q}`, l.ifname)
+	claimed := fmt.Sprintf(`usnetd_interface_claimed{interface=%q}`, l.Ifname)
+	reattached := fmt.Sprintf(`usnetd_interface_reattach_total{interface=%q}`, l.Ifname)
 	l.waitMetric(t, claimed, 1)
 	l.waitMetric(t, reattached, 0)
 
-	c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
+	c, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ch, err := c.RequestUDS(l.ifname)
+	ch, err := c.RequestUDS(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ch.Close()
 	udpPort := uint16(7000)
-	if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &udpPort, Protocol: 17}); err != nil {
+	if err := c.AddMatch(wire.Match{DstAddr: l.HostIP, DstPort: &udpPort, Protocol: 17}); err != nil {
 		t.Fatal(err)
 	}
 
-	lk, err := l.host.Link(l.ifname)
+	lk, err := l.Host.Link(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.host.Do(func() error { return netlink.LinkDel(lk) }); err != nil {
+	if err := l.Host.Do(func() error { return netlink.LinkDel(lk) }); err != nil {
 		t.Fatal(err)
 	}
-	notify.expect("STATUS=unhealthy: interface " + l.ifname + " gone")
+	notify.Expect("STATUS=unhealthy: interface " + l.Ifname + " gone")
 	l.waitMetric(t, claimed, 0)
 	// No keep-alive while the NIC is gone (after one that may have been
 	// on its way when the NIC went).
-	notify.drain(750 * time.Millisecond)
-	if got := notify.drain(1500 * time.Millisecond); slices.ContainsFunc(got, func(m string) bool { return strings.Contains(m, "WATCHDOG=1") }) {
+	notify.Drain(750 * time.Millisecond)
+	if got := notify.Drain(1500 * time.Millisecond); slices.ContainsFunc(got, func(m string) bool { return strings.Contains(m, "WATCHDOG=1") }) {
 		t.Errorf("watchdog keep-alives while the NIC is gone: %q", got)
 	}
-	if !strings.Contains(u.logText(), "interface gone") {
-		t.Errorf("no log line for the gone interface:\n%s", u.logText())
+	if !strings.Contains(u.LogText(), "interface gone") {
+		t.Errorf("no log line for the gone interface:\n%s", u.LogText())
 	}
 	// The endpoint's channel is still attached while the NIC is gone.
 	st, err := c.QueryStatus()
@@ -275,7 +278,7 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 		t.Errorf("endpoints while the NIC is gone: %d, want 1 (%+v)", n, st)
 	}
 
-	veth, err := l.lab.Veth(l.host, l.ifname, l.peer, "eth0", netlab.VethOpts{Queues: 1, Up: true})
+	veth, err := l.NetLab.Veth(l.Host, l.Ifname, l.Peer, "eth0", netlab.VethOpts{Queues: 1, Up: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,29 +286,29 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	l.waitMetric(t, reattached, 1)
 	t.Logf("claimed again %v after the new link was up (polled every 50 ms; not asserted)", time.Since(appeared).Round(time.Millisecond))
 	l.waitMetric(t, claimed, 1)
-	notify.expect("STATUS=serving " + l.ifname)
-	notify.expect("WATCHDOG=1")
-	if !strings.Contains(u.logText(), "interface claimed again") {
-		t.Errorf("no log line for the claim of the re-created NIC:\n%s", u.logText())
+	notify.Expect("STATUS=serving " + l.Ifname)
+	notify.Expect("WATCHDOG=1")
+	if !strings.Contains(u.LogText(), "interface claimed again") {
+		t.Errorf("no log line for the claim of the re-created NIC:\n%s", u.LogText())
 	}
 	for _, a := range []struct {
 		ns   *netlab.NS
 		link string
 		p    netip.Prefix
-	}{{l.host, l.ifname, prefixOf(l.hostIP)}, {l.peer, "eth0", prefixOf(l.peerIP)}, {l.peer, "eth0", prefixOf(l.peerIP2)}} {
+	}{{l.Host, l.Ifname, prefixOf(l.HostIP)}, {l.Peer, "eth0", prefixOf(l.PeerIP)}, {l.Peer, "eth0", prefixOf(l.PeerIP2)}} {
 		if err := a.ns.AddAddr(a.link, a.p); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := l.host.AddRoute(netip.MustParsePrefix("0.0.0.0/0"), l.peerIP, l.ifname); err != nil {
+	if err := l.Host.AddRoute(netip.MustParsePrefix("0.0.0.0/0"), l.PeerIP, l.Ifname); err != nil {
 		t.Fatal(err)
 	}
 	// Filtered again: the debug port answers once the address has come
 	// (polled), the closed port's SYN is dropped.
-	eventuallyOK(t, "debug port on the re-created NIC", func() error { return tcpEcho(l.peer, l.peerIP, debug, time.Second) })
+	eventuallyOK(t, "debug port on the re-created NIC", func() error { return testkit.TCPEcho(l.Peer, l.PeerIP, debug, time.Second) })
 	l.checkServing(t, "after the re-creation", debug, closed)
 	if backend == "macvtap" {
-		if mv, tap := l.helperLinks(); !mv || !tap {
+		if mv, tap := l.HelperLinks(); !mv || !tap {
 			t.Errorf("after the re-creation: macvtap %v, TAP %v; want both", mv, tap)
 		}
 	} else if _, err := os.Stat(filepath.Join(l.pinDir(), "kernel_rules")); err != nil {
@@ -314,9 +317,9 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	// The endpoint's channel, attached before the NIC went, serves its
 	// port on the new NIC (from the new NIC's MAC, as a stack sharing the
 	// NIC's MAC would after a re-creation).
-	answered := udpResponder(t, ch, veth.A.MAC, udpPort)
+	answered := e2e.UDPResponder(t, ch, veth.A.MAC, udpPort)
 	eventuallyOK(t, "the endpoint's UDP port on the re-created NIC", func() error {
-		return udpEcho(l.peer, netip.AddrPortFrom(l.hostIP, udpPort).String(), time.Second)
+		return testkit.UDPEcho(l.Peer, netip.AddrPortFrom(l.HostIP, udpPort).String(), time.Second)
 	})
 	if answered.Load() == 0 {
 		t.Error("the endpoint answered nothing")
@@ -331,15 +334,15 @@ func testE2ELinkRecreated(t *testing.T, backend string) {
 	ch.Close()
 	c.Close()
 	if os.Getenv("E2E_DUMP") != "" {
-		t.Logf("usnetd's log:\n%s", u.logText())
+		t.Logf("usnetd's log:\n%s", u.LogText())
 	}
-	u.stop(t)
+	u.Stop(t)
 	// The NIC as it is now (a new link-local address, the routes added
 	// here), less usnetd's: nothing of usnetd's may be left.
-	l.before = l.nicState()
-	mv, tap := macvtap.Names(l.ifname)
-	l.before.links = slices.DeleteFunc(l.before.links, func(s string) bool { return s == mv || s == tap })
-	l.checkNothingLeft()
+	l.Before = l.NICState()
+	mv, tap := macvtap.Names(l.Ifname)
+	l.Before.Links = slices.DeleteFunc(l.Before.Links, func(s string) bool { return s == mv || s == tap })
+	l.CheckNothingLeft()
 }
 
 func prefixOf(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 24) }
@@ -379,21 +382,21 @@ func (l *e2eLab) kernelRuleKeys(t *testing.T) [][]byte {
 // firewall's map) within moments, and loses them when it is removed; the
 // kernel answers the debug port on the new address, and a closed port
 // stays closed there.
-func TestE2EAddressFollow(t *testing.T) { forEachBackend(t, testE2EAddressFollow) }
+func TestE2EAddressFollow(t *testing.T) { e2e.ForEachBackend(t, testE2EAddressFollow) }
 
 func testE2EAddressFollow(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
-	l.backend = backend
-	serveTCP(t, l.host, "0.0.0.0:8022")
-	serveTCP(t, l.host, "0.0.0.0:8024")
+	l.Backend = backend
+	testkit.ServeTCPEcho(t, l.Host, "0.0.0.0:8022")
+	testkit.ServeTCPEcho(t, l.Host, "0.0.0.0:8024")
 	// 8023 is open but has no socket: QueryUsedPorts lists it for its rule.
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022,%s:TCP:8023", l.ifname, l.ifname))
-	c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
+	u := l.Start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022,%s:TCP:8023", l.Ifname, l.Ifname))
+	c, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	newIP := l.hostIP.Next().Next().Next() // .4: the peer has .2 and .3
+	newIP := l.HostIP.Next().Next().Next() // .4: the peer has .2 and .3
 	listed := func(a netip.Addr, port uint16) (bool, error) {
 		up, err := c.QueryUsedPorts()
 		if err != nil {
@@ -419,7 +422,7 @@ func testE2EAddressFollow(t *testing.T, backend string) {
 		t.Fatalf("8023 on %v listed before the address exists: %v %v", newIP, ok, err)
 	}
 
-	if err := l.host.AddAddr(l.ifname, prefixOf(newIP)); err != nil {
+	if err := l.Host.AddAddr(l.Ifname, prefixOf(newIP)); err != nil {
 		t.Fatal(err)
 	}
 	eventuallyOK(t, "DEBUG_PORTS on the added address", func() error {
@@ -438,10 +441,10 @@ func testE2EAddressFollow(t *testing.T, backend string) {
 	dbg, closed := netip.AddrPortFrom(newIP, 8022).String(), netip.AddrPortFrom(newIP, 8024).String()
 	l.checkServing(t, "on the added address", dbg, closed)
 	// The old address still works.
-	l.checkServing(t, "on the first address", l.hostIP.String()+":8022", l.hostIP.String()+":8024")
+	l.checkServing(t, "on the first address", l.HostIP.String()+":8022", l.HostIP.String()+":8024")
 
-	if err := l.host.Do(func() error {
-		lk, err := netlink.LinkByName(l.ifname)
+	if err := l.Host.Do(func() error {
+		lk, err := netlink.LinkByName(l.Ifname)
 		if err != nil {
 			return err
 		}
@@ -464,39 +467,11 @@ func testE2EAddressFollow(t *testing.T, backend string) {
 			t.Errorf("firewall map entries on the removed %v: %d, want 0", newIP, n)
 		}
 	}
-	if err := tcpEcho(l.peer, l.peerIP, dbg, silenceWait); err == nil {
+	if err := testkit.TCPEcho(l.Peer, l.PeerIP, dbg, silenceWait); err == nil {
 		t.Errorf("the debug port answers on the removed address")
 	}
-	l.checkServing(t, "on the first address, after", l.hostIP.String()+":8022", l.hostIP.String()+":8024")
+	l.checkServing(t, "on the first address, after", l.HostIP.String()+":8022", l.HostIP.String()+":8024")
 	c.Close()
-	u.stop(t)
-	l.checkNothingLeft()
-}
-
-// drain returns the datagrams that arrive within d.
-func (n *notifySocket) drain(d time.Duration) []string {
-	var got []string
-	deadline := time.After(d)
-	for {
-		select {
-		case m := <-n.msgs:
-			got = append(got, m)
-		case <-deadline:
-			return got
-		}
-	}
-}
-
-// dumpIfFailed logs usnetd's log, with every goroutine's stack (SIGQUIT),
-// when the test failed while usnetd runs.
-func (u *usnetd) dumpIfFailed(t *testing.T) {
-	if os.Getenv("E2E_DUMP") == "" && !t.Failed() || u.cmd.ProcessState != nil {
-		return
-	}
-	_ = u.cmd.Process.Signal(syscall.SIGQUIT)
-	select {
-	case <-u.done:
-	case <-time.After(10 * time.Second):
-	}
-	t.Logf("usnetd's log:\n%s", u.logText())
+	u.Stop(t)
+	l.CheckNothingLeft()
 }

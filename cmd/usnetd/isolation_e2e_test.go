@@ -21,8 +21,10 @@ import (
 
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/e2e"
 	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/netorder"
+	"github.com/usnetd/usnetd/internal/testkit"
 )
 
 // Endpoint isolation, end to end: two endpoints A and B attach through the
@@ -39,7 +41,7 @@ import (
 // link captured.
 type isoLab struct {
 	*e2eLab
-	u        *usnetd
+	u        *e2e.Usnetd
 	hostMAC  net.HardwareAddr
 	peerMAC  net.HardwareAddr
 	atPeer   *recorder // frames the peer's eth0 received
@@ -49,7 +51,7 @@ type isoLab struct {
 func newIsoLab(t *testing.T, backend string) *isoLab {
 	t.Helper()
 	l := newE2ELab(t, 1)
-	l.backend = backend
+	l.Backend = backend
 	return &isoLab{e2eLab: l}
 }
 
@@ -57,17 +59,17 @@ func newIsoLab(t *testing.T, backend string) *isoLab {
 // and the capture at the peer.
 func (l *isoLab) startIso(t *testing.T, env ...string) {
 	t.Helper()
-	l.u = l.start(env...)
-	lk, err := l.host.Link(l.ifname)
+	l.u = l.Start(env...)
+	lk, err := l.Host.Link(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pk, err := l.peer.Link("eth0")
+	pk, err := l.Peer.Link("eth0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.hostMAC, l.peerMAC = lk.Attrs().HardwareAddr, pk.Attrs().HardwareAddr
-	l.atPeer = capture(t, l.peer, "eth0")
+	l.atPeer = capture(t, l.Peer, "eth0")
 }
 
 // finish detaches everything, stops usnetd and checks that it left nothing.
@@ -76,8 +78,8 @@ func (l *isoLab) finish(t *testing.T) {
 	for _, f := range l.attached {
 		f.Close()
 	}
-	l.u.stop(t)
-	l.checkNothingLeft()
+	l.u.Stop(t)
+	l.CheckNothingLeft()
 }
 
 // endpoint is an attached endpoint: its channel, and what it received.
@@ -91,17 +93,17 @@ type endpoint struct {
 // matches (UDP ports on the host's IP).
 func (l *isoLab) attach(t *testing.T, name string, udpPorts ...uint16) *endpoint {
 	t.Helper()
-	c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
+	c, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	ch, err := c.RequestUDS(l.ifname)
+	ch, err := c.RequestUDS(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range udpPorts {
-		if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &p, Protocol: 17}); err != nil {
+		if err := c.AddMatch(wire.Match{DstAddr: l.HostIP, DstPort: &p, Protocol: 17}); err != nil {
 			t.Fatalf("%s: AddMatch UDP %d: %v", name, p, err)
 		}
 	}
@@ -143,10 +145,10 @@ func (ep *endpoint) send(t *testing.T, frames ...[]byte) {
 // ports: the attacker is the only one sending such frames).
 func (l *isoLab) drops(t *testing.T, reason string, n float64) {
 	t.Helper()
-	series := fmt.Sprintf(`usnetd_drops_total{interface="%s",reason="%s"}`, l.ifname, reason)
+	series := fmt.Sprintf(`usnetd_drops_total{interface="%s",reason="%s"}`, l.Ifname, reason)
 	var v float64
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if v, _ = metricValue(l.scrape(), series); v >= n {
+		if v, _ = e2e.MetricValue(l.Scrape(), series); v >= n {
 			return
 		}
 	}
@@ -290,7 +292,7 @@ func ip4(src, dst netip.Addr, proto byte, id, frag uint16, payload []byte) []byt
 	binary.BigEndian.PutUint16(h[6:], frag)
 	copy(h[12:16], src.AsSlice())
 	copy(h[16:20], dst.AsSlice())
-	binary.BigEndian.PutUint16(h[10:], ipChecksum(h))
+	binary.BigEndian.PutUint16(h[10:], e2e.IPChecksum(h))
 	return append(h, payload...)
 }
 
@@ -306,7 +308,7 @@ func l4Checksum(src, dst netip.Addr, proto byte, seg []byte) uint16 {
 	if len(ps)%2 == 1 {
 		ps = append(ps, 0)
 	}
-	return ipChecksum(ps)
+	return e2e.IPChecksum(ps)
 }
 
 func udpSeg(src, dst netip.Addr, sport, dport uint16, data []byte) []byte {
@@ -347,7 +349,7 @@ func icmpError(dstMAC, srcMAC net.HardwareAddr, src, dst netip.Addr, typ, code b
 	m[0], m[1] = typ, code
 	binary.BigEndian.PutUint16(m[6:], 68) // next-hop MTU for "fragmentation needed"
 	m = append(m, quoted...)
-	binary.BigEndian.PutUint16(m[2:], ipChecksum(m))
+	binary.BigEndian.PutUint16(m[2:], e2e.IPChecksum(m))
 	return ethFrame(dstMAC, srcMAC, 0x0800, ip4(src, dst, 1, 1, 0, m))
 }
 
@@ -429,19 +431,21 @@ func fragWithID(id, off uint16) func([]byte) bool {
 // gateway's MAC as its source is dropped (src_mac) and teaches the switch
 // nothing: B's SYN to that service leaves through the NIC, reaches the
 // peer, and B gets the SYN-ACK; A gets nothing.
-func TestE2EIsolationAddMatchAndMAC(t *testing.T) { forEachBackend(t, testE2EIsolationAddMatchAndMAC) }
+func TestE2EIsolationAddMatchAndMAC(t *testing.T) {
+	e2e.ForEachBackend(t, testE2EIsolationAddMatchAndMAC)
+}
 
 func testE2EIsolationAddMatchAndMAC(t *testing.T, backend string) {
 	l := newIsoLab(t, backend)
-	service := l.peerIP2
-	serveTCP(t, l.peer, netip.AddrPortFrom(service, 8443).String())
+	service := l.PeerIP2
+	testkit.ServeTCPEcho(t, l.Peer, netip.AddrPortFrom(service, 8443).String())
 	l.startIso(t)
-	c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
+	c, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	chA, err := c.RequestUDS(l.ifname)
+	chA, err := c.RequestUDS(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,25 +457,25 @@ func testE2EIsolationAddMatchAndMAC(t *testing.T, backend string) {
 	if err := c.AddMatch(wire.Match{DstAddr: service, DstPort: &port, Protocol: 6}); err == nil {
 		t.Fatal("AddMatch for a remote address succeeded")
 	}
-	if v, _ := metricValue(l.scrape(), `usnetd_control_refused_total{reason="address"}`); v != 1 {
+	if v, _ := e2e.MetricValue(l.Scrape(), `usnetd_control_refused_total{reason="address"}`); v != 1 {
 		t.Errorf("usnetd_control_refused_total{reason=\"address\"} = %v, want 1", v)
 	}
 	// ...and a frame from the gateway's MAC.
-	a.send(t, udpFrame(l.peerMAC, l.peerMAC, l.hostIP, 45001, l.peerIP, 9, "from the gateway's MAC"))
+	a.send(t, udpFrame(l.peerMAC, l.peerMAC, l.HostIP, 45001, l.PeerIP, 9, "from the gateway's MAC"))
 	l.drops(t, "src_mac", 1)
-	if v, _ := metricValue(l.scrape(), fmt.Sprintf(`usnetd_local_macs{interface="%s"}`, l.ifname)); v != 1 {
+	if v, _ := e2e.MetricValue(l.Scrape(), fmt.Sprintf(`usnetd_local_macs{interface="%s"}`, l.Ifname)); v != 1 {
 		t.Errorf("usnetd_local_macs = %v, want 1 (the NIC's)", v)
 	}
 	// The legitimate side: A's rule for the host's own address.
-	if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 6}); err != nil {
+	if err := c.AddMatch(wire.Match{DstAddr: l.HostIP, DstPort: &port, Protocol: 6}); err != nil {
 		t.Errorf("AddMatch for the host's address: %v", err)
 	}
 	// B's SYN to the service reaches the peer, and the answer reaches B.
-	b.send(t, synFrame(l.peerMAC, l.hostMAC, l.hostIP, 45000, service, 8443))
-	l.atPeer.wait(t, "B's SYN at the peer", tcpFlags(l.hostIP, 45000, service, 8443, 0x02))
-	b.got.wait(t, "the service's SYN-ACK at B", tcpFlags(service, 8443, l.hostIP, 45000, 0x12))
-	l.atPeer.never(t, "A's frame from the gateway's MAC", udpTo(l.hostIP, 45001, l.peerIP, 9, ""))
-	a.got.never(t, "the service's answer at A", tcpFlags(service, 8443, l.hostIP, 45000, 0))
+	b.send(t, synFrame(l.peerMAC, l.hostMAC, l.HostIP, 45000, service, 8443))
+	l.atPeer.wait(t, "B's SYN at the peer", tcpFlags(l.HostIP, 45000, service, 8443, 0x02))
+	b.got.wait(t, "the service's SYN-ACK at B", tcpFlags(service, 8443, l.HostIP, 45000, 0x12))
+	l.atPeer.never(t, "A's frame from the gateway's MAC", udpTo(l.HostIP, 45001, l.PeerIP, 9, ""))
+	a.got.never(t, "the service's answer at A", tcpFlags(service, 8443, l.HostIP, 45000, 0))
 	l.finish(t)
 }
 
@@ -480,33 +484,33 @@ func testE2EIsolationAddMatchAndMAC(t *testing.T, backend string) {
 // (src_ip: not an address A may use); B gets the resolver's real answers
 // and never A's, and A's own datagram to B's port, written after the
 // forged one (and so queued behind it), arrives.
-func TestE2EIsolationForgedDNS(t *testing.T) { forEachBackend(t, testE2EIsolationForgedDNS) }
+func TestE2EIsolationForgedDNS(t *testing.T) { e2e.ForEachBackend(t, testE2EIsolationForgedDNS) }
 
 func testE2EIsolationForgedDNS(t *testing.T, backend string) {
 	l := newIsoLab(t, backend)
-	resolver := l.peerIP2
-	serveUDP(t, l.peer, netip.AddrPortFrom(resolver, 53).String()) // answers with the question
+	resolver := l.PeerIP2
+	testkit.ServeUDPEcho(t, l.Peer, netip.AddrPortFrom(resolver, 53).String()) // answers with the question
 	l.startIso(t)
 	a := l.attach(t, "A")
 	b := l.attach(t, "B", 8053)
 
-	b.send(t, udpFrame(l.peerMAC, l.hostMAC, l.hostIP, 40000, resolver, 53, "first question of B"))
-	b.got.wait(t, "the resolver's first answer at B", udpTo(resolver, 53, l.hostIP, 40000, "first question of B"))
+	b.send(t, udpFrame(l.peerMAC, l.hostMAC, l.HostIP, 40000, resolver, 53, "first question of B"))
+	b.got.wait(t, "the resolver's first answer at B", udpTo(resolver, 53, l.HostIP, 40000, "first question of B"))
 	// The attack, to the host's MAC so that it would be switched locally
 	// into B's flow; then A's legitimate datagram to B's port, on the same
 	// way.
 	a.send(t,
-		udpFrame(l.hostMAC, l.hostMAC, resolver, 53, l.hostIP, 40000, "forged by A"),
-		udpFrame(l.hostMAC, l.hostMAC, l.hostIP, 45053, l.hostIP, 8053, "A to B"),
+		udpFrame(l.hostMAC, l.hostMAC, resolver, 53, l.HostIP, 40000, "forged by A"),
+		udpFrame(l.hostMAC, l.hostMAC, l.HostIP, 45053, l.HostIP, 8053, "A to B"),
 	)
 	l.drops(t, "src_ip", 1)
-	b.got.wait(t, "A's datagram to B's port", udpTo(l.hostIP, 45053, l.hostIP, 8053, "A to B"))
-	b.send(t, udpFrame(l.peerMAC, l.hostMAC, l.hostIP, 40000, resolver, 53, "second question of B"))
-	b.got.wait(t, "the resolver's second answer at B", udpTo(resolver, 53, l.hostIP, 40000, "second question of B"))
-	b.got.never(t, "A's forged answer at B", udpTo(resolver, 53, l.hostIP, 40000, "forged by A"))
-	l.atPeer.never(t, "A's forged answer on the wire", udpTo(resolver, 53, l.hostIP, 40000, "forged by A"))
+	b.got.wait(t, "A's datagram to B's port", udpTo(l.HostIP, 45053, l.HostIP, 8053, "A to B"))
+	b.send(t, udpFrame(l.peerMAC, l.hostMAC, l.HostIP, 40000, resolver, 53, "second question of B"))
+	b.got.wait(t, "the resolver's second answer at B", udpTo(resolver, 53, l.HostIP, 40000, "second question of B"))
+	b.got.never(t, "A's forged answer at B", udpTo(resolver, 53, l.HostIP, 40000, "forged by A"))
+	l.atPeer.never(t, "A's forged answer on the wire", udpTo(resolver, 53, l.HostIP, 40000, "forged by A"))
 	// The answers are B's alone.
-	a.got.never(t, "the answers at A", udpTo(resolver, 53, l.hostIP, 40000, ""))
+	a.got.never(t, "the answers at A", udpTo(resolver, 53, l.HostIP, 40000, ""))
 	l.finish(t)
 }
 
@@ -517,44 +521,44 @@ func testE2EIsolationForgedDNS(t *testing.T, backend string) {
 // A's SYN from its own unprivileged port leaves and is answered, and a
 // datagram to its registered port reaches it.
 func TestE2EIsolationSourceAndPrivilegedPort(t *testing.T) {
-	forEachBackend(t, testE2EIsolationSourceAndPrivilegedPort)
+	e2e.ForEachBackend(t, testE2EIsolationSourceAndPrivilegedPort)
 }
 
 func testE2EIsolationSourceAndPrivilegedPort(t *testing.T, backend string) {
 	l := newIsoLab(t, backend)
-	nfs := netip.AddrPortFrom(l.peerIP, 2049)
-	serveTCP(t, l.peer, nfs.String())
+	nfs := netip.AddrPortFrom(l.PeerIP, 2049)
+	testkit.ServeTCPEcho(t, l.Peer, nfs.String())
 	// A socket path that uid 65534 can reach (t.TempDir's parents are 0700).
 	dir := worldDir(t, 0o755)
-	l.sock = filepath.Join(dir, "usnetd.socket")
+	l.Sock = filepath.Join(dir, "usnetd.socket")
 	l.startIso(t, "ALLOW_GID=65534")
 	a := l.attachUnprivileged(t, "A", 7000)
 
 	a.send(t,
-		udpFrame(l.peerMAC, l.hostMAC, l.peerIP2, 45002, l.peerIP, 9999, "from a foreign source"),
-		synFrame(l.peerMAC, l.hostMAC, l.hostIP, 700, nfs.Addr(), nfs.Port()),
+		udpFrame(l.peerMAC, l.hostMAC, l.PeerIP2, 45002, l.PeerIP, 9999, "from a foreign source"),
+		synFrame(l.peerMAC, l.hostMAC, l.HostIP, 700, nfs.Addr(), nfs.Port()),
 	)
 	l.drops(t, "src_ip", 1)
 	l.drops(t, "src_port_privileged", 1)
 	// The legitimate side: from an unprivileged port, and its registered one.
-	a.send(t, synFrame(l.peerMAC, l.hostMAC, l.hostIP, 40700, nfs.Addr(), nfs.Port()))
-	l.atPeer.wait(t, "A's SYN from :40700 at the peer", tcpFlags(l.hostIP, 40700, nfs.Addr(), nfs.Port(), 0x02))
-	a.got.wait(t, "the SYN-ACK to :40700 at A", tcpFlags(nfs.Addr(), nfs.Port(), l.hostIP, 40700, 0x12))
-	l.atPeer.never(t, "A's frame from a foreign source", udpTo(l.peerIP2, 45002, l.peerIP, 9999, ""))
-	l.atPeer.never(t, "A's SYN from :700", tcpFlags(l.hostIP, 700, nfs.Addr(), nfs.Port(), 0x02))
+	a.send(t, synFrame(l.peerMAC, l.hostMAC, l.HostIP, 40700, nfs.Addr(), nfs.Port()))
+	l.atPeer.wait(t, "A's SYN from :40700 at the peer", tcpFlags(l.HostIP, 40700, nfs.Addr(), nfs.Port(), 0x02))
+	a.got.wait(t, "the SYN-ACK to :40700 at A", tcpFlags(nfs.Addr(), nfs.Port(), l.HostIP, 40700, 0x12))
+	l.atPeer.never(t, "A's frame from a foreign source", udpTo(l.PeerIP2, 45002, l.PeerIP, 9999, ""))
+	l.atPeer.never(t, "A's SYN from :700", tcpFlags(l.HostIP, 700, nfs.Addr(), nfs.Port(), 0x02))
 	// The server writes to :700, then to A's registered port.
-	pc, err := l.peer.ListenPacket("udp", netip.AddrPortFrom(l.peerIP, 2049).String())
+	pc, err := l.Peer.ListenPacket("udp", netip.AddrPortFrom(l.PeerIP, 2049).String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pc.Close()
 	for _, p := range []uint16{700, 7000} {
-		if _, err := pc.WriteTo([]byte("to "+strconv.Itoa(int(p))), &net.UDPAddr{IP: l.hostIP.AsSlice(), Port: int(p)}); err != nil {
+		if _, err := pc.WriteTo([]byte("to "+strconv.Itoa(int(p))), &net.UDPAddr{IP: l.HostIP.AsSlice(), Port: int(p)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	a.got.wait(t, "the datagram to A's registered port", udpTo(l.peerIP, 2049, l.hostIP, 7000, "to 7000"))
-	a.got.never(t, "the reply to :700 at A", udpTo(l.peerIP, 2049, l.hostIP, 700, ""))
+	a.got.wait(t, "the datagram to A's registered port", udpTo(l.PeerIP, 2049, l.HostIP, 7000, "to 7000"))
+	a.got.never(t, "the reply to :700 at A", udpTo(l.PeerIP, 2049, l.HostIP, 700, ""))
 	l.finish(t)
 }
 
@@ -565,39 +569,39 @@ func testE2EIsolationSourceAndPrivilegedPort(t *testing.T, backend string) {
 // frag_foreign). B's flow keeps working, A's ICMP error about its own
 // flow leaves, and each sender's own fragmented datagram leaves whole.
 func TestE2EIsolationICMPErrorsAndFragments(t *testing.T) {
-	forEachBackend(t, testE2EIsolationICMPErrorsAndFragments)
+	e2e.ForEachBackend(t, testE2EIsolationICMPErrorsAndFragments)
 }
 
 func testE2EIsolationICMPErrorsAndFragments(t *testing.T, backend string) {
 	l := newIsoLab(t, backend)
-	h := l.hostIP.String()
-	serveTCP(t, l.host, h+":8022") // the kernel's "SSH"
-	echo := netip.AddrPortFrom(l.peerIP, 7)
-	serveUDP(t, l.peer, echo.String())
-	l.startIso(t, fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.ifname))
+	h := l.HostIP.String()
+	testkit.ServeTCPEcho(t, l.Host, h+":8022") // the kernel's "SSH"
+	echo := netip.AddrPortFrom(l.PeerIP, 7)
+	testkit.ServeUDPEcho(t, l.Peer, echo.String())
+	l.startIso(t, fmt.Sprintf("DEBUG_PORTS=%s:TCP:8022", l.Ifname))
 	a := l.attach(t, "A", 7000)
 	b := l.attach(t, "B")
 
 	// B's flow to the peer's echo server works.
-	b.send(t, udpFrame(l.peerMAC, l.hostMAC, l.hostIP, 41000, echo.Addr(), echo.Port(), "B before"))
-	b.got.wait(t, "the echo of B's datagram", udpTo(echo.Addr(), echo.Port(), l.hostIP, 41000, "B before"))
+	b.send(t, udpFrame(l.peerMAC, l.hostMAC, l.HostIP, 41000, echo.Addr(), echo.Port(), "B before"))
+	b.got.wait(t, "the echo of B's datagram", udpTo(echo.Addr(), echo.Port(), l.HostIP, 41000, "B before"))
 
 	// The attacks.
 	a.send(t,
 		// Into B's flow: switched locally to B if it got through.
-		icmpError(l.hostMAC, l.hostMAC, l.hostIP, l.hostIP, 3, 4, quotedUDP(l.hostIP, 41000, echo.Addr(), echo.Port())),
+		icmpError(l.hostMAC, l.hostMAC, l.HostIP, l.HostIP, 3, 4, quotedUDP(l.HostIP, 41000, echo.Addr(), echo.Port())),
 		// About the kernel's SSH flow, out of the NIC.
-		icmpError(l.peerMAC, l.hostMAC, l.hostIP, l.peerIP, 3, 3, quotedTCP(l.peerIP, 50022, l.hostIP, 8022)),
+		icmpError(l.peerMAC, l.hostMAC, l.HostIP, l.PeerIP, 3, 3, quotedTCP(l.PeerIP, 50022, l.HostIP, 8022)),
 		// A later fragment whose first fragment never was.
-		ethFrame(l.peerMAC, l.hostMAC, 0x0800, ip4(l.hostIP, echo.Addr(), 17, 0x4242, 3, make([]byte, 16))),
+		ethFrame(l.peerMAC, l.hostMAC, 0x0800, ip4(l.HostIP, echo.Addr(), 17, 0x4242, 3, make([]byte, 16))),
 	)
 	l.drops(t, "icmp_error_foreign", 2)
 	l.drops(t, "frag_foreign", 1)
 
 	// The legitimate side: an error about A's own flow (a datagram that
 	// came to its port 7000) leaves; A's own fragmented datagram leaves.
-	a.send(t, icmpError(l.peerMAC, l.hostMAC, l.hostIP, l.peerIP, 3, 3, quotedUDP(l.peerIP, 5555, l.hostIP, 7000)))
-	first, later := fragmented(l.hostIP, 42000, echo, 0x4343, l.peerMAC, l.hostMAC)
+	a.send(t, icmpError(l.peerMAC, l.hostMAC, l.HostIP, l.PeerIP, 3, 3, quotedUDP(l.PeerIP, 5555, l.HostIP, 7000)))
+	first, later := fragmented(l.HostIP, 42000, echo, 0x4343, l.peerMAC, l.hostMAC)
 	a.send(t, first, later)
 	l.atPeer.wait(t, "A's ICMP error about its own flow", icmpAbout(5555))
 	l.atPeer.wait(t, "A's first fragment", fragWithID(0x4343, 0))
@@ -607,12 +611,12 @@ func testE2EIsolationICMPErrorsAndFragments(t *testing.T, backend string) {
 	b.got.never(t, "A's error in B's flow", icmpAbout(41000))
 
 	// B's datagram, and A's fragment injected into it.
-	bFirst, bLater := fragmented(l.hostIP, 41000, echo, 0x4444, l.peerMAC, l.hostMAC)
+	bFirst, bLater := fragmented(l.HostIP, 41000, echo, 0x4444, l.peerMAC, l.hostMAC)
 	b.send(t, bFirst)
-	a.send(t, ethFrame(l.peerMAC, l.hostMAC, 0x0800, ip4(l.hostIP, echo.Addr(), 17, 0x4444, 5, make([]byte, 16))))
+	a.send(t, ethFrame(l.peerMAC, l.hostMAC, 0x0800, ip4(l.HostIP, echo.Addr(), 17, 0x4444, 5, make([]byte, 16))))
 	l.drops(t, "frag_foreign", 2)
-	b.send(t, bLater, udpFrame(l.peerMAC, l.hostMAC, l.hostIP, 41000, echo.Addr(), echo.Port(), "B after"))
-	b.got.wait(t, "the echo of B's second datagram", udpTo(echo.Addr(), echo.Port(), l.hostIP, 41000, "B after"))
+	b.send(t, bLater, udpFrame(l.peerMAC, l.hostMAC, l.HostIP, 41000, echo.Addr(), echo.Port(), "B after"))
+	b.got.wait(t, "the echo of B's second datagram", udpTo(echo.Addr(), echo.Port(), l.HostIP, 41000, "B after"))
 	l.atPeer.wait(t, "B's later fragment", fragWithID(0x4444, 3))
 	l.atPeer.never(t, "A's fragment in B's datagram", fragWithID(0x4444, 5))
 	l.finish(t)
@@ -640,30 +644,30 @@ func fragmented(src netip.Addr, sport uint16, dst netip.AddrPort, id uint16, dst
 // host_config); A's gratuitous ARP for the host's own address, its
 // neighbour solicitation and its DHCP request do.
 func TestE2EIsolationNeighboursAndHostConfig(t *testing.T) {
-	forEachBackend(t, testE2EIsolationNeighboursAndHostConfig)
+	e2e.ForEachBackend(t, testE2EIsolationNeighboursAndHostConfig)
 }
 
 func testE2EIsolationNeighboursAndHostConfig(t *testing.T, backend string) {
 	l := newIsoLab(t, backend)
-	sn6 := l.lab.Subnet6()
+	sn6 := l.NetLab.Subnet6()
 	host6, peer6 := netlab.Host(sn6, 1), netlab.Host(sn6, 2)
-	if err := l.host.AddAddr(l.ifname, host6); err != nil {
+	if err := l.Host.AddAddr(l.Ifname, host6); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.peer.AddAddr("eth0", peer6); err != nil {
+	if err := l.Peer.AddAddr("eth0", peer6); err != nil {
 		t.Fatal(err)
 	}
-	l.before = l.nicState() // the NIC as usnetd finds it, IPv6 included
+	l.Before = l.NICState() // the NIC as usnetd finds it, IPv6 included
 	l.startIso(t)
 	a := l.attach(t, "A")
 	h6, p6 := host6.Addr(), peer6.Addr()
 
 	a.send(t,
-		arpFrame(l.hostMAC, l.hostMAC, l.peerIP2, l.peerIP, 2),                     // "the peer's second address is at my MAC"
-		arpFrame(l.hostMAC, l.peerMAC, l.hostIP, l.peerIP, 2),                      // the peer's MAC as sender
+		arpFrame(l.hostMAC, l.hostMAC, l.PeerIP2, l.PeerIP, 2),                     // "the peer's second address is at my MAC"
+		arpFrame(l.hostMAC, l.peerMAC, l.HostIP, l.PeerIP, 2),                      // the peer's MAC as sender
 		ndFrame(l.hostMAC, h6, netip.MustParseAddr("ff02::1"), 136, p6, l.hostMAC), // "the peer's address is at my MAC"
 		ndFrame(l.hostMAC, h6, netip.MustParseAddr("ff02::1"), 134, netip.Addr{}, l.hostMAC),
-		udpFrame(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, l.hostMAC, l.hostIP, 67,
+		udpFrame(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, l.hostMAC, l.HostIP, 67,
 			netip.MustParseAddr("255.255.255.255"), 68, "DHCP offer by A"),
 		ethFrame(net.HardwareAddr{0x01, 0x80, 0xc2, 0, 0, 3}, l.hostMAC, 0x888e, []byte{2, 1, 0, 0, 'e', 'a', 'p', 'o', 'l'}),
 	)
@@ -671,19 +675,19 @@ func testE2EIsolationNeighboursAndHostConfig(t *testing.T, backend string) {
 	l.drops(t, "host_config", 3)
 	// The legitimate side.
 	a.send(t,
-		arpFrame(l.hostMAC, l.hostMAC, l.hostIP, l.hostIP, 1), // gratuitous ARP
+		arpFrame(l.hostMAC, l.hostMAC, l.HostIP, l.HostIP, 1), // gratuitous ARP
 		neighbourSolicitation(l.hostMAC, h6, p6),
 		udpFrame(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, l.hostMAC, netip.MustParseAddr("0.0.0.0"), 68,
 			netip.MustParseAddr("255.255.255.255"), 67, "DHCP discover by A"),
 	)
-	l.atPeer.wait(t, "A's gratuitous ARP", arpClaim(l.hostIP, l.hostMAC))
+	l.atPeer.wait(t, "A's gratuitous ARP", arpClaim(l.HostIP, l.hostMAC))
 	l.atPeer.wait(t, "A's neighbour solicitation", ndOf(135, p6))
 	l.atPeer.wait(t, "A's DHCP request", udpTo(netip.MustParseAddr("0.0.0.0"), 68, netip.MustParseAddr("255.255.255.255"), 67, "DHCP discover by A"))
-	l.atPeer.never(t, "ARP claiming the peer's second address", arpClaim(l.peerIP2, l.hostMAC))
-	l.atPeer.never(t, "ARP with the peer's MAC", arpClaim(l.hostIP, l.peerMAC))
+	l.atPeer.never(t, "ARP claiming the peer's second address", arpClaim(l.PeerIP2, l.hostMAC))
+	l.atPeer.never(t, "ARP with the peer's MAC", arpClaim(l.HostIP, l.peerMAC))
 	l.atPeer.never(t, "the neighbour advertisement for the peer's address", ndOf(136, p6))
 	l.atPeer.never(t, "the router advertisement", ndOf(134, netip.Addr{}))
-	l.atPeer.never(t, "A's DHCP answer", udpTo(l.hostIP, 67, netip.MustParseAddr("255.255.255.255"), 68, ""))
+	l.atPeer.never(t, "A's DHCP answer", udpTo(l.HostIP, 67, netip.MustParseAddr("255.255.255.255"), 68, ""))
 	l.atPeer.never(t, "A's EAPOL", func(f []byte) bool { return len(f) >= 14 && f[12] == 0x88 && f[13] == 0x8e })
 	l.finish(t)
 }
@@ -741,7 +745,7 @@ func ndFrame(mac net.HardwareAddr, src, dst netip.Addr, typ byte, target netip.A
 	ps = binary.BigEndian.AppendUint32(ps, uint32(len(body)))
 	ps = append(ps, 0, 0, 0, 58)
 	ps = append(ps, body...)
-	binary.BigEndian.PutUint16(body[2:], ipChecksum(ps))
+	binary.BigEndian.PutUint16(body[2:], e2e.IPChecksum(ps))
 	ip := make([]byte, 40, 40+len(body))
 	ip[0] = 0x60
 	binary.BigEndian.PutUint16(ip[4:], uint16(len(body)))
@@ -861,8 +865,8 @@ func (l *isoLab) attachUnprivileged(t *testing.T, name string, udpPort uint16) *
 	defer unix.Close(pair[0])
 	carrier := os.NewFile(uintptr(pair[1]), "carrier")
 	cmd := exec.Command(bin, "-test.run=^$")
-	cmd.Env = []string{attachEnv + "=" + l.sock, attachIfEnv + "=" + l.ifname, attachDirEnv + "=" + clientDir,
-		attachMatchEnv + "=" + netip.AddrPortFrom(l.hostIP, udpPort).String(), "PATH=" + os.Getenv("PATH")}
+	cmd.Env = []string{attachEnv + "=" + l.Sock, attachIfEnv + "=" + l.Ifname, attachDirEnv + "=" + clientDir,
+		attachMatchEnv + "=" + netip.AddrPortFrom(l.HostIP, udpPort).String(), "PATH=" + os.Getenv("PATH")}
 	cmd.ExtraFiles = []*os.File{carrier}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	var out strings.Builder

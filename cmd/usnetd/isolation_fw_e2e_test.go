@@ -12,6 +12,7 @@ import (
 
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/e2e"
 )
 
 // TestE2EKernelCannotTakeEndpointPorts: a local user, outside ALLOW_GID,
@@ -25,45 +26,45 @@ import (
 // test the peer's datagrams to the port keep reaching the endpoint, never
 // the kernel's socket, and the endpoint's TCP connection keeps working.
 func TestE2EKernelCannotTakeEndpointPorts(t *testing.T) {
-	forEachBackend(t, testE2EKernelCannotTakeEndpointPorts)
+	e2e.ForEachBackend(t, testE2EKernelCannotTakeEndpointPorts)
 }
 
 func testE2EKernelCannotTakeEndpointPorts(t *testing.T, backend string) {
 	l := newPeerLab(t)
-	l.backend = backend
-	h := l.hostIP.String()
-	u := l.start()
+	l.Backend = backend
+	h := l.HostIP.String()
+	u := l.Start()
 	srv := l.startServer("usnet", httpPortEnv+"=8080") // the endpoint's TCP listener
 
 	// The UDP endpoint: port 7000, answered from its channel.
-	c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
+	c, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ch, err := c.RequestUDS(l.ifname)
+	ch, err := c.RequestUDS(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ch.Close()
 	port := uint16(7000)
-	if err := c.AddMatch(wire.Match{DstAddr: l.hostIP, DstPort: &port, Protocol: 17}); err != nil {
+	if err := c.AddMatch(wire.Match{DstAddr: l.HostIP, DstPort: &port, Protocol: 17}); err != nil {
 		t.Fatal(err)
 	}
-	lk, err := l.host.Link(l.ifname)
+	lk, err := l.Host.Link(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
-	answered := udpResponder(t, ch, lk.Attrs().HardwareAddr, port)
+	answered := e2e.UDPResponder(t, ch, lk.Attrs().HardwareAddr, port)
 
 	// The peer's UDP socket, on a fixed port the attacker can aim at.
-	peerUDP := netip.AddrPortFrom(l.peerIP, 53000)
-	pc, err := l.peer.ListenPacket("udp", peerUDP.String())
+	peerUDP := netip.AddrPortFrom(l.PeerIP, 53000)
+	pc, err := l.Peer.ListenPacket("udp", peerUDP.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	hostUDP := net.UDPAddrFromAddrPort(netip.AddrPortFrom(l.hostIP, port))
+	hostUDP := net.UDPAddrFromAddrPort(netip.AddrPortFrom(l.HostIP, port))
 	exchange := func(what string) {
 		t.Helper()
 		if _, err := pc.WriteTo([]byte("ping"), hostUDP); err != nil {
@@ -73,15 +74,15 @@ func testE2EKernelCannotTakeEndpointPorts(t *testing.T, backend string) {
 		_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
 		n, _, err := pc.ReadFrom(buf)
 		if err != nil || string(buf[:n]) != "ping" {
-			t.Fatalf("%s: the endpoint's answer: %q, %v (answered %d)\n%s", what, buf[:n], err, answered.Load(), u.logText())
+			t.Fatalf("%s: the endpoint's answer: %q, %v (answered %d)\n%s", what, buf[:n], err, answered.Load(), u.LogText())
 		}
 	}
 	exchange("before the attack")
 
 	// The endpoint's TCP connection, from a fixed peer port.
-	peerTCP := netip.AddrPortFrom(l.peerIP, 41000)
+	peerTCP := netip.AddrPortFrom(l.PeerIP, 41000)
 	var conn net.Conn
-	err = l.peer.Do(func() (err error) {
+	err = l.Peer.Do(func() (err error) {
 		d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(peerTCP)}
 		conn, err = d.Dial("tcp", h+":8080")
 		return err
@@ -99,7 +100,7 @@ func testE2EKernelCannotTakeEndpointPorts(t *testing.T, backend string) {
 		}
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
-			t.Fatalf("%s: the endpoint's connection: %v\n%s", what, err, u.logText())
+			t.Fatalf("%s: the endpoint's connection: %v\n%s", what, err, u.LogText())
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
@@ -108,10 +109,10 @@ func testE2EKernelCannotTakeEndpointPorts(t *testing.T, backend string) {
 		}
 	}
 	get("before the attack")
-	before := l.scrape()
+	before := l.Scrape()
 
 	// The attack, UDP: the kernel takes port 7000 and sends first.
-	kpc, err := l.host.ListenPacket("udp", hostUDP.String())
+	kpc, err := l.Host.ListenPacket("udp", hostUDP.String())
 	if err != nil {
 		t.Fatalf("the kernel socket on the endpoint's port: %v", err)
 	}
@@ -128,8 +129,8 @@ func testE2EKernelCannotTakeEndpointPorts(t *testing.T, backend string) {
 	}
 	// The attack, TCP: the kernel sends a SYN from port 8080 to the
 	// endpoint's peer, on the endpoint's connection's 4-tuple.
-	err = l.host.Do(func() error {
-		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(l.hostIP, 8080))}
+	err = l.Host.Do(func() error {
+		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(l.HostIP, 8080))}
 		kc, err := d.Dial("tcp", peerTCP.String())
 		if err == nil {
 			kc.Close()
@@ -153,16 +154,16 @@ func testE2EKernelCannotTakeEndpointPorts(t *testing.T, backend string) {
 	get("after the attack")
 	get("after the attack, again")
 
-	after := l.scrape()
-	series := fmt.Sprintf(`usnetd_firewall_frames_total{counter="egress_endpoint_dropped",interface="%s"}`, l.ifname)
+	after := l.Scrape()
+	series := fmt.Sprintf(`usnetd_firewall_frames_total{counter="egress_endpoint_dropped",interface="%s"}`, l.Ifname)
 	if backend == "macvtap" {
-		series = fmt.Sprintf(`usnetd_drops_total{interface="%s",reason="spoof"}`, l.ifname)
+		series = fmt.Sprintf(`usnetd_drops_total{interface="%s",reason="spoof"}`, l.Ifname)
 	}
-	b, _ := metricValue(before, series)
-	a, ok := metricValue(after, series)
+	b, _ := e2e.MetricValue(before, series)
+	a, ok := e2e.MetricValue(after, series)
 	// 3 datagrams and at least one SYN.
 	if !ok || a-b < 4 {
-		t.Errorf("%s moved from %v to %v (found %v), want at least 4 drops\n%s", series, b, a, ok, grepLines(after, "firewall"))
+		t.Errorf("%s moved from %v to %v (found %v), want at least 4 drops\n%s", series, b, a, ok, e2e.GrepLines(after, "firewall"))
 	}
 	t.Logf("%s: %v -> %v", series, b, a)
 }

@@ -12,7 +12,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/usnetd/usnetd/internal/e2e"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/testkit"
 )
 
 // TestE2EKernelOnlyNoDrops: with BACKEND=afpacket, traffic that is the
@@ -26,37 +28,37 @@ import (
 // they are shared frames that the switch also offers to endpoints, and
 // with none attached it counts them as no_match.
 func TestE2EKernelOnlyNoDrops(t *testing.T) {
-	requireTool(t, "curl", "curl")
+	netlab.RequireTool(t, "curl", "curl")
 	l := newPeerLab(t)
-	l.backend = "afpacket"
-	quiet(t, l.host, l.ifname, l.peerIP, l.peer, "eth0", l.hostIP)
-	l.before = l.nicState() // without IPv6: what usnetd must give back
-	h := l.hostIP.String()
-	serveKernelHTTP(t, l.host, h+":8081")
-	serveTCP(t, l.peer, l.peerIP.String()+":9000")
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8081", l.ifname))
+	l.Backend = "afpacket"
+	quiet(t, l.Host, l.Ifname, l.PeerIP, l.Peer, "eth0", l.HostIP)
+	l.Before = l.NICState() // without IPv6: what usnetd must give back
+	h := l.HostIP.String()
+	serveKernelHTTP(t, l.Host, h+":8081")
+	testkit.ServeTCPEcho(t, l.Peer, l.PeerIP.String()+":9000")
+	u := l.Start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8081", l.Ifname))
 
-	before := l.scrape()
+	before := l.Scrape()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	body, err := l.peer.Command(ctx, "curl", "-sS", "--max-time", "20", fmt.Sprintf("http://%s:8081/download", h)).Output()
+	body, err := l.Peer.Command(ctx, "curl", "-sS", "--max-time", "20", fmt.Sprintf("http://%s:8081/download", h)).Output()
 	if err != nil || len(body) != downloadSize {
-		t.Fatalf("download from the kernel: %d bytes, %v\n%s", len(body), err, u.logText())
+		t.Fatalf("download from the kernel: %d bytes, %v\n%s", len(body), err, u.LogText())
 	}
 	upload := filepath.Join(t.TempDir(), "upload")
 	if err := os.WriteFile(upload, make([]byte, 3<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := l.peer.Command(ctx, "curl", "-sS", "--max-time", "20", "--data-binary", "@"+upload, fmt.Sprintf("http://%s:8081/upload", h)).CombinedOutput()
+	out, err := l.Peer.Command(ctx, "curl", "-sS", "--max-time", "20", "--data-binary", "@"+upload, fmt.Sprintf("http://%s:8081/upload", h)).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), fmt.Sprintf("received %d", 3<<20)) {
 		t.Fatalf("upload to the kernel: %v\n%s", err, out)
 	}
 	for range 5 {
-		if err := tcpEcho(l.host, l.hostIP, l.peerIP.String()+":9000", 5*time.Second); err != nil {
+		if err := testkit.TCPEcho(l.Host, l.HostIP, l.PeerIP.String()+":9000", 5*time.Second); err != nil {
 			t.Fatalf("the kernel's own connection to the peer: %v", err)
 		}
 	}
-	after := l.scrape()
+	after := l.Scrape()
 
 	for _, line := range strings.Split(after, "\n") {
 		if !strings.HasPrefix(line, "usnetd_drops_total{") && !strings.HasPrefix(line, "usnetd_port_drops_total{") &&
@@ -69,15 +71,15 @@ func TestE2EKernelOnlyNoDrops(t *testing.T) {
 	}
 	// The filter, not luck: the kernel took 3 MiB in (over 2,000
 	// frames), and the NIC port read almost none of them.
-	series := fmt.Sprintf(`usnetd_port_rx_packets_total{interface="%s",kind="nic",port="%s",port_id="1"}`, l.ifname, l.ifname)
-	rx0, ok0 := metricValue(before, series)
-	rx1, ok1 := metricValue(after, series)
+	series := fmt.Sprintf(`usnetd_port_rx_packets_total{interface="%s",kind="nic",port="%s",port_id="1"}`, l.Ifname, l.Ifname)
+	rx0, ok0 := e2e.MetricValue(before, series)
+	rx1, ok1 := e2e.MetricValue(after, series)
 	if !ok0 || !ok1 || rx1-rx0 > 20 {
-		t.Errorf("the NIC port read %v frames (%v, %v) during the kernel's traffic; want almost none\n%s", rx1-rx0, ok0, ok1, grepLines(after, "rx_packets"))
+		t.Errorf("the NIC port read %v frames (%v, %v) during the kernel's traffic; want almost none\n%s", rx1-rx0, ok0, ok1, e2e.GrepLines(after, "rx_packets"))
 	}
 	t.Logf("NIC port frames read during the kernel's traffic (1 MiB out, 3 MiB in): %v", rx1-rx0)
-	u.stop(t)
-	l.checkNothingLeft()
+	u.Stop(t)
+	l.CheckNothingLeft()
 }
 
 // quiet keeps ARP and IPv6 off a veth pair: permanent neighbour entries

@@ -23,45 +23,45 @@ import (
 // cannot answer even a SYN.
 func TestE2EEndpointGetsNeighbourAnswers(t *testing.T) {
 	l := newE2ELab(t, 1)
-	sn6 := l.lab.Subnet6()
+	sn6 := l.NetLab.Subnet6()
 	host6, peer6 := netlab.Host(sn6, 1), netlab.Host(sn6, 2)
-	if err := l.host.AddAddr(l.ifname, host6); err != nil {
+	if err := l.Host.AddAddr(l.Ifname, host6); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.peer.AddAddr("eth0", peer6); err != nil {
+	if err := l.Peer.AddAddr("eth0", peer6); err != nil {
 		t.Fatal(err)
 	}
-	l.before = l.nicState() // the NIC as usnetd finds it, IPv6 included
-	u := l.start()
-	c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()})
+	l.Before = l.NICState() // the NIC as usnetd finds it, IPv6 included
+	u := l.Start()
+	c, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	blocking, err := c.RequestUDS(l.ifname)
+	blocking, err := c.RequestUDS(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ch := pollable(t, blocking)
 	t.Cleanup(func() { ch.Close() })
-	lk, err := l.host.Link(l.ifname)
+	lk, err := l.Host.Link(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pk, err := l.peer.Link("eth0")
+	pk, err := l.Peer.Link("eth0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	mac, peerMAC := lk.Attrs().HardwareAddr, pk.Attrs().HardwareAddr
 
 	t.Run("ARP", func(t *testing.T) {
-		req := arpRequest(mac, l.hostIP, l.peerIP)
+		req := arpRequest(mac, l.HostIP, l.PeerIP)
 		reply := expectFrame(t, ch, req, func(f []byte) bool {
 			return len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 2 && // ARP reply
-				bytes.Equal(f[28:32], l.peerIP.AsSlice()) && bytes.Equal(f[32:38], mac)
+				bytes.Equal(f[28:32], l.PeerIP.AsSlice()) && bytes.Equal(f[32:38], mac)
 		})
 		if !bytes.Equal(reply[22:28], peerMAC) {
-			t.Errorf("ARP reply says %s is at %s, want %s", l.peerIP, net.HardwareAddr(reply[22:28]), peerMAC)
+			t.Errorf("ARP reply says %s is at %s, want %s", l.PeerIP, net.HardwareAddr(reply[22:28]), peerMAC)
 		}
 	})
 	t.Run("NDP", func(t *testing.T) {
@@ -80,8 +80,8 @@ func TestE2EEndpointGetsNeighbourAnswers(t *testing.T) {
 	}
 	c.Close()
 	ch.Close()
-	u.stop(t)
-	l.checkNothingLeft()
+	u.Stop(t)
+	l.CheckNothingLeft()
 }
 
 // pollable returns f as a non-blocking file in Go's netpoller, so that

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gopacket/gopacket/pcapgo"
 
+	"github.com/usnetd/usnetd/internal/e2e"
 	"github.com/usnetd/usnetd/internal/netlab"
 )
 
@@ -22,19 +23,19 @@ import (
 // endpoint ..."), one dropped ("drop: no_match"), and the kernel's ARP
 // request as the kernel's port sent it ("flood"; with afxdp and afpacket
 // through the host path), read back with gopacket's pcapgo.NgReader.
-func TestE2EPcapVerdicts(t *testing.T) { forEachBackend(t, testE2EPcapVerdicts) }
+func TestE2EPcapVerdicts(t *testing.T) { e2e.ForEachBackend(t, testE2EPcapVerdicts) }
 
 func testE2EPcapVerdicts(t *testing.T, backend string) {
 	l := newIsoLab(t, backend)
 	file := filepath.Join(t.TempDir(), "usnetd.pcapng")
 	l.startIso(t, "PCAP_LOG="+file)
 	ep := l.attach(t, "an endpoint", 7100)
-	sendRaw(t, l.peer, "eth0", udpFrame(l.hostMAC, l.peerMAC, l.peerIP, 5000, l.hostIP, 7101, "pcap dropped"))
-	sendRaw(t, l.peer, "eth0", udpFrame(l.hostMAC, l.peerMAC, l.peerIP, 5000, l.hostIP, 7100, "pcap switched"))
-	ep.got.wait(t, "the switched frame at the endpoint", udpTo(l.peerIP, 5000, l.hostIP, 7100, "pcap switched"))
+	sendRaw(t, l.Peer, "eth0", udpFrame(l.hostMAC, l.peerMAC, l.PeerIP, 5000, l.HostIP, 7101, "pcap dropped"))
+	sendRaw(t, l.Peer, "eth0", udpFrame(l.hostMAC, l.peerMAC, l.PeerIP, 5000, l.HostIP, 7100, "pcap switched"))
+	ep.got.wait(t, "the switched frame at the endpoint", udpTo(l.PeerIP, 5000, l.HostIP, 7100, "pcap switched"))
 	// The kernel asks for an address nobody has.
-	nobody := netlab.Host(netip.PrefixFrom(l.hostIP, 24).Masked(), 20).Addr()
-	err := l.host.Do(func() error {
+	nobody := netlab.Host(netip.PrefixFrom(l.HostIP, 24).Masked(), 20).Addr()
+	err := l.Host.Do(func() error {
 		c, err := net.Dial("udp", netip.AddrPortFrom(nobody, 9).String())
 		if err != nil {
 			return err
@@ -48,7 +49,7 @@ func testE2EPcapVerdicts(t *testing.T, backend string) {
 	}
 	kernelARP := func(f []byte) bool {
 		return len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 1 &&
-			bytes.Equal(f[28:32], l.hostIP.AsSlice()) && bytes.Equal(f[38:42], nobody.AsSlice())
+			bytes.Equal(f[28:32], l.HostIP.AsSlice()) && bytes.Equal(f[38:42], nobody.AsSlice())
 	}
 	ep.got.wait(t, "the kernel's ARP request at the endpoint", kernelARP)
 	l.finish(t) // the writer flushes at the stop
@@ -78,17 +79,17 @@ func testE2EPcapVerdicts(t *testing.T, backend string) {
 		}
 		s := seen{iface: in.Name, comment: strings.Join(opts.Comments, "|")}
 		switch {
-		case udpTo(l.peerIP, 5000, l.hostIP, 7100, "pcap switched")(data):
+		case udpTo(l.PeerIP, 5000, l.HostIP, 7100, "pcap switched")(data):
 			switched = append(switched, s)
-		case udpTo(l.peerIP, 5000, l.hostIP, 7101, "pcap dropped")(data):
+		case udpTo(l.PeerIP, 5000, l.HostIP, 7101, "pcap dropped")(data):
 			dropped = append(dropped, s)
 		case kernelARP(data):
 			arp = append(arp, s)
 		}
 	}
 	if len(switched) != 1 || !strings.HasPrefix(switched[0].comment, "forward to endpoint ") ||
-		!strings.HasPrefix(switched[0].iface, l.ifname+": ") {
-		t.Errorf("the switched frame in PCAP_LOG: %+v; want once, from %s's port, \"forward to endpoint ...\"", switched, l.ifname)
+		!strings.HasPrefix(switched[0].iface, l.Ifname+": ") {
+		t.Errorf("the switched frame in PCAP_LOG: %+v; want once, from %s's port, \"forward to endpoint ...\"", switched, l.Ifname)
 	}
 	if len(dropped) != 1 || dropped[0].comment != "drop: no_match" || dropped[0].iface != switched[0].iface {
 		t.Errorf("the dropped frame in PCAP_LOG: %+v; want once, from %s, \"drop: no_match\"", dropped, switched[0].iface)

@@ -26,13 +26,6 @@ import (
 // and shares the host's IP and MAC with the kernel. Timeouts only tell an
 // answer from none or bound a hang; no speed is asserted.
 
-// requireTool returns the path of a Debian tool; without it the test
-// skips, except under CI=true, where it fails.
-func requireTool(t testing.TB, name, pkg string) string {
-	t.Helper()
-	return netlab.RequireTool(t, name, pkg)
-}
-
 // newPeerLab is an e2eLab whose peer computes its TCP and UDP checksums in
 // software: a veth leaves them to the receiver (CHECKSUM_PARTIAL), and a
 // userspace stack behind AF_XDP, which sees the raw frame, drops such
@@ -40,7 +33,7 @@ func requireTool(t testing.TB, name, pkg string) string {
 func newPeerLab(t testing.TB) *e2eLab {
 	t.Helper()
 	l := newE2ELab(t, 1)
-	if err := l.peer.TxChecksumOff("eth0"); err != nil {
+	if err := l.Peer.TxChecksumOff("eth0"); err != nil {
 		t.Fatal(err)
 	}
 	return l
@@ -64,14 +57,14 @@ func serveKernelHTTP(t testing.TB, ns *netlab.NS, addr string) {
 // is not opened gets no answer; PCAP_LOG, read by tcpdump, holds the usnet
 // connection in both directions, its answers from the host's own MAC.
 func TestE2EPeersHTTP(t *testing.T) {
-	requireTool(t, "curl", "curl")
-	requireTool(t, "tcpdump", "tcpdump")
+	netlab.RequireTool(t, "curl", "curl")
+	netlab.RequireTool(t, "tcpdump", "tcpdump")
 	l := newPeerLab(t)
-	h := l.hostIP.String()
-	serveKernelHTTP(t, l.host, h+":8081") // DEBUG_PORTS
-	serveKernelHTTP(t, l.host, h+":8082") // not opened
+	h := l.HostIP.String()
+	serveKernelHTTP(t, l.Host, h+":8081") // DEBUG_PORTS
+	serveKernelHTTP(t, l.Host, h+":8082") // not opened
 	pcapFile := filepath.Join(t.TempDir(), "usnetd.pcap")
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8081", l.ifname), "PCAP_LOG="+pcapFile)
+	u := l.Start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8081", l.Ifname), "PCAP_LOG="+pcapFile)
 	srv := l.startServer("usnet", httpPortEnv+"=8080")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -81,9 +74,9 @@ func TestE2EPeersHTTP(t *testing.T) {
 		stack string
 	}{{8080, "usnet"}, {8081, "kernel"}, {8080, "usnet"}} {
 		url := fmt.Sprintf("http://%s:%d/", h, tc.port)
-		out, err := l.peer.Command(ctx, "curl", "-sS", "-i", "--max-time", "10", url).CombinedOutput()
+		out, err := l.Peer.Command(ctx, "curl", "-sS", "-i", "--max-time", "10", url).CombinedOutput()
 		if err != nil {
-			t.Fatalf("curl %s from the peer: %v\n%s\nusnetd:\n%s\nserver:\n%s", url, err, out, u.logText(), srv.logText())
+			t.Fatalf("curl %s from the peer: %v\n%s\nusnetd:\n%s\nserver:\n%s", url, err, out, u.LogText(), srv.logText())
 		}
 		for _, want := range []string{"HTTP/1.1 200 OK", "X-Stack: " + tc.stack, "hello, world"} {
 			if !strings.Contains(string(out), want) {
@@ -92,7 +85,7 @@ func TestE2EPeersHTTP(t *testing.T) {
 		}
 	}
 	// usnet took a shared-memory channel (the default).
-	if c, err := client.Dial(client.Options{SocketPath: l.sock, Dir: t.TempDir()}); err != nil {
+	if c, err := client.Dial(client.Options{SocketPath: l.Sock, Dir: t.TempDir()}); err != nil {
 		t.Error(err)
 	} else {
 		st, err := c.QueryStatus()
@@ -101,16 +94,16 @@ func TestE2EPeersHTTP(t *testing.T) {
 			t.Errorf("the usnet server's channels: %+v, %v; want one endpoint on shm", st.Endpoints, err)
 		}
 	}
-	out, err := l.peer.Command(ctx, "curl", "-sS", "--connect-timeout", "1", fmt.Sprintf("http://%s:8082/", h)).CombinedOutput()
+	out, err := l.Peer.Command(ctx, "curl", "-sS", "--connect-timeout", "1", fmt.Sprintf("http://%s:8082/", h)).CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 28 {
 		t.Errorf("curl to the kernel port that is not opened: %v (want exit 28, a timeout; 7 would be a RST)\n%s", err, out)
 	}
 
 	srv.stop(t)
-	u.stop(t)
-	l.checkNothingLeft()
+	u.Stop(t)
+	l.CheckNothingLeft()
 
-	lk, err := l.host.Link(l.ifname)
+	lk, err := l.Host.Link(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,20 +166,20 @@ func waitListening(t testing.TB, ns *netlab.NS, port int) {
 // test ends.
 func startIperf3Server(t testing.TB, l *e2eLab, port int) {
 	t.Helper()
-	srv := l.host.Command(context.Background(), "iperf3", "-s", "-B", l.hostIP.String(), "-p", strconv.Itoa(port))
+	srv := l.Host.Command(context.Background(), "iperf3", "-s", "-B", l.HostIP.String(), "-p", strconv.Itoa(port))
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
-	waitListening(t, l.host, port)
+	waitListening(t, l.Host, port)
 }
 
 // iperf3Client runs iperf3 -c from the peer with args and returns the
 // bytes the client sent and the receiver's bit/s.
 func iperf3Client(t testing.TB, l *e2eLab, port int, args ...string) (sent, bps float64) {
 	t.Helper()
-	args = append([]string{"-c", l.hostIP.String(), "-p", strconv.Itoa(port), "-J"}, args...)
-	out, err := l.peer.Command(context.Background(), "iperf3", args...).Output()
+	args = append([]string{"-c", l.HostIP.String(), "-p", strconv.Itoa(port), "-J"}, args...)
+	out, err := l.Peer.Command(context.Background(), "iperf3", args...).Output()
 	if err != nil {
 		t.Fatalf("iperf3 %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -215,7 +208,7 @@ func (l *e2eLab) peerDialer(addr string) func() (net.Conn, error) {
 	return func() (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return l.peer.Dial(ctx, "tcp", addr)
+		return l.Peer.Dial(ctx, "tcp", addr)
 	}
 }
 
@@ -224,10 +217,10 @@ func (l *e2eLab) peerDialer(addr string) func() (net.Conn, error) {
 // the usnet server's sink; every byte arrives. The goodputs are logged,
 // not asserted (BenchmarkE2EUsnetTCP measures them).
 func TestE2EPeersIperf(t *testing.T) {
-	requireTool(t, "iperf3", "iperf3")
+	netlab.RequireTool(t, "iperf3", "iperf3")
 	l := newPeerLab(t)
-	h := l.hostIP.String()
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.ifname))
+	h := l.HostIP.String()
+	u := l.Start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:5201", l.Ifname))
 	startIperf3Server(t, l, 5201)
 	srv := l.startServer("usnet", sinkPortEnv+"=5203")
 
@@ -242,13 +235,13 @@ func TestE2EPeersIperf(t *testing.T) {
 
 	bps, err := sendToSink(l.peerDialer(h+":5203"), size, time.Minute)
 	if err != nil {
-		t.Fatalf("Go sender → usnet sink: %v\nusnetd:\n%s\nserver:\n%s", err, u.logText(), srv.logText())
+		t.Fatalf("Go sender → usnet sink: %v\nusnetd:\n%s\nserver:\n%s", err, u.LogText(), srv.logText())
 	}
 	t.Logf("Go sender → usnet sink (through usnetd): %.2f Gbit/s", bps/1e9)
 
 	srv.stop(t)
-	u.stop(t)
-	l.checkNothingLeft()
+	u.Stop(t)
+	l.CheckNothingLeft()
 }
 
 // nmapRun is what TestE2EPeersNmap reads of nmap's XML output.
@@ -277,17 +270,17 @@ type nmapRun struct {
 // listening port that is not opened included, and none is closed: nothing
 // ever answers with a RST.
 func TestE2EPeersNmap(t *testing.T) {
-	requireTool(t, "nmap", "nmap")
+	netlab.RequireTool(t, "nmap", "nmap")
 	l := newPeerLab(t)
-	h := l.hostIP.String()
-	serveKernelHTTP(t, l.host, h+":8081") // DEBUG_PORTS
-	serveKernelHTTP(t, l.host, h+":8082") // not opened
-	u := l.start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8081", l.ifname))
+	h := l.HostIP.String()
+	serveKernelHTTP(t, l.Host, h+":8081") // DEBUG_PORTS
+	serveKernelHTTP(t, l.Host, h+":8082") // not opened
+	u := l.Start(fmt.Sprintf("DEBUG_PORTS=%s:TCP:8081", l.Ifname))
 	srv := l.startServer("usnet", httpPortEnv+"=8080", sinkPortEnv+"=8083")
 
 	const lo, hi = 8070, 8099
 	args := []string{"-sS", "-p", fmt.Sprintf("%d-%d", lo, hi), "-n", "-Pn", "--max-retries", "1", "-oX", "-", h}
-	out, err := l.peer.Command(context.Background(), "nmap", args...).Output()
+	out, err := l.Peer.Command(context.Background(), "nmap", args...).Output()
 	if err != nil {
 		t.Fatalf("nmap %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -322,9 +315,9 @@ func TestE2EPeersNmap(t *testing.T) {
 		t.Errorf("nmap reported %d ports, want %d:\n%s", total, hi-lo+1, out)
 	}
 	if t.Failed() {
-		t.Logf("nmap output:\n%s\nusnetd:\n%s\nserver:\n%s", out, u.logText(), srv.logText())
+		t.Logf("nmap output:\n%s\nusnetd:\n%s\nserver:\n%s", out, u.LogText(), srv.logText())
 	}
 	srv.stop(t)
-	u.stop(t)
-	l.checkNothingLeft()
+	u.Stop(t)
+	l.CheckNothingLeft()
 }

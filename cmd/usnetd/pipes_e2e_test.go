@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usnetd/usnetd/internal/e2e"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/testkit"
 )
 
 // TestE2EStaticPipe: a STATIC_PIPES entry is a Unix datagram socket in
@@ -22,30 +24,30 @@ import (
 // isolation checks: a frame from the host's address reaches the peer, one
 // with a forged source address is dropped (counted as src_ip). The socket
 // file goes at stop.
-func TestE2EStaticPipe(t *testing.T) { forEachBackend(t, testE2EStaticPipe) }
+func TestE2EStaticPipe(t *testing.T) { e2e.ForEachBackend(t, testE2EStaticPipe) }
 
 func testE2EStaticPipe(t *testing.T, backend string) {
 	l := newE2ELab(t, 1)
-	l.backend = backend
-	h := l.hostIP.String()
+	l.Backend = backend
+	h := l.HostIP.String()
 	dir := filepath.Join(t.TempDir(), "pipes")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, l.ifname+"-udp-7000")
+	path := filepath.Join(dir, l.Ifname+"-udp-7000")
 	// A stale socket file, as a killed usnetd leaves it.
 	stale, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	stale.Close()
-	serveUDP(t, l.host, h+":7001") // a kernel UDP port that is not the pipe's
+	testkit.ServeUDPEcho(t, l.Host, h+":7001") // a kernel UDP port that is not the pipe's
 	const gid = 4242
-	u := l.start(fmt.Sprintf("STATIC_PIPES=%s:UDP:7000", l.ifname), "PIPE_DIR="+dir, fmt.Sprintf("ALLOW_GID=%d", gid))
+	u := l.Start(fmt.Sprintf("STATIC_PIPES=%s:UDP:7000", l.Ifname), "PIPE_DIR="+dir, fmt.Sprintf("ALLOW_GID=%d", gid))
 
 	st, err := os.Lstat(path)
 	if err != nil {
-		t.Fatalf("no pipe socket: %v\n%s", err, u.logText())
+		t.Fatalf("no pipe socket: %v\n%s", err, u.LogText())
 	}
 	if st.Mode().Type() != os.ModeSocket || st.Mode().Perm() != 0o660 || st.Sys().(*syscall.Stat_t).Gid != gid {
 		t.Errorf("pipe socket: mode %v gid %d, want a socket 0660 of group %d", st.Mode(), st.Sys().(*syscall.Stat_t).Gid, gid)
@@ -64,19 +66,19 @@ func testE2EStaticPipe(t *testing.T, backend string) {
 	}
 	defer ch.Close()
 
-	lk, err := l.host.Link(l.ifname)
+	lk, err := l.Host.Link(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hostMAC := lk.Attrs().HardwareAddr
-	plk, err := l.peer.Link("eth0")
+	plk, err := l.Peer.Link("eth0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	peerMAC := plk.Attrs().HardwareAddr
 
 	// A receiver in the peer namespace for what the stack sends.
-	pc, err := l.peer.ListenPacket("udp", l.peerIP.String()+":9999")
+	pc, err := l.Peer.ListenPacket("udp", l.PeerIP.String()+":9999")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,26 +103,26 @@ func testE2EStaticPipe(t *testing.T, backend string) {
 				t.Fatalf("the peer received %q (open %v), want %q", g, ok, want)
 			}
 		case <-time.After(10 * time.Second):
-			t.Fatalf("the peer did not receive %q\n%s", want, u.logText())
+			t.Fatalf("the peer did not receive %q\n%s", want, u.LogText())
 		}
 	}
-	forged := netlab.Host(netip.PrefixFrom(l.hostIP, 24), 77).Addr()
-	if forged == l.hostIP || forged == l.peerIP || forged == l.peerIP2 {
+	forged := netlab.Host(netip.PrefixFrom(l.HostIP, 24), 77).Addr()
+	if forged == l.HostIP || forged == l.PeerIP || forged == l.PeerIP2 {
 		t.Fatalf("forged address %v is one of the lab's", forged)
 	}
 	send := func(src netip.Addr, payload string) {
 		t.Helper()
-		if _, err := ch.Write(udpFrame(peerMAC, hostMAC, src, 7000, l.peerIP, 9999, payload)); err != nil {
+		if _, err := ch.Write(udpFrame(peerMAC, hostMAC, src, 7000, l.PeerIP, 9999, payload)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// The first frame also makes the stack the pipe's peer.
-	send(l.hostIP, "legit 1")
+	send(l.HostIP, "legit 1")
 	expect("legit 1 from " + h + ":7000")
 	// Attack: a forged source address. It is dropped; the frame sent after
 	// it arrives (one socket, in order: the forged one is not merely late).
 	send(forged, "forged")
-	send(l.hostIP, "legit 2")
+	send(l.HostIP, "legit 2")
 	expect("legit 2 from " + h + ":7000")
 	select {
 	case g := <-got:
@@ -128,32 +130,32 @@ func testE2EStaticPipe(t *testing.T, backend string) {
 	default:
 	}
 	var v float64
-	series := fmt.Sprintf(`usnetd_drops_total{interface="%s",reason="src_ip"}`, l.ifname)
+	series := fmt.Sprintf(`usnetd_drops_total{interface="%s",reason="src_ip"}`, l.Ifname)
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && v < 1; time.Sleep(50 * time.Millisecond) {
-		v, _ = metricValue(l.scrape(), series)
+		v, _ = e2e.MetricValue(l.Scrape(), series)
 	}
 	if v < 1 {
 		t.Errorf("%s = %v, want at least 1", series, v)
 	}
 
 	// The stack answers UDP from the peer namespace on the pipe's port.
-	answered := udpResponder(t, ch, hostMAC, 7000)
+	answered := e2e.UDPResponder(t, ch, hostMAC, 7000)
 	for i := range 8 {
-		if err := udpEcho(l.peer, h+":7000", 5*time.Second); err != nil {
-			t.Fatalf("request %d through the pipe: %v (answered %d)\n%s", i, err, answered.Load(), u.logText())
+		if err := testkit.UDPEcho(l.Peer, h+":7000", 5*time.Second); err != nil {
+			t.Fatalf("request %d through the pipe: %v (answered %d)\n%s", i, err, answered.Load(), u.LogText())
 		}
 	}
 	// The pipe's rule is its own: the kernel's UDP port next to it stays
 	// closed (no DEBUG_PORTS).
-	if err := udpEcho(l.peer, h+":7001", 700*time.Millisecond); !isTimeout(err) {
+	if err := testkit.UDPEcho(l.Peer, h+":7001", 700*time.Millisecond); !testkit.IsTimeout(err) {
 		t.Fatalf("a kernel UDP port that was not opened answered: %v", err)
 	}
 
-	u.stop(t)
+	u.Stop(t)
 	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pipe socket left after stop (%v)", err)
 	}
-	l.checkNothingLeft()
+	l.CheckNothingLeft()
 }
 
 // TestE2EStaticPipeRefusesNonSocket: a file at a pipe's path that is not a
@@ -162,12 +164,12 @@ func testE2EStaticPipe(t *testing.T, backend string) {
 func TestE2EStaticPipeRefusesNonSocket(t *testing.T) {
 	l := newE2ELab(t, 1)
 	dir := t.TempDir()
-	path := filepath.Join(dir, l.ifname+"-tcp-7000")
+	path := filepath.Join(dir, l.Ifname+"-tcp-7000")
 	if err := os.WriteFile(path, []byte("not a socket"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	spec := l.ifname + ":TCP:7000"
-	msg := l.startFails("STATIC_PIPES="+spec, "PIPE_DIR="+dir)
+	spec := l.Ifname + ":TCP:7000"
+	msg := l.StartFails("STATIC_PIPES="+spec, "PIPE_DIR="+dir)
 	if msg == "" || !strings.Contains(msg, spec) || !strings.Contains(msg, "is not a socket") {
 		t.Fatalf("start with a regular file at the pipe's path: %q", msg)
 	}

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usnetd/usnetd/internal/e2e"
 	"golang.org/x/sys/unix"
 )
 
@@ -172,7 +173,7 @@ type peerSender struct {
 func newPeerSender(t testing.TB, l *e2eLab) *peerSender {
 	t.Helper()
 	var fd int
-	err := l.peer.Do(func() error {
+	err := l.Peer.Do(func() error {
 		lk, err := net.InterfaceByName("eth0")
 		if err != nil {
 			return err
@@ -188,7 +189,7 @@ func newPeerSender(t testing.TB, l *e2eLab) *peerSender {
 	}
 	t.Cleanup(func() { unix.Close(fd) })
 	var ifindex int
-	_ = l.peer.Do(func() error {
+	_ = l.Peer.Do(func() error {
 		lk, err := net.InterfaceByName("eth0")
 		if err == nil {
 			ifindex = lk.Index
@@ -211,11 +212,11 @@ func (s *peerSender) send(f []byte) error {
 // macs returns the peer's and the host NIC's MAC.
 func (l *e2eLab) macs(t testing.TB) (peer, host net.HardwareAddr) {
 	t.Helper()
-	lk, err := l.host.Link(l.ifname)
+	lk, err := l.Host.Link(l.Ifname)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pk, err := l.peer.Link("eth0")
+	pk, err := l.Peer.Link("eth0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +238,7 @@ func laterFragment(srcMAC, dstMAC net.HardwareAddr, src, dst [4]byte, id uint16)
 	binary.BigEndian.PutUint16(ip[6:], 0x2000|1480/8)
 	copy(ip[12:16], src[:])
 	copy(ip[16:20], dst[:])
-	binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], e2e.IPChecksum(ip))
 	return f
 }
 
@@ -255,14 +256,14 @@ func idleAttach(t testing.TB, l *e2eLab, dir string, first *ctlClient, clients, 
 		}
 		c := first
 		if i > 0 {
-			c = newCtlClient(t, l.sock, dir, uid)
+			c = newCtlClient(t, l.Sock, dir, uid)
 		}
 		for j := range perClient {
 			if i == 0 && j < skip {
 				continue
 			}
 			start := time.Now()
-			c.channel(l.ifname)
+			c.channel(l.Ifname)
 			lat = append(lat, time.Since(start))
 		}
 	}
@@ -292,24 +293,24 @@ const manyChannelsThreads = 2 + 1 + 24
 // NIC's receive path never runs out of buffers, usnetd's threads stay at
 // the NIC's queues plus a constant and its memory below 256 MiB, and the
 // limits refuse the 1,001st channel and count it.
-func TestE2EThousandChannels(t *testing.T) { forEachBackend(t, testE2EThousandChannels) }
+func TestE2EThousandChannels(t *testing.T) { e2e.ForEachBackend(t, testE2EThousandChannels) }
 
 func testE2EThousandChannels(t *testing.T, backend string) {
 	l := newE2ELab(t, 2)
-	l.backend = backend
-	l.bin = productBinary(t) // its threads and memory are what is measured
-	u := l.start(manyChannelsEnv...)
-	pid := u.cmd.Process.Pid
+	l.Backend = backend
+	l.Bin = e2e.ProductBinary(t) // its threads and memory are what is measured
+	u := l.Start(manyChannelsEnv...)
+	pid := u.Cmd.Process.Pid
 	dir := t.TempDir()
 
-	reader := newCtlClient(t, l.sock, dir, 0)
-	ch := reader.channel(l.ifname)
-	reader.addUDP(l.hostIP.String(), 7000)
+	reader := newCtlClient(t, l.Sock, dir, 0)
+	ch := reader.channel(l.Ifname)
+	reader.addUDP(l.HostIP.String(), 7000)
 	got := frameCounter(t, ch, 7000)
 
 	peerMAC, hostMAC := l.macs(t)
 	tx := newPeerSender(t, l)
-	frame := frame4UDP(peerMAC, hostMAC, l.peerIP.As4(), 9000, l.hostIP.As4(), 7000)
+	frame := frame4UDP(peerMAC, hostMAC, l.PeerIP.As4(), 9000, l.HostIP.As4(), 7000)
 	// Closed loop: each frame must arrive before the next goes, up to
 	// three tries (a frame lost before usnetd is the device's).
 	var sent, lost int
@@ -330,7 +331,7 @@ func testE2EThousandChannels(t *testing.T, backend string) {
 			}
 			lost++
 			if try == 2 {
-				t.Fatalf("the reading endpoint got no frame in 3 tries (%d of %d sent arrived)\n%s", got.Load(), sent, grepLines(l.scrape(), "drops"))
+				t.Fatalf("the reading endpoint got no frame in 3 tries (%d of %d sent arrived)\n%s", got.Load(), sent, e2e.GrepLines(l.Scrape(), "drops"))
 			}
 		}
 	}
@@ -354,8 +355,8 @@ func testE2EThousandChannels(t *testing.T, backend string) {
 		t.Fatalf("%d idle channels attached, want 999", len(lat))
 	}
 	// The 1,001st channel is refused by the limits, and counted.
-	extra := newCtlClient(t, l.sock, dir, 1000)
-	if a, fd, err := extra.ask(fmt.Sprintf(`{"RequestUDS":[%q,%d]}`, l.ifname, os.Getpid())); err != nil || a != "ER" || fd >= 0 {
+	extra := newCtlClient(t, l.Sock, dir, 1000)
+	if a, fd, err := extra.ask(fmt.Sprintf(`{"RequestUDS":[%q,%d]}`, l.Ifname, os.Getpid())); err != nil || a != "ER" || fd >= 0 {
 		t.Fatalf("channel beyond MAX_CHANNELS: %q, fd %d, %v", a, fd, err)
 	}
 	// Frames keep coming with the thousand attached.
@@ -364,7 +365,7 @@ func testE2EThousandChannels(t *testing.T, backend string) {
 	}
 	time.Sleep(time.Second) // every idle worker parked again
 	after := procStatus(t, pid)
-	m := l.scrape()
+	m := l.Scrape()
 	t.Logf("%s: threads %d -> %d, RSS %d -> %d KiB; attach latency p99 %v, the 1,000th %v; %d frames sent, %d lost before usnetd",
 		backend, before["Threads"], after["Threads"], before["VmRSS"], after["VmRSS"], p99(lat), lat[len(lat)-1], sent, lost)
 	if after["Threads"] > manyChannelsThreads {
@@ -373,20 +374,20 @@ func testE2EThousandChannels(t *testing.T, backend string) {
 	if after["VmRSS"] > 256<<10 {
 		t.Errorf("usnetd's RSS is %d KiB with 1,000 channels, want at most 256 MiB", after["VmRSS"])
 	}
-	nic := fmt.Sprintf(`usnetd_port_drops_total{interface="%s",kind="nic",port="%s",port_id="1",reason="no_buffer"}`, l.ifname, l.ifname)
-	if v, ok := metricValue(m, nic); ok && v != 0 {
+	nic := fmt.Sprintf(`usnetd_port_drops_total{interface="%s",kind="nic",port="%s",port_id="1",reason="no_buffer"}`, l.Ifname, l.Ifname)
+	if v, ok := e2e.MetricValue(m, nic); ok && v != 0 {
 		t.Errorf("the NIC's receive path ran out of buffers %v times", v)
 	}
 	for series, want := range map[string]float64{
 		`usnetd_control_refused_total{reason="channels"}`:         1,
 		`usnetd_control_refused_total{reason="channels_per_uid"}`: 0,
 	} {
-		if v, ok := metricValue(m, series); !ok || v != want {
+		if v, ok := e2e.MetricValue(m, series); !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", series, v, ok, want)
 		}
 	}
-	u.stop(t)
-	l.checkNothingLeft()
+	u.Stop(t)
+	l.CheckNothingLeft()
 }
 
 // fragEnv gives a small fragment store: MEMORY_LIMIT=64MiB is 8,192
@@ -407,7 +408,7 @@ func fragFlood(t testing.TB, l *e2eLab, stop <-chan struct{}, perSecond int) fun
 	go func() {
 		defer close(done)
 		runtime.LockOSThread()
-		dst := l.hostIP.As4()
+		dst := l.HostIP.As4()
 		start := time.Now()
 		for id := 0; ; id++ {
 			select {
@@ -420,7 +421,7 @@ func fragFlood(t testing.TB, l *e2eLab, stop <-chan struct{}, perSecond int) fun
 					time.Sleep(ahead)
 				}
 			}
-			src := l.peerIP.As4()
+			src := l.PeerIP.As4()
 			src[3] = byte(100 + id%8)
 			if tx.send(laterFragment(peerMAC, hostMAC, src, dst, uint16(id))) == nil {
 				n.Add(1)
@@ -436,22 +437,22 @@ func fragFlood(t testing.TB, l *e2eLab, stop <-chan struct{}, perSecond int) fun
 // stays within its bytes (the oldest evicted and counted), usnetd's memory
 // stays bounded, and SIGTERM in the middle of the flood ends usnetd with
 // exit code 0.
-func TestE2EFragmentFlood(t *testing.T) { forEachBackend(t, testE2EFragmentFlood) }
+func TestE2EFragmentFlood(t *testing.T) { e2e.ForEachBackend(t, testE2EFragmentFlood) }
 
 func testE2EFragmentFlood(t *testing.T, backend string) {
 	l := newE2ELab(t, 2)
-	l.backend = backend
-	l.bin = productBinary(t) // its memory is what is measured
-	u := l.start(fragEnv...)
-	pid := u.cmd.Process.Pid
+	l.Backend = backend
+	l.Bin = e2e.ProductBinary(t) // its memory is what is measured
+	u := l.Start(fragEnv...)
+	pid := u.Cmd.Process.Pid
 	dir := t.TempDir()
-	reader := newCtlClient(t, l.sock, dir, 0)
-	ch := reader.channel(l.ifname)
-	reader.addUDP(l.hostIP.String(), 7000)
+	reader := newCtlClient(t, l.Sock, dir, 0)
+	ch := reader.channel(l.Ifname)
+	reader.addUDP(l.HostIP.String(), 7000)
 	got := frameCounter(t, ch, 7000)
 	peerMAC, hostMAC := l.macs(t)
 	tx := newPeerSender(t, l)
-	frame := frame4UDP(peerMAC, hostMAC, l.peerIP.As4(), 9000, l.hostIP.As4(), 7000)
+	frame := frame4UDP(peerMAC, hostMAC, l.PeerIP.As4(), 9000, l.HostIP.As4(), 7000)
 
 	stop := make(chan struct{})
 	flooded := fragFlood(t, l, stop, 0)
@@ -467,7 +468,7 @@ func testE2EFragmentFlood(t *testing.T, backend string) {
 		for try := 0; got.Load() < want; try++ {
 			if try == 10 {
 				close(stop)
-				t.Fatalf("legitimate frame %d did not arrive in 10 tries during the flood\n%s", i, grepLines(l.scrape(), "frag"))
+				t.Fatalf("legitimate frame %d did not arrive in 10 tries during the flood\n%s", i, e2e.GrepLines(l.Scrape(), "frag"))
 			}
 			if try > 0 {
 				lost++
@@ -489,17 +490,17 @@ func testE2EFragmentFlood(t *testing.T, backend string) {
 	var evicted float64
 	var m string
 	for time.Now().Before(deadline) {
-		m = l.scrape()
-		evicted, _ = metricValue(m, fmt.Sprintf(`usnetd_drops_total{interface="%s",reason="frag_evicted"}`, l.ifname))
+		m = l.Scrape()
+		evicted, _ = e2e.MetricValue(m, fmt.Sprintf(`usnetd_drops_total{interface="%s",reason="frag_evicted"}`, l.Ifname))
 		if evicted >= 10*fragStoreBytes/2048 {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	held, _ := metricValue(m, fmt.Sprintf(`usnetd_fragment_held_bytes{interface="%s"}`, l.ifname))
+	held, _ := e2e.MetricValue(m, fmt.Sprintf(`usnetd_fragment_held_bytes{interface="%s"}`, l.Ifname))
 	st := procStatus(t, pid)
 	if evicted < 10*fragStoreBytes/2048 {
-		t.Errorf("only %v fragments evicted: the flood did not go ten times over the store\n%s", evicted, grepLines(m, "frag"))
+		t.Errorf("only %v fragments evicted: the flood did not go ten times over the store\n%s", evicted, e2e.GrepLines(m, "frag"))
 	}
 	if held > fragStoreBytes {
 		t.Errorf("the fragment store holds %v bytes, more than its %d", held, fragStoreBytes)
@@ -509,15 +510,15 @@ func testE2EFragmentFlood(t *testing.T, backend string) {
 	}
 	// SIGTERM in the middle of the flood.
 	start := time.Now()
-	if err := u.cmd.Process.Signal(unix.SIGTERM); err != nil {
+	if err := u.Cmd.Process.Signal(unix.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	var exitErr error
 	select {
-	case exitErr = <-u.done:
+	case exitErr = <-u.Done:
 	case <-time.After(30 * time.Second):
 		close(stop)
-		t.Fatalf("usnetd did not stop within 30 s of SIGTERM during the flood\n%s", u.logText())
+		t.Fatalf("usnetd did not stop within 30 s of SIGTERM during the flood\n%s", u.LogText())
 	}
 	took := time.Since(start)
 	close(stop)
@@ -525,9 +526,9 @@ func testE2EFragmentFlood(t *testing.T, backend string) {
 	t.Logf("%s: %d fragments flooded, %v evicted, %v bytes held; %d legitimate frames, %d resent; RSS %d KiB; SIGTERM to exit %v",
 		backend, n, evicted, held, legit, lost, st["VmRSS"], took)
 	if exitErr != nil {
-		t.Fatalf("usnetd's exit after SIGTERM during the flood: %v\n%s", exitErr, u.logText())
+		t.Fatalf("usnetd's exit after SIGTERM during the flood: %v\n%s", exitErr, u.LogText())
 	}
-	l.checkNothingLeft()
+	l.CheckNothingLeft()
 }
 
 // TestE2ELogFloodLimited: a client that sends thousands of malformed
@@ -536,10 +537,10 @@ func testE2EFragmentFlood(t *testing.T, backend string) {
 // served and logged. (The control socket is the same for every backend.)
 func TestE2ELogFloodLimited(t *testing.T) {
 	l := newE2ELab(t, 1)
-	l.backend = "afpacket"
-	u := l.start()
+	l.Backend = "afpacket"
+	u := l.Start()
 	dir := t.TempDir()
-	bad := newCtlClient(t, l.sock, dir, 0)
+	bad := newCtlClient(t, l.Sock, dir, 0)
 	const flood = 2000
 	start := time.Now()
 	for i := range flood {
@@ -548,13 +549,13 @@ func TestE2ELogFloodLimited(t *testing.T) {
 		}
 	}
 	secs := int(time.Since(start)/time.Second) + 2
-	good := newCtlClient(t, l.sock, dir, 0)
-	good.channel(l.ifname)
+	good := newCtlClient(t, l.Sock, dir, 0)
+	good.channel(l.Ifname)
 	time.Sleep(200 * time.Millisecond)
-	log := u.logText()
+	log := u.LogText()
 	lines := strings.Count(log, `"message":"malformed message"`)
-	m := l.scrape()
-	suppressed, _ := metricValue(m, `usnetd_log_suppressed_total{class="malformed message"}`)
+	m := l.Scrape()
+	suppressed, _ := e2e.MetricValue(m, `usnetd_log_suppressed_total{class="malformed message"}`)
 	t.Logf("%d malformed requests in about %d s: %d lines written, %v counted as suppressed", flood, secs, lines, suppressed)
 	if lines > 20*secs {
 		t.Errorf("%d lines of the flooded warning in about %d s, want at most 20 a second", lines, secs)
@@ -565,5 +566,5 @@ func TestE2ELogFloodLimited(t *testing.T) {
 	if !strings.Contains(log, `"message":"channel attached"`) {
 		t.Error("the legitimate client's attach was not logged")
 	}
-	u.stop(t)
+	u.Stop(t)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usnetd/usnetd/internal/e2e"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -29,18 +30,18 @@ import (
 // answers with a reset. So the peer acknowledges at once (a quickack
 // route), not up to 40 ms later, when usnetd may be gone: the test's
 // requests then leave nothing in flight when it restarts usnetd.
-func TestE2EUsnetdRestart(t *testing.T) { forEachBackend(t, testE2EUsnetdRestart) }
+func TestE2EUsnetdRestart(t *testing.T) { e2e.ForEachBackend(t, testE2EUsnetdRestart) }
 
 func testE2EUsnetdRestart(t *testing.T, backend string) {
 	l := newPeerLab(t)
-	l.backend = backend
-	err := l.peer.Do(func() error {
+	l.Backend = backend
+	err := l.Peer.Do(func() error {
 		rs, err := netlink.RouteList(nil, unix.AF_INET)
 		if err != nil {
 			return err
 		}
 		for _, r := range rs {
-			if r.Dst != nil && r.Dst.Contains(l.hostIP.AsSlice()) {
+			if r.Dst != nil && r.Dst.Contains(l.HostIP.AsSlice()) {
 				r.QuickACK = 1
 				return netlink.RouteReplace(&r)
 			}
@@ -50,25 +51,25 @@ func testE2EUsnetdRestart(t *testing.T, backend string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serveKernelHTTP(t, l.peer, l.peerIP.String()+":9090")
-	u := l.start()
-	srv := l.startServer("usnet", httpPortEnv+"=8080", proxyURLEnv+"=http://"+l.peerIP.String()+":9090/")
+	serveKernelHTTP(t, l.Peer, l.PeerIP.String()+":9090")
+	u := l.Start()
+	srv := l.startServer("usnet", httpPortEnv+"=8080", proxyURLEnv+"=http://"+l.PeerIP.String()+":9090/")
 	var dials atomic.Int32
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			dials.Add(1)
-			return l.peer.Dial(ctx, network, addr)
+			return l.Peer.Dial(ctx, network, addr)
 		},
 		MaxIdleConnsPerHost: 1,
 	}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	url := "http://" + l.hostIP.String() + ":8080/"
+	url := "http://" + l.HostIP.String() + ":8080/"
 	fetch := func(path, when string) string {
 		t.Helper()
 		resp, err := client.Get(url + path)
 		if err != nil {
-			t.Fatalf("GET %s%s %s: %v\nusnetd:\n%s\nserver:\n%s", url, path, when, err, u.logText(), srv.logText())
+			t.Fatalf("GET %s%s %s: %v\nusnetd:\n%s\nserver:\n%s", url, path, when, err, u.LogText(), srv.logText())
 		}
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -98,17 +99,17 @@ func testE2EUsnetdRestart(t *testing.T, backend string) {
 	for _, how := range []string{"SIGTERM", "SIGKILL"} {
 		before := strings.Count(srv.logText(), serverReattached)
 		if how == "SIGTERM" {
-			u.stop(t)
+			u.Stop(t)
 		} else {
-			if err := u.cmd.Process.Kill(); err != nil {
+			if err := u.Cmd.Process.Kill(); err != nil {
 				t.Fatal(err)
 			}
-			<-u.done
+			<-u.Done
 		}
-		u = l.start()
+		u = l.Start()
 		for deadline := time.Now().Add(time.Minute); strings.Count(srv.logText(), serverReattached) == before; time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
-				t.Fatalf("the usnet server did not attach again within a minute of usnetd's restart (%s):\n%s\nusnetd:\n%s", how, srv.logText(), u.logText())
+				t.Fatalf("the usnet server did not attach again within a minute of usnetd's restart (%s):\n%s\nusnetd:\n%s", how, srv.logText(), u.LogText())
 			}
 		}
 		if n := strings.Count(srv.logText(), serverReattached+" (<nil>)"); n != before+1 {
@@ -125,6 +126,6 @@ func testE2EUsnetdRestart(t *testing.T, backend string) {
 	}
 	tr.CloseIdleConnections()
 	srv.stop(t)
-	u.stop(t)
-	l.checkNothingLeft()
+	u.Stop(t)
+	l.CheckNothingLeft()
 }

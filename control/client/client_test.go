@@ -1,10 +1,8 @@
 package client_test
 
 import (
-	"context"
 	"errors"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,41 +11,23 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/backends/memory"
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/sockdiag"
+	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
-
-func requirePrivileged(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root, and CI=true: failing instead of skipping")
-	}
-	t.Skip("needs root")
-}
 
 // startServer runs a usnetd control server over an in-memory NIC "eth0".
 func startServer(t *testing.T, path string, tune ...func(*control.ServerConfig)) (*control.Server, *l4.Table) {
 	t.Helper()
-	requirePrivileged(t)
-	sw := l4.NewSwitch(l4.NewTable())
-	pl, err := l4.NewPipeline(sw, l4.PipelineConfig{Buffers: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pl.Close() })
-	if _, err := pl.AddPort(memory.New("eth0", l4.PortNIC, memory.Options{})); err != nil {
-		t.Fatal(err)
-	}
+	netlab.Require(t)
+	d := testkit.NewDomain(t, testkit.DomainOptions{})
 	cfg := control.ServerConfig{
 		SocketPath:  path,
-		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{m8080.DstAddr}}},
+		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: d.Pipeline, Backend: "memory", Addrs: []netip.Addr{testkit.NICAddr}}},
 		KernelPorts: func() ([]sockdiag.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "test",
@@ -59,11 +39,8 @@ func startServer(t *testing.T, path string, tune ...func(*control.ServerConfig))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return srv, sw.Table
+	testkit.Serve(t, srv.Serve)
+	return srv, d.Switch.Table
 }
 
 func u16(v uint16) *uint16 { return &v }
@@ -284,7 +261,7 @@ func TestNoLeaks(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "usnetd.socket")
 	startServer(t, path)
-	fds := func() int { es, _ := os.ReadDir("/proc/self/fd"); return len(es) }
+	fds := func() int { return testkit.OpenFDs(t) }
 	c, _ := client.Dial(client.Options{SocketPath: path, Dir: dir})
 	c.QueryStatus()
 	c.Close()

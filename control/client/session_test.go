@@ -16,6 +16,7 @@ import (
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
+	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/sockdiag"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -24,7 +25,7 @@ import (
 // (which is idempotent and also runs at the end of the test).
 func runServer(t *testing.T, path string) (srv *control.Server, stop func()) {
 	t.Helper()
-	requirePrivileged(t)
+	netlab.Require(t)
 	sw := l4.NewSwitch(l4.NewTable())
 	pl, err := l4.NewPipeline(sw, l4.PipelineConfig{Buffers: 1024})
 	if err != nil {

@@ -25,29 +25,7 @@
 #define TCX_NEXT -1 /* same value as TC_ACT_UNSPEC; missing in Debian's 6.1 headers */
 #endif
 
-#define ETH_P_8021Q_ 0x8100
-#define ETH_P_8021AD_ 0x88A8
-#define ETH_P_ARP_ 0x0806
-#define ETH_P_IP_ 0x0800
-#define ETH_P_IPV6_ 0x86DD
-#define ETH_P_PAE_ 0x888E /* EAPOL */
-
-#define PROTO_ICMP 1
-#define PROTO_TCP 6
-#define PROTO_UDP 17
-#define PROTO_DCCP 33
-#define PROTO_ICMPV6 58
-#define PROTO_SCTP 132
-#define PROTO_UDPLITE 136
-
-/* Key flags, as l4.KeyLocalPort, l4.KeyRemote, l4.KeyRemotePort. */
-#define KEY_LPORT 1
-#define KEY_REMOTE 2
-#define KEY_RPORT 4
-
-/* Value flags. */
-#define FW_STICKY 1  /* registered and never expired (DEBUG_PORTS) */
-#define FW_LEARNED 2 /* written by the egress learner */
+#include "fwkeys.h"
 
 /* The IPv6 header walk's steps: up to eight extension headers and then the
  * upper-layer header, as l4's parser (maxExtHeaders). */
@@ -58,22 +36,6 @@
 
 /* A first fragment's kernel verdict is followed for this long. */
 #define FRAG_TIMEOUT_NS 30000000000ULL
-
-struct fw_key {
-	__u8 local[16];
-	__u8 remote[16];
-	__u16 lport; /* host byte order */
-	__u16 rport; /* host byte order */
-	__u8 proto;
-	__u8 flags; /* KEY_* */
-	__u8 pad[2];
-};
-
-struct fw_value {
-	__u64 last_seen_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of creation or last refresh */
-	__u32 flags;        /* FW_* */
-	__u32 pad;
-};
 
 /* A fragmented datagram: the fields the kernel reassembles by. proto is
  * the protocol the fragment header names (IPv4: the protocol field), the
@@ -146,27 +108,6 @@ enum fw_counter {
 	CNT_HOST_CLONE,
 	CNT_MAX,
 };
-
-/* Registered kernel rules: DEBUG_PORTS and whatever the control plane opens
- * for the kernel. A plain hash: never evicted; a full map makes AllowKernel
- * fail, loudly. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct fw_key);
-	__type(value, struct fw_value);
-} kernel_rules SEC(".maps");
-
-/* Learned kernel flows (exact 5-tuples, and (local, proto, remote) for
- * protocols without ports). An LRU hash of its own, so that a flood of
- * learned flows can only evict other learned flows (the least recently
- * used), never a registered rule. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct fw_key);
-	__type(value, struct fw_value);
-} kernel_learned SEC(".maps");
 
 /* The endpoints' registered rules (AddMatch), with l4.Key's shapes: the
  * control plane writes them before it answers OK and removes them with the
@@ -291,12 +232,6 @@ static __always_inline void count(__u32 idx)
 	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
 	if (c)
 		*c += 1;
-}
-
-static __always_inline int has_ports(__u8 proto)
-{
-	return proto == PROTO_TCP || proto == PROTO_UDP || proto == PROTO_DCCP ||
-	       proto == PROTO_SCTP || proto == PROTO_UDPLITE;
 }
 
 static __always_inline void put_v4(__u8 *dst, __be32 a)

@@ -8,9 +8,9 @@
 // (there is no kernel port with this backend): work for nothing, and a
 // false drop in the counters.
 //
-// It reads the firewall's maps (kernel_rules, kernel_learned: replaced at
-// load with the Firewall's own, so that the layouts below must stay those
-// of firewall.c; the loader checks them) and does the same lookup as the
+// It reads the firewall's maps (kernel_rules, kernel_learned, defined with
+// their key and value in fwkeys.h, which firewall.c includes as well;
+// replaced at load with the Firewall's own) and does the same lookup as the
 // classifier, but only for what is the kernel's alone: an unfragmented
 // IPv4 or IPv6 packet (no extension headers) with ports, or ICMP/ICMPv6
 // other than errors and neighbour discovery, whose tuple a kernel rule
@@ -27,53 +27,7 @@
 #include <linux/if_ether.h>
 #include <bpf/bpf_helpers.h>
 
-#define ETH_P_8021Q_ 0x8100
-#define ETH_P_8021AD_ 0x88A8
-#define ETH_P_IP_ 0x0800
-#define ETH_P_IPV6_ 0x86DD
-
-#define PROTO_ICMP 1
-#define PROTO_TCP 6
-#define PROTO_UDP 17
-#define PROTO_DCCP 33
-#define PROTO_ICMPV6 58
-#define PROTO_SCTP 132
-#define PROTO_UDPLITE 136
-
-#define KEY_LPORT 1
-#define KEY_REMOTE 2
-#define KEY_RPORT 4
-
-/* As in firewall.c. */
-struct fw_key {
-	__u8 local[16];
-	__u8 remote[16];
-	__u16 lport;
-	__u16 rport;
-	__u8 proto;
-	__u8 flags;
-	__u8 pad[2];
-};
-
-struct fw_value {
-	__u64 last_seen_ns;
-	__u32 flags;
-	__u32 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct fw_key);
-	__type(value, struct fw_value);
-} kernel_rules SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct fw_key);
-	__type(value, struct fw_value);
-} kernel_learned SEC(".maps");
+#include "fwkeys.h"
 
 /* Frames kept from the socket (index 0) and passed to it (index 1). */
 struct {
@@ -88,12 +42,6 @@ static __always_inline void count(__u32 idx)
 	__u64 *c = bpf_map_lookup_elem(&sf_counters, &idx);
 	if (c)
 		*c += 1;
-}
-
-static __always_inline int has_ports(__u8 proto)
-{
-	return proto == PROTO_TCP || proto == PROTO_UDP || proto == PROTO_DCCP ||
-	       proto == PROTO_SCTP || proto == PROTO_UDPLITE;
 }
 
 /* The classifier's three-step lookup (lookup_kernel in firewall.c). */

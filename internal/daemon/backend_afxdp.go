@@ -6,6 +6,7 @@ import (
 	"net"
 
 	"github.com/usnetd/usnetd/backends/afxdp"
+	"github.com/usnetd/usnetd/backends/neightap"
 	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/config"
 	l4 "github.com/usnetd/usnetd/switch"
@@ -65,8 +66,8 @@ func (d *daemon) openBackend(ifname string, rules []l4.Rule, frame int, kept *fi
 type afxdpBackend struct {
 	fw    *firewall.Firewall
 	port  *afxdp.Port
-	neigh *neighPort // port with the neighbour tap as its last queue
-	host  *hostPath  // the kernel's port; nil with NO_HOST_RINGS
+	neigh *neightap.Port // port with the neighbour tap as its last queue
+	host  *hostPath      // the kernel's port; nil with NO_HOST_RINGS
 }
 
 func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, frame int, fw *firewall.Firewall) (_ nicBackend, err error) {
@@ -129,7 +130,7 @@ func (d *daemon) openAFXDP(ifname string, rules []l4.Rule, frame int, fw *firewa
 		_ = port.Close()
 		return nil, err
 	}
-	neigh, err := newNeighPort(port, nic.Index)
+	neigh, err := neightap.New(port, nic.Index)
 	if err != nil {
 		_ = port.Close()
 		return nil, err

@@ -18,6 +18,12 @@
 //	out, _ := b.Command(ctx, "ping", "-c1", "198.18.X.1").Output()
 //	// t.Cleanup closes the lab
 //
+// Most tests want two namespaces, "host" and "peer", joined by a veth with
+// .1 and .2 (and ::1, ::2) of a fresh subnet: NewPair builds that.
+//
+//	p, _ := netlab.NewPair(t, netlab.PairOpts{IPv6: true})
+//	p.Peer.Dial(ctx, "tcp", netip.AddrPortFrom(p.HostIP, 80).String())
+//
 // What it promises:
 //
 //   - Nothing is created in the root network namespace: both ends of every

@@ -27,32 +27,38 @@ import (
 const testPrefix = "nlt"
 
 // pair makes a lab with namespaces a and b joined by a veth a:va—b:vb that
-// is up, with .1 and .2 of a fresh subnet.
+// is up, with .1 and .2 of a fresh subnet: a NewPair.
 func pair(t *testing.T, opts VethOpts) (lab *Lab, a, b *NS, addrA, addrB netip.Prefix) {
 	t.Helper()
-	lab, err := New(t, testPrefix)
+	p, err := NewPair(t, PairOpts{Veth: opts, Prefix: testPrefix, HostLink: "va", PeerLink: "vb"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a, err = lab.AddNS("a"); err != nil {
+	return p.Lab, p.Host, p.Peer, netip.PrefixFrom(p.HostIP, p.Subnet.Bits()), netip.PrefixFrom(p.PeerIP, p.Subnet.Bits())
+}
+
+// TestNewPairIPv6: a pair with IPv6 carries datagrams both ways over both
+// families at once (no duplicate address detection to wait for).
+func TestNewPairIPv6(t *testing.T) {
+	t.Parallel()
+	p, err := NewPair(t, PairOpts{Prefix: testPrefix, IPv6: true})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if b, err = lab.AddNS("b"); err != nil {
-		t.Fatal(err)
+	if !p.Subnet.Contains(p.HostIP) || !p.Subnet6.Contains(p.PeerIP6) || p.HostLink != "eth0" {
+		t.Fatalf("pair %+v", p)
 	}
-	opts.Up = true
-	if _, err := lab.Veth(a, "va", b, "vb", opts); err != nil {
-		t.Fatal(err)
+	for _, c := range []struct {
+		srv, cli *NS
+		addr     netip.Addr
+	}{{p.Host, p.Peer, p.HostIP}, {p.Peer, p.Host, p.PeerIP}, {p.Host, p.Peer, p.HostIP6}, {p.Peer, p.Host, p.PeerIP6}} {
+		pc, err := c.srv.ListenPacket("udp", netip.AddrPortFrom(c.addr, 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		udpEcho(t, pc)
+		udpRoundTrip(t, c.cli, netip.MustParseAddrPort(pc.LocalAddr().String()))
 	}
-	sn := lab.Subnet()
-	addrA, addrB = Host(sn, 1), Host(sn, 2)
-	if err := a.AddAddr("va", addrA); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.AddAddr("vb", addrB); err != nil {
-		t.Fatal(err)
-	}
-	return lab, a, b, addrA, addrB
 }
 
 // udpEcho starts an echo server on pc until the test ends.

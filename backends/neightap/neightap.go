@@ -1,4 +1,4 @@
-package daemon
+package neightap
 
 import (
 	"errors"
@@ -14,9 +14,9 @@ import (
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
-// neighPort is the NIC's AF_XDP port with one more receive queue, the
-// last: copies of the ARP, EAPOL and IPv6 neighbour-discovery frames that
-// arrive on the NIC.
+// Port is the NIC's AF_XDP port with one more receive queue, the last:
+// copies of the ARP, EAPOL and IPv6 neighbour-discovery frames that arrive
+// on the NIC.
 //
 // The XDP classifier passes those frames to the kernel (it needs them,
 // and XDP cannot clone a frame), so they never reach the AF_XDP sockets,
@@ -24,8 +24,8 @@ import (
 // userspace stack that shares the NIC's IP and MAC asks "who has
 // 198.18.0.2?", the answer goes to the shared MAC, and only the kernel
 // gets it. The original mirrored these frames to every port (netmap's host
-// ring and pipes); here an AF_PACKET socket on the NIC, filtered to ARP
-// and ICMPv6 types 133-137 and blind to what the kernel itself sends,
+// ring and pipes); here an AF_PACKET socket on the NIC, filtered to ARP,
+// EAPOL and ICMPv6 types 133-137 and blind to what the kernel itself sends,
 // reads the kernel's copy of each, and the switch floods it to the
 // endpoints as a frame from the NIC (never back out of the NIC, and not
 // to the kernel, which has it already).
@@ -34,20 +34,20 @@ import (
 // queue number RxQueues()-1: a NIC with one queue shows two. It has its own RX worker, which sleeps
 // in the netpoller while there is nothing to read; with CPUS it takes a
 // place in the list like any worker.
-type neighPort struct {
+type Port struct {
 	l4.Port           // the AF_XDP port: queues 0..n-1 and TX
 	n       int       // the AF_XDP port's queues; queue n is the tap
 	f       *os.File  // the AF_PACKET socket, non-blocking, in the netpoller
 	once    sync.Once // Close
 }
 
-// neighFilter accepts ARP, EAPOL and ICMPv6 neighbour discovery (router
+// Filter accepts ARP, EAPOL and ICMPv6 neighbour discovery (router
 // solicitation and advertisement, neighbour solicitation and
 // advertisement, redirect: types 133 to 137, right after the IPv6 header
 // as NDP sends them) and nothing else; never a frame that the host path
 // put into the NIC's ingress (marked firewall.HostMark): the switch has
 // switched those already.
-var neighFilter = []unix.SockFilter{
+var Filter = []unix.SockFilter{
 	{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdMark},                         // 0: skb->mark
 	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 10, Jf: 0, K: firewall.HostMark}, // 1: the host path's: reject
 	{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 12},                                // 2: EtherType
@@ -67,16 +67,16 @@ var neighFilter = []unix.SockFilter{
 // SKF_AD_MARK).
 const skfAdMark = uint32(0xfffff000 + 20)
 
-// newNeighPort opens the tap on ifname, in the calling thread's network
-// namespace, and wraps port with it.
-func newNeighPort(port l4.Port, ifindex int) (*neighPort, error) {
+// New opens the tap on the link ifindex, in the calling thread's network
+// namespace, and wraps port with it: the tap is queue port.RxQueues().
+func New(port l4.Port, ifindex int) (*Port, error) {
 	// Protocol 0 receives nothing until bind: the filter is in place
 	// before the first frame.
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("neighbour tap: AF_PACKET socket: %w", err)
 	}
-	prog := unix.SockFprog{Len: uint16(len(neighFilter)), Filter: &neighFilter[0]}
+	prog := unix.SockFprog{Len: uint16(len(Filter)), Filter: &Filter[0]}
 	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: SO_ATTACH_FILTER: %w", err)
@@ -93,22 +93,22 @@ func newNeighPort(port l4.Port, ifindex int) (*neighPort, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("neighbour tap: bind: %w", err)
 	}
-	return &neighPort{Port: port, n: port.RxQueues(), f: os.NewFile(uintptr(fd), "neighbour-tap")}, nil
+	return &Port{Port: port, n: port.RxQueues(), f: os.NewFile(uintptr(fd), "neighbour-tap")}, nil
 }
 
 // RxQueues is the AF_XDP port's queues and the tap.
-func (p *neighPort) RxQueues() int { return p.n + 1 }
+func (p *Port) RxQueues() int { return p.n + 1 }
 
 // Recv implements l4.Port: the AF_XDP queues as they are, and on the last
-// queue one frame of the tap, waiting up to 100 ms for it.
-func (p *neighPort) Recv(q int, bufs []*l4.Buf) (int, error) {
+// queue one frame of the tap, waiting up to l4.RecvTimeout for it.
+func (p *Port) Recv(q int, bufs []*l4.Buf) (int, error) {
 	if q != p.n {
 		return p.Port.Recv(q, bufs)
 	}
 	if len(bufs) == 0 {
 		return 0, nil
 	}
-	if err := p.f.SetReadDeadline(time.Now().Add(100 * time.Millisecond)); err != nil {
+	if err := p.f.SetReadDeadline(time.Now().Add(l4.RecvTimeout)); err != nil {
 		if errors.Is(err, os.ErrClosed) {
 			return 0, l4.ErrPortClosed
 		}
@@ -129,7 +129,7 @@ func (p *neighPort) Recv(q int, bufs []*l4.Buf) (int, error) {
 }
 
 // Close closes the tap and the AF_XDP port; it is idempotent.
-func (p *neighPort) Close() error {
+func (p *Port) Close() error {
 	var err error
 	p.once.Do(func() {
 		p.f.Close() // wakes a Recv in the netpoller
