@@ -300,3 +300,46 @@ func pidfdAlive(pidfd int) bool {
 	n, err := unix.Poll(p, 0)
 	return err == nil && n == 0
 }
+
+// socketInodes returns the inodes of the sockets among the open files of
+// process pid (the links "socket:[INODE]" in /proc/PID/fd below procDir)
+// that are in want. Only the wanted inodes are looked for, so the cost is
+// one readlink per open file and no allocation per socket.
+func socketInodes(procDir string, pid int32, want map[uint64]bool) (map[uint64]bool, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("pid %d", pid)
+	}
+	dir := procDir + "/" + strconv.Itoa(int(pid)) + "/fd"
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	found := map[uint64]bool{}
+	buf := make([]byte, 64)
+	for _, n := range names {
+		l, err := unix.Readlink(dir+"/"+n, buf)
+		if err != nil {
+			continue // closed meanwhile
+		}
+		ino, ok := parseSocketLink(buf[:l])
+		if ok && want[ino] {
+			found[ino] = true
+		}
+	}
+	return found, nil
+}
+
+// parseSocketLink reads the inode of a /proc/PID/fd link "socket:[INODE]".
+func parseSocketLink(b []byte) (uint64, bool) {
+	const pre = "socket:["
+	if len(b) < len(pre)+2 || string(b[:len(pre)]) != pre || b[len(b)-1] != ']' {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(string(b[len(pre):len(b)-1]), 10, 64)
+	return v, err == nil
+}

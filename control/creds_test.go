@@ -1,6 +1,7 @@
 package control
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -99,5 +100,43 @@ func TestClientAddrString(t *testing.T) {
 		if _, err := parseSocketPath(bad); err == nil {
 			t.Errorf("parseSocketPath(%.10q) accepted", bad)
 		}
+	}
+}
+
+func TestParseSocketLink(t *testing.T) {
+	for in, want := range map[string]uint64{"socket:[12345]": 12345, "socket:[0]": 0} {
+		if got, ok := parseSocketLink([]byte(in)); !ok || got != want {
+			t.Errorf("parseSocketLink(%q) = %d, %v", in, got, ok)
+		}
+	}
+	for _, in := range []string{"", "socket:[]", "socket:[12", "pipe:[12]", "/dev/null", "socket:[-1]", "socket:[99999999999999999999]", "socket:[1]x"} {
+		if _, ok := parseSocketLink([]byte(in)); ok {
+			t.Errorf("parseSocketLink(%q) accepted", in)
+		}
+	}
+}
+
+// socketInodes finds this process's own socket among its open files, and
+// only the inodes asked for.
+func TestSocketInodes(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := rc.Control(func(fd uintptr) { _ = unix.Fstat(int(fd), &st) }); err != nil || st.Ino == 0 {
+		t.Fatal(err)
+	}
+	got, err := socketInodes("/proc", int32(os.Getpid()), map[uint64]bool{st.Ino: true, st.Ino + 1<<40: true})
+	if err != nil || len(got) != 1 || !got[st.Ino] {
+		t.Fatalf("socketInodes = %v, %v; want only inode %d", got, err, st.Ino)
+	}
+	if _, err := socketInodes("/proc", 0, nil); err == nil {
+		t.Error("pid 0 accepted")
 	}
 }

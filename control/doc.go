@@ -19,6 +19,23 @@
 // client may send from a privileged source port (uid 0 or
 // CAP_NET_BIND_SERVICE).
 //
+// The kernel's sockets come from internal/sockdiag (sock_diag dumps with
+// each socket's inode; for AddMatch only those on the rule's protocol and
+// port, filtered by the kernel). A kernel socket that the requesting
+// process holds itself (its inode among /proc/PID/fd) is its reservation,
+// as the original's client library binds one before AddMatch, and does
+// not refuse the rule (policy.go). A rule with the full 5-tuple is a
+// connection's and ends with its flow (flows.go: the switch's
+// l4.FlowWatch sees FIN, RST and activity; the janitor removes it), so
+// that MaxRulesPerClient counts live connections.
+//
+// QueryUsedPorts answers at most MaxUsedPortsAnswer (1,000,000) bytes, the
+// buffer of the original's client: the rules with a local port, as the
+// original listed them, and the kernel's listening sockets; registered
+// rules first when not everything fits. QueryPortsInUse (an extension)
+// answers in a fixed size which ports of a protocol any rule or kernel
+// socket holds: what usnet needs to pick a free port.
+//
 // It must never trust a client's word for who it is (credentials come from
 // the kernel with every message), never let a client take traffic that
 // another owner or the kernel holds (see policy.go for "overlap"), never

@@ -26,8 +26,8 @@ import (
 
 	"github.com/usnetd/usnetd/backends/memory"
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -68,7 +68,7 @@ type env struct {
 	dir     string
 	path    string // socket path (or "@name")
 	logs    *syncBuffer
-	sockets atomic.Pointer[[]firewall.Socket] // the fake kernel inventory
+	sockets atomic.Pointer[[]sockdiag.Socket] // the fake kernel inventory
 	invErr  atomic.Pointer[error]             // or its error
 }
 
@@ -76,14 +76,14 @@ func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 	t.Helper()
 	netlab.Require(t)
 	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}}
-	e.sockets.Store(&[]firewall.Socket{})
+	e.sockets.Store(&[]sockdiag.Socket{})
 	d := testkit.NewDomain(t, testkit.DomainOptions{KernelPorts: []uint16{22}})
 	e.sw, e.pl, e.nic, e.kernel = d.Switch, d.Pipeline, d.NIC, d.Kernel
 	e.path = filepath.Join(e.dir, "usnetd.socket")
 	cfg := ServerConfig{
 		SocketPath: e.path,
 		Interfaces: []Interface{{Name: "eth0", Pipeline: e.pl, Backend: "memory", Addrs: []netip.Addr{ip(localIP)}}},
-		KernelPorts: func() ([]firewall.Socket, error) {
+		KernelPorts: func() ([]sockdiag.Socket, error) {
 			if err := e.invErr.Load(); err != nil {
 				return nil, *err
 			}
@@ -120,7 +120,7 @@ func newEnv(t testing.TB, tune ...func(*ServerConfig)) *env {
 }
 
 // setKernelSockets sets the fake kernel inventory.
-func (e *env) setKernelSockets(ss ...firewall.Socket) { e.sockets.Store(&ss) }
+func (e *env) setKernelSockets(ss ...sockdiag.Socket) { e.sockets.Store(&ss) }
 
 // rules returns the rules of eth0's table.
 func (e *env) rules() []l4.Rule { return e.sw.Table.Rules() }

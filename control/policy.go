@@ -19,8 +19,19 @@ package control
 // port; a connected socket overlaps the rules that could match its peer's
 // packets. A socket bound to the wildcard address (0.0.0.0, ::) counts for
 // every local address of its family, and an IPv6 wildcard socket for IPv4
-// too (dual-stack: /proc does not tell IPV6_V6ONLY). The kernel's rules in
-// the table (DEBUG_PORTS, its learned flows) are checked like any owner's.
+// too (dual-stack: sock_diag does not tell IPV6_V6ONLY). The kernel's rules
+// in the table (DEBUG_PORTS, its learned flows) are checked like any owner's.
+//
+// Reservations. A kernel socket that the requesting process holds itself
+// (its inode is among the process's open files, /proc/PID/fd, read for
+// the PID the kernel's credentials name while the endpoint's pidfd shows
+// the process alive) does not refuse the rule: a program that binds a
+// kernel socket on the address and port first, so that the kernel gives
+// the port to nobody else, and then asks for the rule (what the original's
+// client library does) gets it. The reservation stays in the kernel; the
+// firewall keeps the rule's frames away from it (the endpoint's rule wins
+// the kernel side's lookup, as for every endpoint rule). Sockets of other
+// processes, TIME_WAIT and request sockets (no inode) still refuse.
 //
 // Privileged ports. A rule whose local port is below the server's
 // PrivilegedPorts (1024 unless configured) needs a client with uid 0 or
@@ -32,7 +43,7 @@ import (
 	"net/netip"
 
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -115,7 +126,7 @@ func keysOverlap(a, b l4.Key) bool {
 
 // socketOverlaps reports whether a kernel socket could receive a frame
 // that rule k matches.
-func socketOverlaps(s firewall.Socket, k l4.Key) bool {
+func socketOverlaps(s sockdiag.Socket, k l4.Key) bool {
 	if s.Proto != k.Proto || k.Flags&l4.KeyLocalPort == 0 || s.Local.Port() != k.LocalPort {
 		return false
 	}
@@ -141,7 +152,7 @@ func socketOverlaps(s firewall.Socket, k l4.Key) bool {
 // conflict describes who holds what a new rule overlaps.
 type conflict struct {
 	rule   *l4.Rule         // a rule of another owner in the table
-	socket *firewall.Socket // or a kernel socket
+	socket *sockdiag.Socket // or a kernel socket
 }
 
 func (c conflict) String() string {
@@ -153,16 +164,32 @@ func (c conflict) String() string {
 
 // findOverlap returns what k overlaps among the rules at k's local address,
 // protocol and port that are not own (the client's ports), and the kernel's
-// sockets.
-func findOverlap(t *l4.Table, k l4.Key, own func(l4.PortID) bool, sockets []firewall.Socket) (conflict, bool) {
+// sockets that are not the client's reservations: held (nil: none) gets
+// the overlapping sockets and returns the inodes among them that the
+// client's process holds.
+func findOverlap(t *l4.Table, k l4.Key, own func(l4.PortID) bool, sockets []sockdiag.Socket,
+	held func([]sockdiag.Socket) map[uint64]bool) (conflict, bool) {
 	for _, r := range t.RulesAt(k.Local, k.Proto, k.LocalPort) {
 		if !own(r.Owner.Port) && keysOverlap(r.Key, k) {
 			return conflict{rule: &r}, true
 		}
 	}
-	for i := range sockets {
-		if socketOverlaps(sockets[i], k) {
-			return conflict{socket: &sockets[i]}, true
+	var over []sockdiag.Socket
+	for _, so := range sockets {
+		if socketOverlaps(so, k) {
+			over = append(over, so)
+		}
+	}
+	if len(over) == 0 {
+		return conflict{}, false
+	}
+	var mine map[uint64]bool
+	if held != nil {
+		mine = held(over)
+	}
+	for i := range over {
+		if over[i].Inode == 0 || !mine[over[i].Inode] {
+			return conflict{socket: &over[i]}, true
 		}
 	}
 	return conflict{}, false
@@ -186,7 +213,7 @@ func portEntry(k l4.Key) (wire.PortEntry, bool) {
 // local address of the claimed interfaces when bound to the wildcard
 // address (addrs), otherwise as bound. Loopback sockets are left out: they
 // never see a frame of a NIC.
-func socketEntries(s firewall.Socket, addrs []netip.Addr) []wire.PortEntry {
+func socketEntries(s sockdiag.Socket, addrs []netip.Addr) []wire.PortEntry {
 	a := s.Local.Addr().Unmap()
 	if a.IsLoopback() {
 		return nil

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -14,8 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -64,11 +65,11 @@ func TestSocketOverlaps(t *testing.T) {
 	flow := l4.FlowKey(lo, 5432, l4.MustParseAddr("198.18.1.2"), 443, l4.ProtoTCP)
 	otherFlow := l4.FlowKey(lo, 5432, l4.MustParseAddr("198.18.1.3"), 443, l4.ProtoTCP)
 	v6 := l4.ListenKey(l4.MustParseAddr("2001:db8::1"), l4.ProtoTCP, 5432)
-	sock := func(local, remote string) firewall.Socket {
-		return firewall.Socket{Proto: firewall.ProtoTCP, Local: ap(local), Remote: ap(remote)}
+	sock := func(local, remote string) sockdiag.Socket {
+		return sockdiag.Socket{Proto: sockdiag.ProtoTCP, Local: ap(local), Remote: ap(remote)}
 	}
 	for _, c := range []struct {
-		s    firewall.Socket
+		s    sockdiag.Socket
 		k    l4.Key
 		want bool
 	}{
@@ -86,7 +87,7 @@ func TestSocketOverlaps(t *testing.T) {
 		{sock("198.18.0.1:5432", "198.18.1.2:443"), flow, true},
 		{sock("198.18.0.1:5432", "198.18.1.2:443"), otherFlow, false},
 		{sock("198.18.0.1:5432", "198.18.1.2:444"), flow, false},
-		{firewall.Socket{Proto: firewall.ProtoUDP, Local: ap("0.0.0.0:5432"), Remote: ap("0.0.0.0:0")}, listen, false},
+		{sockdiag.Socket{Proto: sockdiag.ProtoUDP, Local: ap("0.0.0.0:5432"), Remote: ap("0.0.0.0:0")}, listen, false},
 	} {
 		if got := socketOverlaps(c.s, c.k); got != c.want {
 			t.Errorf("socketOverlaps(%v, %v) = %v", c.s, c.k, got)
@@ -150,10 +151,10 @@ func TestHijackKernel(t *testing.T) {
 	c.requestUDS("eth0", os.Getpid())
 	ap := netip.MustParseAddrPort
 	e.setKernelSockets(
-		firewall.Socket{Proto: firewall.ProtoTCP, Local: ap("0.0.0.0:5432"), Remote: ap("0.0.0.0:0"), State: firewall.TCPListen},
-		firewall.Socket{Proto: firewall.ProtoUDP, Local: ap("[::]:5353"), Remote: ap("[::]:0"), State: firewall.TCPClose},
-		firewall.Socket{Proto: firewall.ProtoTCP, Local: ap("198.18.0.1:40000"), Remote: ap("198.18.1.2:443"), State: firewall.TCPEstablished},
-		firewall.Socket{Proto: firewall.ProtoTCP, Local: ap("127.0.0.1:6000"), Remote: ap("0.0.0.0:0"), State: firewall.TCPListen},
+		sockdiag.Socket{Proto: sockdiag.ProtoTCP, Local: ap("0.0.0.0:5432"), Remote: ap("0.0.0.0:0"), State: sockdiag.TCPListen},
+		sockdiag.Socket{Proto: sockdiag.ProtoUDP, Local: ap("[::]:5353"), Remote: ap("[::]:0"), State: sockdiag.TCPClose},
+		sockdiag.Socket{Proto: sockdiag.ProtoTCP, Local: ap("198.18.0.1:40000"), Remote: ap("198.18.1.2:443"), State: sockdiag.TCPEstablished},
+		sockdiag.Socket{Proto: sockdiag.ProtoTCP, Local: ap("127.0.0.1:6000"), Remote: ap("0.0.0.0:0"), State: sockdiag.TCPListen},
 	)
 	for _, c2 := range []struct {
 		m    string
@@ -181,20 +182,23 @@ func TestHijackKernel(t *testing.T) {
 	}
 }
 
-// TestHijackRealKernelSocket: the same with the real inventory and a real
-// listening socket of this process.
+// TestHijackRealKernelSocket: the same with the real inventory (sock_diag)
+// and real listening sockets: one that another process holds refuses the
+// rule; one that the requesting process holds itself is its reservation
+// (what the original's client library binds before AddMatch) and does not.
 func TestHijackRealKernelSocket(t *testing.T) {
 	e := newEnv(t, func(c *ServerConfig) { c.KernelPorts = nil })
-	ln, err := net.Listen("tcp4", "0.0.0.0:0")
+	// Another process's socket: handed to a child, closed here.
+	other, err := net.Listen("tcp4", "0.0.0.0:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := other.Addr().(*net.TCPAddr).Port
+	holdInChild(t, other)
 	c := newRawClient(t, e.path, e.dir)
 	c.requestUDS("eth0", os.Getpid())
 	if got := c.ask(matchJSON("AddMatch", localIP, port, "", -1, 6)); got != "ER" {
-		t.Errorf("AddMatch of the kernel's listening port %d: %q, want ER", port, got)
+		t.Errorf("AddMatch of another process's listening port %d: %q, want ER", port, got)
 	}
 	if got := c.ask(matchJSON("AddMatch", localIP, port, "", -1, 17)); got != "OK" {
 		t.Errorf("UDP on that port: %q, want OK", got)
@@ -204,6 +208,52 @@ func TestHijackRealKernelSocket(t *testing.T) {
 	if got := c.ask(`"QueryUsedPorts"`); !strings.Contains(got, want) {
 		t.Errorf("QueryUsedPorts lacks the kernel's socket %s: %s", want, got)
 	}
+
+	// The client's own reservations: TCP on the address, UDP on 0.0.0.0,
+	// a connected UDP socket under a 5-tuple rule.
+	own, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	oport := own.Addr().(*net.TCPAddr).Port
+	if got := c.ask(matchJSON("AddMatch", localIP, oport, "", -1, 6)); got != "OK" {
+		t.Errorf("AddMatch over the client's own reservation %d: %q, want OK", oport, got)
+	}
+	ou, err := net.ListenPacket("udp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ou.Close()
+	uport := ou.LocalAddr().(*net.UDPAddr).Port
+	if got := c.ask(matchJSON("AddMatch", localIP, uport, "198.18.1.2", 53, 17)); got != "OK" {
+		t.Errorf("5-tuple AddMatch over the client's own UDP socket %d: %q, want OK", uport, got)
+	}
+	// The same port once the socket is another process's: refused.
+	c.send(matchJSON("RemoveMatch", localIP, oport, "", -1, 6))
+	c.noAnswer(200*time.Millisecond, "RemoveMatch")
+	holdInChild(t, own)
+	if got := c.ask(matchJSON("AddMatch", localIP, oport, "", -1, 6)); got != "ER" {
+		t.Errorf("AddMatch over a socket that moved to another process: %q, want ER", got)
+	}
+}
+
+// holdInChild hands the listener's socket to a child process (sleep) and
+// closes it here, so that only the child holds it, until the test ends.
+func holdInChild(t *testing.T, ln net.Listener) {
+	t.Helper()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "300")
+	cmd.ExtraFiles = []*os.File{f}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	ln.Close()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 }
 
 // TestHijackPrivilegedPort: an unprivileged client may not take a port

@@ -42,6 +42,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -55,7 +56,7 @@ import (
 	"github.com/usnetd/usnetd/backends/shm"
 	"github.com/usnetd/usnetd/backends/uds"
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -117,9 +118,13 @@ type ServerConfig struct {
 	// Interfaces are the claimed NICs, by name as RequestUDS names them.
 	Interfaces []Interface
 	// KernelPorts lists the kernel's sockets, whose ports no endpoint may
-	// take; default firewall.ProcSockets (the namespace of the calling
-	// thread). Tests fake it.
-	KernelPorts func() ([]firewall.Socket, error)
+	// take (but its own reservations, see the policy); KernelPortsOn the
+	// ones on one protocol and local port. Default: sock_diag dumps
+	// (internal/sockdiag) in the network namespace of the thread that
+	// calls NewServer. Tests fake KernelPorts; KernelPortsOn then
+	// defaults to filtering its answer.
+	KernelPorts   func() ([]sockdiag.Socket, error)
+	KernelPortsOn func(proto uint8, port uint16) ([]sockdiag.Socket, error)
 	// Channel configures the channels' ports (buffer size, poll and probe
 	// intervals); Name and OnPeerClosed are the server's.
 	Channel uds.Options
@@ -130,8 +135,17 @@ type ServerConfig struct {
 	// request, as by a usnetd without it (clients fall back to RequestUDS).
 	NoSHM bool
 	// CheckInterval is how often the server looks for endpoints whose
-	// process exited or whose channel closed; default 200 ms.
+	// process exited or whose channel closed, and for flow rules that
+	// ended; default 200 ms.
 	CheckInterval time.Duration
+	// FlowIdle and FlowLinger end a rule that a client registered with a
+	// full 5-tuple (a connection's rule) with its flow: FlowIdle after its
+	// last frame either way (default 90 s, the original's housekeeping
+	// period), FlowLinger after the last frame once a TCP FIN passed each
+	// way or a RST from the remote (default 2 s); a RST from the endpoint
+	// ends it at once. See flows.go.
+	FlowIdle   time.Duration
+	FlowLinger time.Duration
 	// Log receives what clients did wrong (warn) and attach and detach
 	// (info).
 	Log zerolog.Logger
@@ -172,11 +186,27 @@ func (c *ServerConfig) fill() {
 	if c.PrivilegedPorts == 0 {
 		c.PrivilegedPorts = 1024
 	}
-	if c.KernelPorts == nil {
-		c.KernelPorts = firewall.ProcSockets
+	if c.KernelPorts != nil && c.KernelPortsOn == nil {
+		all := c.KernelPorts
+		c.KernelPortsOn = func(proto uint8, port uint16) ([]sockdiag.Socket, error) {
+			ss, err := all()
+			var on []sockdiag.Socket
+			for _, so := range ss {
+				if so.Proto == proto && so.Local.Port() == port {
+					on = append(on, so)
+				}
+			}
+			return on, err
+		}
 	}
 	if c.CheckInterval <= 0 {
 		c.CheckInterval = 200 * time.Millisecond
+	}
+	if c.FlowIdle <= 0 {
+		c.FlowIdle = 90 * time.Second
+	}
+	if c.FlowLinger <= 0 {
+		c.FlowLinger = 2 * time.Second
 	}
 	if c.procDir == "" {
 		c.procDir = "/proc"
@@ -208,6 +238,7 @@ type Server struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 	serving   atomic.Bool
+	diag      *sockdiag.Conn // the default KernelPorts', closed by Close
 }
 
 type ifaceState struct {
@@ -217,7 +248,9 @@ type ifaceState struct {
 	// goneTooBig counts the oversized frames of the channels that went
 	// (ChannelDrops adds the live ones'), under the server's lock.
 	goneTooBig uint64
-	goneSHM    shm.Stats // the same for the shared-memory channels' counters
+	goneSHM    shm.Stats             // the same for the shared-memory channels' counters
+	watch      *l4.FlowWatch         // the switch's, for flows
+	flows      map[l4.Key]*flowState // the endpoints' 5-tuple rules (flows.go)
 }
 
 // gone keeps the counters of a channel that went.
@@ -327,6 +360,32 @@ func (ch *channel) shmStats() shm.Stats {
 // to a file already at the path) and returns a server that is not yet
 // serving.
 func NewServer(cfg ServerConfig) (*Server, error) {
+	var diag *sockdiag.Conn
+	if cfg.KernelPorts == nil {
+		runtime.LockOSThread() // the namespace of this thread
+		c, err := sockdiag.Open()
+		runtime.UnlockOSThread()
+		if err != nil {
+			return nil, fmt.Errorf("control: %w", err)
+		}
+		diag = c
+		cfg.KernelPorts = c.Sockets
+		if cfg.KernelPortsOn == nil {
+			cfg.KernelPortsOn = c.SocketsOnPort
+		}
+	}
+	s, err := newServer(cfg)
+	if err != nil {
+		if diag != nil {
+			diag.Close()
+		}
+		return nil, err
+	}
+	s.diag = diag
+	return s, nil
+}
+
+func newServer(cfg ServerConfig) (*Server, error) {
 	cfg.fill()
 	addr, err := parseSocketPath(cfg.SocketPath)
 	if err != nil {
@@ -349,13 +408,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		if _, dup := s.ifaces[in.Name]; dup {
 			return nil, fmt.Errorf("control: interface %q twice", in.Name)
 		}
-		st := &ifaceState{Interface: in, table: in.Pipeline.Switch().Table, rules: l4.NewRuleQuota(cfg.MaxRules, nil)}
+		st := &ifaceState{Interface: in, table: in.Pipeline.Switch().Table, rules: l4.NewRuleQuota(cfg.MaxRules, nil),
+			watch: l4.NewFlowWatch(flowEvents), flows: map[l4.Key]*flowState{}}
 		s.ifaces[in.Name] = st
 		s.order = append(s.order, st)
 	}
 	sock, err := listenControl(addr, cfg.AllowGID, cfg.HasAllowGID)
 	if err != nil {
 		return nil, err
+	}
+	for _, st := range s.order {
+		st.Pipeline.Switch().SetFlowWatch(st.watch)
 	}
 	rc, err := sock.file.SyscallConn()
 	if err != nil {
@@ -409,9 +472,15 @@ func (s *Server) Close() error {
 		for _, ep := range s.sortedEndpoints() {
 			s.removeEndpoint(ep, "usnetd stops")
 		}
+		for _, ifc := range s.order {
+			ifc.Pipeline.Switch().SetFlowWatch(nil)
+		}
 		s.mu.Unlock()
 		if cerr := s.sock.close(); err == nil && !errors.Is(cerr, os.ErrClosed) {
 			err = cerr
+		}
+		if s.diag != nil {
+			s.diag.Close()
 		}
 	})
 	return err
@@ -588,6 +657,8 @@ func (s *Server) process(m message, log zerolog.Logger) answer {
 		return answer{}
 	case wire.QueryUsedPorts:
 		return answer{data: s.usedPorts(log)}
+	case wire.QueryPortsInUse:
+		return answer{data: s.portsInUse(v.Protocol, log)}
 	case wire.QueryStatus:
 		return answer{data: s.statusBytes(log)}
 	}
@@ -822,18 +893,18 @@ func (s *Server) addMatch(key epKey, m wire.Match, log zerolog.Logger) answer {
 		log.Info().Stringer("held", r).Msg("AddMatch: the rule exists already")
 		return answerER
 	}
-	var sockets []firewall.Socket
+	var sockets []sockdiag.Socket
 	if l4.HasPorts(k.Proto) {
-		if sockets, err = s.cfg.KernelPorts(); err != nil {
+		if sockets, err = s.cfg.KernelPortsOn(k.Proto, k.LocalPort); err != nil {
 			log.Error().Err(err).Msg("AddMatch: cannot read the kernel's sockets; refusing")
 			return answerER
 		}
 	}
-	if c, ok := findOverlap(ep.ifc.table, k, ep.owns, sockets); ok {
+	if c, ok := findOverlap(ep.ifc.table, k, ep.owns, sockets, s.heldBy(ep)); ok {
 		log.Warn().Stringer("conflict", c).Msg("AddMatch refused: the rule overlaps another owner's")
 		return answerER
 	}
-	if err := ep.ifc.table.Insert(l4.Rule{Key: k, Owner: ep.channels[0].owner, Kind: l4.Registered}); err != nil {
+	if err := ep.ifc.table.Insert(l4.Rule{Key: k, Owner: ep.channels[0].owner, Kind: l4.Registered, Watched: isFlowKey(k)}); err != nil {
 		if errors.Is(err, l4.ErrRuleLimit) {
 			s.refuse(RefusedRules)
 			log.Warn().Err(err).Msg("AddMatch: rule limit of the user or of usnetd reached")
@@ -850,8 +921,39 @@ func (s *Server) addMatch(key epKey, m wire.Match, log zerolog.Logger) answer {
 		}
 	}
 	ep.rules = append(ep.rules, k)
+	if isFlowKey(k) {
+		ep.ifc.addFlow(k, ep)
+		log.Debug().Msg("rule added (a connection's: ends with its flow)")
+		return answerOK
+	}
 	log.Info().Msg("rule added")
 	return answerOK
+}
+
+// heldBy returns the check of findOverlap for ep's own kernel sockets: the
+// inodes among them that ep's process holds (/proc/PID/fd), trusted only
+// when the process is still the one of ep's pidfd after the read.
+func (s *Server) heldBy(ep *endpoint) func([]sockdiag.Socket) map[uint64]bool {
+	return func(over []sockdiag.Socket) map[uint64]bool {
+		want := map[uint64]bool{}
+		for _, so := range over {
+			if so.Inode != 0 {
+				want[so.Inode] = true
+			}
+		}
+		if len(want) == 0 {
+			return nil
+		}
+		found, err := socketInodes(s.cfg.procDir, ep.key.pid, want)
+		if err != nil || !pidfdAlive(ep.pidfd) {
+			ep.log.Warn().Err(err).Msg("AddMatch: cannot read the client's open files")
+			return nil
+		}
+		if len(found) > 0 {
+			ep.log.Info().Int("sockets", len(found)).Msg("AddMatch: the kernel sockets on the rule's port are the client's own reservation")
+		}
+		return found
+	}
 }
 
 func (s *Server) removeMatch(key epKey, m wire.Match, log zerolog.Logger) {
@@ -871,10 +973,17 @@ func (s *Server) removeMatch(key epKey, m wire.Match, log zerolog.Logger) {
 		log.Warn().Stringer("rule", k).Bool("exists", ok).Msg("RemoveMatch of a rule the client does not hold; ignored")
 		return
 	}
-	ep.ifc.table.Remove(k, r.Owner.Port)
+	s.removeRule(ep, k, r.Owner.Port)
+	log.Info().Stringer("rule", k).Msg("rule removed")
+}
+
+// removeRule removes ep's rule k (owned by its port) from the table, the
+// firewall and the flows.
+func (s *Server) removeRule(ep *endpoint, k l4.Key, port l4.PortID) {
+	ep.ifc.table.Remove(k, port)
 	ep.rules = slices.DeleteFunc(ep.rules, func(x l4.Key) bool { return x == k })
 	ep.forgetInFirewall(k)
-	log.Info().Stringer("rule", k).Msg("rule removed")
+	delete(ep.ifc.flows, k)
 }
 
 // removeChannel detaches one channel; the endpoint goes with its last one.
@@ -893,6 +1002,7 @@ func (s *Server) removeChannel(ep *endpoint, ch *channel, why string) {
 	if i == 0 && len(ep.rules) > 0 {
 		ep.log.Info().Int("rules", len(ep.rules)).Msg("the registered rules went with the oldest channel")
 		ep.forgetInFirewall(ep.rules...)
+		ep.ifc.forgetFlows(ep.rules)
 		ep.rules = nil
 	}
 	ep.log.Info().Str("why", why).Uint32("port", uint32(ch.owner.Port)).Int("channels", len(ep.channels)).Msg("channel detached")
@@ -929,6 +1039,7 @@ func (s *Server) removeEndpoint(ep *endpoint, why string) {
 		s.channelGone(ep)
 	}
 	ep.forgetInFirewall(ep.rules...)
+	ep.ifc.forgetFlows(ep.rules)
 	ep.channels, ep.rules = nil, nil
 	if u := s.uids[ep.uid]; u != nil {
 		if u.clients--; u.clients <= 0 {
@@ -973,15 +1084,20 @@ func (s *Server) janitor() {
 	t := time.NewTicker(s.cfg.CheckInterval)
 	defer t.Stop()
 	for {
+		tick := false
 		select {
 		case <-s.done:
 			return
 		case <-t.C:
+			tick = true
 		case <-s.kick:
 		}
 		s.mu.Lock()
 		if !s.closed {
 			s.reap()
+			if tick {
+				s.endFlows()
+			}
 		}
 		s.mu.Unlock()
 	}
@@ -1016,8 +1132,20 @@ func (s *Server) reap() {
 	}
 }
 
-// usedPorts answers QueryUsedPorts: every rule with a local port (with a
-// remote: connected, without: listening), and the kernel's sockets.
+// MaxUsedPortsAnswer bounds the answer to QueryUsedPorts: the buffer the
+// original's client library reads it into.
+const MaxUsedPortsAnswer = 1_000_000
+
+// usedPorts answers QueryUsedPorts, at most MaxUsedPortsAnswer bytes: the
+// rules with a local port (with a remote: connected, without: listening),
+// as the original listed them, and the kernel's listening sockets (bound,
+// unconnected: on a claimed interface's address or a wildcard one, listed
+// under each address of the interfaces). The kernel's connected sockets
+// are left out: those that carried traffic are learned rules already, and
+// the rest would make the answer grow with every connection of the host
+// (QueryPortsInUse answers for every socket in a fixed size). When the
+// list does not fit, the registered rules come first, then the kernel's
+// listening sockets, then the learned rules, and the rest is left out.
 func (s *Server) usedPorts(log zerolog.Logger) []byte {
 	type entry struct {
 		e         wire.PortEntry
@@ -1025,17 +1153,26 @@ func (s *Server) usedPorts(log zerolog.Logger) []byte {
 	}
 	seen := map[entry]bool{}
 	var list []entry
+	base := len(wire.EncodeUsedPorts(nil, nil))
+	size, left := base, 0
 	add := func(e wire.PortEntry, connected bool) {
 		k := entry{e, connected}
-		if !seen[k] {
-			seen[k] = true
-			list = append(list, k)
+		if seen[k] {
+			return
 		}
+		n := len(wire.EncodeUsedPorts([]wire.PortEntry{e}, nil)) - base + 1 // and a comma
+		if size+n > MaxUsedPortsAnswer {
+			left++
+			return
+		}
+		seen[k] = true
+		size += n
+		list = append(list, k)
 	}
 	var addrs []netip.Addr
 	for _, ifc := range s.order {
 		ifc.table.Each(func(r l4.Rule) {
-			if e, ok := portEntry(r.Key); ok {
+			if e, ok := portEntry(r.Key); ok && r.Kind == l4.Registered {
 				add(e, !r.Listening())
 			}
 		})
@@ -1045,10 +1182,24 @@ func (s *Server) usedPorts(log zerolog.Logger) []byte {
 		log.Error().Err(err).Msg("QueryUsedPorts: cannot read the kernel's sockets; answering with the rules only")
 	} else {
 		for _, so := range sockets {
+			if !so.Listening() {
+				continue
+			}
 			for _, e := range socketEntries(so, addrs) {
-				add(e, !so.Listening())
+				add(e, false)
 			}
 		}
+	}
+	for _, ifc := range s.order {
+		ifc.table.Each(func(r l4.Rule) {
+			if e, ok := portEntry(r.Key); ok && r.Kind != l4.Registered {
+				add(e, !r.Listening())
+			}
+		})
+	}
+	if left > 0 {
+		log.Warn().Int("listed", len(list)).Int("left_out", left).Int("bytes", MaxUsedPortsAnswer).
+			Msg("QueryUsedPorts: the answer would not fit the original client's buffer; left entries out (QueryPortsInUse answers for every port)")
 	}
 	slices.SortFunc(list, func(a, b entry) int {
 		if a.e.Protocol != b.e.Protocol {
@@ -1068,6 +1219,32 @@ func (s *Server) usedPorts(log zerolog.Logger) []byte {
 		}
 	}
 	return wire.EncodeUsedPorts(listening, connected)
+}
+
+// portsInUse answers QueryPortsInUse: the local ports of proto that a rule
+// (any owner, any address) or a kernel socket (any state, any address)
+// holds. Without the kernel's inventory it answers ER: a partial set would
+// let a client pick a port the kernel uses.
+func (s *Server) portsInUse(proto uint8, log zerolog.Logger) []byte {
+	ps := new(wire.PortSet)
+	for _, ifc := range s.order {
+		ifc.table.Each(func(r l4.Rule) {
+			if r.Proto == proto && r.Flags&l4.KeyLocalPort != 0 {
+				ps.Add(r.LocalPort)
+			}
+		})
+	}
+	sockets, err := s.cfg.KernelPorts()
+	if err != nil {
+		log.Error().Err(err).Msg("QueryPortsInUse: cannot read the kernel's sockets")
+		return []byte(wire.RawER)
+	}
+	for _, so := range sockets {
+		if so.Proto == proto {
+			ps.Add(so.Local.Port())
+		}
+	}
+	return wire.EncodePortsInUse(proto, ps)
 }
 
 // SetAddrs replaces the address list of interface ifname (Interface.Addrs:

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/netlab"
 	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
@@ -545,5 +544,3 @@ func TestSocketGroup(t *testing.T) {
 		t.Errorf("socket gid %d mode %o, want 4242 and 0770", st.Gid, st.Mode&0o777)
 	}
 }
-
-var _ = firewall.Socket{}

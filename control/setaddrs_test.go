@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/usnetd/usnetd/firewall"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 )
 
 // TestSetAddrs: QueryUsedPorts lists a kernel socket on the wildcard
@@ -13,7 +13,7 @@ func TestSetAddrs(t *testing.T) {
 	e := newEnv(t)
 	c := newRawClient(t, e.path, e.dir)
 	ap := netip.MustParseAddrPort
-	e.setKernelSockets(firewall.Socket{Proto: firewall.ProtoTCP, Local: ap("0.0.0.0:5432"), Remote: ap("0.0.0.0:0"), State: firewall.TCPListen})
+	e.setKernelSockets(sockdiag.Socket{Proto: sockdiag.ProtoTCP, Local: ap("0.0.0.0:5432"), Remote: ap("0.0.0.0:0"), State: sockdiag.TCPListen})
 	want := `{"QueryUsedPortsAnswer":{"listening":[[6,{"Ipv4":"198.18.0.1"},22],[6,{"Ipv4":"198.18.0.1"},5432]],"connected":[]}}`
 	if got := c.ask(`"QueryUsedPorts"`); got != want {
 		t.Errorf("before SetAddrs:\n got %s\nwant %s", got, want)

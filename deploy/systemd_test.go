@@ -86,7 +86,7 @@ func clientMain(mode string) int {
 		return fail(err)
 	}
 	ch.Close()
-	if _, err := att.QueryUsedPorts(); err != nil {
+	if _, err := att.QueryPortsInUse(6); err != nil {
 		return fail(err)
 	}
 	fmt.Println(clientOK)

@@ -153,8 +153,8 @@
 //
 // ExpireLearned (meant to run every ExpireInterval, 90 s, as the original)
 // removes learned entries idle for at least Options.MinIdle (30 s by
-// default) whose socket is gone, as an Inventory (sock_diag dumps of TCP
-// and UDP sockets, no /proc parsing) tells; portless entries go once idle.
+// default) whose socket is gone, as an Inventory (internal/sockdiag's dumps
+// of TCP and UDP sockets, no /proc parsing) tells; portless entries go once idle.
 // A removed entry whose flow is still alive is learned again by its next
 // outgoing frame.
 //
@@ -180,12 +180,4 @@
 //
 // The programs need Linux ≥ 6.6 (TCX) and a little-endian CPU (the objects
 // are built for bpfel).
-//
-// # The kernel's ports, for the control plane
-//
-// ProcSockets (sockinv.go) lists the kernel's TCP, UDP and UDP-Lite sockets
-// of the calling thread's network namespace from /proc/thread-self/net, so
-// that the control plane never gives a port the kernel uses to an endpoint.
-// It only reads /proc; it never touches a socket, and it never panics on
-// what it reads (FuzzParseProcNet).
 package firewall

@@ -1,24 +1,21 @@
 package firewall
 
 import (
-	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
 // Inventory answers one question for ExpireLearned: is this learned kernel
 // tuple still backed by a kernel socket? It keeps a snapshot of the
 // kernel's TCP and UDP sockets (IPv4 and IPv6), taken by Refresh with
-// sock_diag (NETLINK_SOCK_DIAG dumps, no text parsing) in the network
-// namespace where NewInventory was called.
+// internal/sockdiag (NETLINK_SOCK_DIAG dumps, no text parsing) in the
+// network namespace where NewInventory was called.
 //
 // What counts as open, for a learned key (local address and port, remote
 // address and port):
@@ -38,7 +35,7 @@ import (
 // calls are serialised.
 type Inventory struct {
 	mu   sync.Mutex // serialises Refresh and Close
-	h    *netlink.Handle
+	c    *sockdiag.Conn
 	snap atomic.Pointer[sockSnapshot]
 }
 
@@ -55,8 +52,7 @@ type sockEntry struct {
 	state         uint8 // TCP state (sock_diag numbering)
 }
 
-// TCP states as sock_diag reports them (include/net/tcp_states.h).
-const tcpListen = 10
+const tcpListen = sockdiag.TCPListen
 
 // v4any is 0.0.0.0 as an l4.Addr (::ffff:0.0.0.0).
 var v4any = l4.AddrFrom4([4]byte{})
@@ -68,11 +64,11 @@ func isWildcard(a l4.Addr) bool { return a.IsZero() || a == v4any }
 // for Attach); later Refreshes from any thread see that namespace. The
 // snapshot is empty until the first Refresh.
 func NewInventory() (*Inventory, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_INET_DIAG)
+	c, err := sockdiag.Open()
 	if err != nil {
-		return nil, fmt.Errorf("firewall: sock_diag socket: %w", err)
+		return nil, fmt.Errorf("firewall: %w", err)
 	}
-	inv := &Inventory{h: h}
+	inv := &Inventory{c: c}
 	inv.snap.Store(&sockSnapshot{})
 	return inv, nil
 }
@@ -81,23 +77,19 @@ func NewInventory() (*Inventory, error) {
 func (inv *Inventory) Refresh() error {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	if inv.h == nil {
+	if inv.c == nil {
 		return ErrClosed
 	}
+	all, err := inv.c.Sockets()
+	if err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
 	s := &sockSnapshot{tcp: map[uint16][]sockEntry{}, udp: map[uint16][]sockEntry{}}
-	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		tcp, err := dump(func() ([]*netlink.Socket, error) { return inv.h.SocketDiagTCP(family) })
-		if err != nil {
-			return fmt.Errorf("firewall: TCP sockets (family %d): %w", family, err)
-		}
-		for _, so := range tcp {
+	for _, so := range all {
+		switch so.Proto {
+		case sockdiag.ProtoTCP:
 			s.add(s.tcp, so)
-		}
-		udp, err := dump(func() ([]*netlink.Socket, error) { return inv.h.SocketDiagUDP(family) })
-		if err != nil {
-			return fmt.Errorf("firewall: UDP sockets (family %d): %w", family, err)
-		}
-		for _, so := range udp {
+		case sockdiag.ProtoUDP:
 			s.add(s.udp, so)
 		}
 	}
@@ -106,38 +98,23 @@ func (inv *Inventory) Refresh() error {
 	return nil
 }
 
-// dump retries a sock_diag dump that the kernel interrupted (the socket
-// tables changed while it ran) a few times before giving up.
-func dump(f func() ([]*netlink.Socket, error)) ([]*netlink.Socket, error) {
-	var err error
-	for range 4 {
-		var so []*netlink.Socket
-		so, err = f()
-		if err == nil {
-			return so, nil
-		}
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return nil, err
-		}
+// addrOf is a as an l4.Addr; the unspecified IPv6 address is the zero Addr
+// (the wildcard of both families), 0.0.0.0 is v4any.
+func addrOf(a netip.Addr) l4.Addr {
+	if a.Is6() && a.IsUnspecified() {
+		return l4.Addr{}
 	}
-	return nil, err
+	return l4.AddrFromNetip(a)
 }
 
-func addrOfIP(ip net.IP) l4.Addr {
-	if ip16 := ip.To16(); ip16 != nil {
-		return l4.Addr(ip16)
-	}
-	return l4.Addr{}
-}
-
-func (s *sockSnapshot) add(m map[uint16][]sockEntry, so *netlink.Socket) {
+func (s *sockSnapshot) add(m map[uint16][]sockEntry, so sockdiag.Socket) {
 	e := sockEntry{
-		local:  addrOfIP(so.ID.Source),
-		remote: addrOfIP(so.ID.Destination),
-		rport:  so.ID.DestinationPort,
+		local:  addrOf(so.Local.Addr()),
+		remote: addrOf(so.Remote.Addr()),
+		rport:  so.Remote.Port(),
 		state:  so.State,
 	}
-	m[so.ID.SourcePort] = append(m[so.ID.SourcePort], e)
+	m[so.Local.Port()] = append(m[so.Local.Port()], e)
 }
 
 // Taken returns when the snapshot was taken (the zero Time before the
@@ -177,9 +154,9 @@ func (s *sockSnapshot) isOpen(k l4.Key) bool {
 func (inv *Inventory) Close() error {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	if inv.h != nil {
-		inv.h.Close()
-		inv.h = nil
+	if inv.c != nil {
+		inv.c.Close()
+		inv.c = nil
 	}
 	return nil
 }

@@ -32,9 +32,10 @@ package l4
 // preLookup is the result of the batched lookup of a Frame's destination
 // (Dst, DstPort <- Src, SrcPort), set by lookupBatch and cleared by Parse.
 type preLookup struct {
-	owner Owner
-	ok    bool
-	done  bool
+	owner   Owner
+	ok      bool
+	done    bool
+	watched bool // the rule found is Watched
 }
 
 // touchRules is the number of IPv4 rules above which lookupBatch touches
@@ -117,11 +118,11 @@ func (s *Switch) lookupBatch(in Owner, fs []Frame, reasons []DropReason, sc *bat
 // step, and by the other steps if that misses, and keeps the result in f.
 func (t *Table) lookupFirst(f *Frame, h uint64, k *key4) {
 	if e, ok := t.v4.get(h, k); ok {
-		f.pre = preLookup{owner: e.owner(), ok: true, done: true}
+		f.pre = preLookup{owner: e.owner(), ok: true, done: true, watched: e.watched()}
 		return
 	}
 	e, _, ok := t.find(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
-	f.pre = preLookup{owner: e.owner(), ok: ok, done: true}
+	f.pre = preLookup{owner: e.owner(), ok: ok, done: true, watched: e.watched()}
 }
 
 // firstKey4 returns the key of the first lookup step that find would probe

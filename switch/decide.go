@@ -61,6 +61,8 @@ type Switch struct {
 	// noIsolation turns the checks on endpoints' frames off: benchmarks
 	// use it for the baseline that shows what the checks cost.
 	noIsolation bool
+	// flows, when set, sees the frames of endpoints' flows (flowwatch.go).
+	flows atomic.Pointer[FlowWatch]
 }
 
 // NewSwitch returns a domain over table t with the local MACs macs (the
@@ -175,11 +177,16 @@ func (s *Switch) match(in Owner, f *Frame) Verdict {
 			return Verdict{Action: ActForward, To: o}
 		}
 	}
-	o, ok := f.pre.owner, f.pre.ok // looked up with the frame's batch (batch.go)
+	o, ok, watched := f.pre.owner, f.pre.ok, f.pre.watched // looked up with the frame's batch (batch.go)
 	if !f.pre.done {
-		o, ok = s.Table.LookupOwner(f.Dst, f.DstPort, f.Src, f.SrcPort, f.Proto)
+		var e entry
+		e, _, ok = s.Table.find(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f.Proto)
+		o, watched = e.owner(), e.watched()
 	}
 	if ok && valid(o, in) {
+		if watched && f.Ports {
+			s.noteFlow(&f.Dst, f.DstPort, &f.Src, f.SrcPort, f, false)
+		}
 		return Verdict{Action: ActForward, To: o}
 	}
 	if f.DHCP == DHCPAnswer {
@@ -230,9 +237,12 @@ func (s *Switch) learn(in Owner, f *Frame, ep, local bool) DropReason {
 	if e, ok := s.Table.get(ListenKey(f.Src, f.Proto, f.SrcPort)); ok && e.port() == in.Port && e.kind() == Registered {
 		return DropNone
 	}
-	o, ok := s.Table.LookupOwner(f.Src, f.SrcPort, f.Dst, f.DstPort, f.Proto)
+	e, _, ok := s.Table.find(&f.Src, f.SrcPort, &f.Dst, f.DstPort, f.Proto)
 	if ok {
-		if o.Port == in.Port || o.Kind == PortNIC {
+		if o := e.owner(); o.Port == in.Port || o.Kind == PortNIC {
+			if e.watched() && f.Ports && o.Port == in.Port {
+				s.noteFlow(&f.Src, f.SrcPort, &f.Dst, f.DstPort, f, true)
+			}
 			return DropNone // known already
 		}
 		return DropSpoof

@@ -34,6 +34,9 @@
 //     neighbour discovery for its own addresses only, nothing that
 //     configures hosts. The local identity (local MACs: the NIC's and
 //     ADD_MACS; the addresses endpoints may use) comes from SetLocal only.
+//     A FlowWatch (flowwatch.go), when set, notes the frames of endpoints'
+//     flows (activity on a coarse clock, TCP FIN and RST) for the control
+//     plane, which ends a connection's rule with its flow.
 //   - Pipeline (pipeline.go, worker.go) runs it: an RX worker per port
 //     queue (an OS thread of its own only for the NIC's queues) that parses
 //     a receive batch, looks it up in one go and decides frame by frame,

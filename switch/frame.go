@@ -118,6 +118,10 @@ type Frame struct {
 	InnerOK bool
 	Inner   Flow
 
+	// TCPFlags are the flags byte of a TCP header (FIN 0x01, SYN 0x02,
+	// RST 0x04, ...) when Proto is TCP and the header could be read.
+	TCPFlags uint8
+
 	// NeighborDiscovery is true for ICMPv6 router/neighbour solicitation,
 	// advertisement and redirect (types 133..137): IPv6's ARP.
 	NeighborDiscovery bool
@@ -341,6 +345,9 @@ func parseL4(t []byte, f *Frame, v6 bool) DropReason {
 		f.SrcPort = binary.BigEndian.Uint16(t[0:2])
 		f.DstPort = binary.BigEndian.Uint16(t[2:4])
 		f.Ports = true
+		if p == ProtoTCP && len(t) > 13 {
+			f.TCPFlags = t[13]
+		}
 		if p == ProtoUDP && !v6 {
 			switch {
 			case f.SrcPort == 68 && f.DstPort == 67:

@@ -95,6 +95,9 @@ type Rule struct {
 	Kind  RuleKind
 	// Sticky rules never expire (DEBUG_PORTS, STATIC_PIPES).
 	Sticky bool
+	// Watched rules are connections' rules whose frames the switch's
+	// FlowWatch notes (flowwatch.go); other rules' frames cost it nothing.
+	Watched bool
 }
 
 // ListenKey returns the key of a listening rule: local address, protocol and

@@ -161,12 +161,16 @@ func newEntry(r Rule) entry {
 	if r.Sticky {
 		e |= 1 << 48
 	}
+	if r.Watched {
+		e |= 1 << 49
+	}
 	return e
 }
 
 func (e entry) port() PortID   { return PortID(e) }
 func (e entry) kind() RuleKind { return RuleKind(e >> 40) }
 func (e entry) sticky() bool   { return e&(1<<48) != 0 }
+func (e entry) watched() bool  { return e&(1<<49) != 0 }
 func (e entry) owner() Owner   { return Owner{Port: PortID(e), Kind: PortKind(e >> 32)} }
 
 // NewTable returns an empty table.
@@ -311,7 +315,7 @@ func (t *Table) get(k Key) (entry, bool) {
 }
 
 func (e entry) rule(k Key) Rule {
-	return Rule{Key: k, Owner: e.owner(), Kind: e.kind(), Sticky: e.sticky()}
+	return Rule{Key: k, Owner: e.owner(), Kind: e.kind(), Sticky: e.sticky(), Watched: e.watched()}
 }
 
 // ErrExists is returned (wrapped in a *ExistsError) by Insert when a rule

@@ -24,8 +24,9 @@ type Attacher interface {
 	AddMatch(wire.Match) error
 	// RemoveMatch removes one of the stack's rules.
 	RemoveMatch(wire.Match) error
-	// QueryUsedPorts lists the ports that usnetd has rules for.
-	QueryUsedPorts() (wire.UsedPorts, error)
+	// QueryPortsInUse returns the local ports of protocol proto that are
+	// in use: usnetd's rules and the kernel's sockets.
+	QueryPortsInUse(proto uint8) (*wire.PortSet, error)
 	// Close sends DeleteClient: the channel and the rules go.
 	Close() error
 }

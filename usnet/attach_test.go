@@ -99,6 +99,8 @@ func (s *fakeServer) serve() {
 			}
 		case wire.QueryUsedPorts:
 			answer = s.used
+		case wire.QueryPortsInUse:
+			answer = wire.PortsInUse{Protocol: r.Protocol, Ports: portSetOf(s.used, r.Protocol)}
 		case wire.QueryStatus:
 			if s.status != nil {
 				answer = *s.status
@@ -182,9 +184,9 @@ func TestControlClient(t *testing.T) {
 	if err := att.RemoveMatch(m); err != nil {
 		t.Fatal(err)
 	}
-	used, err := att.QueryUsedPorts()
-	if err != nil || len(used.Listening) != 1 || used.Listening[0].Port != 22 {
-		t.Errorf("QueryUsedPorts: %+v %v", used, err)
+	used, err := att.QueryPortsInUse(6)
+	if err != nil || !used.Has(22) || used.Has(23) {
+		t.Errorf("QueryPortsInUse: %v", err)
 	}
 	if _, err := os.Stat(cc.LocalAddr()); err != nil {
 		t.Errorf("client socket file missing while open: %v", err)
@@ -196,12 +198,12 @@ func TestControlClient(t *testing.T) {
 		t.Errorf("client socket file left behind: %v", err)
 	}
 	// DeleteClient arrives last; RemoveMatch had no answer and did not
-	// desynchronise the answers (QueryUsedPorts got its own).
+	// desynchronise the answers (QueryPortsInUse got its own).
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		reqs := srv.requests()
 		if len(reqs) == 7 {
-			want := []string{"RequestUDS", "RequestUDS", "AddMatch", "AddMatch", "RemoveMatch", "QueryUsedPorts", "DeleteClient"}
+			want := []string{"RequestUDS", "RequestUDS", "AddMatch", "AddMatch", "RemoveMatch", "QueryPortsInUse", "DeleteClient"}
 			for i, r := range reqs {
 				if r.Type() != want[i] {
 					t.Errorf("request %d: %s, want %s", i, r.Type(), want[i])

@@ -91,7 +91,7 @@
 // Close. Outgoing connections register nothing: usnetd learns them from
 // their first packet. Their local ports, and those of listeners on port 0,
 // are chosen outside the kernel's ip_local_port_range and clear of every
-// port usnetd reports in use (QueryUsedPorts), so they never clash with the
+// port usnetd reports in use (QueryPortsInUse), so they never clash with the
 // kernel's own connections on the shared address.
 //
 // Closing the last socket of a Config, like closing a Stack, lets the

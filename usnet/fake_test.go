@@ -59,11 +59,25 @@ func (f *fakeAttacher) RemoveMatch(m wire.Match) error {
 	return nil
 }
 
-func (f *fakeAttacher) QueryUsedPorts() (wire.UsedPorts, error) {
+func (f *fakeAttacher) QueryPortsInUse(proto uint8) (*wire.PortSet, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.queries++
-	return f.used, nil
+	return portSetOf(f.used, proto), nil
+}
+
+// portSetOf is what usnetd answers to QueryPortsInUse when its rules are
+// used.
+func portSetOf(used wire.UsedPorts, proto uint8) *wire.PortSet {
+	ps := new(wire.PortSet)
+	for _, l := range [][]wire.PortEntry{used.Listening, used.Connected} {
+		for _, e := range l {
+			if e.Protocol == proto {
+				ps.Add(e.Port)
+			}
+		}
+	}
+	return ps
 }
 
 func (f *fakeAttacher) Close() error {

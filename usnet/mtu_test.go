@@ -30,7 +30,7 @@ func TestChannelMTU(t *testing.T) {
 	if m, err := q.ChannelMTU("absent0"); err != nil || m != 0 {
 		t.Fatalf("ChannelMTU of an interface usnetd does not have = %d, %v; want 0", m, err)
 	}
-	if _, err := a.QueryUsedPorts(); err != nil {
+	if _, err := a.QueryPortsInUse(6); err != nil {
 		t.Fatalf("the client's own connection after ChannelMTU: %v", err)
 	}
 }

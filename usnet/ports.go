@@ -7,8 +7,9 @@ package usnet
 // /proc/sys/net/ipv4/ip_local_port_range; usnetd learns the ports of the
 // kernel's connections only when their first packet leaves. So usnet takes
 // its ports from outside that range (above it first, then below it down to
-// 1024), never a port that usnetd already has a rule for (QueryUsedPorts:
-// DEBUG_PORTS, other endpoints, connections learned so far), and starts at
+// 1024), never a port that usnetd reports in use (QueryPortsInUse: its
+// rules, i.e. DEBUG_PORTS, other endpoints, connections learned so far, and
+// every kernel socket of the protocol, one bit per port), and starts at
 // a random place so that stacks of several processes rarely try the same.
 
 import (
@@ -20,8 +21,6 @@ import (
 	"strings"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-
-	"github.com/usnetd/usnetd/control/wire"
 )
 
 const (
@@ -84,21 +83,13 @@ func (n *netStack) withFreePort(proto uint8, bind func(port uint16) tcpip.Error)
 	if err != nil {
 		return 0, err
 	}
-	used, err := n.usedPorts()
+	taken, err := n.usedPorts(proto)
 	if err != nil {
 		return 0, err
 	}
-	taken := make(map[uint16]bool)
-	for _, l := range [][]wire.PortEntry{used.Listening, used.Connected} {
-		for _, e := range l {
-			if e.Protocol == proto {
-				taken[e.Port] = true
-			}
-		}
-	}
 	tries := 0
 	for _, p := range candidatePorts(lo, hi) {
-		if taken[p] {
+		if taken.Has(p) {
 			continue
 		}
 		terr := bind(p)

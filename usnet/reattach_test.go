@@ -228,8 +228,8 @@ func (s *fakeSession) AddMatch(m wire.Match) error {
 	s.u.rules[s.gen] = append(s.u.rules[s.gen], m)
 	return nil
 }
-func (s *fakeSession) RemoveMatch(wire.Match) error            { return nil }
-func (s *fakeSession) QueryUsedPorts() (wire.UsedPorts, error) { return wire.UsedPorts{}, nil }
+func (s *fakeSession) RemoveMatch(wire.Match) error                 { return nil }
+func (s *fakeSession) QueryPortsInUse(uint8) (*wire.PortSet, error) { return new(wire.PortSet), nil }
 func (s *fakeSession) Close() error {
 	s.u.mu.Lock()
 	s.u.closedAtt++

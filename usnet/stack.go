@@ -383,14 +383,14 @@ func (n *netStack) unregisterLocked(ms []wire.Match) error {
 	return errors.Join(errs...)
 }
 
-// usedPorts asks usnetd which ports are in use.
-func (n *netStack) usedPorts() (wire.UsedPorts, error) {
+// usedPorts asks usnetd which ports of proto are in use.
+func (n *netStack) usedPorts(proto uint8) (*wire.PortSet, error) {
 	n.attMu.Lock()
 	defer n.attMu.Unlock()
 	if n.att == nil {
-		return wire.UsedPorts{}, ErrDetached
+		return nil, ErrDetached
 	}
-	return n.att.QueryUsedPorts()
+	return n.att.QueryPortsInUse(proto)
 }
 
 func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {

@@ -348,7 +348,7 @@ func (p *packetNIC) RequestUDS(string) (*os.File, error) {
 	p.f = nil
 	return f, nil
 }
-func (p *packetNIC) AddMatch(wire.Match) error               { return nil }
-func (p *packetNIC) RemoveMatch(wire.Match) error            { return nil }
-func (p *packetNIC) QueryUsedPorts() (wire.UsedPorts, error) { return wire.UsedPorts{}, nil }
-func (p *packetNIC) Close() error                            { return nil }
+func (p *packetNIC) AddMatch(wire.Match) error                    { return nil }
+func (p *packetNIC) RemoveMatch(wire.Match) error                 { return nil }
+func (p *packetNIC) QueryPortsInUse(uint8) (*wire.PortSet, error) { return new(wire.PortSet), nil }
+func (p *packetNIC) Close() error                                 { return nil }

@@ -354,6 +354,31 @@ func (c *Client) QueryUsedPorts() (wire.UsedPorts, error) {
 	return wire.UsedPorts{}, fmt.Errorf("QueryUsedPorts: %w: %s", ErrProtocol, a.Type())
 }
 
+// QueryPortsInUse asks which local ports of protocol proto are in use on
+// usnetd's interfaces: by its rules and by the kernel's sockets. The
+// answer has a fixed size (one bit per port) however many sockets the
+// host has. A usnetd older than this client does not answer it
+// (ErrTimeout).
+func (c *Client) QueryPortsInUse(proto uint8) (*wire.PortSet, error) {
+	msg, _ := wire.EncodeRequest(wire.QueryPortsInUse{Protocol: proto})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, err := c.ask(msg)
+	if err != nil {
+		return nil, fmt.Errorf("QueryPortsInUse: %w", err)
+	}
+	switch v := a.(type) {
+	case wire.PortsInUse:
+		if v.Protocol != proto {
+			return nil, fmt.Errorf("QueryPortsInUse: %w: answer for protocol %d", ErrProtocol, v.Protocol)
+		}
+		return v.Ports, nil
+	case wire.AnswerER:
+		return nil, fmt.Errorf("QueryPortsInUse: %w", ErrRefused)
+	}
+	return nil, fmt.Errorf("QueryPortsInUse: %w: %s", ErrProtocol, a.Type())
+}
+
 // QueryStatus asks for usnetd's state: interfaces, endpoints, rules.
 // A usnetd older than this client does not answer it (ErrTimeout).
 func (c *Client) QueryStatus() (wire.Status, error) {

@@ -14,8 +14,8 @@ import (
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	"github.com/usnetd/usnetd/internal/testkit"
 	l4 "github.com/usnetd/usnetd/switch"
 )
@@ -28,7 +28,7 @@ func startServer(t *testing.T, path string, tune ...func(*control.ServerConfig))
 	cfg := control.ServerConfig{
 		SocketPath:  path,
 		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: d.Pipeline, Backend: "memory", Addrs: []netip.Addr{testkit.NICAddr}}},
-		KernelPorts: func() ([]firewall.Socket, error) { return nil, nil },
+		KernelPorts: func() ([]sockdiag.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "test",
 	}

@@ -125,6 +125,16 @@ func (s *Session) QueryUsedPorts() (wire.UsedPorts, error) {
 	return s.c.QueryUsedPorts()
 }
 
+// QueryPortsInUse asks usnetd which local ports of proto are in use.
+func (s *Session) QueryPortsInUse(proto uint8) (*wire.PortSet, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c == nil {
+		return nil, fmt.Errorf("QueryPortsInUse: %w", ErrDetached)
+	}
+	return s.c.QueryPortsInUse(proto)
+}
+
 // Lost tells the session that a send on its current channel failed
 // because the other end is closed (ECONNREFUSED, EPIPE, ENOTCONN). It does
 // not block. Reports about a channel that was replaced already do

@@ -16,8 +16,8 @@ import (
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
-	"github.com/usnetd/usnetd/firewall"
 	"github.com/usnetd/usnetd/internal/netlab"
+	"github.com/usnetd/usnetd/internal/sockdiag"
 	l4 "github.com/usnetd/usnetd/switch"
 )
 
@@ -38,7 +38,7 @@ func runServer(t *testing.T, path string) (srv *control.Server, stop func()) {
 	srv, err = control.NewServer(control.ServerConfig{
 		SocketPath:  path,
 		Interfaces:  []control.Interface{{Name: "eth0", Pipeline: pl, Backend: "memory", Addrs: []netip.Addr{m8080.DstAddr}}},
-		KernelPorts: func() ([]firewall.Socket, error) { return nil, nil },
+		KernelPorts: func() ([]sockdiag.Socket, error) { return nil, nil },
 		Log:         zerolog.Nop(),
 		Version:     "test",
 	})

@@ -1,8 +1,9 @@
 // Package wire is the codec of usnetd's control protocol: the message types
 // (requests RequestUDS, RequestNetmapPipe, AddMatch, RemoveMatch,
-// QueryUsedPorts, DeleteClient, QueryStatus, RequestSHM; answers "OK", "ER", "$",
-// UsedPorts, Status; the rule a client states, Match), their encoding
-// (EncodeRequest, EncodeAnswer, EncodeUsedPorts, EncodeStatus) and their
+// QueryUsedPorts, DeleteClient, QueryStatus, RequestSHM, QueryPortsInUse;
+// answers "OK", "ER", "$", UsedPorts, Status, PortsInUse; the rule a
+// client states, Match), their encoding (EncodeRequest, EncodeAnswer,
+// EncodeUsedPorts, EncodeStatus, EncodePortsInUse) and their
 // strict decoding (DecodeRequest, DecodeAnswer), byte-compatible with the
 // original's serde_json messages. It also holds DefaultSocketPath.
 //

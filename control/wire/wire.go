@@ -73,6 +73,10 @@ package wire
 //     error (ErrNotARequest); the original decoded the first and ignored it.
 //   - QueryStatus is new (a bare string, like QueryUsedPorts); the original
 //     rejected it as an unknown variant, old clients never send it.
+//   - QueryPortsInUse is new ({"QueryPortsInUse":6}, a newtype variant
+//     holding the protocol number): the answer, QueryPortsInUseAnswer, is
+//     one bit per port (PortSet) and so of fixed size however many sockets
+//     the host has. Old clients never send it.
 //   - RequestSHM is new ({"RequestSHM":["eth0",1234]}, like RequestUDS);
 //     the original rejected it as an unknown variant (no answer; this
 //     usnetd without the feature answers "ER"), old clients never send it.
@@ -80,6 +84,7 @@ package wire
 //     endpoint's end of its wake-up socket pair (backends/shm/ring).
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"maps"
@@ -208,6 +213,16 @@ type DeleteClient struct{}
 // answer is Status. Wire form: "QueryStatus".
 type QueryStatus struct{}
 
+// QueryPortsInUse (new, not in the original) asks which local ports of
+// one protocol are in use on the claimed interfaces, by anyone: every rule
+// with a local port (any owner, any local address) and every kernel socket
+// of the protocol (any state, any address). The answer is PortsInUse, of
+// fixed size. Wire form: {"QueryPortsInUse":6}.
+type QueryPortsInUse struct{ Protocol uint8 }
+
+func (QueryPortsInUse) Type() string { return "QueryPortsInUse" }
+func (QueryPortsInUse) isRequest()   {}
+
 func (RequestUDS) Type() string        { return "RequestUDS" }
 func (RequestNetmapPipe) Type() string { return "RequestNetmapPipe" }
 func (AddMatch) Type() string          { return "AddMatch" }
@@ -303,6 +318,87 @@ type PortEntry struct {
 type UsedPorts struct {
 	Listening []PortEntry
 	Connected []PortEntry
+}
+
+// PortSet is a set of ports: bit p%8 of byte p/8 is port p.
+type PortSet [65536 / 8]byte
+
+// Has reports whether p is in the set.
+func (s *PortSet) Has(p uint16) bool { return s[p/8]&(1<<(p%8)) != 0 }
+
+// Add puts p into the set.
+func (s *PortSet) Add(p uint16) { s[p/8] |= 1 << (p % 8) }
+
+// PortsInUse answers QueryPortsInUse (new in this version). Wire form:
+// {"QueryPortsInUseAnswer":{"protocol":6,"ports":"..."}} where ports is
+// the PortSet in standard base64 (10,924 characters).
+type PortsInUse struct {
+	Protocol uint8
+	Ports    *PortSet // never nil after DecodeAnswer
+}
+
+func (PortsInUse) Type() string { return "QueryPortsInUseAnswer" }
+func (PortsInUse) isAnswer()    {}
+
+// EncodePortsInUse returns the bytes of the answer to QueryPortsInUse.
+func EncodePortsInUse(proto uint8, ports *PortSet) []byte {
+	b := []byte(`{"QueryPortsInUseAnswer":{"protocol":`)
+	b = strconv.AppendUint(b, uint64(proto), 10)
+	b = append(b, `,"ports":"`...)
+	if ports == nil {
+		ports = new(PortSet)
+	}
+	b = base64.StdEncoding.AppendEncode(b, ports[:])
+	return append(b, `"}}`...)
+}
+
+// portsInUse decodes the value of QueryPortsInUseAnswer: an object with
+// both fields (unknown ones ignored).
+func (r *reader) portsInUse() (PortsInUse, error) {
+	a := PortsInUse{Ports: new(PortSet)}
+	var seen [2]bool
+	startOff := r.i
+	if c, ok := r.peek(); !ok || c != '{' {
+		return a, r.wrongType("an object")
+	}
+	err := r.object(func(key string, keyOff int) error {
+		switch key {
+		case "protocol", "ports":
+			k := 0
+			if key == "ports" {
+				k = 1
+			}
+			if seen[k] {
+				return r.errAt(keyOff, ErrDuplicateField, "duplicate field %q", key)
+			}
+			seen[k] = true
+			r.push(key)
+			defer r.pop()
+			if k == 0 {
+				v, err := r.uint(255, "u8")
+				a.Protocol = uint8(v)
+				return err
+			}
+			off := r.i
+			s, err := r.str(true)
+			if err != nil {
+				return err
+			}
+			n, derr := base64.StdEncoding.Decode(a.Ports[:], []byte(s))
+			if derr != nil || n != len(a.Ports) || base64.StdEncoding.EncodedLen(len(a.Ports)) != len(s) {
+				return r.errAt(off, ErrWrongType, "ports: want %d bytes in base64", len(a.Ports))
+			}
+			return nil
+		}
+		return r.skip()
+	})
+	if err != nil {
+		return a, err
+	}
+	if !seen[0] || !seen[1] {
+		return a, r.errAt(startOff, ErrMissingField, "missing field \"protocol\" or \"ports\"")
+	}
+	return a, nil
 }
 
 // Status answers QueryStatus (new in this version). Wire form:
@@ -569,7 +665,16 @@ func (r *reader) request() (Request, error) {
 		} else {
 			req = RemoveMatch{Match: m}
 		}
-	case "QueryUsedPortsAnswer", "QueryStatusAnswer":
+	case "QueryPortsInUse":
+		if !hasValue {
+			return nil, r.errAt(tagOff, ErrWrongType, "%s needs a value: {%q:6}", name, name)
+		}
+		v, err := r.uint(255, "u8")
+		if err != nil {
+			return nil, err
+		}
+		req = QueryPortsInUse{Protocol: uint8(v)}
+	case "QueryUsedPortsAnswer", "QueryStatusAnswer", "QueryPortsInUseAnswer":
 		return nil, r.errAt(tagOff, ErrNotARequest, "%s is an answer", name)
 	default:
 		r.pop()
@@ -773,6 +878,8 @@ func EncodeRequest(req Request) ([]byte, error) {
 	switch v := req.(type) {
 	case QueryUsedPorts, DeleteClient, QueryStatus:
 		return appendString(nil, v.Type()), nil
+	case QueryPortsInUse:
+		return append(strconv.AppendUint([]byte(`{"QueryPortsInUse":`), uint64(v.Protocol), 10), '}'), nil
 	case RequestUDS:
 		return encodeIfacePID(v.Type(), v.Interface, v.PID)
 	case RequestNetmapPipe:
@@ -1004,6 +1111,8 @@ func EncodeAnswer(a Answer) ([]byte, error) {
 		return EncodeUsedPorts(v.Listening, v.Connected), nil
 	case Status:
 		return EncodeStatus(v)
+	case PortsInUse:
+		return EncodePortsInUse(v.Protocol, v.Ports), nil
 	}
 	return nil, fmt.Errorf("control: encode: %T is not an answer type", a)
 }
@@ -1046,7 +1155,14 @@ func DecodeAnswer(b []byte) (Answer, error) {
 		if err != nil {
 			return nil, err
 		}
-	case "RequestUDS", "RequestNetmapPipe", "AddMatch", "RemoveMatch", "QueryUsedPorts", "DeleteClient", "QueryStatus", "RequestSHM":
+	case "QueryPortsInUseAnswer":
+		if !hasValue {
+			return nil, r.errAt(tagOff, ErrWrongType, "%s needs a value", name)
+		}
+		if a, err = r.portsInUse(); err != nil {
+			return nil, err
+		}
+	case "RequestUDS", "RequestNetmapPipe", "AddMatch", "RemoveMatch", "QueryUsedPorts", "DeleteClient", "QueryStatus", "RequestSHM", "QueryPortsInUse":
 		return nil, r.errAt(tagOff, ErrNotAnAnswer, "%s is a request", name)
 	default:
 		r.pop()

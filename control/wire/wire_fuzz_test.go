@@ -140,6 +140,8 @@ func FuzzDecodeRequest(f *testing.F) {
 	for _, s := range fuzzSeeds {
 		f.Add([]byte(s.in))
 	}
+	f.Add([]byte(`{"QueryPortsInUse":6}`))
+	f.Add([]byte(`{"QueryPortsInUse":[6]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, err := DecodeRequest(b)
 		if err != nil {
@@ -180,6 +182,8 @@ func FuzzDecodeAnswer(f *testing.F) {
 		`{"QueryStatusAnswer":{}}`,
 		`{"QueryStatusAnswer":{"rules":[{}]}}`,
 		`"QueryUsedPorts"`,
+		string(EncodePortsInUse(17, &PortSet{1: 0x80, 8191: 1})),
+		`{"QueryPortsInUseAnswer":{"ports":"","protocol":6}}`,
 	} {
 		f.Add([]byte(s))
 	}
