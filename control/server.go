@@ -1259,9 +1259,10 @@ func (s *Server) SetAddrs(ifname string, addrs []netip.Addr) {
 	}
 }
 
-// maxStatusAnswer bounds the QueryStatus answer below MaxAnswerSize and
-// the control socket's send buffer.
-const maxStatusAnswer = wire.MaxAnswerSize - 4096
+// maxStatusAnswer bounds the QueryStatus answer well below MaxAnswerSize
+// and the control socket's send buffer: a status that would be larger
+// leaves out rules (see Status).
+const maxStatusAnswer = 256<<10 - 4096
 
 // Status returns what QueryStatus answers.
 func (s *Server) Status() wire.Status {

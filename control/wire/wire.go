@@ -109,10 +109,11 @@ const DefaultSocketPath = "/run/usnetd.socket"
 // rather than silently truncated.
 const MaxMessageSize = 64 << 10
 
-// MaxAnswerSize is the largest answer DecodeAnswer accepts, in bytes. It is
-// above the largest datagram a Unix socket carries with Linux's default
-// limits (net.core.wmem_max, 212992), so it bounds only a broken peer.
-const MaxAnswerSize = 256 << 10
+// MaxAnswerSize is the largest answer DecodeAnswer accepts, in bytes: room
+// for a QueryUsedPorts answer as large as the original's client reads
+// (1,000,000 bytes, which usnetd never exceeds) and so a bound only on a
+// broken peer. A client receives into a buffer of MaxAnswerSize+1 bytes.
+const MaxAnswerSize = 1 << 20
 
 // The raw answers. They are bytes on the wire, not JSON strings.
 const (

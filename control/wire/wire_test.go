@@ -721,3 +721,34 @@ func TestMatchString(t *testing.T) {
 		}
 	}
 }
+
+// TestLargeUsedPortsAnswer: a QueryUsedPorts answer as large as usnetd
+// sends (up to 1,000,000 bytes, the original client's buffer) decodes;
+// a larger one than MaxAnswerSize does not.
+func TestLargeUsedPortsAnswer(t *testing.T) {
+	var listening []PortEntry
+	for i := 0; ; i++ {
+		listening = append(listening, PortEntry{Protocol: 6, Addr: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), Port: uint16(i)})
+		if len(listening)%1000 == 0 && len(EncodeUsedPorts(listening, nil)) > 990_000 {
+			break
+		}
+	}
+	b := EncodeUsedPorts(listening, nil)
+	if len(b) > 1_000_000 || len(b) <= 256<<10 {
+		t.Fatalf("test answer of %d bytes", len(b))
+	}
+	a, err := DecodeAnswer(b)
+	if err != nil {
+		t.Fatalf("%d-byte answer: %v", len(b), err)
+	}
+	if u, ok := a.(UsedPorts); !ok || len(u.Listening) != len(listening) || u.Listening[len(listening)-1] != listening[len(listening)-1] {
+		t.Errorf("decoded %T with %d entries, want %d", a, len(u.Listening), len(listening))
+	}
+	for len(b) <= MaxAnswerSize {
+		listening = append(listening, listening...)
+		b = EncodeUsedPorts(listening, nil)
+	}
+	if _, err := DecodeAnswer(b); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("%d-byte answer: %v, want ErrTooLarge", len(b), err)
+	}
+}
