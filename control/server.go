@@ -134,6 +134,13 @@ type ServerConfig struct {
 	// NoSHM switches RequestSHM off: it is answered "ER" like an unknown
 	// request, as by a usnetd without it (clients fall back to RequestUDS).
 	NoSHM bool
+	// SHMMemory bounds the memory of all shared-memory channels, each
+	// counted as shm.Charge (its to-endpoint ring and header); 0: no
+	// bound. A RequestSHM beyond it is answered "ER" and counted
+	// (RefusedSHMMemory), and the client falls back to RequestUDS, whose
+	// frames wait in the pipeline's buffers. usnetd gives it a quarter of
+	// MEMORY_LIMIT.
+	SHMMemory int64
 	// CheckInterval is how often the server looks for endpoints whose
 	// process exited or whose channel closed, and for flow rules that
 	// ended; default 200 ms.
@@ -227,7 +234,8 @@ type Server struct {
 	mu        sync.Mutex // guards everything below, and every table change the server makes
 	endpoints map[epKey]*endpoint
 	uids      map[uint32]*uidState
-	channels  int // of all endpoints
+	channels  int   // of all endpoints
+	shmBytes  int64 // the shared-memory channels' Charge, against SHMMemory
 	nextID    uint64
 	closed    bool
 
@@ -284,12 +292,13 @@ const (
 	RefusedChannels
 	RefusedChannelsPerUID
 	RefusedChannelsPerClient
-	RefusedRules   // AddMatch beyond a rule limit (learned ones are the data path's rule_limit drops)
-	RefusedAddress // AddMatch for a local address that endpoints may not use
+	RefusedRules     // AddMatch beyond a rule limit (learned ones are the data path's rule_limit drops)
+	RefusedAddress   // AddMatch for a local address that endpoints may not use
+	RefusedSHMMemory // RequestSHM beyond SHMMemory (the client falls back to RequestUDS)
 	numRefusals
 )
 
-var refusalNames = [numRefusals]string{"clients", "clients_per_uid", "channels", "channels_per_uid", "channels_per_client", "rules", "address"}
+var refusalNames = [numRefusals]string{"clients", "clients_per_uid", "channels", "channels_per_uid", "channels_per_client", "rules", "address", "shm_memory"}
 
 // String is the limit's metric label.
 func (r Refusal) String() string { return refusalNames[r] }
@@ -324,9 +333,10 @@ type endpoint struct {
 }
 
 type channel struct {
-	port  l4.Port // *uds.Port or *shm.Port
-	kind  string  // "uds" or "shm"
-	owner l4.Owner
+	port   l4.Port // *uds.Port or *shm.Port
+	kind   string  // "uds" or "shm"
+	owner  l4.Owner
+	charge int64 // counted in Server.shmBytes (shm channels)
 }
 
 // peerClosed is closed once the channel's port noticed its peer gone.
@@ -742,6 +752,22 @@ func (s *Server) requestChannel(m message, key epKey, iface string, pid int32, k
 		log.Warn().Int("limit", s.cfg.MaxChannelsPerUID).Msg(req + ": channel limit of the user reached")
 		return answerER
 	}
+	var shmOpt shm.Options
+	var charge int64
+	if kind == "shm" {
+		shmOpt = s.cfg.SHM
+		shmOpt.FrameCap = ifc.Pipeline.Pool().Stats().BufSize
+		if ifc.MTU != nil {
+			shmOpt.MTU = ifc.MTU()
+		}
+		charge = shm.Charge(shmOpt)
+		if s.cfg.SHMMemory > 0 && s.shmBytes+charge > s.cfg.SHMMemory {
+			s.refuse(RefusedSHMMemory)
+			log.Warn().Int64("limit", s.cfg.SHMMemory).Int64("used", s.shmBytes).Int64("channel", charge).
+				Msg(req + ": the shared-memory channels' memory budget is spent (the client may fall back to RequestUDS)")
+			return answerER
+		}
+	}
 	if ep == nil {
 		pidfd := *m.pidfd
 		if pidfd >= 0 {
@@ -776,12 +802,8 @@ func (s *Server) requestChannel(m message, key epKey, iface string, pid int32, k
 	var port l4.Port
 	var peer, more *os.File
 	if kind == "shm" {
-		opt := s.cfg.SHM
+		opt := shmOpt
 		opt.Name, opt.OnPeerClosed = name, s.wake
-		opt.FrameCap = ifc.Pipeline.Pool().Stats().BufSize
-		if ifc.MTU != nil {
-			opt.MTU = ifc.MTU()
-		}
 		var p *shm.Port
 		var h shm.Handoff
 		p, h, err = shm.New(opt)
@@ -826,9 +848,10 @@ func (s *Server) requestChannel(m message, key epKey, iface string, pid int32, k
 		s.dropIfEmpty(ep)
 		return answerER
 	}
-	ch := &channel{port: port, kind: kind, owner: owner}
+	ch := &channel{port: port, kind: kind, owner: owner, charge: charge}
 	ep.channels = append(ep.channels, ch)
 	s.channels++
+	s.shmBytes += charge
 	u.channels++
 	ep.log.Info().Str("interface", ifc.Name).Str("kind", kind).Uint32("port", uint32(owner.Port)).Int("channels", len(ep.channels)).Msg("channel attached")
 	return answer{data: []byte(wire.RawFD), file: peer, more: more, undo: func() { s.removeChannel(ep, ch, "the answer could not be sent") }}
@@ -998,7 +1021,7 @@ func (s *Server) removeChannel(ep *endpoint, ch *channel, why string) {
 	ch.port.Close()
 	ep.ifc.gone(ch)
 	ep.channels = slices.Delete(ep.channels, i, i+1)
-	s.channelGone(ep)
+	s.channelGone(ep, ch)
 	if i == 0 && len(ep.rules) > 0 {
 		ep.log.Info().Int("rules", len(ep.rules)).Msg("the registered rules went with the oldest channel")
 		ep.forgetInFirewall(ep.rules...)
@@ -1036,7 +1059,7 @@ func (s *Server) removeEndpoint(ep *endpoint, why string) {
 		}
 		ch.port.Close()
 		ep.ifc.gone(ch)
-		s.channelGone(ep)
+		s.channelGone(ep, ch)
 	}
 	ep.forgetInFirewall(ep.rules...)
 	ep.ifc.forgetFlows(ep.rules)
@@ -1052,9 +1075,10 @@ func (s *Server) removeEndpoint(ep *endpoint, why string) {
 	}
 }
 
-// channelGone counts a detached channel of ep.
-func (s *Server) channelGone(ep *endpoint) {
+// channelGone counts a detached channel ch of ep.
+func (s *Server) channelGone(ep *endpoint, ch *channel) {
 	s.channels--
+	s.shmBytes -= ch.charge
 	if u := s.uids[ep.uid]; u != nil {
 		u.channels--
 	}

@@ -14,7 +14,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/usnetd/usnetd/backends/shm"
 	"github.com/usnetd/usnetd/backends/shm/ring"
+	"github.com/usnetd/usnetd/control/client"
+	"github.com/usnetd/usnetd/control/wire"
 	"github.com/usnetd/usnetd/internal/testkit"
 )
 
@@ -287,4 +290,66 @@ func TestSHMProcessKilled(t *testing.T) {
 		return e.gone() && shmMappings(t) == before
 	})
 	t.Logf("released %v after the kill", time.Since(start))
+}
+
+// TestSHMMemoryBudget: with the shared-memory budget spent, RequestSHM is
+// refused and counted, and control/client's RequestChannel falls back to
+// a Unix datagram channel that carries frames next to the endpoint that
+// got shared memory; when that channel goes, its memory is free again.
+func TestSHMMemoryBudget(t *testing.T) {
+	var charge int64
+	e := newEnv(t, func(c *ServerConfig) {
+		charge = shm.Charge(shm.Options{FrameCap: c.Interfaces[0].Pipeline.Pool().Stats().BufSize})
+		c.SHMMemory = charge + charge/2 // room for one channel
+	})
+	dial := func() *client.Client {
+		c, err := client.Dial(client.Options{SocketPath: e.path, Dir: e.dir, Timeout: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a, b := dial(), dial()
+	cha, err := a.RequestChannel("eth0")
+	if err != nil || cha.Kind() != "shm" {
+		t.Fatalf("first channel: %v, kind %s; want shm", err, cha.Kind())
+	}
+	defer cha.Close()
+	chb, err := b.RequestChannel("eth0")
+	if err != nil || chb.Kind() != "uds" {
+		t.Fatalf("second channel: %v, kind %s; want the fallback to uds", err, chb.Kind())
+	}
+	defer chb.Close()
+	if n := e.srv.Refused()["shm_memory"]; n != 1 {
+		t.Errorf("shm_memory refusals %d, want 1 (%v)", n, e.srv.Refused())
+	}
+	for i, c := range []*client.Client{a, b} {
+		port := uint16(8080 + i)
+		if err := c.AddMatch(wire.Match{Protocol: 6, DstAddr: ip(localIP), DstPort: &port}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ina := tcpFrame(t, macRemote, macNIC, "198.18.1.2", localIP, 40000, 8080)
+	inb := tcpFrame(t, macRemote, macNIC, "198.18.1.2", localIP, 40000, 8081)
+	e.nic.Inject(0, ina)
+	e.nic.Inject(0, inb)
+	if got, ok := recvSHM(t, cha.SHM, 2*time.Second); !ok || string(got) != string(ina) {
+		t.Error("the shm channel did not get its frame")
+	}
+	if got, ok := readFrame(t, chb.UDS, 2*time.Second); !ok || string(got) != string(inb) {
+		t.Error("the uds channel (the fallback) did not get its frame")
+	}
+	// The shm channel goes (DeleteClient): its memory is free again.
+	cha.Close()
+	a.Close()
+	c := dial()
+	ch, err := c.RequestChannel("eth0")
+	if err != nil || ch.Kind() != "shm" {
+		t.Fatalf("after the shm channel went: %v, kind %s; want shm", err, ch.Kind())
+	}
+	ch.Close()
+	if n := e.srv.Refused()["shm_memory"]; n != 1 {
+		t.Errorf("shm_memory refusals %d, want still 1", n)
+	}
 }

@@ -367,10 +367,11 @@ func (p *Port) Close() error {
 		p.txMu.Lock()
 		p.lifeMu.Lock()
 		p.final = p.collect()
-		var st struct{ rx, tx uint64 }
+		var st struct{ rx, tx, kicks uint64 }
 		for _, q := range p.final {
 			st.rx += q.RxFrames
 			st.tx += q.TxFrames
+			st.kicks += q.TxWakeups
 		}
 		if err := p.release(); err != nil {
 			p.closeErr = errors.Join(p.closeErr, err)
@@ -380,7 +381,7 @@ func (p *Port) Close() error {
 		for _, s := range p.socks {
 			s.rxMu.Unlock()
 		}
-		p.log.Info().Str("interface", p.name).Uint64("rx_frames", st.rx).Uint64("tx_frames", st.tx).
+		p.log.Info().Str("interface", p.name).Uint64("rx_frames", st.rx).Uint64("tx_frames", st.tx).Uint64("tx_wakeups", st.kicks).
 			Err(p.closeErr).Msg("afxdp: port closed")
 	})
 	return p.closeErr

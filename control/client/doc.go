@@ -27,9 +27,11 @@
 // send the caller reports with Lost), dials again with bounded backoff
 // (50 ms doubling to 1 s, until Close), requests a new channel, registers
 // its rules again and hands the new channel to SessionOptions.Reattached.
-// The loop itself is a Watch (StartWatch), which usnet's stacks use too,
-// to swap a new channel under a running network stack; ChannelPeer and
-// PeerPidfd tell whom to watch.
+// Its channels are shared-memory ones with the fallback of RequestChannel
+// (SessionOptions.UDS: datagram ones only). The loop itself is a Watch
+// (StartWatch), which usnet's stacks use too, to swap a new channel under
+// a running network stack; Channel.Peer, ChannelPeer and PeerPidfd tell
+// whom to watch.
 //
 // It never leaves its socket file behind after Close, never keeps a
 // descriptor it did not return to the caller, and never takes an answer

@@ -29,20 +29,27 @@ type SessionOptions struct {
 	Options
 	// Interface is the NIC whose channel the session holds.
 	Interface string
+	// UDS asks for Unix datagram channels only (RequestUDS). By default
+	// the session asks for a shared-memory channel and takes a datagram
+	// channel where usnetd refuses it or does not know the request
+	// (RequestChannel), at the first attach and at every later one.
+	UDS bool
 	// Reattached is called, from the session's goroutine, after usnetd
 	// came back and the session attached again: ch is the new channel
-	// (the callee owns it; the old one is dead), refused joins the rules
-	// usnetd refused to take back (nil: all were registered again). The
-	// session's methods may be called from it.
-	Reattached func(ch *os.File, refused error)
+	// (the callee owns it; the old one is dead; its kind may differ from
+	// the old one's), refused joins the rules usnetd refused to take back
+	// (nil: all were registered again). The session's methods may be
+	// called from it.
+	Reattached func(ch Channel, refused error)
 }
 
 // Session is one channel to usnetd that survives restarts of usnetd.
 //
 // usnetd's channels and rules die with its process. A Session notices
 // that (the channel's maker, usnetd, exits: the session watches a pidfd of
-// it, from SO_PEERPIDFD; or the caller reports a send on the channel that
-// failed with ECONNREFUSED, EPIPE or ENOTCONN through Lost), then dials
+// it, from SO_PEERPIDFD; or the caller reports through Lost a send on a
+// datagram channel that failed with ECONNREFUSED, EPIPE or ENOTCONN, or
+// ring.ErrClosed from a shared-memory channel), then dials
 // again with backoff (at once, then after ReattachFirst, doubling up to
 // ReattachMax between tries; forever, until Close), requests a new channel
 // on the same interface, registers every rule added through it and not
@@ -61,27 +68,40 @@ type Session struct {
 }
 
 // OpenSession dials usnetd, requests a channel on opt.Interface and returns
-// the session and the channel (the caller owns the file).
-func OpenSession(opt SessionOptions) (*Session, *os.File, error) {
+// the session and the channel (the caller owns it).
+func OpenSession(opt SessionOptions) (*Session, Channel, error) {
 	c, err := Dial(opt.Options)
 	if err != nil {
-		return nil, nil, err
-	}
-	ch, err := c.RequestUDS(opt.Interface)
-	if err != nil {
-		c.Close()
-		return nil, nil, err
+		return nil, Channel{}, err
 	}
 	s := &Session{opt: opt, c: c}
+	ch, err := s.request(c)
+	if err != nil {
+		c.Close()
+		return nil, Channel{}, err
+	}
 	s.gen.Store(1)
-	s.w, err = StartWatch(WatchOptions{Peer: PeerPidfd(ch), Sends: true, Generation: s.gen.Load,
+	peer, _ := ch.Peer()
+	s.w, err = StartWatch(WatchOptions{Peer: peer, Sends: true, Generation: s.gen.Load,
 		Detach: s.detach, Attach: s.attach})
 	if err != nil {
 		c.Close()
 		ch.Close()
-		return nil, nil, err
+		return nil, Channel{}, err
 	}
 	return s, ch, nil
+}
+
+// request asks c for a channel of the kind the options say.
+func (s *Session) request(c *Client) (Channel, error) {
+	if !s.opt.UDS {
+		return c.RequestChannel(s.opt.Interface)
+	}
+	f, err := c.RequestUDS(s.opt.Interface)
+	if err != nil {
+		return Channel{}, err
+	}
+	return Channel{UDS: f}, nil
 }
 
 // AddMatch registers a rule for the session's channel; it is registered
@@ -136,7 +156,7 @@ func (s *Session) QueryPortsInUse(proto uint8) (*wire.PortSet, error) {
 }
 
 // Lost tells the session that a send on its current channel failed
-// because the other end is closed (ECONNREFUSED, EPIPE, ENOTCONN). It does
+// because the other end is closed (ECONNREFUSED, EPIPE, ENOTCONN; ring.ErrClosed). It does
 // not block. Reports about a channel that was replaced already do
 // nothing, so call it from the goroutine that uses the channel, before it
 // takes the next one from Reattached.
@@ -177,7 +197,7 @@ func (s *Session) attach() (peer int, sends bool, err error) {
 	if err != nil {
 		return -1, false, err
 	}
-	peer = PeerPidfd(ch)
+	peer, _ = ch.Peer()
 	if s.opt.Reattached != nil {
 		s.opt.Reattached(ch, refused)
 	} else {
@@ -187,15 +207,15 @@ func (s *Session) attach() (peer int, sends bool, err error) {
 }
 
 // attachOnce dials, requests a channel and registers the rules again.
-func (s *Session) attachOnce() (ch *os.File, refused, err error) {
+func (s *Session) attachOnce() (ch Channel, refused, err error) {
 	c, err := Dial(s.opt.Options)
 	if err != nil {
-		return nil, nil, err
+		return Channel{}, nil, err
 	}
-	ch, err = c.RequestUDS(s.opt.Interface)
+	ch, err = s.request(c)
 	if err != nil {
 		c.Close()
-		return nil, nil, err
+		return Channel{}, nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -205,7 +225,7 @@ func (s *Session) attachOnce() (ch *os.File, refused, err error) {
 			if !errors.Is(err, ErrRefused) {
 				c.Close()
 				ch.Close()
-				return nil, nil, err // gone again: start over
+				return Channel{}, nil, err // gone again: start over
 			}
 			errs = append(errs, fmt.Errorf("rule %v after usnetd restarted: %w", m, err))
 		}
@@ -222,6 +242,25 @@ func (s *Session) attachOnce() (ch *os.File, refused, err error) {
 func PeerPidfd(ch *os.File) int {
 	p, _ := ChannelPeer(ch)
 	return p
+}
+
+// Peer is ChannelPeer for either kind of channel: usnetd made a
+// shared-memory channel's wake-up socket pair as it makes a datagram
+// channel's socket pair. The caller closes the pidfd.
+func (ch Channel) Peer() (pidfd int, self bool) {
+	if ch.SHM == nil {
+		if ch.UDS == nil {
+			return -1, false
+		}
+		return ChannelPeer(ch.UDS)
+	}
+	fd, err := unix.FcntlInt(uintptr(ch.SHM.WakeFD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, false
+	}
+	f := os.NewFile(uintptr(fd), "usnetd-shm-wake")
+	defer f.Close()
+	return ChannelPeer(f)
 }
 
 // ChannelPeer is PeerPidfd that also says whether this process made the

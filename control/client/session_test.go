@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/usnetd/usnetd/backends/memory"
+	"github.com/usnetd/usnetd/backends/shm/ring"
 	"github.com/usnetd/usnetd/control"
 	"github.com/usnetd/usnetd/control/client"
 	"github.com/usnetd/usnetd/control/wire"
@@ -74,23 +74,48 @@ func rulesOf(st wire.Status) []wire.Match {
 // channel fail, reports it (Lost), keeps trying while nothing serves the
 // socket (its requests fail with ErrDetached), and once a new usnetd
 // serves the path it gets a working channel through Reattached and its
-// rule is registered again; a removed rule is not. Close stops it.
+// rule is registered again; a removed rule is not. Close stops it. By
+// default the session's channels are shared-memory ones, with UDS
+// datagram ones.
 func TestSessionReattach(t *testing.T) {
+	for _, kind := range []string{"shm", "uds"} {
+		t.Run(kind, func(t *testing.T) { testSessionReattach(t, kind) })
+	}
+}
+
+// send sends one frame on ch.
+func send(ch client.Channel, frame []byte) error {
+	if ch.SHM != nil {
+		n, err := ch.SHM.Send([][]byte{frame})
+		if err == nil && n != 1 {
+			err = errors.New("the ring took no frame")
+		}
+		return err
+	}
+	_, err := ch.UDS.Write(frame)
+	return err
+}
+
+func testSessionReattach(t *testing.T, kind string) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "usnetd.socket")
 	_, stop := runServer(t, path)
 	type re struct {
-		ch      *os.File
+		ch      client.Channel
 		refused error
 	}
 	got := make(chan re, 1)
 	s, ch, err := client.OpenSession(client.SessionOptions{
 		Options:    client.Options{SocketPath: path, Dir: dir},
 		Interface:  "eth0",
-		Reattached: func(ch *os.File, refused error) { got <- re{ch, refused} },
+		UDS:        kind == "uds",
+		Reattached: func(ch client.Channel, refused error) { got <- re{ch, refused} },
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if ch.Kind() != kind {
+		t.Fatalf("the session's channel is a %s channel, want %s", ch.Kind(), kind)
 	}
 	defer s.Close()
 	defer ch.Close()
@@ -107,8 +132,12 @@ func TestSessionReattach(t *testing.T) {
 
 	stop()
 	frame := make([]byte, 60)
-	if _, err := ch.Write(frame); !errors.Is(err, unix.ECONNREFUSED) {
-		t.Fatalf("send on the channel of a stopped usnetd: %v, want ECONNREFUSED", err)
+	if kind == "uds" {
+		if _, err := ch.UDS.Write(frame); !errors.Is(err, unix.ECONNREFUSED) {
+			t.Fatalf("send on the channel of a stopped usnetd: %v, want ECONNREFUSED", err)
+		}
+	} else if err := ch.SHM.Wait(0, time.Minute); !errors.Is(err, ring.ErrClosed) {
+		t.Fatalf("wait on the shared-memory channel of a stopped usnetd: %v, want ring.ErrClosed", err)
 	}
 	s.Lost()
 	deadline := time.Now().Add(time.Minute)
@@ -134,7 +163,10 @@ func TestSessionReattach(t *testing.T) {
 	if r.refused != nil {
 		t.Errorf("rules refused after the restart: %v", r.refused)
 	}
-	if _, err := r.ch.Write(frame); err != nil {
+	if r.ch.Kind() != kind {
+		t.Errorf("the new channel is a %s channel, want %s", r.ch.Kind(), kind)
+	}
+	if err := send(r.ch, frame); err != nil {
 		t.Errorf("send on the new channel: %v", err)
 	}
 	rules := rulesOf(srv2.Status())

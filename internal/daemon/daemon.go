@@ -707,6 +707,7 @@ func (d *daemon) startControl() error {
 		MaxChannelsPerUID:    d.cfg.MaxChannelsPerUID,
 		MaxRules:             d.cfg.MaxRules,
 		MaxRulesPerUID:       d.cfg.MaxRulesPerUID,
+		SHMMemory:            d.cfg.MemoryLimit / 4, // the shared-memory channels' rings
 		Interfaces:           ifaces,
 		Log:                  d.log,
 		Version:              Version,
