@@ -49,11 +49,17 @@ func (n *netStack) toKernel(proto uint8, ap netip.AddrPort) bool {
 
 // dialKernel dials ap with a kernel socket bound to ap's address, in the
 // calling thread's network namespace. If the kernel does not have that
-// address, it fails with errNotKernelAddr. A link-local address gets the
+// address on an interface, it fails with errNotKernelAddr. A link-local address gets the
 // stack's interface as its zone. Keep-alive is off, as on the stack's
 // connections, until SetKeepAlive.
 func dialKernel(ctx context.Context, network, iface string, ap netip.AddrPort) (net.Conn, error) {
 	ip := ap.Addr()
+	if !kernelHasAddr(ip) {
+		// (Not left to the bind below alone: with ip_nonlocal_bind
+		// that succeeds for any address, and the connect would go out
+		// on the wire.)
+		return nil, errNotKernelAddr
+	}
 	zone := ""
 	if ip.Is6() && (ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast()) {
 		// By index, looked up in this namespace: net's cache of zone
@@ -100,4 +106,21 @@ func adoptKernel(n *netStack, kc net.Conn) (net.Conn, error) {
 	kc.Close()
 	n.release()
 	return nil, errors.New("usnet: the kernel's connection is neither TCP nor UDP")
+}
+
+// kernelHasAddr reports whether ip is an address of one of the kernel's
+// interfaces in the calling thread's network namespace.
+func kernelHasAddr(ip netip.Addr) bool {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range as {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if ka, ok := netip.AddrFromSlice(ipn.IP); ok && ka.Unmap() == ip {
+				return true
+			}
+		}
+	}
+	return false
 }

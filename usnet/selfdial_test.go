@@ -286,7 +286,11 @@ func TestSelfDial(t *testing.T) {
 
 	// An address of the stack's own that the kernel does not have stays
 	// in the stack: its listener answers, any other port is refused by
-	// the stack itself.
+	// the stack itself. Also where the kernel would bind any address
+	// (ip_nonlocal_bind), so that a bind alone does not tell.
+	if err := host.SetSysctl("net.ipv4.ip_nonlocal_bind", "1"); err != nil {
+		t.Fatal(err)
+	}
 	if c, err := dial("tcp", netip.AddrPortFrom(own.Addr(), 8080).String()); err != nil {
 		t.Fatalf("dial %s:8080: %v", own.Addr(), err)
 	} else {
