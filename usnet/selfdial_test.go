@@ -313,6 +313,39 @@ func TestSelfDial(t *testing.T) {
 		t.Errorf("dial from a namespace without the address: %v, want the stack's refusal", err)
 	}
 
+	// A Config's implicit stack (what the package-level functions use)
+	// does the same; the kernel's connection is its socket: the stack
+	// lives while it is open and goes with its Close.
+	fds2, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other2 := os.NewFile(uintptr(fds2[1]), "chan-far-2")
+	defer other2.Close()
+	fa2 := &fakeAttacher{ch: os.NewFile(uintptr(fds2[0]), "chan-2")}
+	cfg2 := &Config{
+		Interface:      "eth0",
+		Addrs:          st.Addrs(),
+		MAC:            net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42},
+		Attach:         func(string) (Attacher, error) { return fa2, nil },
+		localPortRange: func() (uint16, uint16, error) { return testRangeLo, testRangeHi, nil },
+	}
+	var kc net.Conn
+	if err := host.Do(func() (err error) { kc, err = cfg2.Dial("tcp", netip.AddrPortFrom(ip4, 7000).String()); return err }); err != nil {
+		t.Fatalf("Config.Dial to a kernel service: %v", err)
+	}
+	if tc, ok := kc.(*TCPConn); !ok || tc.k == nil {
+		t.Fatalf("Config.Dial to a kernel service: %T, want a *TCPConn of the kernel's", kc)
+	}
+	if err := testkit.EchoConn(kc, []byte("config"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, closed := fa2.snapshot(); closed != 0 {
+		t.Errorf("the Config's stack detached while its kernel connection is open")
+	}
+	kc.Close()
+	waitClosed(t, fa2, "the Config's stack after its kernel connection's Close")
+
 	// Stack.Close closes a kernel connection still open.
 	c, err = dial("tcp", netip.AddrPortFrom(ip4, 7000).String())
 	if err != nil {
