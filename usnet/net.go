@@ -257,6 +257,7 @@ func dial(ctx context.Context, c source, network, address string) (net.Conn, err
 			}
 			if !errors.Is(err, errNotKernelAddr) {
 				if ctx.Err() != nil {
+					err = context.Cause(ctx) // as the stack's dials: net.ErrClosed after Stack.Close
 					break
 				}
 				continue
