@@ -49,9 +49,9 @@ func (n *netStack) toKernel(proto uint8, ap netip.AddrPort) bool {
 
 // dialKernel dials ap with a kernel socket bound to ap's address, in the
 // calling thread's network namespace. If the kernel does not have that
-// address on an interface, it fails with errNotKernelAddr. A link-local address gets the
-// stack's interface as its zone. Keep-alive is off, as on the stack's
-// connections, until SetKeepAlive.
+// address on an interface, it fails with errNotKernelAddr. A link-local
+// address gets the stack's interface as its zone. Keep-alive is off, as
+// on the stack's connections, until SetKeepAlive.
 func dialKernel(ctx context.Context, network, iface string, ap netip.AddrPort) (net.Conn, error) {
 	ip := ap.Addr()
 	if !kernelHasAddr(ip) {
