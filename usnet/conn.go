@@ -24,33 +24,46 @@ const (
 	defaultKeepAliveCount    = 9
 )
 
-// TCPConn is a TCP connection on the stack: what Dial and DialTCP return
+// TCPConn is a TCP connection of the stack: what Dial and DialTCP return
 // for "tcp" networks and what the stack's listeners accept. Besides
 // net.Conn it has the socket options of net.TCPConn that gVisor supports,
 // with the same meaning.
+//
+// A dial to one of the stack's own addresses on a port the stack does not
+// listen on goes to the kernel (see Config.DialContext): its TCPConn
+// wraps the kernel's connection, a *net.TCPConn, and every method,
+// options included, is that connection's. Stack.Close closes it too.
 type TCPConn struct {
-	c    *gonet.TCPConn
-	ep   tcpip.Endpoint
+	nc   net.Conn       // c, or k
+	c    *gonet.TCPConn // nil for the kernel's connection
+	ep   tcpip.Endpoint // nil for the kernel's connection
+	k    *net.TCPConn   // the kernel's connection, else nil
 	n    *netStack
 	once sync.Once
 }
 
 func newTCPConn(n *netStack, wq *waiter.Queue, ep tcpip.Endpoint) *TCPConn {
-	return &TCPConn{c: gonet.NewTCPConn(wq, ep), ep: ep, n: n}
+	c := gonet.NewTCPConn(wq, ep)
+	return &TCPConn{nc: c, c: c, ep: ep, n: n}
+}
+
+// kernelTCPConn wraps a connection of the kernel's dialled for the stack.
+func kernelTCPConn(n *netStack, k *net.TCPConn) *TCPConn {
+	return &TCPConn{nc: k, k: k, n: n}
 }
 
 // Read reads data from the connection.
-func (c *TCPConn) Read(b []byte) (int, error) { return c.c.Read(b) }
+func (c *TCPConn) Read(b []byte) (int, error) { return c.nc.Read(b) }
 
 // Write writes data to the connection.
-func (c *TCPConn) Write(b []byte) (int, error) { return c.c.Write(b) }
+func (c *TCPConn) Write(b []byte) (int, error) { return c.nc.Write(b) }
 
 // Close closes the connection (gracefully: FIN, unless SetLinger(0)) and
 // drops its reference on the stack.
 func (c *TCPConn) Close() error {
 	err := error(&net.OpError{Op: "close", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: net.ErrClosed})
 	c.once.Do(func() {
-		err = c.c.Close()
+		err = c.nc.Close()
 		c.n.untrack(c)
 		c.n.release()
 	})
@@ -58,26 +71,36 @@ func (c *TCPConn) Close() error {
 }
 
 // CloseRead shuts down the reading side of the connection.
-func (c *TCPConn) CloseRead() error { return c.c.CloseRead() }
+func (c *TCPConn) CloseRead() error {
+	if c.k != nil {
+		return c.k.CloseRead()
+	}
+	return c.c.CloseRead()
+}
 
 // CloseWrite shuts down the writing side of the connection: the peer reads
 // EOF (a FIN) while this side can still read.
-func (c *TCPConn) CloseWrite() error { return c.c.CloseWrite() }
+func (c *TCPConn) CloseWrite() error {
+	if c.k != nil {
+		return c.k.CloseWrite()
+	}
+	return c.c.CloseWrite()
+}
 
 // LocalAddr returns the local address, a *net.TCPAddr.
-func (c *TCPConn) LocalAddr() net.Addr { return c.c.LocalAddr() }
+func (c *TCPConn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
 
 // RemoteAddr returns the peer's address, a *net.TCPAddr.
-func (c *TCPConn) RemoteAddr() net.Addr { return c.c.RemoteAddr() }
+func (c *TCPConn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
 // SetDeadline sets the read and write deadlines.
-func (c *TCPConn) SetDeadline(t time.Time) error { return c.c.SetDeadline(t) }
+func (c *TCPConn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
 
 // SetReadDeadline sets the read deadline.
-func (c *TCPConn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadline(t) }
+func (c *TCPConn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
 
 // SetWriteDeadline sets the write deadline.
-func (c *TCPConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
+func (c *TCPConn) SetWriteDeadline(t time.Time) error { return c.nc.SetWriteDeadline(t) }
 
 func (c *TCPConn) optErr(err error) error {
 	return &net.OpError{Op: "set", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
@@ -87,6 +110,9 @@ func (c *TCPConn) optErr(err error) error {
 // default, as with net) sends data as soon as possible after a Write;
 // false delays small segments while data is unacknowledged.
 func (c *TCPConn) SetNoDelay(noDelay bool) error {
+	if c.k != nil {
+		return c.k.SetNoDelay(noDelay)
+	}
 	c.ep.SocketOptions().SetDelayOption(!noDelay)
 	return nil
 }
@@ -95,6 +121,9 @@ func (c *TCPConn) SetNoDelay(noDelay bool) error {
 // then probes after 2 hours idle unless SetKeepAlivePeriod or
 // SetKeepAliveConfig says otherwise).
 func (c *TCPConn) SetKeepAlive(keepalive bool) error {
+	if c.k != nil {
+		return c.k.SetKeepAlive(keepalive)
+	}
 	c.ep.SocketOptions().SetKeepAlive(keepalive)
 	return nil
 }
@@ -104,6 +133,9 @@ func (c *TCPConn) SetKeepAlive(keepalive bool) error {
 // period leaves it unchanged. Unlike the kernel's whole seconds, gVisor
 // honours any period.
 func (c *TCPConn) SetKeepAlivePeriod(d time.Duration) error {
+	if c.k != nil {
+		return c.k.SetKeepAlivePeriod(d)
+	}
 	return c.setKeepAliveIdle(d)
 }
 
@@ -113,6 +145,9 @@ func (c *TCPConn) SetKeepAlivePeriod(d time.Duration) error {
 // connection is dropped. Zero fields take Go's defaults (15 s, 15 s, 9),
 // negative ones leave the value unchanged.
 func (c *TCPConn) SetKeepAliveConfig(config net.KeepAliveConfig) error {
+	if c.k != nil {
+		return c.k.SetKeepAliveConfig(config)
+	}
 	if err := c.SetKeepAlive(config.Enable); err != nil {
 		return err
 	}
@@ -161,6 +196,9 @@ func (c *TCPConn) setKeepAliveIdle(d time.Duration) error {
 // in the background as with sec < 0 (Close never blocks), and gVisor
 // keeps the setting.
 func (c *TCPConn) SetLinger(sec int) error {
+	if c.k != nil {
+		return c.k.SetLinger(sec)
+	}
 	l := tcpip.LingerOption{}
 	if sec >= 0 {
 		l = tcpip.LingerOption{Enabled: true, Timeout: time.Duration(sec) * time.Second}
@@ -174,6 +212,9 @@ func (c *TCPConn) SetLinger(sec int) error {
 // (4 KiB to 8 MiB). Setting it turns off the stack's automatic tuning of
 // the receive buffer for this connection.
 func (c *TCPConn) SetReadBuffer(bytes int) error {
+	if c.k != nil {
+		return c.k.SetReadBuffer(bytes)
+	}
 	return setReadBuffer(c.ep, bytes, c.optErr)
 }
 
@@ -181,6 +222,9 @@ func (c *TCPConn) SetReadBuffer(bytes int) error {
 // to the stack's limits (4 KiB to 8 MiB): how much written data the stack
 // holds before Write blocks.
 func (c *TCPConn) SetWriteBuffer(bytes int) error {
+	if c.k != nil {
+		return c.k.SetWriteBuffer(bytes)
+	}
 	return setWriteBuffer(c.ep, bytes, c.optErr)
 }
 
@@ -212,12 +256,19 @@ func clamp(v, lo, hi int64) int64 {
 	return max(v, lo)
 }
 
-// UDPConn is a UDP socket on the stack: what ListenPacket, Dial and DialUDP
+// UDPConn is a UDP socket of the stack: what ListenPacket, Dial and DialUDP
 // return for "udp" networks (without Loopback). Besides net.Conn and
 // net.PacketConn it has SetReadBuffer and SetWriteBuffer.
+//
+// A dial to one of the stack's own addresses on a port the stack does not
+// listen on goes to the kernel (see Config.DialContext): its UDPConn
+// wraps the kernel's socket, a *net.UDPConn, and every method is that
+// socket's. Stack.Close closes it too.
 type UDPConn struct {
-	c       *gonet.UDPConn
-	ep      tcpip.Endpoint
+	s       udpSock        // c, or k
+	c       *gonet.UDPConn // nil for the kernel's socket
+	ep      tcpip.Endpoint // nil for the kernel's socket
+	k       *net.UDPConn   // the kernel's socket, else nil
 	n       *netStack
 	port    uint16
 	v4      bool
@@ -225,18 +276,38 @@ type UDPConn struct {
 	once    sync.Once
 }
 
+// udpSock is what UDPConn needs of gonet's and the kernel's sockets.
+type udpSock interface {
+	net.Conn
+	ReadFrom(b []byte) (int, net.Addr, error)
+	WriteTo(b []byte, addr net.Addr) (int, error)
+}
+
+func newUDPConn(n *netStack, wq *waiter.Queue, ep tcpip.Endpoint, port uint16, v4 bool, matches []wire.Match) *UDPConn {
+	c := gonet.NewUDPConn(wq, ep)
+	return &UDPConn{s: c, c: c, ep: ep, n: n, port: port, v4: v4, matches: matches}
+}
+
+// kernelUDPConn wraps a socket of the kernel's dialled for the stack.
+func kernelUDPConn(n *netStack, k *net.UDPConn) *UDPConn {
+	return &UDPConn{s: k, k: k, n: n}
+}
+
 // Read reads a datagram from a dialled socket.
-func (c *UDPConn) Read(b []byte) (int, error) { return c.c.Read(b) }
+func (c *UDPConn) Read(b []byte) (int, error) { return c.s.Read(b) }
 
 // ReadFrom reads a datagram and its sender, a *net.UDPAddr.
-func (c *UDPConn) ReadFrom(b []byte) (int, net.Addr, error) { return c.c.ReadFrom(b) }
+func (c *UDPConn) ReadFrom(b []byte) (int, net.Addr, error) { return c.s.ReadFrom(b) }
 
 // Write sends a datagram on a dialled socket.
-func (c *UDPConn) Write(b []byte) (int, error) { return c.c.Write(b) }
+func (c *UDPConn) Write(b []byte) (int, error) { return c.s.Write(b) }
 
 // WriteTo sends to addr, a *net.UDPAddr; IPv4 addresses in 16-byte form
 // are accepted on IPv4 sockets, unlike gonet's.
 func (c *UDPConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if c.k != nil {
+		return c.k.WriteTo(b, addr)
+	}
 	ua, ok := addr.(*net.UDPAddr)
 	if !ok {
 		return 0, &net.OpError{Op: "write", Net: "udp", Addr: addr, Err: net.InvalidAddrError("not a *net.UDPAddr")}
@@ -254,7 +325,7 @@ func (c *UDPConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 func (c *UDPConn) Close() error {
 	err := error(&net.OpError{Op: "close", Net: "udp", Addr: c.LocalAddr(), Err: net.ErrClosed})
 	c.once.Do(func() {
-		err = c.c.Close()
+		err = c.s.Close()
 		if uerr := c.n.unregister(c.matches); uerr != nil {
 			err = uerr
 		}
@@ -265,19 +336,19 @@ func (c *UDPConn) Close() error {
 }
 
 // LocalAddr returns the local address, a *net.UDPAddr.
-func (c *UDPConn) LocalAddr() net.Addr { return c.c.LocalAddr() }
+func (c *UDPConn) LocalAddr() net.Addr { return c.s.LocalAddr() }
 
 // RemoteAddr returns the peer of a dialled socket, a *net.UDPAddr.
-func (c *UDPConn) RemoteAddr() net.Addr { return c.c.RemoteAddr() }
+func (c *UDPConn) RemoteAddr() net.Addr { return c.s.RemoteAddr() }
 
 // SetDeadline sets the read and write deadlines.
-func (c *UDPConn) SetDeadline(t time.Time) error { return c.c.SetDeadline(t) }
+func (c *UDPConn) SetDeadline(t time.Time) error { return c.s.SetDeadline(t) }
 
 // SetReadDeadline sets the read deadline.
-func (c *UDPConn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadline(t) }
+func (c *UDPConn) SetReadDeadline(t time.Time) error { return c.s.SetReadDeadline(t) }
 
 // SetWriteDeadline sets the write deadline.
-func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
+func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.s.SetWriteDeadline(t) }
 
 func (c *UDPConn) optErr(err error) error {
 	return &net.OpError{Op: "set", Net: "udp", Addr: c.LocalAddr(), Err: err}
@@ -286,11 +357,17 @@ func (c *UDPConn) optErr(err error) error {
 // SetReadBuffer sets how many bytes of datagrams the socket queues before
 // it drops new ones, clamped to the stack's limits.
 func (c *UDPConn) SetReadBuffer(bytes int) error {
+	if c.k != nil {
+		return c.k.SetReadBuffer(bytes)
+	}
 	return setReadBuffer(c.ep, bytes, c.optErr)
 }
 
 // SetWriteBuffer sets the socket's send buffer, clamped to the stack's
 // limits.
 func (c *UDPConn) SetWriteBuffer(bytes int) error {
+	if c.k != nil {
+		return c.k.SetWriteBuffer(bytes)
+	}
 	return setWriteBuffer(c.ep, bytes, c.optErr)
 }

@@ -63,7 +63,36 @@
 // SetLinger, CloseRead and CloseWrite. A UDP socket is a *UDPConn with
 // SetReadBuffer and SetWriteBuffer. (With Loopback, what comes through
 // the kernel's loopback is a *net.TCPConn, and ListenPacket returns a
-// conn that merges both.)
+// conn that merges both.) A *TCPConn or *UDPConn that Dial made to a
+// kernel service on the shared address (below) wraps the kernel's
+// connection: its options are the kernel's.
+//
+// # The kernel's services on the shared address
+//
+// The stack shares its address with the kernel, and a usnet program runs
+// on the same host as the kernel's services: Dial, DialContext, DialTCP
+// and DialUDP to one of the stack's own addresses go
+//
+//   - into the stack, if it listens there (a Listen, or for UDP a
+//     ListenPacket, on that address and port): the program talks to
+//     itself, as with net;
+//   - else to the kernel, if it has that address too (passthru, or a
+//     static address of the kernel's): the dial is a kernel socket's, in
+//     the calling thread's network namespace, and reaches the kernel's
+//     service on that port; where nothing listens the kernel refuses it
+//     (ECONNREFUSED). gVisor alone would answer such a dial itself and
+//     refuse it, and the kernel's packets to its own address never reach
+//     usnetd, so no channel could carry them.
+//
+// This is no way around usnetd's firewall: the firewall guards the NIC,
+// and the kernel reaches its own address over its loopback, as for every
+// local program. The kernel path gives the program what a net.Dial of its
+// own, in the same process and with the same credentials, gives it, and
+// nothing more. An address of the stack's own that the kernel does not
+// have (an endpoint with an address of its own) stays in the stack, as
+// before. A port that another usnet program on the shared address listens
+// on is not reached this way (the kernel has no socket there and refuses
+// it); loopback addresses follow Loopback (below).
 //
 // # How it works
 //
@@ -136,7 +165,9 @@
 //   - It never touches the kernel's ports: it registers with usnetd only
 //     the ports it listens on, and picks its own ports outside the
 //     kernel's ephemeral range and clear of usnetd's rules. (With
-//     Loopback it opens kernel sockets on the loopback interface only.)
+//     Loopback it opens kernel sockets on the loopback interface; a dial
+//     to a kernel service on the shared address is a kernel socket too,
+//     whose port the kernel picks, as for any of its connections.)
 //   - It never leaves usnetd's client socket file behind: the file it
 //     binds for usnetd's answers is removed when the stack detaches, also
 //     when attaching fails. A process killed outright cannot remove its

@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/usnetd/usnetd/usnet"
@@ -80,4 +81,26 @@ func ExampleOpen() {
 	defer c.Close()
 	c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3})
 	fmt.Fprintln(c, "ping")
+}
+
+// A kernel service on the address the stack shares with the kernel (here
+// a database the kernel serves on port 5432 of the NIC's address): the
+// dial goes to the kernel, since the stack does not listen on that port,
+// while a dial to the stack's own listener on the same address stays in
+// the stack.
+func ExampleStack_DialTCP_kernelService() {
+	st, err := usnet.Open(context.Background(), nil) // passthru: the NIC's addresses
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer st.Close()
+	shared := st.Addrs()[0].Addr()
+
+	db, err := st.DialTCP(context.Background(), "tcp", netip.AddrPortFrom(shared, 5432).String())
+	if err != nil {
+		log.Fatal(err) // ECONNREFUSED if the kernel has nothing there
+	}
+	defer db.Close()
+	db.SetNoDelay(false) // the kernel's connection's option
+	fmt.Fprintln(db, "query")
 }

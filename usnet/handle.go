@@ -117,16 +117,19 @@ func (s *Stack) Dial(network, address string) (net.Conn, error) {
 }
 
 // DialContext connects through the stack; see Config.DialContext. The
-// conn is a *TCPConn or a *UDPConn (a kernel connection for loopback
-// addresses with Loopback). It is the DialContext of an http.Transport
-// whose connections should use this stack.
+// conn is a *TCPConn or a *UDPConn (one that wraps the kernel's
+// connection for a port on the stack's own address that the stack does
+// not listen on; a kernel connection for loopback addresses with
+// Loopback). It is the DialContext of an http.Transport whose connections
+// should use this stack.
 func (s *Stack) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	return dial(ctx, s, network, address)
 }
 
 // DialTCP connects through the stack like DialContext with a "tcp",
 // "tcp4" or "tcp6" network to an address that is not loopback, and
-// returns the *TCPConn.
+// returns the *TCPConn (the kernel's connection wrapped, for a kernel
+// service on the stack's own address).
 func (s *Stack) DialTCP(ctx context.Context, network, address string) (*TCPConn, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
@@ -147,7 +150,8 @@ func (s *Stack) DialTCP(ctx context.Context, network, address string) (*TCPConn,
 
 // DialUDP makes a connected UDP socket on the stack like DialContext with
 // a "udp", "udp4" or "udp6" network to an address that is not loopback,
-// and returns the *UDPConn.
+// and returns the *UDPConn (the kernel's socket wrapped, for a kernel
+// service on the stack's own address).
 func (s *Stack) DialUDP(ctx context.Context, network, address string) (*UDPConn, error) {
 	switch network {
 	case "udp", "udp4", "udp6":

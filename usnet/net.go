@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -184,6 +183,21 @@ func (c *Config) Dial(network, address string) (net.Conn, error) {
 // ip_local_port_range and clear of usnetd's rules; it is not registered:
 // usnetd learns the connection from its first packet. Loopback addresses
 // are dialled through the kernel with Loopback, else refused.
+//
+// A dial to one of the stack's own addresses stays in the stack if the
+// stack listens there (a Listen, or a ListenPacket for "udp", on that
+// address and port). On any other port it goes to the kernel, if the
+// kernel has that address too (the shared address of passthru): through a
+// kernel socket, in the calling thread's network namespace, as net.Dial
+// would. So a usnet program reaches the kernel's services on the shared
+// address, which gVisor would otherwise answer itself (and refuse): the
+// connection is the kernel's (a *TCPConn or *UDPConn that wraps it), its
+// local port the kernel's, and on a port where nothing listens the kernel
+// refuses it (ECONNREFUSED). usnetd and its firewall are not involved (the
+// kernel talks to itself over its loopback), and the program gets nothing
+// that a net.Dial of its own, with its own credentials, would not give
+// it. An address of the stack's own that the kernel does not have (an
+// endpoint with addresses of its own) stays in the stack.
 func (c *Config) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	return dial(ctx, c, network, address)
 }
@@ -232,6 +246,24 @@ func dial(ctx context.Context, c source, network, address string) (net.Conn, err
 		local := n.addrsOf(familyNet(ip))
 		if len(local) == 0 || !familyOK(network, ip) {
 			continue
+		}
+		if rp := netip.AddrPortFrom(ip, uint16(port)); n.toKernel(proto, rp) {
+			var kc net.Conn
+			if kc, err = dialKernel(ctx, network, n.res.iface, rp); err == nil {
+				if conn, err = adoptKernel(n, kc); err != nil {
+					return nil, opErr(err) // closed: its reference is gone
+				}
+				break
+			}
+			if !errors.Is(err, errNotKernelAddr) {
+				if ctx.Err() != nil {
+					err = context.Cause(ctx) // as the stack's dials: net.ErrClosed after Stack.Close
+					break
+				}
+				continue
+			}
+			// An address of the stack's own, not the kernel's: the
+			// stack answers, as for any address.
 		}
 		if proto == protoTCP {
 			var tc *TCPConn
@@ -436,7 +468,7 @@ func (n *netStack) listenUDP(network string, host netip.Addr, port uint16) (*UDP
 		ep.Close()
 		return nil, err
 	}
-	return &UDPConn{c: gonet.NewUDPConn(wq, ep), ep: ep, n: n, port: port, v4: np == protoOf(netip.IPv4Unspecified()), matches: ms}, nil
+	return newUDPConn(n, wq, ep, port, np == protoOf(netip.IPv4Unspecified()), ms), nil
 }
 
 func (n *netStack) dialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (*TCPConn, error) {
@@ -484,7 +516,7 @@ func (n *netStack) dialUDP(local netip.Addr, remote netip.AddrPort) (*UDPConn, e
 		ep.Close()
 		return nil, errors.New(terr.String())
 	}
-	return &UDPConn{c: gonet.NewUDPConn(wq, ep), ep: ep, n: n, port: port, v4: local.Is4()}, nil
+	return newUDPConn(n, wq, ep, port, local.Is4(), nil), nil
 }
 
 // listener is a TCP listener on the stack. Its Accept is gonet's, keeping
