@@ -52,18 +52,7 @@ func testE2EHostPath(t *testing.T, backend string) {
 		t.Fatalf("usnet listen: %v\n%s", err, l.u.LogText())
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	go testkit.EchoAccepted(ln)
 
 	echo := func(network, addr string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -284,18 +273,7 @@ func testE2EHostPathIPv6(t *testing.T, backend string) {
 		t.Fatalf("usnet listen: %v\n%s", err, l.u.LogText())
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	go testkit.EchoAccepted(ln)
 	// The kernel's address may still be tentative (DAD): a few tries.
 	var kerr error
 	for range 5 {

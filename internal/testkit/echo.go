@@ -21,19 +21,23 @@ func ServeTCPEcho(t testing.TB, ns *netlab.NS, addr string) net.Addr {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	go EchoAccepted(ln)
 	return ln.Addr()
+}
+
+// EchoAccepted accepts connections on ln until it is closed and echoes
+// what each one sends back to it.
+func EchoAccepted(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_, _ = io.Copy(c, c)
+		}()
+	}
 }
 
 // ServeUDPEcho runs a UDP echo server at addr inside ns until the test
