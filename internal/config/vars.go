@@ -332,7 +332,7 @@ var variables = []variable{
 		Name:    "MEMORY_LIMIT",
 		Default: "256MiB",
 		Allowed: "a size: a whole number with the unit B, KiB, MiB or GiB (powers of 1024), 32MiB..1024GiB",
-		Meaning: "memory usnetd may use: a quarter of it is the frame buffers (split between INTERFACES; a NIC's receive path keeps a quarter of its own, channels and held fragments are bounded within the rest), and all of it is the Go runtime's soft memory limit",
+		Meaning: "memory usnetd may use: a quarter of it is the frame buffers (split between INTERFACES; a NIC's receive path keeps a quarter of its own, channels and held fragments are bounded within the rest), a quarter the shared-memory channels' rings (beyond it, Unix datagram channels), and all of it is the Go runtime's soft memory limit",
 		parse:   parseMemoryLimit,
 	},
 }
