@@ -466,3 +466,88 @@ func TestChannelPolicyUnprivileged(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectRuleRealKernelConnection: an AddMatch for one TCP connection
+// (a full 5-tuple, what a connect registers) is checked against the
+// kernel's listeners on its local port and the kernel's socket of exactly
+// that address pair (sockdiag.TCPFlow, a lookup rather than a dump of
+// every connection): another process's connection with the same pair and
+// another process's listener on the port refuse it; the same local port
+// towards another remote is accepted next to them.
+func TestConnectRuleRealKernelConnection(t *testing.T) {
+	lab, err := netlab.New(t, "uctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := lab.AddNS("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.SetUp("lo"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.AddAddr("lo", netip.PrefixFrom(testkit.NICAddr, 32)); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		e            *env
+		ln           net.Listener
+		conn         *net.TCPConn
+		lport, cport int
+		listenerPort int
+	)
+	// The server's sock_diag socket, the kernel's listener and connection:
+	// all in the lab's namespace.
+	if err := ns.Do(func() error {
+		e = newEnv(t, func(c *ServerConfig) { c.KernelPorts = nil })
+		var err error
+		if ln, err = net.Listen("tcp4", localIP+":0"); err != nil {
+			return err
+		}
+		listenerPort = ln.Addr().(*net.TCPAddr).Port
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			return err
+		}
+		conn = c.(*net.TCPConn)
+		cport = conn.LocalAddr().(*net.TCPAddr).Port
+		lport = listenerPort
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	// Both held by another process only.
+	f, err := conn.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "300")
+	cmd.ExtraFiles = []*os.File{f}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	conn.Close()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	holdInChild(t, ln)
+
+	c := newRawClient(t, e.path, e.dir)
+	c.requestUDS("eth0", os.Getpid())
+	// The kernel's connection localIP:cport -> localIP:lport, as a rule.
+	if got := c.ask(matchJSON("AddMatch", localIP, cport, localIP, lport, 6)); got != "ER" {
+		t.Errorf("AddMatch of another process's connection %d -> %d: %q, want ER", cport, lport, got)
+	}
+	// The listener's port, towards some remote: the listener refuses.
+	if got := c.ask(matchJSON("AddMatch", localIP, listenerPort, "198.18.1.2", 4000, 6)); got != "ER" {
+		t.Errorf("AddMatch of a connection on another process's listening port %d: %q, want ER", listenerPort, got)
+	}
+	// The connection's local port towards another remote: free.
+	if got := c.ask(matchJSON("AddMatch", localIP, cport, "198.18.1.2", 4000, 6)); got != "OK" {
+		t.Errorf("AddMatch on the connection's local port %d towards another remote: %q, want OK", cport, got)
+	}
+}

@@ -125,6 +125,13 @@ type ServerConfig struct {
 	// defaults to filtering its answer.
 	KernelPorts   func() ([]sockdiag.Socket, error)
 	KernelPortsOn func(proto uint8, port uint16) ([]sockdiag.Socket, error)
+	// KernelTCPFlow lists the kernel's TCP sockets that a rule for the one
+	// connection local ↔ remote collides with (the listeners on local's
+	// port and the socket of exactly that pair): what an AddMatch with a
+	// full TCP 5-tuple (a connect) checks, a lookup instead of a dump of
+	// every connection. Default: sockdiag's TCPFlow with KernelPorts'
+	// default; with KernelPorts faked, KernelPortsOn's answer.
+	KernelTCPFlow func(local, remote netip.AddrPort) ([]sockdiag.Socket, error)
 	// Channel configures the channels' ports (buffer size, poll and probe
 	// intervals); Name and OnPeerClosed are the server's.
 	Channel uds.Options
@@ -382,6 +389,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.KernelPorts = c.Sockets
 		if cfg.KernelPortsOn == nil {
 			cfg.KernelPortsOn = c.SocketsOnPort
+		}
+		if cfg.KernelTCPFlow == nil {
+			cfg.KernelTCPFlow = c.TCPFlow
 		}
 	}
 	s, err := newServer(cfg)
@@ -917,7 +927,17 @@ func (s *Server) addMatch(key epKey, m wire.Match, log zerolog.Logger) answer {
 		return answerER
 	}
 	var sockets []sockdiag.Socket
-	if l4.HasPorts(k.Proto) {
+	switch {
+	case isFlowKey(k) && k.Proto == l4.ProtoTCP && s.cfg.KernelTCPFlow != nil:
+		// A connection's rule: the listeners and that one connection,
+		// not a dump of every connection (milliseconds per connect).
+		local := netip.AddrPortFrom(k.Local.Netip(), k.LocalPort)
+		remote := netip.AddrPortFrom(k.Remote.Netip(), k.RemotePort)
+		if sockets, err = s.cfg.KernelTCPFlow(local, remote); err != nil {
+			log.Error().Err(err).Msg("AddMatch: cannot read the kernel's sockets; refusing")
+			return answerER
+		}
+	case l4.HasPorts(k.Proto):
 		if sockets, err = s.cfg.KernelPortsOn(k.Proto, k.LocalPort); err != nil {
 			log.Error().Err(err).Msg("AddMatch: cannot read the kernel's sockets; refusing")
 			return answerER

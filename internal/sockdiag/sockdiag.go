@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -113,7 +114,7 @@ func (c *Conn) Sockets() ([]Socket, error) {
 	var out []Socket
 	for _, proto := range []uint8{ProtoTCP, ProtoUDP, ProtoUDPLite} {
 		for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-			ss, err := c.dump(fam, proto, nil, out)
+			ss, err := c.dump(fam, proto, allStates, nil, out)
 			if err != nil {
 				if skippable(err, proto, fam) {
 					continue
@@ -133,7 +134,7 @@ func (c *Conn) Sockets() ([]Socket, error) {
 func (c *Conn) SocketsOnPort(proto uint8, port uint16) ([]Socket, error) {
 	var out []Socket
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		ss, err := c.dump(fam, proto, portFilter(port), out)
+		ss, err := c.dump(fam, proto, allStates, portFilter(port), out)
 		if err != nil {
 			if skippable(err, proto, fam) {
 				continue
@@ -143,6 +144,98 @@ func (c *Conn) SocketsOnPort(proto uint8, port uint16) ([]Socket, error) {
 		out = ss
 	}
 	return out, nil
+}
+
+// TCPFlow returns the kernel's TCP sockets that a rule for the one
+// connection local ↔ remote collides with: the listeners on local's port
+// (a dump of listening sockets only: it walks the small listening hash,
+// not every connection as SocketsOnPort does, which costs milliseconds on
+// a host with a large connection table) and the socket of exactly that
+// address pair, in any state, if there is one (a lookup, not a dump).
+// Sockets that are only bound, neither listening nor connected, are not
+// included: the kernel delivers nothing to them.
+func (c *Conn) TCPFlow(local, remote netip.AddrPort) ([]Socket, error) {
+	var out []Socket
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		ss, err := c.dump(fam, ProtoTCP, 1<<TCPListen, portFilter(local.Port()), out)
+		if err != nil {
+			if skippable(err, ProtoTCP, fam) {
+				continue
+			}
+			return nil, err
+		}
+		out = ss
+	}
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	if local.Addr().Is4() != remote.Addr().Is4() {
+		return out, nil
+	}
+	s, ok, err := c.lookup(local, remote)
+	if err != nil {
+		return nil, err
+	}
+	if ok && !slices.Contains(out, s) {
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// lookup asks the kernel for the TCP socket of exactly local ↔ remote
+// (SOCK_DIAG_BY_FAMILY without NLM_F_DUMP: one answer, the socket or
+// ENOENT). The kernel's lookup also falls back to a listener on the port.
+func (c *Conn) lookup(local, remote netip.AddrPort) (Socket, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd < 0 {
+		return Socket{}, false, ErrClosed
+	}
+	fam := uint8(unix.AF_INET6)
+	if local.Addr().Is4() {
+		fam = unix.AF_INET
+	}
+	c.seq++
+	req := request(c.seq, fam, ProtoTCP, nil)
+	ne := binary.NativeEndian
+	ne.PutUint16(req[6:], unix.NLM_F_REQUEST) // one socket, not a dump
+	id := req[nlmsgHdrLen+8:]                 // struct inet_diag_sockid
+	binary.BigEndian.PutUint16(id[0:], local.Port())
+	binary.BigEndian.PutUint16(id[2:], remote.Port())
+	src, dst := local.Addr().As16(), remote.Addr().As16()
+	if fam == unix.AF_INET {
+		a, b := local.Addr().As4(), remote.Addr().As4()
+		copy(id[sockIDAddrOffs:], a[:])
+		copy(id[sockIDAddrOffs+16:], b[:])
+	} else {
+		copy(id[sockIDAddrOffs:], src[:])
+		copy(id[sockIDAddrOffs+16:], dst[:])
+	}
+	ne.PutUint32(id[40:], 0xffffffff) // idiag_cookie: INET_DIAG_NOCOOKIE
+	ne.PutUint32(id[44:], 0xffffffff)
+	if err := unix.Sendto(c.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return Socket{}, false, fmt.Errorf("sockdiag: send: %w", err)
+	}
+	for {
+		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return Socket{}, false, fmt.Errorf("sockdiag: recv: %w", err)
+		}
+		got, done, err := ParseDump(c.buf[:n], c.seq, ProtoTCP, nil)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			return Socket{}, false, nil
+		case err != nil:
+			return Socket{}, false, fmt.Errorf("sockdiag: TCP lookup %v <- %v: %w", local, remote, err)
+		case len(got) > 0:
+			return got[0], true, nil
+		case done:
+			return Socket{}, false, nil
+		}
+		// a datagram of an earlier request: read on
+	}
 }
 
 // skippable: the kernel has no diag handler for this protocol or family
@@ -158,7 +251,7 @@ var ErrInterrupted = errors.New("sockdiag: dump interrupted")
 
 // dump runs one inet_diag dump, retrying an interrupted one, and appends
 // the sockets to dst.
-func (c *Conn) dump(family, proto uint8, bytecode []byte, dst []Socket) ([]Socket, error) {
+func (c *Conn) dump(family, proto uint8, states uint32, bytecode []byte, dst []Socket) ([]Socket, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fd < 0 {
@@ -169,6 +262,7 @@ func (c *Conn) dump(family, proto uint8, bytecode []byte, dst []Socket) ([]Socke
 		dst = dst[:n0]
 		c.seq++
 		req := request(c.seq, family, proto, bytecode)
+		binary.NativeEndian.PutUint32(req[nlmsgHdrLen+4:], states)
 		if err := unix.Sendto(c.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 			return nil, fmt.Errorf("sockdiag: send: %w", err)
 		}

@@ -258,3 +258,90 @@ func BenchmarkSocketsOnPort(b *testing.B) {
 		b.ReportMetric(float64(n), "sockets")
 	})
 }
+
+// TestTCPFlow: the sockets a rule for one connection collides with are
+// the listeners on its local port and the socket of exactly its address
+// pair; another connection on the same local port is not among them, and
+// a client-side connection is found by its own pair.
+func TestTCPFlow(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var clients, accepted []*net.TCPConn
+	for range 2 {
+		c, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		a, err := ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		clients, accepted = append(clients, c), append(accepted, a)
+	}
+	cn, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cn.Close()
+	ap := func(a net.Addr) netip.AddrPort { return a.(*net.TCPAddr).AddrPort() }
+	inodes := func(ss []Socket) []uint64 {
+		var out []uint64
+		for _, s := range ss {
+			out = append(out, s.Inode)
+		}
+		slices.Sort(out)
+		return out
+	}
+	sorted := func(v ...uint64) []uint64 { slices.Sort(v); return v }
+
+	// The server side of the first connection: the listener and that
+	// accepted socket, not the second accepted one (same local port).
+	got, err := cn.TCPFlow(ap(accepted[0].LocalAddr()), ap(accepted[0].RemoteAddr()))
+	if want := sorted(inodeOf(t, ln), inodeOf(t, accepted[0])); err != nil || !slices.Equal(inodes(got), want) {
+		t.Errorf("TCPFlow(server side) = %v, %v; want inodes %v", got, err, want)
+	}
+	// The client side: that client socket, no listener on its port.
+	got, err = cn.TCPFlow(ap(clients[1].LocalAddr()), ap(clients[1].RemoteAddr()))
+	if want := sorted(inodeOf(t, clients[1])); err != nil || !slices.Equal(inodes(got), want) {
+		t.Errorf("TCPFlow(client side) = %v, %v; want inodes %v", got, err, want)
+	}
+	// A pair nobody has, on the listener's port: the listener only.
+	other := netip.MustParseAddrPort("127.0.0.1:9")
+	got, err = cn.TCPFlow(ap(ln.Addr()), other)
+	if want := sorted(inodeOf(t, ln)); err != nil || !slices.Equal(inodes(got), want) {
+		t.Errorf("TCPFlow(listener port, unknown remote) = %v, %v; want inodes %v", got, err, want)
+	}
+	// A pair on a port nobody has: nothing.
+	got, err = cn.TCPFlow(netip.MustParseAddrPort("127.0.0.1:1"), other)
+	if err != nil || len(got) != 0 {
+		t.Errorf("TCPFlow(free port) = %v, %v; want nothing", got, err)
+	}
+}
+
+func BenchmarkTCPFlow(b *testing.B) {
+	c, err := Open()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	local, remote := netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("198.18.1.2:80")
+	b.Run("TCPFlow", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.TCPFlow(local, remote); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("SocketsOnPort", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.SocketsOnPort(ProtoTCP, local.Port()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
