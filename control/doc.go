@@ -7,7 +7,10 @@
 // A client binds its own Unix datagram socket and sends JSON requests to
 // the server's; every request that gets an answer gets one ("OK", "ER",
 // "$" with a channel descriptor, or JSON). RequestUDS attaches a packet
-// channel (backends/uds) to a NIC's pipeline; AddMatch registers rules for
+// channel (backends/uds) to a NIC's pipeline, RequestSHM (an extension) a
+// shared-memory one (backends/shm; its rings count against
+// ServerConfig.SHMMemory, beyond which it is refused and the client falls
+// back to RequestUDS); AddMatch registers rules for
 // it in that NIC's table, as l4.Registered rules owned by the channel's
 // port, and in the kernel side's copy (Interface.EndpointPorts: the eBPF
 // firewall, which then keeps the kernel off those flows both ways) before
@@ -21,7 +24,9 @@
 //
 // The kernel's sockets come from internal/sockdiag (sock_diag dumps with
 // each socket's inode; for AddMatch only those on the rule's protocol and
-// port, filtered by the kernel). A kernel socket that the requesting
+// port, filtered by the kernel, and for a TCP connection's rule only the
+// listeners on its port and the socket of exactly its address pair,
+// sockdiag.TCPFlow: a dump of every connection costs milliseconds). A kernel socket that the requesting
 // process holds itself (its inode among /proc/PID/fd) is its reservation,
 // as the original's client library binds one before AddMatch, and does
 // not refuse the rule (policy.go). A rule with the full 5-tuple is a

@@ -393,23 +393,28 @@ func (e *linkEndpoint) receive(fd int) {
 				e.stats.add(&e.stats.rxDropped, 1)
 				continue
 			}
-			dst := header.Ethernet(v.AsSlice()).DestinationAddress()
-			if dst != e.addr && dst[0]&1 == 0 { // unicast to someone else
-				v.Release()
-				e.stats.add(&e.stats.rxDropped, 1)
-				continue
-			}
-			v.CapLength(l)
-			pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
-			if !e.ParseHeader(pkt) {
-				pkt.DecRef()
-				continue
-			}
-			d.DeliverNetworkPacket(pkt.NetworkProtocolNumber, pkt)
-			pkt.DecRef()
+			e.deliver(d, v, l)
 		}
 		e.stats.add(&e.stats.rxFrames, n)
 	}
+}
+
+// deliver hands the received frame v (its first l bytes, at least an
+// Ethernet header) to the stack, or drops it when it is unicast to another
+// MAC. It takes v over.
+func (e *linkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View, l int) {
+	dst := header.Ethernet(v.AsSlice()).DestinationAddress()
+	if dst != e.addr && dst[0]&1 == 0 { // unicast to someone else
+		v.Release()
+		e.stats.add(&e.stats.rxDropped, 1)
+		return
+	}
+	v.CapLength(l)
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	if e.ParseHeader(pkt) {
+		d.DeliverNetworkPacket(pkt.NetworkProtocolNumber, pkt)
+	}
+	pkt.DecRef()
 }
 
 // WritePackets sends the frames in batches with sendmmsg. It does not take

@@ -85,20 +85,7 @@ func (e *linkEndpoint) receiveSHM(ep *ring.Endpoint) {
 				e.stats.add(&e.stats.rxDropped, 1)
 				continue
 			}
-			dst := header.Ethernet(v.AsSlice()).DestinationAddress()
-			if dst != e.addr && dst[0]&1 == 0 {
-				v.Release()
-				e.stats.add(&e.stats.rxDropped, 1)
-				continue
-			}
-			v.CapLength(l)
-			pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
-			if !e.ParseHeader(pkt) {
-				pkt.DecRef()
-				continue
-			}
-			d.DeliverNetworkPacket(pkt.NetworkProtocolNumber, pkt)
-			pkt.DecRef()
+			e.deliver(d, v, l)
 		}
 		e.stats.add(&e.stats.rxFrames, n)
 	}
